@@ -1,0 +1,34 @@
+# The two commands: `make dev` and `make test`. Each does all set-up first (idempotent).
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export WRANGLER_SEND_METRICS := false
+
+.PHONY: setup build dev test lint unit e2e clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	@bash scripts/build-worker.sh
+
+## Run the Worker locally on http://127.0.0.1:8787 (local Durable Object SQLite + KV).
+dev: build
+	@bash scripts/dev.sh
+
+## Everything: formatting, clippy (native + wasm32), unit tests, end-to-end tests on workerd.
+test: build lint unit e2e
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy -p router-worker --target wasm32-unknown-unknown --locked -- -D warnings
+
+unit: setup
+	cargo test --workspace --exclude ccr-e2e --locked
+
+e2e: build
+	cargo test -p ccr-e2e --locked -- --test-threads=2
+
+clean:
+	cargo clean
+	rm -rf crates/router-worker/build .wrangler

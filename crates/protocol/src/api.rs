@@ -1,0 +1,345 @@
+//! Bodies of the Worker's HTTP API (`/sessions*`, `/notifications/send`) and the error body.
+//!
+//! Field names are camelCase to match the original JavaScript implementation, whose clients
+//! still run in real installations.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Every error answer: `{"ok":false,"error":"<what and why>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub ok: bool,
+    /// What went wrong and why, for a person.
+    pub error: String,
+}
+
+impl ErrorBody {
+    /// An error body with the given message.
+    pub fn new(error: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: error.into(),
+        }
+    }
+}
+
+/// A bare success: `{"ok":true}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OkBody {
+    /// Always `true`.
+    pub ok: bool,
+}
+
+impl Default for OkBody {
+    fn default() -> Self {
+        Self { ok: true }
+    }
+}
+
+/// `POST /sessions/register`: upsert session → machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterSession {
+    /// Claude Code's session id.
+    pub session_id: String,
+    /// The machine whose agent serves this session.
+    pub machine_id: String,
+    /// A short name shown in Telegram (usually the project directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `POST /sessions/unregister`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UnregisterSession {
+    /// The session to remove, with its reply mappings.
+    pub session_id: String,
+}
+
+/// One row of `GET /sessions`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionInfo {
+    /// Claude Code's session id.
+    pub session_id: String,
+    /// The machine that runs it.
+    pub machine_id: String,
+    /// Its label, if one was registered.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Last register/notify/command for it, ms since the Unix epoch.
+    pub last_activity: i64,
+    /// Whether the machine's socket is connected now.
+    pub online: bool,
+}
+
+/// `GET /sessions` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionList {
+    /// Always `true`.
+    pub ok: bool,
+    /// Every registered session, most recently active first.
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// The default reply buttons a notification carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ButtonAction {
+    /// `▶️ Continue`: presses Enter.
+    Continue,
+    /// `✅ Yes`: types `y`.
+    Yes,
+    /// `❌ No`: types `n`.
+    No,
+    /// `🛑 Exit`: types `/exit`.
+    Exit,
+}
+
+impl ButtonAction {
+    /// All actions, in the order the default keyboard shows them.
+    pub const ALL: [ButtonAction; 4] = [
+        ButtonAction::Continue,
+        ButtonAction::Yes,
+        ButtonAction::No,
+        ButtonAction::Exit,
+    ];
+
+    /// The name used in callback data (`cmd:<token>:<name>`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ButtonAction::Continue => "continue",
+            ButtonAction::Yes => "yes",
+            ButtonAction::No => "no",
+            ButtonAction::Exit => "exit",
+        }
+    }
+
+    /// Parses a callback-data action name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The button's caption.
+    pub fn caption(self) -> &'static str {
+        match self {
+            ButtonAction::Continue => "▶️ Continue",
+            ButtonAction::Yes => "✅ Yes",
+            ButtonAction::No => "❌ No",
+            ButtonAction::Exit => "🛑 Exit",
+        }
+    }
+
+    /// The text typed into the pane when the button is pressed ("" = Enter alone).
+    pub fn command_text(self) -> &'static str {
+        match self {
+            ButtonAction::Continue => "",
+            ButtonAction::Yes => "y",
+            ButtonAction::No => "n",
+            ButtonAction::Exit => "/exit",
+        }
+    }
+}
+
+/// `buttons` in a notification: `true`/absent = the default four, `false` = none, or a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Buttons {
+    /// `true` for the default keyboard, `false` for none.
+    Enabled(bool),
+    /// Exactly these buttons, in this order.
+    Actions(Vec<ButtonAction>),
+}
+
+impl Buttons {
+    /// The buttons to show.
+    pub fn actions(&self) -> Vec<ButtonAction> {
+        match self {
+            Buttons::Enabled(true) => ButtonAction::ALL.to_vec(),
+            Buttons::Enabled(false) => Vec::new(),
+            Buttons::Actions(list) => list.clone(),
+        }
+    }
+}
+
+/// `POST /notifications/send`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendNotification {
+    /// The session the notification is about; replies to it are routed there.
+    pub session_id: String,
+    /// The text to send (plain text; the Worker escapes it).
+    pub text: String,
+    /// Target chat; defaults to the first allowed chat. A number or a numeric string.
+    #[serde(
+        default,
+        deserialize_with = "chat_id_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub chat_id: Option<i64>,
+    /// Reply buttons (default: the four standard ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buttons: Option<Buttons>,
+    /// The original implementation's raw inline keyboard, passed through to Telegram.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_markup: Option<serde_json::Value>,
+}
+
+/// `POST /notifications/send` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationSent {
+    /// Always `true`.
+    pub ok: bool,
+    /// One id per part the text was split into, in order.
+    pub message_ids: Vec<i64>,
+    /// The first part's id (the original implementation's field).
+    pub message_id: i64,
+    /// Token for `/cmd <token> <text>` and the buttons' callback data.
+    pub token: String,
+}
+
+/// Accepts a chat id as a JSON number or a numeric string (the original clients send both).
+fn chat_id_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Num(i64),
+        Str(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Num(n)) => Ok(Some(n)),
+        Some(Raw::Str(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom("chatId must be an integer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn roundtrip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(
+        literal: Value,
+        expected: T,
+    ) {
+        let parsed: T = serde_json::from_value(literal.clone()).expect("parses");
+        assert_eq!(parsed, expected);
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), literal);
+    }
+
+    #[test]
+    fn register_shape() {
+        roundtrip(
+            json!({"sessionId":"s1","machineId":"devbox","label":"api"}),
+            RegisterSession {
+                session_id: "s1".into(),
+                machine_id: "devbox".into(),
+                label: Some("api".into()),
+            },
+        );
+        roundtrip(
+            json!({"sessionId":"s1","machineId":"devbox"}),
+            RegisterSession {
+                session_id: "s1".into(),
+                machine_id: "devbox".into(),
+                label: None,
+            },
+        );
+    }
+
+    #[test]
+    fn unregister_shape() {
+        roundtrip(
+            json!({"sessionId":"s1"}),
+            UnregisterSession {
+                session_id: "s1".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn notification_shapes() {
+        roundtrip(
+            json!({"sessionId":"s1","text":"done","chatId":42,"buttons":false}),
+            SendNotification {
+                session_id: "s1".into(),
+                text: "done".into(),
+                chat_id: Some(42),
+                buttons: Some(Buttons::Enabled(false)),
+                reply_markup: None,
+            },
+        );
+        let with_list: SendNotification = serde_json::from_value(
+            json!({"sessionId":"s","text":"t","chatId":"-1001","buttons":["yes","no"]}),
+        )
+        .unwrap();
+        assert_eq!(with_list.chat_id, Some(-1001));
+        assert_eq!(
+            with_list.buttons.unwrap().actions(),
+            vec![ButtonAction::Yes, ButtonAction::No]
+        );
+        let legacy: SendNotification = serde_json::from_value(json!({
+            "sessionId":"s","text":"t",
+            "replyMarkup":{"inline_keyboard":[[{"text":"A","callback_data":"x"}]]}
+        }))
+        .unwrap();
+        assert!(legacy.reply_markup.is_some());
+        assert!(serde_json::from_value::<SendNotification>(
+            json!({"sessionId":"s","text":"t","chatId":"abc"})
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn notification_answer_shape() {
+        roundtrip(
+            json!({"ok":true,"messageIds":[7,8],"messageId":7,"token":"abc"}),
+            NotificationSent {
+                ok: true,
+                message_ids: vec![7, 8],
+                message_id: 7,
+                token: "abc".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn session_list_shape() {
+        roundtrip(
+            json!({"ok":true,"sessions":[{"sessionId":"s","machineId":"m","label":null,"lastActivity":5,"online":false}]}),
+            SessionList {
+                ok: true,
+                sessions: vec![SessionInfo {
+                    session_id: "s".into(),
+                    machine_id: "m".into(),
+                    label: None,
+                    last_activity: 5,
+                    online: false,
+                }],
+            },
+        );
+    }
+
+    #[test]
+    fn error_and_ok_shapes() {
+        roundtrip(json!({"ok":false,"error":"nope"}), ErrorBody::new("nope"));
+        roundtrip(json!({"ok":true}), OkBody::default());
+    }
+
+    #[test]
+    fn button_actions_map_to_commands() {
+        for a in ButtonAction::ALL {
+            assert_eq!(ButtonAction::from_name(a.name()), Some(a));
+        }
+        assert_eq!(ButtonAction::Continue.command_text(), "");
+        assert_eq!(ButtonAction::Exit.command_text(), "/exit");
+        assert_eq!(ButtonAction::from_name("rm"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! Relay envelopes: what a bridge receives from `GET /proxy/_poll` and posts to
+//! `POST /proxy/_respond`.
+//!
+//! Bodies travel as base64 (`bodyBase64`) so any bytes survive; a UTF-8 body is also
+//! carried as the seed protocol's `body` string so a bridge written to the seed
+//! (`{"requests":[{id,method,path,body}]}` / `{id,status,body,content_type}`) keeps working.
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use serde::{Deserialize, Serialize};
+
+/// One public request waiting for the bridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayRequest {
+    /// Id the response must carry.
+    pub id: String,
+    /// HTTP method.
+    pub method: String,
+    /// Path below the channel prefix, starting with `/`.
+    pub path: String,
+    /// Query string without the `?` (empty when none).
+    #[serde(default)]
+    pub query: String,
+    /// Headers in arrival order, hop-by-hop ones removed.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body as base64, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// The body as text when it is valid UTF-8 (seed compatibility).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+/// `GET /proxy/_poll` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollBatch {
+    /// Requests to forward; empty when the wait ran out.
+    pub requests: Vec<RelayRequest>,
+}
+
+/// One response a bridge posts back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayResponse {
+    /// The request's id.
+    pub id: String,
+    /// HTTP status to give the caller.
+    pub status: u16,
+    /// Response headers (hop-by-hop removed by the bridge).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body as base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+    /// The body as text (seed compatibility; used when `bodyBase64` is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The seed's content type field.
+    #[serde(
+        default,
+        rename = "content_type",
+        alias = "contentType",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub content_type: Option<String>,
+}
+
+/// `POST /proxy/_respond` body: one response or `{"responses":[...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RespondBody {
+    /// Several responses at once.
+    Batch {
+        /// The responses.
+        responses: Vec<RelayResponse>,
+    },
+    /// A single response.
+    One(RelayResponse),
+}
+
+impl RespondBody {
+    /// The responses, whichever shape arrived.
+    pub fn into_responses(self) -> Vec<RelayResponse> {
+        match self {
+            RespondBody::Batch { responses } => responses,
+            RespondBody::One(r) => vec![r],
+        }
+    }
+}
+
+/// Encodes a body into the two envelope fields (`bodyBase64`, and `body` when UTF-8).
+pub fn encode_body(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    if bytes.is_empty() {
+        return (None, None);
+    }
+    let text = std::str::from_utf8(bytes).ok().map(str::to_owned);
+    (Some(STANDARD.encode(bytes)), text)
+}
+
+/// Decodes a body from the envelope fields; `bodyBase64` wins over `body`.
+pub fn decode_body(
+    body_base64: Option<&str>,
+    body: Option<&str>,
+) -> Result<Vec<u8>, base64::DecodeError> {
+    match (body_base64, body) {
+        (Some(b64), _) => STANDARD.decode(b64),
+        (None, Some(text)) => Ok(text.as_bytes().to_vec()),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
+/// Headers that describe one connection, not the message; never forwarded (RFC 9110 §7.6.1).
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// Whether a header is hop-by-hop (case-insensitive).
+pub fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_shape() {
+        let literal = json!({"id":"r1","method":"POST","path":"/echo","query":"a=1",
+            "headers":[["content-type","text/plain"]],"bodyBase64":"aGk=","body":"hi"});
+        let r: RelayRequest = serde_json::from_value(literal.clone()).unwrap();
+        assert_eq!(
+            r.headers,
+            vec![("content-type".into(), "text/plain".into())]
+        );
+        assert_eq!(serde_json::to_value(&r).unwrap(), literal);
+        let batch: PollBatch = serde_json::from_value(json!({"requests":[literal]})).unwrap();
+        assert_eq!(batch.requests.len(), 1);
+    }
+
+    #[test]
+    fn seed_response_shape_still_parses() {
+        let one: RespondBody = serde_json::from_value(
+            json!({"id":"r1","status":200,"body":"{\"m\":1}","content_type":"application/json"}),
+        )
+        .unwrap();
+        let rs = one.into_responses();
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            decode_body(rs[0].body_base64.as_deref(), rs[0].body.as_deref()).unwrap(),
+            b"{\"m\":1}"
+        );
+    }
+
+    #[test]
+    fn batch_response_shape() {
+        let b: RespondBody = serde_json::from_value(json!({"responses":[
+            {"id":"a","status":201,"headers":[["x-k","v"]],"bodyBase64":"AAEC"},
+            {"id":"b","status":204}
+        ]}))
+        .unwrap();
+        let rs = b.into_responses();
+        assert_eq!(rs.len(), 2);
+        assert_eq!(
+            decode_body(rs[0].body_base64.as_deref(), None).unwrap(),
+            vec![0, 1, 2]
+        );
+        assert_eq!(decode_body(None, None).unwrap(), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn binary_bodies_survive() {
+        let bytes = [0xff, 0x00, 0x80, b'a'];
+        let (b64, text) = encode_body(&bytes);
+        assert!(text.is_none(), "invalid UTF-8 has no text form");
+        assert_eq!(decode_body(b64.as_deref(), None).unwrap(), bytes);
+        let (b64, text) = encode_body("héllo".as_bytes());
+        assert_eq!(text.as_deref(), Some("héllo"));
+        assert_eq!(
+            decode_body(b64.as_deref(), None).unwrap(),
+            "héllo".as_bytes()
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers() {
+        assert!(is_hop_by_hop("Connection"));
+        assert!(is_hop_by_hop("transfer-encoding"));
+        assert!(!is_hop_by_hop("content-type"));
+    }
+}

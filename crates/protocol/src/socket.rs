@@ -1,0 +1,214 @@
+//! Messages on the machine socket between the RouterDO and `ccr-agent`.
+//!
+//! One tagged enum for both directions, as DESIGN.md writes them
+//! (`{"type":"command",...}`). A frame whose `type` this build does not know decodes to
+//! [`DecodeError::UnknownType`], which callers log and skip: a newer peer must never break
+//! an older one's connection.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// One JSON text frame on the machine socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum SocketMessage {
+    /// DO → agent: type `command` into the session's pane. Sent again until acked.
+    Command {
+        /// Unique id; the agent's inbox executes each id at most once.
+        command_id: String,
+        /// The Claude Code session the command is for.
+        session_id: String,
+        /// The text to type; empty means "press Enter".
+        command: String,
+        /// The Telegram chat the command came from (for the agent's own logs).
+        chat_id: String,
+    },
+    /// Agent → DO: the command is stored durably in the agent's inbox.
+    Ack {
+        /// The acknowledged command.
+        command_id: String,
+    },
+    /// Agent → DO: the outcome of executing a command.
+    CommandResult {
+        /// The command this is the result of.
+        command_id: String,
+        /// Whether the text reached the pane.
+        success: bool,
+        /// Why it failed, in words a person understands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// Agent → DO keepalive; answered by the hibernation auto-response.
+    Ping,
+    /// DO → agent answer to [`SocketMessage::Ping`].
+    Pong,
+}
+
+/// The exact ping frame an agent sends; the DO's auto-response matches it byte for byte.
+pub const PING_FRAME: &str = r#"{"type":"ping"}"#;
+/// The exact pong frame the DO answers with.
+pub const PONG_FRAME: &str = r#"{"type":"pong"}"#;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// Well-formed JSON object with a `type` this build does not know: log and skip.
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    /// Not JSON, no `type`, or a known type with missing/wrong fields.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    /// Unknown types are expected from newer peers; only malformed frames are worth a warning.
+    pub fn is_unknown_type(&self) -> bool {
+        matches!(self, DecodeError::UnknownType(_))
+    }
+}
+
+const KNOWN_TYPES: [&str; 5] = ["command", "ack", "commandResult", "ping", "pong"];
+
+impl SocketMessage {
+    /// Decodes one text frame, telling an unknown `type` apart from a malformed frame.
+    pub fn decode(text: &str) -> Result<Self, DecodeError> {
+        match serde_json::from_str::<SocketMessage>(text) {
+            Ok(msg) => Ok(msg),
+            Err(err) => {
+                let value: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+                match value.get("type").and_then(|t| t.as_str()) {
+                    Some(t) if !KNOWN_TYPES.contains(&t) => {
+                        Err(DecodeError::UnknownType(t.chars().take(64).collect()))
+                    }
+                    _ => Err(DecodeError::Malformed(err.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Encodes as one JSON text frame.
+    pub fn encode(&self) -> String {
+        // Serialising these plain structs cannot fail: no maps with non-string keys, no
+        // custom serializers.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The `type` tag, for logs.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SocketMessage::Command { .. } => "command",
+            SocketMessage::Ack { .. } => "ack",
+            SocketMessage::CommandResult { .. } => "commandResult",
+            SocketMessage::Ping => "ping",
+            SocketMessage::Pong => "pong",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Parses `literal`, checks it decodes to `expected`, and that encoding gives the same JSON.
+    fn golden(literal: &str, expected: SocketMessage) {
+        let decoded = SocketMessage::decode(literal).expect("decodes");
+        assert_eq!(decoded, expected);
+        let back: Value = serde_json::from_str(&decoded.encode()).unwrap();
+        let want: Value = serde_json::from_str(literal).unwrap();
+        assert_eq!(back, want, "round trip of {literal}");
+    }
+
+    #[test]
+    fn command_shape() {
+        golden(
+            r#"{"type":"command","commandId":"c1","sessionId":"s1","command":"ls -la","chatId":"42"}"#,
+            SocketMessage::Command {
+                command_id: "c1".into(),
+                session_id: "s1".into(),
+                command: "ls -la".into(),
+                chat_id: "42".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn ack_shape() {
+        golden(
+            r#"{"type":"ack","commandId":"c1"}"#,
+            SocketMessage::Ack {
+                command_id: "c1".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn command_result_shapes() {
+        golden(
+            r#"{"type":"commandResult","commandId":"c1","success":false,"error":"pane %3 is gone"}"#,
+            SocketMessage::CommandResult {
+                command_id: "c1".into(),
+                success: false,
+                error: Some("pane %3 is gone".into()),
+            },
+        );
+        golden(
+            r#"{"type":"commandResult","commandId":"c2","success":true}"#,
+            SocketMessage::CommandResult {
+                command_id: "c2".into(),
+                success: true,
+                error: None,
+            },
+        );
+    }
+
+    #[test]
+    fn ping_pong_frames_are_exact() {
+        golden(PING_FRAME, SocketMessage::Ping);
+        golden(PONG_FRAME, SocketMessage::Pong);
+        // The auto-response matches bytes, so the encoder must produce exactly these frames.
+        assert_eq!(SocketMessage::Ping.encode(), PING_FRAME);
+        assert_eq!(SocketMessage::Pong.encode(), PONG_FRAME);
+    }
+
+    #[test]
+    fn unknown_type_is_reported_not_fatal() {
+        let err = SocketMessage::decode(r#"{"type":"hello","version":2}"#).unwrap_err();
+        assert_eq!(err, DecodeError::UnknownType("hello".into()));
+        assert!(err.is_unknown_type());
+        // A decoder that met an unknown frame keeps decoding the next one.
+        assert_eq!(SocketMessage::decode(PING_FRAME), Ok(SocketMessage::Ping));
+    }
+
+    #[test]
+    fn malformed_frames_are_told_apart() {
+        for bad in [
+            "not json",
+            "[]",
+            r#"{"commandId":"x"}"#,
+            r#"{"type":"ack"}"#,
+            r#"{"type":"commandResult","commandId":"c","success":"yes"}"#,
+            r#"{"type":7}"#,
+        ] {
+            let err = SocketMessage::decode(bad).unwrap_err();
+            assert!(!err.is_unknown_type(), "{bad} → {err}");
+        }
+    }
+
+    #[test]
+    fn extra_fields_are_tolerated() {
+        // A newer agent may add fields to a known message; that must not break an older DO.
+        let msg = SocketMessage::decode(&json!({"type":"ack","commandId":"c","at":1}).to_string());
+        assert_eq!(
+            msg,
+            Ok(SocketMessage::Ack {
+                command_id: "c".into()
+            })
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! The RouterDO's SQLite schema as numbered migrations.
+//!
+//! `schema_version` holds one row with the number of the last migration applied. A new
+//! schema change is a new entry at the end of [`MIGRATIONS`]; existing entries never change,
+//! so every stored object moves forward through the same steps.
+
+/// Migration `n` (1-based) is `MIGRATIONS[n - 1]`: statements run in order, in one go.
+pub const MIGRATIONS: &[&[&str]] = &[&[
+    // Session → machine. Retention: removed by unregister, or after 30 days without activity.
+    "CREATE TABLE IF NOT EXISTS sessions (
+        session_id    TEXT PRIMARY KEY,
+        machine_id    TEXT NOT NULL,
+        label         TEXT,
+        created_at    INTEGER NOT NULL,
+        last_activity INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS sessions_by_machine ON sessions (machine_id)",
+    "CREATE INDEX IF NOT EXISTS sessions_by_activity ON sessions (last_activity)",
+    // Telegram message → session, for reply routing; `token` serves /cmd and buttons.
+    // Retention: 7 days, and with their session.
+    "CREATE TABLE IF NOT EXISTS messages (
+        chat_id    INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        token      TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, message_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id)",
+    "CREATE INDEX IF NOT EXISTS messages_by_token ON messages (token)",
+    "CREATE INDEX IF NOT EXISTS messages_by_age ON messages (created_at)",
+    // Commands on their way to a machine: pending → sent → acked → done|failed, or dead
+    // after 24 h undelivered. Retention: finished rows 7 days.
+    "CREATE TABLE IF NOT EXISTS command_queue (
+        command_id        TEXT PRIMARY KEY,
+        session_id        TEXT NOT NULL,
+        machine_id        TEXT NOT NULL,
+        chat_id           INTEGER NOT NULL,
+        source_message_id INTEGER,
+        command           TEXT NOT NULL,
+        state             TEXT NOT NULL
+            CHECK (state IN ('pending', 'sent', 'acked', 'done', 'failed', 'dead')),
+        attempts          INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at   INTEGER NOT NULL,
+        last_error        TEXT,
+        created_at        INTEGER NOT NULL,
+        updated_at        INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS queue_by_machine ON command_queue (machine_id, state, created_at)",
+    "CREATE INDEX IF NOT EXISTS queue_by_due ON command_queue (state, next_attempt_at)",
+    // Telegram update_id dedup. Retention: 7 days (Telegram retries for at most 24 h).
+    "CREATE TABLE IF NOT EXISTS seen_updates (
+        update_id INTEGER PRIMARY KEY,
+        seen_at   INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS seen_updates_by_age ON seen_updates (seen_at)",
+]];
+
+/// Creates the version table itself; safe to run every time.
+pub const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_version (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL
+)";
+
+/// Reads the current version (no row = 0).
+pub const READ_VERSION: &str = "SELECT version FROM schema_version WHERE id = 1";
+
+/// Records a version.
+pub const WRITE_VERSION: &str = "INSERT INTO schema_version (id, version) VALUES (1, ?)
+    ON CONFLICT (id) DO UPDATE SET version = excluded.version";
+
+/// The version a fully migrated database has.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// The migrations still to run on a database at `current`, with the version each leads to.
+pub fn pending(current: i64) -> impl Iterator<Item = (i64, &'static [&'static str])> {
+    MIGRATIONS
+        .iter()
+        .enumerate()
+        .map(|(i, stmts)| (i as i64 + 1, *stmts))
+        .filter(move |(v, _)| *v > current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pending_counts_from_current() {
+        assert_eq!(pending(0).count(), MIGRATIONS.len());
+        assert_eq!(pending(latest()).count(), 0);
+        assert_eq!(pending(0).last().map(|(v, _)| v), Some(latest()));
+    }
+}

@@ -1,0 +1,319 @@
+//! The RouterDO's storage operations, written against a small [`Sql`] trait.
+//!
+//! On the edge the trait is the Durable Object's SQLite (`binding.rs`); in native tests it
+//! is rusqlite on an in-memory database, so every statement here runs against real SQLite
+//! in `cargo test`.
+
+use ccr_protocol::api::SessionInfo;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::schema;
+
+/// A value bound to a `?` placeholder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    /// SQL NULL.
+    Null,
+    /// An integer (bools are stored as 0/1: the DO binding stores a Rust bool as text).
+    Int(i64),
+    /// Text.
+    Text(String),
+}
+
+impl From<i64> for SqlValue {
+    fn from(v: i64) -> Self {
+        SqlValue::Int(v)
+    }
+}
+impl From<&str> for SqlValue {
+    fn from(v: &str) -> Self {
+        SqlValue::Text(v.to_owned())
+    }
+}
+impl From<String> for SqlValue {
+    fn from(v: String) -> Self {
+        SqlValue::Text(v)
+    }
+}
+impl<T: Into<SqlValue>> From<Option<T>> for SqlValue {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(SqlValue::Null, Into::into)
+    }
+}
+
+/// A storage failure, with the statement's purpose for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("storage: {0}")]
+pub struct StoreError(pub String);
+
+/// Synchronous SQL, as the Durable Object offers it.
+pub trait Sql {
+    /// Runs a statement that returns no rows.
+    fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<(), StoreError>;
+    /// Runs a query and reads every row into `T` (columns by name).
+    fn query<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Vec<T>, StoreError>;
+}
+
+/// Brings the schema to the latest version; returns the version it found.
+pub fn migrate(db: &impl Sql) -> Result<i64, StoreError> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: i64,
+    }
+    db.exec(schema::VERSION_TABLE, vec![])?;
+    let found = db
+        .query::<Version>(schema::READ_VERSION, vec![])?
+        .first()
+        .map_or(0, |v| v.version);
+    if found > schema::latest() {
+        return Err(StoreError(format!(
+            "stored schema version {found} is newer than this build's {}; deploy the newer Worker",
+            schema::latest()
+        )));
+    }
+    for (version, statements) in schema::pending(found) {
+        for stmt in statements {
+            db.exec(stmt, vec![])?;
+        }
+        db.exec(schema::WRITE_VERSION, vec![version.into()])?;
+    }
+    Ok(found)
+}
+
+/// Inserts or updates a session; keeps `created_at`, and the label unless a new one is given.
+pub fn upsert_session(
+    db: &impl Sql,
+    session_id: &str,
+    machine_id: &str,
+    label: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT INTO sessions (session_id, machine_id, label, created_at, last_activity)
+         VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (session_id) DO UPDATE SET
+            machine_id = excluded.machine_id,
+            label = COALESCE(excluded.label, sessions.label),
+            last_activity = excluded.last_activity",
+        vec![
+            session_id.into(),
+            machine_id.into(),
+            label.into(),
+            now.into(),
+            now.into(),
+        ],
+    )
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SessionRow {
+    /// Claude Code's session id.
+    pub session_id: String,
+    /// Its machine.
+    pub machine_id: String,
+    /// Its label.
+    pub label: Option<String>,
+    /// Last activity (ms since epoch).
+    pub last_activity: i64,
+}
+
+/// Looks up one session.
+pub fn get_session(db: &impl Sql, session_id: &str) -> Result<Option<SessionRow>, StoreError> {
+    Ok(db
+        .query::<SessionRow>(
+            "SELECT session_id, machine_id, label, last_activity FROM sessions WHERE session_id = ?",
+            vec![session_id.into()],
+        )?
+        .into_iter()
+        .next())
+}
+
+/// Removes a session and its reply mappings; returns whether it existed.
+pub fn delete_session(db: &impl Sql, session_id: &str) -> Result<bool, StoreError> {
+    let existed = get_session(db, session_id)?.is_some();
+    db.exec(
+        "DELETE FROM messages WHERE session_id = ?",
+        vec![session_id.into()],
+    )?;
+    db.exec(
+        "DELETE FROM sessions WHERE session_id = ?",
+        vec![session_id.into()],
+    )?;
+    Ok(existed)
+}
+
+/// Lists sessions, most recently active first, optionally only one machine's; `online`
+/// says whether a machine's socket is connected now.
+pub fn list_sessions(
+    db: &impl Sql,
+    machine: Option<&str>,
+    online: impl Fn(&str) -> bool,
+) -> Result<Vec<SessionInfo>, StoreError> {
+    let rows = match machine {
+        Some(m) => db.query::<SessionRow>(
+            "SELECT session_id, machine_id, label, last_activity FROM sessions
+             WHERE machine_id = ? ORDER BY last_activity DESC, session_id",
+            vec![m.into()],
+        )?,
+        None => db.query::<SessionRow>(
+            "SELECT session_id, machine_id, label, last_activity FROM sessions
+             ORDER BY last_activity DESC, session_id",
+            vec![],
+        )?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|r| SessionInfo {
+            online: online(&r.machine_id),
+            session_id: r.session_id,
+            machine_id: r.machine_id,
+            label: r.label,
+            last_activity: r.last_activity,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! rusqlite behind the [`Sql`] trait, so store tests run on real SQLite.
+    use super::*;
+    use rusqlite::types::Value;
+
+    pub struct MemDb(pub rusqlite::Connection);
+
+    impl MemDb {
+        pub fn new() -> Self {
+            MemDb(rusqlite::Connection::open_in_memory().unwrap())
+        }
+        pub fn migrated() -> Self {
+            let db = Self::new();
+            migrate(&db).unwrap();
+            db
+        }
+    }
+
+    fn to_sql(params: Vec<SqlValue>) -> Vec<Value> {
+        params
+            .into_iter()
+            .map(|p| match p {
+                SqlValue::Null => Value::Null,
+                SqlValue::Int(i) => Value::Integer(i),
+                SqlValue::Text(t) => Value::Text(t),
+            })
+            .collect()
+    }
+
+    impl Sql for MemDb {
+        fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<(), StoreError> {
+            self.0
+                .execute(sql, rusqlite::params_from_iter(to_sql(params)))
+                .map(|_| ())
+                .map_err(|e| StoreError(e.to_string()))
+        }
+
+        fn query<T: DeserializeOwned>(
+            &self,
+            sql: &str,
+            params: Vec<SqlValue>,
+        ) -> Result<Vec<T>, StoreError> {
+            let err = |e: rusqlite::Error| StoreError(e.to_string());
+            let mut stmt = self.0.prepare(sql).map_err(err)?;
+            let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(to_sql(params)))
+                .map_err(err)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(err)? {
+                let mut obj = serde_json::Map::new();
+                for (i, name) in names.iter().enumerate() {
+                    let v = match row.get::<_, Value>(i).map_err(err)? {
+                        Value::Null => serde_json::Value::Null,
+                        Value::Integer(n) => n.into(),
+                        Value::Real(f) => f.into(),
+                        Value::Text(t) => t.into(),
+                        Value::Blob(b) => b.into(),
+                    };
+                    obj.insert(name.clone(), v);
+                }
+                out.push(
+                    serde_json::from_value(obj.into()).map_err(|e| StoreError(e.to_string()))?,
+                );
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::MemDb;
+    use super::*;
+
+    #[test]
+    fn migrate_is_idempotent_and_records_version() {
+        let db = MemDb::new();
+        assert_eq!(migrate(&db).unwrap(), 0);
+        assert_eq!(migrate(&db).unwrap(), schema::latest());
+        // Every table the design names exists.
+        for table in ["sessions", "messages", "command_queue", "seen_updates"] {
+            let n: i64 =
+                db.0.query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+                    [table],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(n, 1, "{table}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let db = MemDb::migrated();
+        db.exec(schema::WRITE_VERSION, vec![(schema::latest() + 1).into()])
+            .unwrap();
+        assert!(migrate(&db).unwrap_err().0.contains("newer"));
+    }
+
+    #[test]
+    fn sessions_upsert_list_delete() {
+        let db = MemDb::migrated();
+        assert!(list_sessions(&db, None, |_| false).unwrap().is_empty());
+        upsert_session(&db, "s1", "devbox", Some("api"), 10).unwrap();
+        upsert_session(&db, "s2", "laptop", None, 20).unwrap();
+        // Re-registering without a label keeps the old one and moves the machine.
+        upsert_session(&db, "s1", "laptop", None, 30).unwrap();
+        let all = list_sessions(&db, None, |m| m == "laptop").unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].session_id, "s1");
+        assert_eq!(all[0].label.as_deref(), Some("api"));
+        assert_eq!(all[0].machine_id, "laptop");
+        assert!(all[0].online);
+        assert_eq!(
+            list_sessions(&db, Some("devbox"), |_| false).unwrap().len(),
+            0
+        );
+        assert_eq!(
+            list_sessions(&db, Some("laptop"), |_| false).unwrap().len(),
+            2
+        );
+
+        db.exec(
+            "INSERT INTO messages (chat_id, message_id, session_id, token, created_at) VALUES (1, 2, 's1', 't', 0)",
+            vec![],
+        )
+        .unwrap();
+        assert!(delete_session(&db, "s1").unwrap());
+        assert!(!delete_session(&db, "s1").unwrap());
+        let left: i64 =
+            db.0.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(left, 0, "reply mappings go with their session");
+    }
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds the Worker (release, wasm-opt on) with registry-only tools: worker-build would
+# otherwise download wasm-bindgen, esbuild and wasm-opt from GitHub, which fails offline.
+# wrangler runs this as its [build] command; CCR_SKIP_BUILD=1 skips it (tests build once).
+set -euo pipefail
+[ "${CCR_SKIP_BUILD:-}" = 1 ] && exit 0
+root="$(cd "$(dirname "$0")/.." && pwd)"
+export PATH="$HOME/.cargo/bin:$PATH"
+export WASM_BINDGEN_BIN="${WASM_BINDGEN_BIN:-$(command -v wasm-bindgen)}"
+export ESBUILD_BIN="$root/node_modules/.bin/esbuild"
+export WASM_OPT_BIN="$root/node_modules/.bin/wasm-opt"
+cd "$root/crates/router-worker"
+exec worker-build --release

@@ -1,0 +1,239 @@
+//! The real Worker under `wrangler dev`, one per test, on its own ports and state directory.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::{ports::free_port, wait_for, workspace_root};
+
+/// The admin key every test Worker gets unless a test sets another.
+pub const TEST_API_KEY: &str = "test-admin-key-0123456789abcdef";
+/// The webhook secret every test Worker gets unless a test sets another.
+pub const TEST_WEBHOOK_SECRET: &str = "test-webhook-secret_0123";
+/// The relay token every test Worker gets unless a test sets another.
+pub const TEST_RELAY_TOKEN: &str = "test-relay-token-0123456789";
+/// The bot token every test Worker gets.
+pub const TEST_BOT_TOKEN: &str = "123456:TEST-bot-token";
+
+/// How to start a Worker.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Plain vars (`--var NAME:value`), e.g. `TELEGRAM_API_BASE`, `ALLOWED_CHAT_IDS`.
+    pub vars: Vec<(String, String)>,
+    /// Secrets, written to an env file (wrangler shows them as hidden, never their values).
+    pub secrets: Vec<(String, String)>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            vars: vec![],
+            secrets: vec![
+                ("CCR_API_KEY".into(), TEST_API_KEY.into()),
+                ("TELEGRAM_WEBHOOK_SECRET".into(), TEST_WEBHOOK_SECRET.into()),
+                ("RELAY_TOKEN".into(), TEST_RELAY_TOKEN.into()),
+                ("TELEGRAM_BOT_TOKEN".into(), TEST_BOT_TOKEN.into()),
+            ],
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// Adds or replaces a var.
+    pub fn var(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.vars.retain(|(n, _)| n != name);
+        self.vars.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds or replaces a secret.
+    pub fn secret(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.secrets.retain(|(n, _)| n != name);
+        self.secrets.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A running `wrangler dev`. Dropping it kills its whole process group (wrangler, workerd).
+pub struct Worker {
+    child: Option<Child>,
+    opts: WorkerOptions,
+    port: u16,
+    dir: tempfile::TempDir,
+    starts: u32,
+    http: reqwest::Client,
+}
+
+impl Worker {
+    /// Starts a Worker with default options and waits until `/health` answers.
+    pub async fn start_default() -> anyhow::Result<Worker> {
+        Self::start(WorkerOptions::default()).await
+    }
+
+    /// Starts a Worker and waits until `/health` answers.
+    pub async fn start(opts: WorkerOptions) -> anyhow::Result<Worker> {
+        let dir = tempfile::Builder::new().prefix("ccr-worker-").tempdir()?;
+        let mut w = Worker {
+            child: None,
+            opts,
+            port: free_port(),
+            dir,
+            starts: 0,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+        };
+        w.spawn().await?;
+        Ok(w)
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:43123`.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `base_url() + path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url(), path)
+    }
+
+    /// The WebSocket base, e.g. `ws://127.0.0.1:43123`.
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// The persisted state directory (Durable Object SQLite, KV).
+    pub fn persist_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Everything wrangler and workerd printed, across restarts.
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        for i in 1..=self.starts {
+            if let Ok(text) = std::fs::read_to_string(self.log_path(i)) {
+                all.push_str(&text);
+            }
+        }
+        all
+    }
+
+    /// A client with no default headers.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Stops the Worker (SIGKILL to its process group, like a crash) and starts it again on
+    /// the same port and state directory.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        self.spawn().await
+    }
+
+    /// Kills the process group and waits for the leader to exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&child);
+            let _ = child.wait().await;
+        }
+    }
+
+    fn log_path(&self, start: u32) -> PathBuf {
+        self.dir.path().join(format!("wrangler-{start}.log"))
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        self.starts += 1;
+        let root = workspace_root();
+        let env_file = self.dir.path().join("secrets.env");
+        write_env_file(&env_file, &self.opts.secrets)?;
+        let log = File::create(self.log_path(self.starts))?;
+        let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
+        cmd.current_dir(&root)
+            .arg("dev")
+            .args(["--ip", "127.0.0.1"])
+            .args(["--port", &self.port.to_string()])
+            .args(["--inspector-port", &free_port().to_string()])
+            .arg("--persist-to")
+            .arg(self.persist_dir())
+            .arg("--env-file")
+            .arg(&env_file)
+            .args(["--log-level", "log", "--show-interactive-dev-session=false"])
+            .env("CCR_SKIP_BUILD", "1")
+            .env("WRANGLER_SEND_METRICS", "false")
+            .env("CI", "true")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true);
+        for (name, value) in &self.opts.vars {
+            cmd.arg("--var").arg(format!("{name}:{value}"));
+        }
+        let child = cmd
+            .spawn()
+            .context("starting wrangler dev (run scripts/setup.sh first)")?;
+        self.child = Some(child);
+        let health = self.url("/health");
+        let ready = wait_for("the Worker's /health", Duration::from_secs(90), || {
+            let http = self.http.clone();
+            let health = health.clone();
+            async move {
+                match http
+                    .get(&health)
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => Some(()),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        if let Err(e) = ready {
+            let log = self.log();
+            self.kill().await;
+            bail!("{e}; wrangler said:\n{}", tail(&log, 40));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            kill_group(&child);
+        }
+    }
+}
+
+fn kill_group(child: &Child) {
+    if let Some(pid) = child.id() {
+        // The child leads its own process group (process_group(0)), so -pid reaches
+        // wrangler and the workerd it started. `kill(1)` rather than libc: no unsafe here.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn write_env_file(path: &Path, secrets: &[(String, String)]) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for (name, value) in secrets {
+        text.push_str(&format!("{name}={value}\n"));
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
