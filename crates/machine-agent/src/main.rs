@@ -1,5 +1,211 @@
-//! `ccr-agent`: not yet implemented beyond this entry point (see the README's status).
-fn main() {
-    eprintln!("ccr-agent: the daemon is not implemented yet");
-    std::process::exit(2);
+//! `ccr-agent`: parse arguments, set up logging, call into the library.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::Parser;
+use machine_agent::config::{self, Cli, Command, CommonArgs, Config, HookEvent};
+use machine_agent::{hooks, settings, status};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => daemon(&cli.common),
+        Command::Hook { event } => hook(&cli.common, event),
+        Command::InstallHooks { settings } => install_hooks(&cli.common, settings),
+        Command::Status => status_cmd(&cli.common),
+        Command::MachineKey => machine_key(&cli.common),
+    }
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn config_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("ccr-agent: {e}");
+    ExitCode::from(2)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn daemon(args: &CommonArgs) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    init_tracing();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ccr-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let shutdown = shutdown_signal()?;
+        machine_agent::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
+/// A hook never fails Claude: every error is logged and the exit code is 0.
+fn hook(args: &CommonArgs, event: HookEvent) -> ExitCode {
+    let data_dir = match config::data_dir(args) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("ccr-agent hook: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let _ = std::fs::create_dir_all(&data_dir);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.join("hooks.log"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match log {
+        Ok(file) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init(),
+        Err(_) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin()
+        .take(hooks::MAX_INPUT_BYTES as u64)
+        .read_to_end(&mut input)
+    {
+        tracing::warn!(hook = event.arg(), "reading the hook input: {e}");
+        return ExitCode::SUCCESS;
+    }
+    let input = String::from_utf8_lossy(&input);
+    let env = hooks::HookEnv::from_process();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!("cannot start the async runtime: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let outcome = rt.block_on(tokio::time::timeout(
+        hooks::HOOK_DEADLINE,
+        hooks::run_hook(event, args, &data_dir, &input, &env),
+    ));
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(hook = event.arg(), "hook failed: {e:#}");
+            eprintln!("ccr-agent hook {}: {e:#}", event.arg());
+        }
+        Err(_) => {
+            tracing::warn!(
+                hook = event.arg(),
+                "hook gave up after {:?}",
+                hooks::HOOK_DEADLINE
+            );
+        }
+    }
+    // Do not wait for anything still running (a hung request): Claude must not wait.
+    rt.shutdown_background();
+    ExitCode::SUCCESS
+}
+
+fn install_hooks(args: &CommonArgs, path: Option<std::path::PathBuf>) -> ExitCode {
+    let Some(path) = path.or_else(settings::default_settings_path) else {
+        return config_error("HOME is not set: pass --settings <path to settings.json>");
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("ccr-agent: cannot find this program's path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match settings::install(&path, &exe, args.data_dir.as_deref()) {
+        Ok(r) if !r.changed => {
+            println!("{}: the hooks are already installed", r.path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            if let Some(b) = &r.backup {
+                println!("backed up the previous settings to {}", b.display());
+            }
+            println!(
+                "installed the SessionStart, Stop, Notification and SessionEnd hooks in {}",
+                r.path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ccr-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status_cmd(args: &CommonArgs) -> ExitCode {
+    let data_dir = match config::data_dir(args) {
+        Ok(d) => d,
+        Err(e) => return config_error(e),
+    };
+    match status::report(&data_dir) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ccr-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn machine_key(args: &CommonArgs) -> ExitCode {
+    let Some(key) = args.api_key.as_ref().filter(|k| !k.expose().is_empty()) else {
+        return config_error(
+            "CCR_API_KEY is not set: set it (or pass --api-key) to the admin key the machine \
+             key derives from",
+        );
+    };
+    let id = match config::machine_id(args) {
+        Ok(id) => id,
+        Err(e) => return config_error(e),
+    };
+    println!("{}", config::machine_key(key, &id));
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,95 @@
+//! The Worker's HTTP routes the hooks call, with the key as a Bearer token and the machine in
+//! `X-CCR-Machine-Id` (a machine key acts only for its machine).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ccr_protocol::api::{
+    ErrorBody, NotificationSent, RegisterSession, SendNotification, UnregisterSession,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::WorkerConfig;
+
+/// A client for the Worker's API.
+pub struct WorkerApi {
+    worker: WorkerConfig,
+    http: reqwest::Client,
+}
+
+impl WorkerApi {
+    /// A client whose every request gives up after `timeout`.
+    pub fn new(worker: WorkerConfig, timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .timeout(timeout)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self { worker, http })
+    }
+
+    /// `POST /sessions/register`.
+    pub async fn register(&self, session_id: &str, label: Option<&str>) -> anyhow::Result<()> {
+        let body = RegisterSession {
+            session_id: session_id.to_owned(),
+            machine_id: self.worker.machine_id.clone(),
+            label: label.map(str::to_owned),
+        };
+        self.post::<_, serde_json::Value>("/sessions/register", &body)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /sessions/unregister`.
+    pub async fn unregister(&self, session_id: &str) -> anyhow::Result<()> {
+        let body = UnregisterSession {
+            session_id: session_id.to_owned(),
+        };
+        self.post::<_, serde_json::Value>("/sessions/unregister", &body)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /notifications/send`.
+    pub async fn notify(&self, session_id: &str, text: &str) -> anyhow::Result<NotificationSent> {
+        let body = SendNotification {
+            session_id: session_id.to_owned(),
+            text: text.to_owned(),
+            chat_id: None,
+            buttons: None,
+            reply_markup: None,
+        };
+        self.post("/notifications/send", &body).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let url = self.worker.http_url(route);
+        let resp = self
+            .http
+            .post(url.clone())
+            .bearer_auth(self.worker.api_key.expose())
+            .header("X-CCR-Machine-Id", &self.worker.machine_id)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("reading the answer of POST {url}"))?;
+        if !status.is_success() {
+            let why = serde_json::from_str::<ErrorBody>(&text)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| text.chars().take(200).collect());
+            bail!("POST {url} answered {status}: {why}");
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("POST {url} answered something that is not the expected JSON"))
+    }
+}

@@ -1,0 +1,472 @@
+//! The socket to the Worker: connect (with a timeout), keep alive, store-then-ack each
+//! command, send results, and reconnect with full-jitter backoff for as long as the daemon
+//! runs.
+//!
+//! Liveness is one `select!` arm: no frame from the Worker for `pong_timeout` drops the
+//! connection. The backoff resets once a connection has stayed up `healthy_after`. A 401 (bad
+//! key) or a close with code 4000 (another agent took over this machine id) waits a long,
+//! fixed time instead of spinning.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccr_protocol::socket::{SocketMessage, PING_FRAME};
+use futures_util::{SinkExt, StreamExt};
+use rand::{Rng, SeedableRng};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tracing::{debug, error, info, warn};
+
+use crate::config::{Timing, WorkerConfig};
+use crate::db::now_ms;
+use crate::inbox::{Command, Inbox, Receipt};
+use crate::sessions::Sessions;
+
+/// The close code the Worker uses when a newer socket for the same machine replaced this one.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// Results sent per flush.
+const RESULT_BATCH: usize = 64;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Exponential backoff with full jitter: attempt n waits a uniform random time in
+/// `[0, min(max, base·2ⁿ)]`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A fresh backoff.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            base,
+            max,
+            attempt: 0,
+        }
+    }
+
+    /// The cap for the next attempt (without jitter).
+    pub fn cap(&self) -> Duration {
+        let factor = 1u32 << self.attempt.min(20);
+        self.base.saturating_mul(factor).min(self.max)
+    }
+
+    /// The next delay, drawn from `rng`.
+    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+        let cap = self.cap();
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = cap.as_millis() as u64;
+        Duration::from_millis(rng.random_range(0..=ms))
+    }
+
+    /// Back to the first step, after a healthy connection.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// 401: the key is wrong.
+    #[error("the Worker rejected the API key (HTTP 401): {0}")]
+    Unauthorized(String),
+    /// Any other failure worth a normal retry.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How one connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Shutdown requested; close 1000 was sent.
+    Shutdown,
+    /// The Worker closed with 4000: another agent took over this machine id.
+    Replaced,
+    /// Closed, failed or timed out; reconnect.
+    Lost(String),
+}
+
+/// What the socket loop shares with the executor.
+#[derive(Clone)]
+pub struct Shared {
+    /// The inbox.
+    pub inbox: Inbox,
+    /// Session records and status.
+    pub sessions: Sessions,
+    /// Rung when a command is stored (wakes the executor).
+    pub commands_ready: Arc<Notify>,
+    /// Rung when a result is ready (wakes the socket loop).
+    pub results_ready: Arc<Notify>,
+}
+
+/// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
+pub async fn connect(worker: &WorkerConfig, timeout: Duration) -> Result<Ws, ConnectError> {
+    let url = worker.socket_url();
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::Other(format!("bad socket URL {url}: {e}")))?;
+    let protocols =
+        HeaderValue::from_str(&format!("ccr, {}", worker.api_key.expose())).map_err(|_| {
+            ConnectError::Unauthorized(
+                "the API key contains characters a header cannot carry".into(),
+            )
+        })?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", protocols);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(ccr_protocol::MAX_FRAME_BYTES))
+        .max_frame_size(Some(ccr_protocol::MAX_FRAME_BYTES));
+    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => Err(ConnectError::Other(format!(
+            "connecting to {} timed out after {timeout:?}",
+            redact(&url)
+        ))),
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(WsError::Http(resp))) => {
+            let status = resp.status();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| {
+                    String::from_utf8_lossy(b)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            if status.as_u16() == 401 {
+                Err(ConnectError::Unauthorized(body))
+            } else {
+                Err(ConnectError::Other(format!(
+                    "the Worker answered the socket upgrade with HTTP {status}: {body}"
+                )))
+            }
+        }
+        Ok(Err(e)) => Err(ConnectError::Other(format!(
+            "connecting to {}: {e}",
+            redact(&url)
+        ))),
+    }
+}
+
+fn redact(url: &url::Url) -> String {
+    // The socket URL carries no secret (the key travels in a header), only the machine id.
+    url.to_string()
+}
+
+/// Keeps a connection to the Worker until `shutdown` turns true.
+pub async fn run_socket(
+    worker: WorkerConfig,
+    timing: Timing,
+    shared: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_max);
+    // A Send generator (the thread-local one cannot cross awaits in a spawned task).
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let delay = match connect(&worker, timing.connect_timeout).await {
+            Ok(ws) => {
+                let started = Instant::now();
+                info!(machine_id = %worker.machine_id, "connected to the Worker");
+                set_status(&shared, "connected", "");
+                let ended = serve(ws, &timing, &shared, &mut shutdown).await;
+                if started.elapsed() >= timing.healthy_after {
+                    backoff.reset();
+                }
+                match ended {
+                    Ended::Shutdown => {
+                        info!("disconnected: shutting down");
+                        set_status(&shared, "stopped", "shut down");
+                        return;
+                    }
+                    Ended::Replaced => {
+                        warn!(
+                            machine_id = %worker.machine_id,
+                            "disconnected: another agent took over this machine id (close {CLOSE_REPLACED}); \
+                             retrying in {:?} — stop the other agent or give this one its own --machine-id",
+                            timing.replaced_retry
+                        );
+                        set_status(
+                            &shared,
+                            "replaced",
+                            "another agent took over this machine id",
+                        );
+                        timing.replaced_retry
+                    }
+                    Ended::Lost(why) => {
+                        let d = backoff.next_delay(&mut rng);
+                        warn!("disconnected: {why}; reconnecting in {d:?}");
+                        set_status(&shared, "disconnected", &why);
+                        d
+                    }
+                }
+            }
+            Err(ConnectError::Unauthorized(body)) => {
+                error!(
+                    "the Worker rejected the API key (HTTP 401{}): set CCR_API_KEY to the admin \
+                     key or this machine's key (`ccr-agent machine-key --machine-id {}`); \
+                     retrying in {:?}",
+                    if body.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {body}")
+                    },
+                    worker.machine_id,
+                    timing.unauthorized_retry
+                );
+                set_status(&shared, "unauthorized", "the Worker rejected the API key");
+                timing.unauthorized_retry
+            }
+            Err(ConnectError::Other(why)) => {
+                let d = backoff.next_delay(&mut rng);
+                warn!("cannot connect: {why}; retrying in {d:?}");
+                set_status(&shared, "disconnected", &why);
+                d
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+fn set_status(shared: &Shared, state: &str, detail: &str) {
+    let now = now_ms();
+    let r = shared
+        .sessions
+        .set_status("connection", state, now)
+        .and_then(|_| shared.sessions.set_status("connection_detail", detail, now));
+    if let Err(e) = r {
+        warn!("recording status: {e}");
+    }
+}
+
+/// Serves one connection until it ends.
+pub async fn serve(
+    mut ws: Ws,
+    timing: &Timing,
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Ended {
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    // Results finished while no socket was up go out first.
+    if let Err(e) = flush_results(&mut ws, shared).await {
+        return Ended::Lost(e);
+    }
+    loop {
+        let deadline = last_heard + timing.pong_timeout;
+        tokio::select! {
+            _ = shutdown.changed() => {
+                close(&mut ws, CloseCode::Normal, "agent shutting down").await;
+                return Ended::Shutdown;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                close(&mut ws, CloseCode::Away, "no pong").await;
+                return Ended::Lost(format!(
+                    "no answer from the Worker for {:?}", timing.pong_timeout
+                ));
+            }
+            _ = ping.tick() => {
+                if let Err(e) = send(&mut ws, PING_FRAME.to_owned()).await {
+                    return Ended::Lost(e);
+                }
+            }
+            _ = shared.results_ready.notified() => {
+                if let Err(e) = flush_results(&mut ws, shared).await {
+                    return Ended::Lost(e);
+                }
+            }
+            frame = ws.next() => {
+                let Some(frame) = frame else {
+                    return Ended::Lost("the Worker closed the connection".into());
+                };
+                last_heard = Instant::now();
+                match frame {
+                    Ok(Message::Text(text)) => {
+                        if let Err(e) = on_text(&mut ws, shared, text.as_str()).await {
+                            return Ended::Lost(e);
+                        }
+                    }
+                    Ok(Message::Close(frame)) => {
+                        return match frame {
+                            Some(f) if u16::from(f.code) == CLOSE_REPLACED => Ended::Replaced,
+                            Some(f) => Ended::Lost(format!(
+                                "the Worker closed the connection ({} {})",
+                                u16::from(f.code),
+                                f.reason
+                            )),
+                            None => Ended::Lost("the Worker closed the connection".into()),
+                        };
+                    }
+                    Ok(Message::Binary(_)) => warn!("ignoring a binary frame"),
+                    Ok(_) => {}
+                    Err(e) => return Ended::Lost(format!("socket error: {e}")),
+                }
+            }
+        }
+    }
+}
+
+async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String> {
+    let msg = match SocketMessage::decode(text) {
+        Ok(m) => m,
+        Err(e) if e.is_unknown_type() => {
+            info!("ignoring a message this agent does not know: {e}");
+            return Ok(());
+        }
+        Err(e) => {
+            warn!("ignoring a malformed message: {e}");
+            return Ok(());
+        }
+    };
+    match msg {
+        SocketMessage::Pong => {
+            if let Err(e) = shared.sessions.set_status("last_pong", "", now_ms()) {
+                debug!("recording pong: {e}");
+            }
+        }
+        SocketMessage::Command {
+            command_id,
+            session_id,
+            command,
+            chat_id,
+        } => {
+            let cmd = Command {
+                command_id,
+                session_id,
+                command,
+                chat_id,
+            };
+            let receipt = match shared.inbox.store(&cmd, now_ms()) {
+                Ok(r) => r,
+                Err(e) => {
+                    // Not acked: the Worker delivers it again, by when the disk may be back.
+                    error!(command_id = %cmd.command_id, "storing a command failed, not acking: {e}");
+                    return Ok(());
+                }
+            };
+            let ack = SocketMessage::Ack {
+                command_id: cmd.command_id.clone(),
+            };
+            send(ws, ack.encode()).await?;
+            match receipt {
+                Receipt::New => {
+                    info!(command_id = %cmd.command_id, session_id = %cmd.session_id, "command stored and acked");
+                    if let Err(e) = shared.inbox.mark_acked(&cmd.command_id, now_ms()) {
+                        warn!("recording the ack: {e}");
+                    }
+                    shared.commands_ready.notify_one();
+                }
+                Receipt::Duplicate(state) => {
+                    info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");
+                }
+            }
+        }
+        other => debug!("ignoring {} from the Worker", other.type_name()),
+    }
+    Ok(())
+}
+
+async fn flush_results(ws: &mut Ws, shared: &Shared) -> Result<(), String> {
+    loop {
+        let batch = match shared.inbox.unsent_results(RESULT_BATCH) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("reading results: {e}");
+                return Ok(());
+            }
+        };
+        let full = batch.len() == RESULT_BATCH;
+        for (command_id, outcome) in batch {
+            let msg = SocketMessage::CommandResult {
+                command_id: command_id.clone(),
+                success: outcome.success,
+                error: outcome.error,
+            };
+            send(ws, msg.encode()).await?;
+            if let Err(e) = shared.inbox.mark_result_sent(&command_id) {
+                warn!("recording a sent result: {e}");
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, text: String) -> Result<(), String> {
+    // A send that cannot complete (a dead peer with full buffers) must not hang the loop.
+    match tokio::time::timeout(Duration::from_secs(10), ws.send(Message::text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("sending failed: {e}")),
+        Err(_) => Err("sending timed out".into()),
+    }
+}
+
+async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if ws.close(Some(frame)).await.is_ok() {
+            // Wait for the peer's close reply so the close handshake completes.
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut caps = Vec::new();
+        for _ in 0..10 {
+            caps.push(b.cap());
+            let d = b.next_delay(&mut rng);
+            assert!(d <= *caps.last().unwrap());
+        }
+        assert_eq!(caps[0], Duration::from_millis(500));
+        assert_eq!(caps[1], Duration::from_secs(1));
+        assert_eq!(caps[5], Duration::from_secs(16));
+        assert_eq!(caps[6], Duration::from_secs(30));
+        assert_eq!(caps[9], Duration::from_secs(30));
+        // Jitter: many draws at the cap spread over the range rather than sitting on it.
+        let draws: Vec<Duration> = (0..200).map(|_| b.next_delay(&mut rng)).collect();
+        assert!(draws.iter().any(|d| *d < Duration::from_secs(10)));
+        assert!(draws.iter().any(|d| *d > Duration::from_secs(20)));
+        b.reset();
+        assert_eq!(b.cap(), Duration::from_millis(500));
+        // Huge attempt counts do not overflow.
+        for _ in 0..100 {
+            b.next_delay(&mut rng);
+        }
+        assert_eq!(b.cap(), Duration::from_secs(30));
+    }
+}

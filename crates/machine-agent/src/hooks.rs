@@ -1,0 +1,267 @@
+//! `ccr-agent hook <event>`: what Claude Code runs at session start, stop, notification and
+//! session end, with the hook's JSON on stdin and `$TMUX`/`$TMUX_PANE` in the environment.
+//!
+//! A hook records the session's pane locally (for the daemon, which runs outside tmux) and
+//! talks to the Worker directly. It must never block Claude for long nor fail it: the caller
+//! bounds it with [`HOOK_DEADLINE`] and turns every error into a log line and exit 0.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::api::WorkerApi;
+use crate::config::{hook_worker, CommonArgs, HookEvent};
+use crate::db::{now_ms, Db};
+use crate::inject::socket_from_tmux_env;
+use crate::sessions::{SessionRecord, Sessions};
+
+/// A hook gives up after this long in total (Claude Code's own hook timeout is 10 s).
+pub const HOOK_DEADLINE: Duration = Duration::from_secs(8);
+/// Each HTTP call to the Worker gives up after this long.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest hook input read from stdin.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// A notification carries at most this many characters of the assistant's text.
+pub const MAX_TEXT_CHARS: usize = 3500;
+
+/// The fields of Claude Code's hook input this agent uses (others are ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct HookInput {
+    /// The session.
+    pub session_id: String,
+    /// The transcript JSONL.
+    #[serde(default)]
+    pub transcript_path: Option<String>,
+    /// The session's working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// `SessionStart`, `Stop`, ...
+    #[serde(default)]
+    pub hook_event_name: Option<String>,
+    /// The Notification hook's message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// The tmux variables of the hook's environment.
+#[derive(Debug, Clone, Default)]
+pub struct HookEnv {
+    /// `$TMUX`: `<socket>,<pid>,<session>`.
+    pub tmux: Option<String>,
+    /// `$TMUX_PANE`, e.g. `%3`.
+    pub tmux_pane: Option<String>,
+}
+
+impl HookEnv {
+    /// From this process's environment.
+    pub fn from_process() -> Self {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            tmux: var("TMUX"),
+            tmux_pane: var("TMUX_PANE"),
+        }
+    }
+}
+
+/// Runs one hook event.
+pub async fn run_hook(
+    event: HookEvent,
+    args: &CommonArgs,
+    data_dir: &Path,
+    input: &str,
+    env: &HookEnv,
+) -> anyhow::Result<()> {
+    let input: HookInput =
+        serde_json::from_str(input).context("the hook input is not Claude Code's hook JSON")?;
+    ccr_protocol::validate::session_id(&input.session_id)
+        .map_err(|e| anyhow::anyhow!("the hook input's session_id is invalid: {e}"))?;
+    let sessions = Sessions::new(Db::open(data_dir)?);
+    let known = sessions.get(&input.session_id)?;
+    let record = refresh_record(known.as_ref(), &input, env);
+    let api = || -> anyhow::Result<WorkerApi> {
+        let worker = hook_worker(args, data_dir).map_err(|e| {
+            anyhow::anyhow!("{e} (or run the daemon once, which saves them for the hooks)")
+        })?;
+        WorkerApi::new(worker, HTTP_TIMEOUT)
+    };
+    match event {
+        HookEvent::SessionStart => {
+            sessions.upsert(&record)?;
+            api()?
+                .register(&input.session_id, record.label.as_deref())
+                .await?;
+            info!(session_id = %input.session_id, pane = ?record.pane_id, "session registered");
+        }
+        HookEvent::Stop => {
+            sessions.upsert(&record)?;
+            let api = api()?;
+            if known.is_none() {
+                // The start hook never ran here (e.g. hooks installed mid-session).
+                api.register(&input.session_id, record.label.as_deref())
+                    .await?;
+            }
+            let transcript = input
+                .transcript_path
+                .clone()
+                .or_else(|| record.transcript_path.clone());
+            let text = match transcript {
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    tokio::task::spawn_blocking(move || {
+                        crate::transcript::last_assistant_text(&path)
+                    })
+                    .await
+                    .context("reading the transcript")?
+                    .unwrap_or_else(|e| {
+                        warn!("reading the transcript: {e}");
+                        None
+                    })
+                }
+                None => None,
+            };
+            let message = stop_text(&record, text.as_deref());
+            let sent = api.notify(&input.session_id, &message).await?;
+            info!(session_id = %input.session_id, message_id = sent.message_id, "stop notification sent");
+        }
+        HookEvent::Notification => {
+            sessions.upsert(&record)?;
+            let api = api()?;
+            if known.is_none() {
+                api.register(&input.session_id, record.label.as_deref())
+                    .await?;
+            }
+            let Some(message) = input.message.as_deref().filter(|m| !m.trim().is_empty()) else {
+                bail!("the Notification hook input has no message");
+            };
+            let text = format!("🔔 {}: {}", heading(&record), message.trim());
+            let sent = api.notify(&input.session_id, &text).await?;
+            info!(session_id = %input.session_id, message_id = sent.message_id, "notification sent");
+        }
+        HookEvent::SessionEnd => {
+            sessions.remove(&input.session_id)?;
+            api()?.unregister(&input.session_id).await?;
+            info!(session_id = %input.session_id, "session unregistered");
+        }
+    }
+    Ok(())
+}
+
+/// The session's record updated with what this hook call knows (the environment is Claude's,
+/// so `$TMUX_PANE` is the session's pane).
+fn refresh_record(
+    known: Option<&SessionRecord>,
+    input: &HookInput,
+    env: &HookEnv,
+) -> SessionRecord {
+    let mut rec = known.cloned().unwrap_or(SessionRecord {
+        session_id: input.session_id.clone(),
+        pane_id: None,
+        tmux_socket: None,
+        cwd: None,
+        label: None,
+        transcript_path: None,
+        updated_at: 0,
+    });
+    if let Some(pane) = env.tmux_pane.as_deref().filter(|p| p.starts_with('%')) {
+        rec.pane_id = Some(pane.to_owned());
+        rec.tmux_socket = env.tmux.as_deref().and_then(socket_from_tmux_env);
+    }
+    if let Some(cwd) = input.cwd.as_deref().filter(|c| !c.is_empty()) {
+        rec.cwd = Some(cwd.to_owned());
+        rec.label = Some(label_of(cwd));
+    }
+    if let Some(t) = &input.transcript_path {
+        rec.transcript_path = Some(t.clone());
+    }
+    rec.updated_at = now_ms();
+    rec
+}
+
+/// The label of a working directory: its last component, valid as a label.
+pub fn label_of(cwd: &str) -> String {
+    let name = Path::new(cwd)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| cwd.to_owned());
+    let clean: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
+    if clean.is_empty() {
+        "/".into()
+    } else {
+        clean
+    }
+}
+
+fn heading(rec: &SessionRecord) -> String {
+    match (&rec.label, &rec.cwd) {
+        (Some(label), Some(cwd)) => format!("{label} ({cwd})"),
+        (Some(label), None) => label.clone(),
+        _ => format!("session {}", rec.session_id),
+    }
+}
+
+/// The Stop notification: the label and directory, then the last assistant text.
+pub fn stop_text(rec: &SessionRecord, text: Option<&str>) -> String {
+    let body = match text {
+        Some(t) if t.chars().count() > MAX_TEXT_CHARS => {
+            let cut: String = t.chars().take(MAX_TEXT_CHARS).collect();
+            format!("{cut}…")
+        }
+        Some(t) => t.to_owned(),
+        None => "(Claude finished without a text reply)".to_owned(),
+    };
+    format!("✅ {}\n\n{}", heading(rec), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_pane_and_server_from_the_environment() {
+        let input = HookInput {
+            session_id: "s1".into(),
+            cwd: Some("/home/me/projects/api".into()),
+            transcript_path: Some("/t.jsonl".into()),
+            ..Default::default()
+        };
+        let env = HookEnv {
+            tmux: Some("/tmp/tmux-1000/work,99,0".into()),
+            tmux_pane: Some("%4".into()),
+        };
+        let rec = refresh_record(None, &input, &env);
+        assert_eq!(rec.pane_id.as_deref(), Some("%4"));
+        assert_eq!(
+            rec.tmux_socket.as_deref(),
+            Some(Path::new("/tmp/tmux-1000/work"))
+        );
+        assert_eq!(rec.label.as_deref(), Some("api"));
+        // A later hook outside tmux keeps what was recorded.
+        let again = refresh_record(Some(&rec), &input, &HookEnv::default());
+        assert_eq!(again.pane_id.as_deref(), Some("%4"));
+    }
+
+    #[test]
+    fn stop_text_has_label_directory_and_is_bounded() {
+        let rec = SessionRecord {
+            session_id: "s".into(),
+            pane_id: None,
+            tmux_socket: None,
+            cwd: Some("/w/api".into()),
+            label: Some("api".into()),
+            transcript_path: None,
+            updated_at: 0,
+        };
+        assert_eq!(stop_text(&rec, Some("done")), "✅ api (/w/api)\n\ndone");
+        let long = "é".repeat(MAX_TEXT_CHARS + 5);
+        assert_eq!(
+            stop_text(&rec, Some(&long)).chars().count(),
+            "✅ api (/w/api)\n\n".chars().count() + MAX_TEXT_CHARS + 1
+        );
+        assert!(stop_text(&rec, None).contains("without a text reply"));
+        assert_eq!(label_of("/"), "/");
+        assert_eq!(label_of("/a/b\u{1b}c"), "bc");
+    }
+}

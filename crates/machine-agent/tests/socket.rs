@@ -1,0 +1,470 @@
+//! The daemon against an in-process WebSocket server that plays the Worker's side of the
+//! socket contract, with a stand-in `tmux` program that records its arguments.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
+use futures_util::{SinkExt, StreamExt};
+use machine_agent::config::{Config, Secret, Timing, WorkerConfig};
+use machine_agent::db::{now_ms, Db};
+use machine_agent::sessions::{SessionRecord, Sessions};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const KEY: &str = "agent-test-key";
+const WAIT: Duration = Duration::from_secs(10);
+
+type Conn = WebSocketStream<TcpStream>;
+
+/// Plays the Worker: accepts sockets with subprotocol `ccr, KEY` (answering `ccr`), rejects
+/// others with 401, and hands each accepted connection with its request path to the test.
+struct FakeWorker {
+    port: u16,
+    conns: mpsc::Receiver<(String, Conn)>,
+    rejected: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FakeWorker {
+    async fn start() -> FakeWorker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, conns) = mpsc::channel(8);
+        let rejected = Arc::new(AtomicUsize::new(0));
+        let rej = rejected.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                let rej = rej.clone();
+                tokio::spawn(async move {
+                    let (path_tx, path_rx) = oneshot::channel();
+                    // The callback's error type is tungstenite's, large or not.
+                    #[allow(clippy::result_large_err)]
+                    let cb = move |req: &Request, mut resp: Response| {
+                        let _ = path_tx.send(req.uri().to_string());
+                        let protocols = req
+                            .headers()
+                            .get("Sec-WebSocket-Protocol")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        if protocols != format!("ccr, {KEY}") {
+                            let mut err = ErrorResponse::new(Some(
+                                r#"{"ok":false,"error":"invalid API key"}"#.into(),
+                            ));
+                            *err.status_mut() = StatusCode::UNAUTHORIZED;
+                            return Err(err);
+                        }
+                        resp.headers_mut()
+                            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("ccr"));
+                        Ok(resp)
+                    };
+                    match tokio_tungstenite::accept_hdr_async(stream, cb).await {
+                        Ok(ws) => {
+                            let path = path_rx.await.unwrap_or_default();
+                            let _ = tx.send((path, ws)).await;
+                        }
+                        Err(_) => {
+                            rej.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        FakeWorker {
+            port,
+            conns,
+            rejected,
+            task,
+        }
+    }
+
+    async fn accept(&mut self) -> Conn {
+        let (path, ws) = tokio::time::timeout(WAIT, self.conns.recv())
+            .await
+            .expect("the agent connects")
+            .unwrap();
+        assert_eq!(path, "/ws?machineId=testbox");
+        ws
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Next agent message that is not a ping (pings are answered with a pong).
+async fn next_msg(ws: &mut Conn) -> SocketMessage {
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame from the agent")
+            .expect("the socket is open")
+            .unwrap();
+        if let Message::Text(text) = frame {
+            if text.as_str() == PING_FRAME {
+                ws.send(Message::text(PONG_FRAME)).await.unwrap();
+                continue;
+            }
+            return SocketMessage::decode(text.as_str()).unwrap();
+        }
+    }
+}
+
+/// Asserts the agent sends nothing but pings for `d`.
+async fn quiet_for(ws: &mut Conn, d: Duration) {
+    let end = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(end, ws.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == PING_FRAME => {
+                ws.send(Message::text(PONG_FRAME)).await.unwrap();
+            }
+            Ok(other) => panic!("unexpected frame: {other:?}"),
+        }
+    }
+}
+
+fn command(id: &str, text: &str) -> Message {
+    Message::text(
+        SocketMessage::Command {
+            command_id: id.into(),
+            session_id: "s1".into(),
+            command: text.into(),
+            chat_id: "42".into(),
+        }
+        .encode(),
+    )
+}
+
+/// A `tmux` stand-in: records each call's arguments, answers `display-message` with `%1`.
+fn fake_tmux(dir: &Path) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let rec = dir.join("tmux-calls.txt");
+    let script = dir.join("tmux");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\ncase \"$*\" in *display-message*) echo '%1';; esac\n",
+            rec.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, rec)
+}
+
+fn typed(rec: &Path) -> Vec<String> {
+    std::fs::read_to_string(rec)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("send-keys") && l.contains(" -l "))
+        .map(str::to_owned)
+        .collect()
+}
+
+struct Agent {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agent {
+    fn start(config: Config) -> Agent {
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(machine_agent::run(config, async {
+            let _ = rx.await;
+        }));
+        Agent {
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("run returns after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn config(port: u16, data_dir: &Path, tmux: &Path, key: &str) -> Config {
+    Config {
+        worker: WorkerConfig {
+            url: format!("http://127.0.0.1:{port}").parse().unwrap(),
+            api_key: Secret::new(key),
+            machine_id: "testbox".into(),
+        },
+        data_dir: data_dir.to_owned(),
+        inject_delay: Duration::from_millis(10),
+        hold_commands: false,
+        tmux: tmux.to_owned(),
+        timing: Timing {
+            ping_interval: Duration::from_millis(300),
+            pong_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(200),
+            healthy_after: Duration::from_millis(500),
+            unauthorized_retry: Duration::from_secs(3),
+            replaced_retry: Duration::from_millis(1500),
+        },
+    }
+}
+
+fn record_session(data_dir: &Path) {
+    Sessions::new(Db::open(data_dir).unwrap())
+        .upsert(&SessionRecord {
+            session_id: "s1".into(),
+            pane_id: Some("%1".into()),
+            tmux_socket: Some("/tmp/fake-tmux-socket".into()),
+            cwd: Some("/w/api".into()),
+            label: Some("api".into()),
+            transcript_path: None,
+            updated_at: now_ms(),
+        })
+        .unwrap();
+}
+
+#[tokio::test]
+async fn commands_are_acked_typed_once_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, rec) = fake_tmux(dir.path());
+    record_session(dir.path());
+    let mut worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
+    let mut ws = worker.accept().await;
+
+    ws.send(command("c1", "fix the $(tests)")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::Ack {
+            command_id: "c1".into()
+        }
+    );
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::CommandResult {
+            command_id: "c1".into(),
+            success: true,
+            error: None
+        }
+    );
+    let calls = std::fs::read_to_string(&rec).unwrap();
+    assert!(
+        calls.contains("-S /tmp/fake-tmux-socket send-keys -t %1 -l -- fix the $(tests)"),
+        "{calls}"
+    );
+    assert!(calls.contains("send-keys -t %1 Enter"), "{calls}");
+
+    // At-least-once delivery: the same id again is acked and not typed again.
+    ws.send(command("c1", "fix the $(tests)")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::Ack {
+            command_id: "c1".into()
+        }
+    );
+    // Unknown and malformed frames are skipped without dropping the connection.
+    ws.send(Message::text(r#"{"type":"hello","version":9}"#))
+        .await
+        .unwrap();
+    ws.send(Message::text("not json")).await.unwrap();
+    quiet_for(&mut ws, Duration::from_millis(500)).await;
+    assert_eq!(typed(&rec).len(), 1);
+
+    // An unknown session fails with a reason a person understands.
+    ws.send(Message::text(
+        SocketMessage::Command {
+            command_id: "c2".into(),
+            session_id: "nope".into(),
+            command: "x".into(),
+            chat_id: "42".into(),
+        }
+        .encode(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::Ack {
+            command_id: "c2".into()
+        }
+    );
+    match next_msg(&mut ws).await {
+        SocketMessage::CommandResult {
+            command_id,
+            success: false,
+            error: Some(e),
+        } => {
+            assert_eq!(command_id, "c2");
+            assert!(e.contains("not known on this machine"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(typed(&rec).len(), 1);
+
+    // Shutdown: close 1000, then run returns.
+    let stopping = tokio::spawn(agent.stop());
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(f.code, CloseCode::Normal);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn pings_are_exact_and_silence_drops_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, _) = fake_tmux(dir.path());
+    let mut worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
+    let mut ws = worker.accept().await;
+    // The first frame is the exact ping, after the interval.
+    let started = tokio::time::Instant::now();
+    let frame = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame, Message::text(PING_FRAME));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // Never answer: the agent gives up after the pong timeout and connects again.
+    let mut ws2 = worker.accept().await;
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    drop(ws);
+    // The new connection works.
+    ws2.send(command("c1", "")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws2).await,
+        SocketMessage::Ack {
+            command_id: "c1".into()
+        }
+    );
+    // A connection the Worker drops is replaced quickly (backoff starts at ≤ 50 ms).
+    drop(ws2);
+    let dropped = tokio::time::Instant::now();
+    let _ws3 = worker.accept().await;
+    assert!(dropped.elapsed() < Duration::from_secs(2));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_key_is_not_retried_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, _) = fake_tmux(dir.path());
+    let worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, "wrong-key"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // With the normal backoff (≤ 200 ms here) there would be many attempts.
+    assert_eq!(worker.rejected.load(Ordering::SeqCst), 1);
+    let status = machine_agent::status::report(dir.path()).unwrap();
+    assert!(status.contains("unauthorized"), "{status}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn replaced_by_another_agent_waits_before_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, _) = fake_tmux(dir.path());
+    let mut worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
+    let mut ws = worker.accept().await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "replaced".into(),
+    }))
+    .await
+    .unwrap();
+    let closed = tokio::time::Instant::now();
+    let _ws2 = worker.accept().await;
+    assert!(closed.elapsed() >= Duration::from_millis(1400));
+    let status = machine_agent::status::report(dir.path()).unwrap();
+    assert!(
+        status.contains("connected") || status.contains("replaced"),
+        "{status}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn stored_commands_run_once_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, rec) = fake_tmux(dir.path());
+    record_session(dir.path());
+    let mut worker = FakeWorker::start().await;
+
+    // First run holds commands: stored and acked, never typed (as if killed right then).
+    let mut held = config(worker.port, dir.path(), &tmux, KEY);
+    held.hold_commands = true;
+    let agent = Agent::start(held);
+    let mut ws = worker.accept().await;
+    ws.send(command("c1", "one")).await.unwrap();
+    ws.send(command("c2", "two")).await.unwrap();
+    for id in ["c1", "c2"] {
+        assert_eq!(
+            next_msg(&mut ws).await,
+            SocketMessage::Ack {
+                command_id: id.into()
+            }
+        );
+    }
+    quiet_for(&mut ws, Duration::from_millis(300)).await;
+    assert!(typed(&rec).is_empty());
+    agent.stop().await;
+    drop(ws);
+
+    // The next run types both, in order, once, and reports them.
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
+    let mut ws = worker.accept().await;
+    let mut results = Vec::new();
+    while results.len() < 2 {
+        if let SocketMessage::CommandResult {
+            command_id,
+            success,
+            ..
+        } = next_msg(&mut ws).await
+        {
+            assert!(success);
+            results.push(command_id);
+        }
+    }
+    assert_eq!(results, ["c1", "c2"]);
+    // Delivered again by the Worker (its acks were lost, say): acked only.
+    ws.send(command("c1", "one")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::Ack {
+            command_id: "c1".into()
+        }
+    );
+    quiet_for(&mut ws, Duration::from_millis(300)).await;
+    let t = typed(&rec);
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert!(
+        t[0].ends_with("-l -- one") && t[1].ends_with("-l -- two"),
+        "{t:?}"
+    );
+    agent.stop().await;
+}
