@@ -10,6 +10,7 @@
 //! Tests need a built Worker (`scripts/build-worker.sh`, which `make test` runs first).
 
 pub mod ports;
+pub mod socket;
 pub mod telegram;
 pub mod tmux;
 pub mod worker;

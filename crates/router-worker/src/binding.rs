@@ -4,9 +4,7 @@
 //! calls them, and writes responses. No `unwrap`/`expect`/indexing here: a panic in a Durable
 //! Object hangs the request and resets every object in the isolate (see WORKERS-RS.md).
 
-use std::cell::Cell;
-
-use ccr_protocol::api::{ErrorBody, OkBody, RegisterSession, SessionList, UnregisterSession};
+use ccr_protocol::api::ErrorBody;
 use ccr_protocol::{validate, MAX_API_BODY_BYTES};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -14,32 +12,32 @@ use worker::*;
 
 use crate::auth::{self, Principal};
 use crate::route::{route, Route};
-use crate::store::{self, Sql, SqlValue, StoreError};
+use crate::store::{Sql, SqlValue, StoreError};
 
 /// The RouterDO namespace binding in wrangler.toml.
-const ROUTER_BINDING: &str = "ROUTER";
+pub(crate) const ROUTER_BINDING: &str = "ROUTER";
 /// The one RouterDO instance: all sessions of an installation live together.
-const ROUTER_NAME: &str = "router";
+pub(crate) const ROUTER_NAME: &str = "router";
 /// Worker → RouterDO: who the Worker authenticated. Set only by the Worker, never trusted
 /// from outside (the DO is reachable only through the Worker).
-const PRINCIPAL_HEADER: &str = "x-ccr-principal";
+pub(crate) const PRINCIPAL_HEADER: &str = "x-ccr-principal";
 
 /// A JSON answer with a status.
-fn json<T: Serialize>(status: u16, body: &T) -> Result<Response> {
+pub(crate) fn json<T: Serialize>(status: u16, body: &T) -> Result<Response> {
     Ok(Response::from_json(body)?.with_status(status))
 }
 
 /// `{"ok":false,"error":...}` with a status.
-fn error(status: u16, message: impl Into<String>) -> Result<Response> {
+pub(crate) fn error(status: u16, message: impl Into<String>) -> Result<Response> {
     json(status, &ErrorBody::new(message))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     Date::now().as_millis() as i64
 }
 
 /// A secret or var as a string; absent = empty (callers treat empty as "not configured").
-fn setting(env: &Env, name: &str) -> String {
+pub(crate) fn setting(env: &Env, name: &str) -> String {
     env.secret(name)
         .map(|s| s.to_string())
         .or_else(|_| env.var(name).map(|v| v.to_string()))
@@ -62,13 +60,18 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
     let method = req.method().to_string();
     match route(&method, &path) {
         Route::Health => Response::ok("ok"),
-        Route::ListSessions | Route::RegisterSession | Route::UnregisterSession => {
+        Route::ListSessions
+        | Route::RegisterSession
+        | Route::UnregisterSession
+        | Route::SendNotification => {
             let principal = match authenticate_http(&req, env)? {
                 Ok(p) => p,
                 Err(resp) => return Ok(resp),
             };
             forward_to_router(req, env, &principal).await
         }
+        Route::Webhook(secret) => handle_webhook(req, env, &secret).await,
+        Route::MachineSocket => handle_socket(req, env).await,
         Route::MethodNotAllowed(allowed) => error(
             405,
             format!("{method} is not allowed on {path}; use {allowed}"),
@@ -93,7 +96,7 @@ fn authenticate_http(req: &Request, env: &Env) -> Result<std::result::Result<Pri
 }
 
 /// Reads a request body up to `limit` bytes; `Err` is the 413 answer.
-async fn read_body(
+pub(crate) async fn read_body(
     req: &mut Request,
     limit: usize,
 ) -> Result<std::result::Result<Vec<u8>, Response>> {
@@ -126,15 +129,89 @@ async fn forward_to_router(mut req: Request, env: &Env, principal: &Principal) -
         init.with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
     }
     let inner = Request::new_with_init(&format!("https://router.internal{}", req.path()), &init)?;
-    let stub = env
-        .durable_object(ROUTER_BINDING)?
+    router_stub(env)?.fetch_with_request(inner).await
+}
+
+/// The RouterDO stub.
+fn router_stub(env: &Env) -> Result<Stub> {
+    env.durable_object(ROUTER_BINDING)?
         .id_from_name(ROUTER_NAME)?
-        .get_stub()?;
-    stub.fetch_with_request(inner).await
+        .get_stub()
+}
+
+/// Telegram's webhook: both the path secret and the header must match, else 401 and
+/// nothing is touched.
+async fn handle_webhook(mut req: Request, env: &Env, path_secret: &str) -> Result<Response> {
+    let configured = setting(env, "TELEGRAM_WEBHOOK_SECRET");
+    let header = req
+        .headers()
+        .get("x-telegram-bot-api-secret-token")?
+        .unwrap_or_default();
+    // Evaluate both comparisons (no short circuit), so timing says nothing about which failed.
+    let path_ok = auth::ct_eq(path_secret, &configured);
+    let header_ok = auth::ct_eq(&header, &configured);
+    if configured.is_empty() || !(path_ok & header_ok) {
+        return error(401, "webhook secret mismatch");
+    }
+    let body = match read_body(&mut req, MAX_API_BODY_BYTES).await? {
+        Ok(b) => b,
+        Err(resp) => return Ok(resp),
+    };
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    headers.set(PRINCIPAL_HEADER, &Principal::Admin.encode())?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+    let inner = Request::new_with_init("https://router.internal/webhook/telegram/verified", &init)?;
+    router_stub(env)?.fetch_with_request(inner).await
+}
+
+/// `/ws?machineId=X`: authenticates (subprotocol `ccr, <key>` or the API-key headers) and
+/// hands the upgrade to the RouterDO, which accepts it for hibernation.
+async fn handle_socket(req: Request, env: &Env) -> Result<Response> {
+    let url = req.url()?;
+    let machine = url
+        .query_pairs()
+        .find(|(k, _)| k == "machineId")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if let Err(e) = validate::machine_id(&machine) {
+        return error(400, format!("?machineId=: {e}"));
+    }
+    let header = |name: &str| req.headers().get(name).ok().flatten();
+    let protocols = header("sec-websocket-protocol");
+    let x_api_key = header("x-api-key");
+    let authorization = header("authorization");
+    let presented = auth::subprotocol_key(protocols.as_deref())
+        .or_else(|| auth::presented_key(x_api_key.as_deref(), authorization.as_deref()));
+    let admin_key = setting(env, "CCR_API_KEY");
+    let principal = match auth::authenticate(&admin_key, presented, Some(&machine)) {
+        Ok(p) => p,
+        Err(e @ auth::AuthError::NotConfigured) => return error(503, e.to_string()),
+        Err(e) => return error(401, e.to_string()),
+    };
+    if !header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return error(426, "expected a WebSocket upgrade");
+    }
+    let headers = Headers::new();
+    headers.set("upgrade", "websocket")?;
+    headers.set(PRINCIPAL_HEADER, &principal.encode())?;
+    if protocols.is_some() {
+        headers.set("sec-websocket-protocol", "ccr")?;
+    }
+    let mut init = RequestInit::new();
+    init.with_method(Method::Get).with_headers(headers);
+    let inner = Request::new_with_init(
+        &format!("https://router.internal/ws?machineId={machine}"),
+        &init,
+    )?;
+    router_stub(env)?.fetch_with_request(inner).await
 }
 
 /// The Durable Object's SQLite behind the [`Sql`] trait.
-struct DoSql(SqlStorage);
+pub(crate) struct DoSql(pub(crate) SqlStorage);
 
 fn bind(params: Vec<SqlValue>) -> Vec<SqlStorageValue> {
     params
@@ -174,115 +251,8 @@ impl From<StoreError> for Error {
     }
 }
 
-/// Holds sessions, reply mappings, the command queue and update dedup for one installation.
-#[durable_object]
-pub struct RouterDO {
-    state: State,
-    _env: Env,
-    /// Set once migrations ran in this instance; memory only, so a fresh instance re-checks.
-    migrated: Cell<bool>,
-}
-
-impl RouterDO {
-    fn db(&self) -> DoSql {
-        DoSql(self.state.storage().sql())
-    }
-
-    fn ensure_schema(&self) -> Result<()> {
-        if !self.migrated.get() {
-            // No await between the statements: they commit together.
-            let from = store::migrate(&self.db())?;
-            if from != crate::schema::latest() {
-                console_log!(
-                    "RouterDO schema migrated from {from} to {}",
-                    crate::schema::latest()
-                );
-            }
-            self.migrated.set(true);
-        }
-        Ok(())
-    }
-
-    fn machine_online(&self, machine_id: &str) -> bool {
-        !self
-            .state
-            .get_websockets_with_tag(&format!("machine:{machine_id}"))
-            .is_empty()
-    }
-
-    async fn handle_list(&self, principal: &Principal) -> Result<Response> {
-        let scope = match principal {
-            Principal::Admin => None,
-            Principal::Machine(m) => Some(m.as_str()),
-        };
-        let sessions = store::list_sessions(&self.db(), scope, |m| self.machine_online(m))?;
-        json(200, &SessionList { ok: true, sessions })
-    }
-
-    async fn handle_register(&self, req: &mut Request, principal: &Principal) -> Result<Response> {
-        let body: RegisterSession = match parse_json(req).await? {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        if let Err(e) = validate::session_id(&body.session_id)
-            .and_then(|_| validate::machine_id(&body.machine_id))
-            .and_then(|_| body.label.as_deref().map_or(Ok(()), validate::label))
-        {
-            return error(400, e);
-        }
-        if !principal.may_act_for(&body.machine_id) {
-            return error(
-                403,
-                format!(
-                    "this key may not register sessions for machine {}",
-                    body.machine_id
-                ),
-            );
-        }
-        let db = self.db();
-        if let Some(existing) = store::get_session(&db, &body.session_id)? {
-            if !principal.may_act_for(&existing.machine_id) {
-                return error(403, "this session belongs to another machine");
-            }
-        }
-        store::upsert_session(
-            &db,
-            &body.session_id,
-            &body.machine_id,
-            body.label.as_deref(),
-            now_ms(),
-        )?;
-        json(200, &OkBody::default())
-    }
-
-    async fn handle_unregister(
-        &self,
-        req: &mut Request,
-        principal: &Principal,
-    ) -> Result<Response> {
-        let body: UnregisterSession = match parse_json(req).await? {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        if let Err(e) = validate::session_id(&body.session_id) {
-            return error(400, e);
-        }
-        let db = self.db();
-        match store::get_session(&db, &body.session_id)? {
-            None => error(404, "no such session"),
-            Some(s) if !principal.may_act_for(&s.machine_id) => {
-                error(403, "this session belongs to another machine")
-            }
-            Some(_) => {
-                store::delete_session(&db, &body.session_id)?;
-                json(200, &OkBody::default())
-            }
-        }
-    }
-}
-
 /// Parses a JSON body into `T`; `Err` is the 400 answer naming what is wrong.
-async fn parse_json<T: DeserializeOwned>(
+pub(crate) async fn parse_json<T: DeserializeOwned>(
     req: &mut Request,
 ) -> Result<std::result::Result<T, Response>> {
     let text = match req.text().await {
@@ -295,69 +265,5 @@ async fn parse_json<T: DeserializeOwned>(
     match serde_json::from_str::<T>(&text) {
         Ok(v) => Ok(Ok(v)),
         Err(e) => Ok(Err(error(400, format!("invalid JSON body: {e}"))?)),
-    }
-}
-
-impl DurableObject for RouterDO {
-    fn new(state: State, env: Env) -> Self {
-        Self {
-            state,
-            _env: env,
-            migrated: Cell::new(false),
-        }
-    }
-
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
-        self.ensure_schema()?;
-        let principal = match req
-            .headers()
-            .get(PRINCIPAL_HEADER)?
-            .as_deref()
-            .and_then(Principal::decode)
-        {
-            Some(p) => p,
-            None => return error(401, "request reached the router without credentials"),
-        };
-        let method = req.method().to_string();
-        match route(&method, &req.path()) {
-            Route::ListSessions => self.handle_list(&principal).await,
-            Route::RegisterSession => self.handle_register(&mut req, &principal).await,
-            Route::UnregisterSession => self.handle_unregister(&mut req, &principal).await,
-            _ => error(404, "no such router operation"),
-        }
-    }
-
-    async fn alarm(&self) -> Result<Response> {
-        self.ensure_schema()?;
-        Response::ok("")
-    }
-
-    async fn websocket_message(
-        &self,
-        _ws: WebSocket,
-        _message: WebSocketIncomingMessage,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    async fn websocket_close(
-        &self,
-        ws: WebSocket,
-        code: usize,
-        _reason: String,
-        _clean: bool,
-    ) -> Result<()> {
-        // Reciprocate the close; 1005/1006 cannot be sent back, answer those with 1000.
-        let code = u16::try_from(code)
-            .ok()
-            .filter(|c| (1000..5000).contains(c) && *c != 1005 && *c != 1006)
-            .unwrap_or(1000);
-        let _ = ws.close(Some(code), Some("closing"));
-        Ok(())
-    }
-
-    async fn websocket_error(&self, _ws: WebSocket, err: Error) -> Result<()> {
-        console_warn!("machine socket error: {err}");
-        Ok(())
     }
 }

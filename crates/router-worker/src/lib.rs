@@ -18,9 +18,14 @@
 )]
 
 pub mod auth;
+pub mod queue;
 pub mod route;
+pub mod router;
 pub mod schema;
 pub mod store;
+pub mod telegram;
 
 #[cfg(target_arch = "wasm32")]
 mod binding;
+#[cfg(target_arch = "wasm32")]
+mod router_do;

@@ -11,6 +11,12 @@ pub enum Route {
     RegisterSession,
     /// `POST /sessions/unregister`.
     UnregisterSession,
+    /// `POST /notifications/send`.
+    SendNotification,
+    /// `POST /webhook/telegram/{secret}`.
+    Webhook(String),
+    /// `GET /ws?machineId=X` (WebSocket upgrade).
+    MachineSocket,
     /// A known path with the wrong method; carries the allowed one.
     MethodNotAllowed(&'static str),
     /// No such route.
@@ -25,6 +31,9 @@ pub fn route(method: &str, path: &str) -> Route {
         ["sessions"] => (Route::ListSessions, "GET"),
         ["sessions", "register"] => (Route::RegisterSession, "POST"),
         ["sessions", "unregister"] => (Route::UnregisterSession, "POST"),
+        ["notifications", "send"] => (Route::SendNotification, "POST"),
+        ["webhook", "telegram", secret] => (Route::Webhook((*secret).to_owned()), "POST"),
+        ["ws"] => (Route::MachineSocket, "GET"),
         _ => return Route::NotFound,
     };
     let head_ok = allowed == "GET" && method == "HEAD";
@@ -49,6 +58,17 @@ mod tests {
             route("POST", "/sessions/unregister"),
             Route::UnregisterSession
         );
+        assert_eq!(
+            route("POST", "/notifications/send"),
+            Route::SendNotification
+        );
+        assert_eq!(
+            route("POST", "/webhook/telegram/s3cret"),
+            Route::Webhook("s3cret".into())
+        );
+        assert_eq!(route("POST", "/webhook/telegram"), Route::NotFound);
+        assert_eq!(route("POST", "/webhook/telegram/a/b"), Route::NotFound);
+        assert_eq!(route("GET", "/ws"), Route::MachineSocket);
         assert_eq!(route("GET", "/healthz"), Route::NotFound);
         assert_eq!(route("GET", "/x/health"), Route::NotFound);
         assert_eq!(route("GET", "/sessions/register/x"), Route::NotFound);

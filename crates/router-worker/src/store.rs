@@ -110,6 +110,14 @@ pub fn upsert_session(
     )
 }
 
+/// Marks a session active now.
+pub fn touch_session(db: &impl Sql, session_id: &str, now: i64) -> Result<(), StoreError> {
+    db.exec(
+        "UPDATE sessions SET last_activity = ? WHERE session_id = ?",
+        vec![now.into(), session_id.into()],
+    )
+}
+
 /// A stored session.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct SessionRow {

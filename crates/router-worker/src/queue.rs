@@ -1,0 +1,411 @@
+//! The durable command queue: pending → sent → acked → done | failed, or dead when it was
+//! not delivered in time.
+//!
+//! A command is written here before any send. Sends are retried with exponential backoff
+//! (1 s doubling to a 5 min cap) while the machine is connected; everything unacked is sent
+//! again, oldest first, when the machine connects.
+
+use serde::Deserialize;
+
+use crate::store::{Sql, StoreError};
+
+/// First retry delay.
+pub const BACKOFF_BASE_MS: i64 = 1_000;
+/// Longest retry delay.
+pub const BACKOFF_CAP_MS: i64 = 5 * 60 * 1_000;
+/// Most unacked commands one machine may have waiting.
+pub const MAX_UNACKED_PER_MACHINE: i64 = 200;
+
+/// Delay before the next attempt after `attempts` sends (1 s, 2 s, 4 s, … ≤ 5 min).
+pub fn backoff_ms(attempts: i64) -> i64 {
+    let exp = attempts.clamp(1, 20) - 1;
+    (BACKOFF_BASE_MS << exp).min(BACKOFF_CAP_MS)
+}
+
+/// A command to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCommand {
+    /// Unique id (derived from the Telegram update, so a replay cannot queue a second one).
+    pub command_id: String,
+    /// Target session.
+    pub session_id: String,
+    /// The session's machine at queueing time.
+    pub machine_id: String,
+    /// Chat to report back to.
+    pub chat_id: i64,
+    /// The user's message, for the delivery reaction (none for button presses).
+    pub source_message_id: Option<i64>,
+    /// Text to type.
+    pub command: String,
+}
+
+/// A queued command as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Queued {
+    /// Unique id.
+    pub command_id: String,
+    /// Target session.
+    pub session_id: String,
+    /// Target machine.
+    pub machine_id: String,
+    /// Chat to report to.
+    pub chat_id: i64,
+    /// The user's message, if any.
+    pub source_message_id: Option<i64>,
+    /// Text to type.
+    pub command: String,
+    /// State name.
+    pub state: String,
+    /// Sends so far.
+    pub attempts: i64,
+    /// When it was queued (ms).
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "command_id, session_id, machine_id, chat_id, source_message_id, command, \
+                       state, attempts, created_at";
+
+/// Queues a command; returns false when the id was already queued (nothing changes).
+pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreError> {
+    if get(db, &cmd.command_id)?.is_some() {
+        return Ok(false);
+    }
+    db.exec(
+        "INSERT INTO command_queue (command_id, session_id, machine_id, chat_id,
+            source_message_id, command, state, attempts, next_attempt_at, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+        vec![
+            cmd.command_id.as_str().into(),
+            cmd.session_id.as_str().into(),
+            cmd.machine_id.as_str().into(),
+            cmd.chat_id.into(),
+            cmd.source_message_id.into(),
+            cmd.command.as_str().into(),
+            now.into(),
+            now.into(),
+            now.into(),
+        ],
+    )?;
+    Ok(true)
+}
+
+/// One command by id.
+pub fn get(db: &impl Sql, command_id: &str) -> Result<Option<Queued>, StoreError> {
+    Ok(db
+        .query::<Queued>(
+            &format!("SELECT {COLUMNS} FROM command_queue WHERE command_id = ?"),
+            vec![command_id.into()],
+        )?
+        .into_iter()
+        .next())
+}
+
+/// How many commands wait unacked for a machine.
+pub fn unacked_count(db: &impl Sql, machine_id: &str) -> Result<i64, StoreError> {
+    #[derive(Deserialize)]
+    struct N {
+        n: i64,
+    }
+    Ok(db
+        .query::<N>(
+            "SELECT count(*) AS n FROM command_queue
+             WHERE machine_id = ? AND state IN ('pending', 'sent')",
+            vec![machine_id.into()],
+        )?
+        .first()
+        .map_or(0, |r| r.n))
+}
+
+/// Unacked commands of a machine, oldest first; with `due_by`, only those due by then.
+pub fn unacked_for_machine(
+    db: &impl Sql,
+    machine_id: &str,
+    due_by: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Queued>, StoreError> {
+    db.query::<Queued>(
+        &format!(
+            "SELECT {COLUMNS} FROM command_queue
+             WHERE machine_id = ? AND state IN ('pending', 'sent') AND next_attempt_at <= ?
+             ORDER BY created_at, command_id LIMIT ?"
+        ),
+        vec![
+            machine_id.into(),
+            due_by.unwrap_or(i64::MAX).into(),
+            limit.into(),
+        ],
+    )
+}
+
+/// Records a send: one more attempt, next one after the backoff.
+pub fn mark_sent(db: &impl Sql, command_id: &str, now: i64) -> Result<(), StoreError> {
+    let attempts = get(db, command_id)?.map_or(0, |q| q.attempts) + 1;
+    db.exec(
+        "UPDATE command_queue SET state = 'sent', attempts = ?, next_attempt_at = ?, updated_at = ?
+         WHERE command_id = ? AND state IN ('pending', 'sent')",
+        vec![
+            attempts.into(),
+            (now + backoff_ms(attempts)).into(),
+            now.into(),
+            command_id.into(),
+        ],
+    )
+}
+
+/// Records the agent's ack; returns the command when this was its first ack.
+pub fn ack(
+    db: &impl Sql,
+    command_id: &str,
+    machine_id: &str,
+    now: i64,
+) -> Result<Option<Queued>, StoreError> {
+    let Some(q) = get(db, command_id)? else {
+        return Ok(None);
+    };
+    if q.machine_id != machine_id || !matches!(q.state.as_str(), "pending" | "sent" | "dead") {
+        return Ok(None);
+    }
+    db.exec(
+        "UPDATE command_queue SET state = 'acked', updated_at = ? WHERE command_id = ?",
+        vec![now.into(), command_id.into()],
+    )?;
+    Ok(Some(q))
+}
+
+/// Records the outcome; returns the command when this was its first result.
+pub fn complete(
+    db: &impl Sql,
+    command_id: &str,
+    machine_id: &str,
+    success: bool,
+    error: Option<&str>,
+    now: i64,
+) -> Result<Option<Queued>, StoreError> {
+    let Some(q) = get(db, command_id)? else {
+        return Ok(None);
+    };
+    if q.machine_id != machine_id || matches!(q.state.as_str(), "done" | "failed") {
+        return Ok(None);
+    }
+    db.exec(
+        "UPDATE command_queue SET state = ?, last_error = ?, updated_at = ? WHERE command_id = ?",
+        vec![
+            if success { "done" } else { "failed" }.into(),
+            error.into(),
+            now.into(),
+            command_id.into(),
+        ],
+    )?;
+    Ok(Some(q))
+}
+
+/// Marks every command queued before `now - ttl_ms` and still unacked as dead; returns them.
+pub fn expire(db: &impl Sql, now: i64, ttl_ms: i64) -> Result<Vec<Queued>, StoreError> {
+    let cutoff = now - ttl_ms;
+    let dead = db.query::<Queued>(
+        &format!(
+            "SELECT {COLUMNS} FROM command_queue
+             WHERE state IN ('pending', 'sent') AND created_at <= ? ORDER BY created_at"
+        ),
+        vec![cutoff.into()],
+    )?;
+    db.exec(
+        "UPDATE command_queue SET state = 'dead', last_error = 'not delivered in time', updated_at = ?
+         WHERE state IN ('pending', 'sent') AND created_at <= ?",
+        vec![now.into(), cutoff.into()],
+    )?;
+    Ok(dead)
+}
+
+/// When the alarm must next run: the earliest retry of a connected machine, the earliest
+/// expiry, or `fallback` (the daily retention sweep), whichever is first.
+pub fn next_wake(
+    db: &impl Sql,
+    ttl_ms: i64,
+    online: impl Fn(&str) -> bool,
+    fallback: i64,
+) -> Result<i64, StoreError> {
+    #[derive(Deserialize)]
+    struct Due {
+        machine_id: String,
+        due: i64,
+        oldest: i64,
+    }
+    let rows = db.query::<Due>(
+        "SELECT machine_id, MIN(next_attempt_at) AS due, MIN(created_at) AS oldest
+         FROM command_queue WHERE state IN ('pending', 'sent') GROUP BY machine_id",
+        vec![],
+    )?;
+    let mut wake = fallback;
+    for r in rows {
+        wake = wake.min(r.oldest + ttl_ms);
+        if online(&r.machine_id) {
+            wake = wake.min(r.due);
+        }
+    }
+    Ok(wake)
+}
+
+/// Retention: finished commands and dedup rows after 7 days, reply mappings after 7 days,
+/// sessions after 30 days without activity.
+pub fn prune(db: &impl Sql, now: i64) -> Result<(), StoreError> {
+    const DAY: i64 = 24 * 60 * 60 * 1000;
+    let week_ago = now - 7 * DAY;
+    db.exec(
+        "DELETE FROM command_queue WHERE state IN ('acked', 'done', 'failed', 'dead') AND updated_at < ?",
+        vec![week_ago.into()],
+    )?;
+    db.exec(
+        "DELETE FROM seen_updates WHERE seen_at < ?",
+        vec![week_ago.into()],
+    )?;
+    db.exec(
+        "DELETE FROM messages WHERE created_at < ?",
+        vec![week_ago.into()],
+    )?;
+    let month_ago = now - 30 * DAY;
+    db.exec(
+        "DELETE FROM messages WHERE session_id IN (SELECT session_id FROM sessions WHERE last_activity < ?)",
+        vec![month_ago.into()],
+    )?;
+    db.exec(
+        "DELETE FROM sessions WHERE last_activity < ?",
+        vec![month_ago.into()],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::MemDb;
+
+    fn cmd(id: &str, machine: &str) -> NewCommand {
+        NewCommand {
+            command_id: id.into(),
+            session_id: "s".into(),
+            machine_id: machine.into(),
+            chat_id: 42,
+            source_message_id: Some(7),
+            command: format!("echo {id}"),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_cap() {
+        assert_eq!(backoff_ms(1), 1_000);
+        assert_eq!(backoff_ms(2), 2_000);
+        assert_eq!(backoff_ms(5), 16_000);
+        assert_eq!(backoff_ms(9), 256_000);
+        assert_eq!(backoff_ms(10), BACKOFF_CAP_MS);
+        assert_eq!(backoff_ms(1_000), BACKOFF_CAP_MS);
+        assert_eq!(backoff_ms(0), 1_000);
+    }
+
+    #[test]
+    fn lifecycle_pending_sent_acked_done() {
+        let db = MemDb::migrated();
+        assert!(enqueue(&db, &cmd("a", "m"), 0).unwrap());
+        assert!(
+            !enqueue(&db, &cmd("a", "m"), 5).unwrap(),
+            "same id queues once"
+        );
+        assert_eq!(unacked_count(&db, "m").unwrap(), 1);
+        assert_eq!(unacked_for_machine(&db, "m", Some(0), 10).unwrap().len(), 1);
+
+        mark_sent(&db, "a", 100).unwrap();
+        // Not due again until the backoff passes.
+        assert!(unacked_for_machine(&db, "m", Some(1_099), 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            unacked_for_machine(&db, "m", Some(1_100), 10)
+                .unwrap()
+                .len(),
+            1
+        );
+        // On connect everything unacked goes, due or not.
+        assert_eq!(unacked_for_machine(&db, "m", None, 10).unwrap().len(), 1);
+        mark_sent(&db, "a", 1_100).unwrap();
+        assert_eq!(get(&db, "a").unwrap().unwrap().attempts, 2);
+
+        // Another machine's ack does nothing.
+        assert!(ack(&db, "a", "other", 1_200).unwrap().is_none());
+        assert!(ack(&db, "a", "m", 1_200).unwrap().is_some());
+        assert!(
+            ack(&db, "a", "m", 1_300).unwrap().is_none(),
+            "second ack is a no-op"
+        );
+        assert_eq!(unacked_count(&db, "m").unwrap(), 0);
+        mark_sent(&db, "a", 1_400).unwrap();
+        assert_eq!(
+            get(&db, "a").unwrap().unwrap().state,
+            "acked",
+            "acked is never resent"
+        );
+
+        assert!(complete(&db, "a", "m", false, Some("pane gone"), 1_500)
+            .unwrap()
+            .is_some());
+        assert!(complete(&db, "a", "m", true, None, 1_600)
+            .unwrap()
+            .is_none());
+        assert_eq!(get(&db, "a").unwrap().unwrap().state, "failed");
+    }
+
+    #[test]
+    fn oldest_first_and_per_machine() {
+        let db = MemDb::migrated();
+        enqueue(&db, &cmd("b", "m"), 20).unwrap();
+        enqueue(&db, &cmd("a", "m"), 10).unwrap();
+        enqueue(&db, &cmd("c", "n"), 5).unwrap();
+        let ids: Vec<String> = unacked_for_machine(&db, "m", None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|q| q.command_id)
+            .collect();
+        assert_eq!(ids, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn expiry_and_wake() {
+        let db = MemDb::migrated();
+        enqueue(&db, &cmd("old", "off"), 0).unwrap();
+        enqueue(&db, &cmd("new", "on"), 500).unwrap();
+        mark_sent(&db, "new", 600).unwrap();
+        // Wake: the online machine's retry at 1_600, before old's expiry at 1_000? No: 1_000.
+        assert_eq!(
+            next_wake(&db, 1_000, |m| m == "on", i64::MAX).unwrap(),
+            1_000
+        );
+        let dead = expire(&db, 1_000, 1_000).unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].command_id, "old");
+        assert_eq!(get(&db, "old").unwrap().unwrap().state, "dead");
+        assert_eq!(
+            next_wake(&db, 1_000, |m| m == "on", i64::MAX).unwrap(),
+            1_500
+        );
+        assert_eq!(
+            next_wake(&db, 10_000, |m| m == "on", i64::MAX).unwrap(),
+            1_600
+        );
+        assert_eq!(next_wake(&db, 10_000, |_| false, 9_999).unwrap(), 9_999);
+        // A late ack of a dead command still counts as delivered.
+        assert!(ack(&db, "old", "off", 2_000).unwrap().is_some());
+    }
+
+    #[test]
+    fn prune_keeps_live_rows() {
+        let db = MemDb::migrated();
+        enqueue(&db, &cmd("live", "m"), 0).unwrap();
+        enqueue(&db, &cmd("done", "m"), 0).unwrap();
+        complete(&db, "done", "m", true, None, 0).unwrap();
+        let now = 8 * 24 * 60 * 60 * 1000;
+        prune(&db, now).unwrap();
+        assert!(
+            get(&db, "live").unwrap().is_some(),
+            "unacked rows wait for expiry, not pruning"
+        );
+        assert!(get(&db, "done").unwrap().is_none());
+    }
+}

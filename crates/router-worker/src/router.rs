@@ -1,0 +1,612 @@
+//! What the router does with a Telegram update: dedup, allow-lists, finding the session a
+//! reply belongs to, queueing the command, and the chat answers to send.
+//!
+//! Pure over the [`Sql`] trait: the binding applies the result (sends the Bot API calls,
+//! pushes queued commands to connected sockets).
+
+use ccr_protocol::api::ButtonAction;
+use ccr_protocol::MAX_COMMAND_BYTES;
+use serde::Deserialize;
+
+use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
+use crate::store::{self, Sql, StoreError};
+use crate::telegram::{self, escape_html, BotCall, Message, TextIntent, Update};
+
+/// The router's settings.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Chats that may drive sessions; empty = nobody.
+    pub allowed_chats: Vec<i64>,
+    /// Users that may; empty = anyone in an allowed chat.
+    pub allowed_users: Vec<i64>,
+}
+
+impl Config {
+    fn allows(&self, chat: i64, user: Option<i64>) -> bool {
+        self.allowed_chats.contains(&chat)
+            && (self.allowed_users.is_empty()
+                || user.is_some_and(|u| self.allowed_users.contains(&u)))
+    }
+}
+
+/// The result of handling one update.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The update was seen before: nothing else happened.
+    pub duplicate: bool,
+    /// Bot API calls to make, in order.
+    pub calls: Vec<BotCall>,
+    /// Commands queued by this update (the binding pushes those of connected machines).
+    pub queued: Vec<queue::Queued>,
+    /// One line for the log, without secrets or message text.
+    pub log: String,
+}
+
+/// A reply-mapping row.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Mapping {
+    /// The session.
+    pub session_id: String,
+    /// The chat the notification went to.
+    pub chat_id: i64,
+}
+
+/// Records that `message_id` in `chat_id` is about `session_id`, with its token.
+pub fn record_message(
+    db: &impl Sql,
+    chat_id: i64,
+    message_id: i64,
+    session_id: &str,
+    token: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT INTO messages (chat_id, message_id, session_id, token, created_at)
+         VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (chat_id, message_id) DO UPDATE SET
+            session_id = excluded.session_id, token = excluded.token",
+        vec![
+            chat_id.into(),
+            message_id.into(),
+            session_id.into(),
+            token.into(),
+            now.into(),
+        ],
+    )
+}
+
+fn by_reply(db: &impl Sql, chat_id: i64, message_id: i64) -> Result<Option<Mapping>, StoreError> {
+    Ok(db
+        .query::<Mapping>(
+            "SELECT session_id, chat_id FROM messages WHERE chat_id = ? AND message_id = ?",
+            vec![chat_id.into(), message_id.into()],
+        )?
+        .into_iter()
+        .next())
+}
+
+/// The mapping a token was issued with, only if it was issued in `chat_id`.
+fn by_token(db: &impl Sql, token: &str, chat_id: i64) -> Result<Option<Mapping>, StoreError> {
+    Ok(db
+        .query::<Mapping>(
+            "SELECT session_id, chat_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
+            vec![token.into(), chat_id.into()],
+        )?
+        .into_iter()
+        .next())
+}
+
+/// Records `update_id`; false when it was already there.
+fn first_sighting(db: &impl Sql, update_id: i64, now: i64) -> Result<bool, StoreError> {
+    #[derive(Deserialize)]
+    struct Seen {
+        #[allow(dead_code)]
+        update_id: i64,
+    }
+    let seen = db.query::<Seen>(
+        "SELECT update_id FROM seen_updates WHERE update_id = ?",
+        vec![update_id.into()],
+    )?;
+    if !seen.is_empty() {
+        return Ok(false);
+    }
+    db.exec(
+        "INSERT INTO seen_updates (update_id, seen_at) VALUES (?, ?)",
+        vec![update_id.into(), now.into()],
+    )?;
+    Ok(true)
+}
+
+/// The help text, with the chat id for set-up.
+pub fn help_text(chat_id: i64) -> String {
+    format!(
+        "<b>CCR</b> sends your Claude Code sessions' notifications here.\n\n\
+         • <b>Reply</b> to a notification to type your reply into that session.\n\
+         • Or use the buttons under it (Continue = Enter, Yes, No, Exit).\n\
+         • <code>/cmd TOKEN text</code> sends text to the session whose notification shows TOKEN.\n\
+         • /sessions lists sessions and whether their machines are online.\n\n\
+         This chat's id is <code>{chat_id}</code> (put it in ALLOWED_CHAT_IDS)."
+    )
+}
+
+fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String, StoreError> {
+    let sessions = store::list_sessions(db, None, online)?;
+    if sessions.is_empty() {
+        return Ok(
+            "No sessions registered yet. Start Claude Code on a machine running ccr-agent.".into(),
+        );
+    }
+    let mut text = String::from("<b>Sessions</b>\n");
+    for s in sessions.iter().take(50) {
+        let state = if s.online {
+            "🟢 online"
+        } else {
+            "⚪ offline"
+        };
+        let label = s.label.as_deref().unwrap_or("(no label)");
+        text.push_str(&format!(
+            "• {} — {} {} <code>{}</code>\n",
+            escape_html(label),
+            escape_html(&s.machine_id),
+            state,
+            escape_html(&s.session_id.chars().take(12).collect::<String>())
+        ));
+    }
+    Ok(text)
+}
+
+/// Handles one update. Every effect on storage happens inside this call, synchronously.
+pub fn handle_update(
+    db: &impl Sql,
+    cfg: &Config,
+    update: &Update,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<Outcome, StoreError> {
+    let mut out = Outcome::default();
+    if !first_sighting(db, update.update_id, now)? {
+        out.duplicate = true;
+        out.log = format!("update {} is a duplicate; ignored", update.update_id);
+        return Ok(out);
+    }
+    if let Some(cb) = &update.callback_query {
+        let chat = cb.message.as_ref().map(|m| m.chat.id);
+        let Some(chat) = chat.filter(|c| cfg.allows(*c, Some(cb.from.id))) else {
+            out.log = format!(
+                "update {}: button press from a chat or user not allowed; ignored",
+                update.update_id
+            );
+            return Ok(out);
+        };
+        let parsed = cb.data.as_deref().and_then(telegram::parse_callback);
+        let Some((token, action)) = parsed else {
+            out.calls
+                .push(BotCall::answer_callback(&cb.id, "Unknown button."));
+            out.log = format!("update {}: unknown button data", update.update_id);
+            return Ok(out);
+        };
+        match by_token(db, &token, chat)? {
+            None => {
+                out.calls.push(BotCall::answer_callback(
+                    &cb.id,
+                    "This notification has expired or its session is gone.",
+                ));
+                out.log = format!("update {}: button for an unknown token", update.update_id);
+            }
+            Some(m) => {
+                let toast = match queue_command(
+                    db,
+                    &mut out,
+                    update.update_id,
+                    &m.session_id,
+                    chat,
+                    None,
+                    action.command_text(),
+                    now,
+                    online,
+                )? {
+                    Queueing::Queued {
+                        machine,
+                        online: true,
+                    } => format!("{} → {machine}", button_name(action)),
+                    Queueing::Queued {
+                        machine,
+                        online: false,
+                    } => format!("Queued: {machine} is offline"),
+                    Queueing::Refused(why) => why,
+                };
+                out.calls
+                    .insert(0, BotCall::answer_callback(&cb.id, &toast));
+            }
+        }
+        return Ok(out);
+    }
+    if let Some(edited) = &update.edited_message {
+        if cfg.allows(edited.chat.id, edited.from.as_ref().map(|u| u.id)) {
+            out.calls.push(BotCall::send(
+                edited.chat.id,
+                "Edits are not sent to sessions; send the corrected text as a new reply.",
+                Some(edited.message_id),
+            ));
+        }
+        out.log = format!("update {}: edited message; not forwarded", update.update_id);
+        return Ok(out);
+    }
+    let Some(msg) = &update.message else {
+        out.log = format!("update {}: kind not handled; ignored", update.update_id);
+        return Ok(out);
+    };
+    if !cfg.allows(msg.chat.id, msg.from.as_ref().map(|u| u.id)) {
+        out.log = format!(
+            "update {}: chat {} or its user is not allowed; ignored",
+            update.update_id, msg.chat.id
+        );
+        return Ok(out);
+    }
+    handle_message(db, &mut out, update.update_id, msg, now, online)?;
+    Ok(out)
+}
+
+fn button_name(a: ButtonAction) -> &'static str {
+    match a {
+        ButtonAction::Continue => "Continue",
+        ButtonAction::Yes => "Yes",
+        ButtonAction::No => "No",
+        ButtonAction::Exit => "Exit",
+    }
+}
+
+fn handle_message(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    msg: &Message,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let chat = msg.chat.id;
+    let reply = |out: &mut Outcome, text: &str| {
+        out.calls
+            .push(BotCall::send(chat, text, Some(msg.message_id)))
+    };
+    let Some(text) = &msg.text else {
+        reply(
+            out,
+            "Only text can be sent to a session: photos, stickers and files are not forwarded.",
+        );
+        out.log = format!("update {update_id}: non-text message; not forwarded");
+        return Ok(());
+    };
+    let (session, command) = match telegram::parse_text(text) {
+        TextIntent::Help => {
+            reply(out, &help_text(chat));
+            out.log = format!("update {update_id}: help");
+            return Ok(());
+        }
+        TextIntent::Sessions => {
+            let list = sessions_text(db, online)?;
+            reply(out, &list);
+            out.log = format!("update {update_id}: sessions");
+            return Ok(());
+        }
+        TextIntent::CmdUsage => {
+            reply(
+                out,
+                "Usage: <code>/cmd TOKEN text</code> (the token is shown on each notification).",
+            );
+            out.log = format!("update {update_id}: /cmd without token");
+            return Ok(());
+        }
+        TextIntent::Cmd { token, text } => match by_token(db, &token, chat)? {
+            Some(m) => (m.session_id, text),
+            None => {
+                reply(
+                    out,
+                    "Unknown or expired token. Reply to a recent notification instead.",
+                );
+                out.log = format!("update {update_id}: /cmd with an unknown token for this chat");
+                return Ok(());
+            }
+        },
+        TextIntent::Plain(text) => {
+            let target = match &msg.reply_to_message {
+                Some(parent) => by_reply(db, chat, parent.message_id)?,
+                None => None,
+            };
+            match target {
+                Some(m) => (m.session_id, text),
+                None if msg.reply_to_message.is_some() => {
+                    reply(out, "I don't know which session that message belongs to (it may have expired). Reply to a recent notification, or use /cmd TOKEN text.");
+                    out.log = format!("update {update_id}: reply to an unknown message");
+                    return Ok(());
+                }
+                None => {
+                    reply(out, "To send this to a session, reply to one of its notifications. /help shows how.");
+                    out.log = format!("update {update_id}: text that is not a reply");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    match queue_command(
+        db,
+        out,
+        update_id,
+        &session,
+        chat,
+        Some(msg.message_id),
+        &command,
+        now,
+        online,
+    )? {
+        Queueing::Queued {
+            machine,
+            online: false,
+        } => {
+            reply(
+                out,
+                &format!(
+                    "Queued — {} is offline; it will be delivered when it reconnects.",
+                    escape_html(&machine)
+                ),
+            );
+        }
+        Queueing::Queued { online: true, .. } => {}
+        Queueing::Refused(why) => reply(out, &why),
+    }
+    Ok(())
+}
+
+enum Queueing {
+    Queued { machine: String, online: bool },
+    Refused(String),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn queue_command(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    session_id: &str,
+    chat: i64,
+    source_message_id: Option<i64>,
+    command: &str,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<Queueing, StoreError> {
+    let Some(session) = store::get_session(db, session_id)? else {
+        out.log = format!("update {update_id}: session is gone");
+        return Ok(Queueing::Refused(
+            "That session is no longer registered.".into(),
+        ));
+    };
+    let label = session
+        .label
+        .clone()
+        .unwrap_or_else(|| session.machine_id.clone());
+    if command.len() > MAX_COMMAND_BYTES {
+        out.log = format!("update {update_id}: command too long");
+        return Ok(Queueing::Refused(format!(
+            "Not sent: the text is over {MAX_COMMAND_BYTES} bytes."
+        )));
+    }
+    if queue::unacked_count(db, &session.machine_id)? >= MAX_UNACKED_PER_MACHINE {
+        out.log = format!(
+            "update {update_id}: queue of {} is full",
+            session.machine_id
+        );
+        return Ok(Queueing::Refused(format!(
+            "Not sent: {} already has {MAX_UNACKED_PER_MACHINE} commands waiting for {}.",
+            escape_html(&label),
+            escape_html(&session.machine_id)
+        )));
+    }
+    let new = NewCommand {
+        command_id: format!("tg-{update_id}"),
+        session_id: session.session_id.clone(),
+        machine_id: session.machine_id.clone(),
+        chat_id: chat,
+        source_message_id,
+        command: command.to_owned(),
+    };
+    queue::enqueue(db, &new, now)?;
+    store::touch_session(db, &session.session_id, now)?;
+    if let Some(q) = queue::get(db, &new.command_id)? {
+        out.queued.push(q);
+    }
+    let is_online = online(&session.machine_id);
+    out.log = format!(
+        "update {update_id}: queued {} for machine {} ({})",
+        new.command_id,
+        session.machine_id,
+        if is_online { "online" } else { "offline" }
+    );
+    Ok(Queueing::Queued {
+        machine: session.machine_id,
+        online: is_online,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::MemDb;
+    use serde_json::json;
+
+    fn cfg() -> Config {
+        Config {
+            allowed_chats: vec![42],
+            allowed_users: vec![],
+        }
+    }
+
+    fn setup() -> MemDb {
+        let db = MemDb::migrated();
+        store::upsert_session(&db, "s1", "devbox", Some("api"), 0).unwrap();
+        record_message(&db, 42, 100, "s1", "tok1", 0).unwrap();
+        db
+    }
+
+    fn update(v: serde_json::Value) -> Update {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn reply_update(id: i64, chat: i64, to: i64, text: &str) -> Update {
+        update(
+            json!({"update_id": id, "message": {"message_id": id + 1000, "chat": {"id": chat},
+            "from": {"id": 7}, "text": text, "reply_to_message": {"message_id": to, "chat": {"id": chat}}}}),
+        )
+    }
+
+    #[test]
+    fn reply_routes_to_the_session_once() {
+        let db = setup();
+        let out =
+            handle_update(&db, &cfg(), &reply_update(1, 42, 100, "ls"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert_eq!(out.queued[0].command, "ls");
+        assert_eq!(out.queued[0].machine_id, "devbox");
+        assert!(out.calls.is_empty(), "online: no chat noise until the ack");
+        let again =
+            handle_update(&db, &cfg(), &reply_update(1, 42, 100, "ls"), 6, &|_| true).unwrap();
+        assert!(again.duplicate && again.queued.is_empty());
+        assert_eq!(queue::unacked_count(&db, "devbox").unwrap(), 1);
+    }
+
+    #[test]
+    fn offline_machine_is_announced() {
+        let db = setup();
+        let out =
+            handle_update(&db, &cfg(), &reply_update(2, 42, 100, "y"), 5, &|_| false).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("devbox is offline"));
+    }
+
+    #[test]
+    fn allow_lists() {
+        let db = setup();
+        let out =
+            handle_update(&db, &cfg(), &reply_update(3, 99, 100, "ls"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty() && out.calls.is_empty());
+        let users = Config {
+            allowed_chats: vec![42],
+            allowed_users: vec![8],
+        };
+        let out =
+            handle_update(&db, &users, &reply_update(4, 42, 100, "ls"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty() && out.calls.is_empty());
+        let nobody = Config::default();
+        let out =
+            handle_update(&db, &nobody, &reply_update(5, 42, 100, "ls"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+    }
+
+    #[test]
+    fn cmd_token_is_bound_to_its_chat() {
+        let db = setup();
+        let two = Config {
+            allowed_chats: vec![42, 43],
+            allowed_users: vec![],
+        };
+        let msg = |id: i64, chat: i64, text: &str| {
+            update(json!({"update_id": id,
+            "message": {"message_id": id, "chat": {"id": chat}, "from": {"id": 7}, "text": text}}))
+        };
+        let out =
+            handle_update(&db, &two, &msg(6, 42, "/cmd tok1 git status"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued[0].command, "git status");
+        let out = handle_update(&db, &two, &msg(7, 43, "/cmd tok1 rm -rf"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("Unknown or expired token"));
+    }
+
+    #[test]
+    fn buttons_map_to_commands() {
+        let db = setup();
+        let press = |id: i64, data: &str| {
+            update(
+                json!({"update_id": id, "callback_query": {"id": "cb", "from": {"id": 7},
+            "message": {"message_id": 100, "chat": {"id": 42}}, "data": data}}),
+            )
+        };
+        let out = handle_update(&db, &cfg(), &press(8, "cmd:tok1:continue"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued[0].command, "");
+        assert_eq!(out.calls[0].method, "answerCallbackQuery");
+        let out = handle_update(&db, &cfg(), &press(9, "cmd:tok1:exit"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued[0].command, "/exit");
+        let out = handle_update(&db, &cfg(), &press(10, "cmd:zzz:yes"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert_eq!(out.calls[0].method, "answerCallbackQuery");
+    }
+
+    #[test]
+    fn non_commands_get_explanations_never_empty_commands() {
+        let db = setup();
+        let photo = update(
+            json!({"update_id": 11, "message": {"message_id": 1, "chat": {"id": 42}, "from": {"id": 7},
+            "photo": [{"file_id": "x"}], "caption": "c", "reply_to_message": {"message_id": 100, "chat": {"id": 42}}}}),
+        );
+        let unknown = reply_update(12, 42, 555, "ls");
+        let plain = update(
+            json!({"update_id": 13, "message": {"message_id": 2, "chat": {"id": 42}, "from": {"id": 7}, "text": "hi"}}),
+        );
+        let edited = update(
+            json!({"update_id": 14, "edited_message": {"message_id": 2, "chat": {"id": 42}, "from": {"id": 7}, "text": "x"}}),
+        );
+        let help = update(
+            json!({"update_id": 15, "message": {"message_id": 3, "chat": {"id": 42}, "from": {"id": 7}, "text": "/start"}}),
+        );
+        let sessions = update(
+            json!({"update_id": 16, "message": {"message_id": 4, "chat": {"id": 42}, "from": {"id": 7}, "text": "/sessions"}}),
+        );
+        for (u, needle) in [
+            (photo, "Only text"),
+            (unknown, "don't know which session"),
+            (plain, "reply to one of its notifications"),
+            (edited, "Edits are not sent"),
+            (help, "<code>42</code>"),
+            (sessions, "devbox"),
+        ] {
+            let out = handle_update(&db, &cfg(), &u, 5, &|_| false).unwrap();
+            assert!(out.queued.is_empty());
+            assert!(
+                out.calls[0].params["text"]
+                    .as_str()
+                    .unwrap()
+                    .contains(needle),
+                "{needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn full_queue_refuses_with_a_reason() {
+        let db = setup();
+        for i in 0..MAX_UNACKED_PER_MACHINE {
+            let out = handle_update(
+                &db,
+                &cfg(),
+                &reply_update(100 + i, 42, 100, "x"),
+                5,
+                &|_| false,
+            )
+            .unwrap();
+            assert_eq!(out.queued.len(), 1);
+        }
+        let out = handle_update(&db, &cfg(), &reply_update(9_999, 42, 100, "x"), 5, &|_| {
+            false
+        })
+        .unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("commands waiting"));
+    }
+}

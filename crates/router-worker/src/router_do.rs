@@ -1,0 +1,652 @@
+//! The RouterDO: one Durable Object holding an installation's sessions, reply mappings,
+//! command queue and update dedup, and every machine's hibernating socket.
+//!
+//! Thin by design: decisions are in `router`, `queue`, `store` and `telegram`; this file
+//! reads requests and socket events, calls them, and carries out what they return.
+
+use std::cell::Cell;
+
+use ccr_protocol::api::{
+    Buttons, NotificationSent, OkBody, RegisterSession, SendNotification, SessionList,
+    UnregisterSession,
+};
+use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
+use ccr_protocol::{validate, COMMAND_TTL_MS, MAX_FRAME_BYTES};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use worker::worker_sys::WebSocketRequestResponsePair;
+use worker::*;
+
+use crate::auth::Principal;
+use crate::binding::{error, json, now_ms, parse_json, setting, DoSql, PRINCIPAL_HEADER};
+use crate::queue::{self, Queued};
+use crate::route::{route, Route};
+use crate::router::{self, Config};
+use crate::store;
+use crate::telegram::{self, escape_html, ApiOutcome, BotCall, Update};
+
+/// Longest total wait for Telegram's 429 `retry_after` within one request.
+const MAX_RETRY_WAIT_SECS: u64 = 10;
+/// The retention sweep runs at least this often (ms).
+const SWEEP_EVERY_MS: i64 = 60 * 60 * 1000;
+/// Largest notification text accepted (bytes); longer texts are split into many messages.
+const MAX_NOTIFICATION_BYTES: usize = 32 * 1024;
+/// Commands pushed per flush (the rest follow as acks arrive and on the next alarm).
+const FLUSH_BATCH: i64 = 100;
+
+/// What a machine socket carries across hibernation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SocketInfo {
+    machine_id: String,
+    connected_at: i64,
+}
+
+fn machine_tag(machine_id: &str) -> String {
+    format!("machine:{machine_id}")
+}
+
+/// See the module docs.
+#[durable_object]
+pub struct RouterDO {
+    state: State,
+    env: Env,
+    /// Set once migrations ran in this instance; memory only, so a fresh instance re-checks.
+    migrated: Cell<bool>,
+}
+
+impl RouterDO {
+    fn db(&self) -> DoSql {
+        DoSql(self.state.storage().sql())
+    }
+
+    fn ensure_schema(&self) -> Result<()> {
+        if !self.migrated.get() {
+            // No await between the statements: they commit together.
+            let from = store::migrate(&self.db())?;
+            if from != crate::schema::latest() {
+                console_log!(
+                    "RouterDO schema migrated from {from} to {}",
+                    crate::schema::latest()
+                );
+            }
+            self.migrated.set(true);
+        }
+        Ok(())
+    }
+
+    fn command_ttl_ms(&self) -> i64 {
+        setting(&self.env, "COMMAND_TTL_SECS")
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|s| *s > 0)
+            .map_or(COMMAND_TTL_MS, |s| s * 1000)
+    }
+
+    fn config(&self) -> Config {
+        Config {
+            allowed_chats: telegram::parse_id_list(&setting(&self.env, "ALLOWED_CHAT_IDS")),
+            allowed_users: telegram::parse_id_list(&setting(&self.env, "ALLOWED_USER_IDS")),
+        }
+    }
+
+    /// The machine's current socket: the most recently connected one.
+    fn machine_socket(&self, machine_id: &str) -> Option<WebSocket> {
+        self.state
+            .get_websockets_with_tag(&machine_tag(machine_id))
+            .into_iter()
+            .max_by_key(|ws| {
+                ws.deserialize_attachment::<SocketInfo>()
+                    .ok()
+                    .flatten()
+                    .map_or(0, |i| i.connected_at)
+            })
+    }
+
+    fn online(&self, machine_id: &str) -> bool {
+        self.machine_socket(machine_id).is_some()
+    }
+
+    /// Pushes a machine's unacked commands (all, or those due by `due_by`), oldest first.
+    fn flush_machine(&self, machine_id: &str, due_by: Option<i64>) -> Result<usize> {
+        let Some(ws) = self.machine_socket(machine_id) else {
+            return Ok(0);
+        };
+        let db = self.db();
+        let now = now_ms();
+        let mut sent = 0;
+        for q in queue::unacked_for_machine(&db, machine_id, due_by, FLUSH_BATCH)? {
+            if !self.push(&ws, &q, now)? {
+                break;
+            }
+            sent += 1;
+        }
+        Ok(sent)
+    }
+
+    /// Sends one command frame and records the attempt; false when the socket refused it.
+    fn push(&self, ws: &WebSocket, q: &Queued, now: i64) -> Result<bool> {
+        let frame = SocketMessage::Command {
+            command_id: q.command_id.clone(),
+            session_id: q.session_id.clone(),
+            command: q.command.clone(),
+            chat_id: q.chat_id.to_string(),
+        }
+        .encode();
+        if let Err(e) = ws.send_with_str(&frame) {
+            console_warn!("push of {} to {} failed: {e}", q.command_id, q.machine_id);
+            return Ok(false);
+        }
+        queue::mark_sent(&self.db(), &q.command_id, now)?;
+        Ok(true)
+    }
+
+    /// Sets the alarm to the earliest moment anything is due.
+    async fn arm_alarm(&self) -> Result<()> {
+        let now = now_ms();
+        let wake = queue::next_wake(
+            &self.db(),
+            self.command_ttl_ms(),
+            |m| self.online(m),
+            now + SWEEP_EVERY_MS,
+        )?;
+        let offset = (wake - now).max(0) as u64;
+        self.state
+            .storage()
+            .set_alarm(std::time::Duration::from_millis(offset))
+            .await
+    }
+
+    /// Calls the Bot API, waiting out 429s up to [`MAX_RETRY_WAIT_SECS`] in total.
+    async fn bot(&self, call: &BotCall) -> ApiOutcome {
+        let base = setting(&self.env, "TELEGRAM_API_BASE");
+        let base = if base.is_empty() {
+            "https://api.telegram.org".to_owned()
+        } else {
+            base.trim_end_matches('/').to_owned()
+        };
+        let token = setting(&self.env, "TELEGRAM_BOT_TOKEN");
+        if token.is_empty() {
+            return ApiOutcome::Failed("the Worker has no TELEGRAM_BOT_TOKEN configured".into());
+        }
+        // The URL holds the token: it is never logged.
+        let url = format!("{base}/bot{token}/{}", call.method);
+        let mut waited = 0;
+        loop {
+            let outcome = match bot_request(&url, &call.params).await {
+                Ok((status, body)) => telegram::read_answer(status, &body),
+                Err(e) => ApiOutcome::Failed(format!("cannot reach Telegram: {e}")),
+            };
+            match outcome {
+                ApiOutcome::RetryAfter(secs) if waited + secs <= MAX_RETRY_WAIT_SECS => {
+                    waited += secs.max(1);
+                    Delay::from(std::time::Duration::from_secs(secs.max(1))).await;
+                }
+                ApiOutcome::RetryAfter(secs) => {
+                    return ApiOutcome::Failed(format!(
+                        "Too Many Requests: Telegram asks to retry after {secs} s"
+                    ))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Best-effort chat answers: logged on failure, never fatal.
+    async fn bot_all(&self, calls: &[BotCall]) {
+        for call in calls {
+            if let ApiOutcome::Failed(why) = self.bot(call).await {
+                console_warn!("Telegram {} failed: {why}", call.method);
+            }
+        }
+    }
+
+    async fn handle_list(&self, principal: &Principal) -> Result<Response> {
+        let scope = match principal {
+            Principal::Admin => None,
+            Principal::Machine(m) => Some(m.as_str()),
+        };
+        let sessions = store::list_sessions(&self.db(), scope, |m| self.online(m))?;
+        json(200, &SessionList { ok: true, sessions })
+    }
+
+    async fn handle_register(&self, req: &mut Request, principal: &Principal) -> Result<Response> {
+        let body: RegisterSession = match parse_json(req).await? {
+            Ok(b) => b,
+            Err(resp) => return Ok(resp),
+        };
+        if let Err(e) = validate::session_id(&body.session_id)
+            .and_then(|_| validate::machine_id(&body.machine_id))
+            .and_then(|_| body.label.as_deref().map_or(Ok(()), validate::label))
+        {
+            return error(400, e);
+        }
+        if !principal.may_act_for(&body.machine_id) {
+            return error(
+                403,
+                format!(
+                    "this key may not register sessions for machine {}",
+                    body.machine_id
+                ),
+            );
+        }
+        let db = self.db();
+        if let Some(existing) = store::get_session(&db, &body.session_id)? {
+            if !principal.may_act_for(&existing.machine_id) {
+                return error(403, "this session belongs to another machine");
+            }
+        }
+        store::upsert_session(
+            &db,
+            &body.session_id,
+            &body.machine_id,
+            body.label.as_deref(),
+            now_ms(),
+        )?;
+        json(200, &OkBody::default())
+    }
+
+    async fn handle_unregister(
+        &self,
+        req: &mut Request,
+        principal: &Principal,
+    ) -> Result<Response> {
+        let body: UnregisterSession = match parse_json(req).await? {
+            Ok(b) => b,
+            Err(resp) => return Ok(resp),
+        };
+        if let Err(e) = validate::session_id(&body.session_id) {
+            return error(400, e);
+        }
+        let db = self.db();
+        match store::get_session(&db, &body.session_id)? {
+            None => error(404, "no such session"),
+            Some(s) if !principal.may_act_for(&s.machine_id) => {
+                error(403, "this session belongs to another machine")
+            }
+            Some(_) => {
+                store::delete_session(&db, &body.session_id)?;
+                json(200, &OkBody::default())
+            }
+        }
+    }
+
+    async fn handle_notify(&self, req: &mut Request, principal: &Principal) -> Result<Response> {
+        let body: SendNotification = match parse_json(req).await? {
+            Ok(b) => b,
+            Err(resp) => return Ok(resp),
+        };
+        if let Err(e) = validate::session_id(&body.session_id) {
+            return error(400, e);
+        }
+        if body.text.trim().is_empty() {
+            return error(400, "text is empty");
+        }
+        if body.text.len() > MAX_NOTIFICATION_BYTES {
+            return error(400, format!("text is over {MAX_NOTIFICATION_BYTES} bytes"));
+        }
+        if body.reply_markup.as_ref().is_some_and(|m| !m.is_object()) {
+            return error(400, "replyMarkup must be a Telegram reply markup object");
+        }
+        let cfg = self.config();
+        let chat_id = match body.chat_id {
+            Some(c) if cfg.allowed_chats.contains(&c) => c,
+            Some(c) => return error(403, format!("chat {c} is not in ALLOWED_CHAT_IDS")),
+            None => match cfg.allowed_chats.first() {
+                Some(c) => *c,
+                None => {
+                    return error(
+                        400,
+                        "no chatId given and ALLOWED_CHAT_IDS is empty: set it on the Worker",
+                    )
+                }
+            },
+        };
+        let db = self.db();
+        let Some(session) = store::get_session(&db, &body.session_id)? else {
+            return error(
+                404,
+                "unknown session: register it first (POST /sessions/register)",
+            );
+        };
+        if !principal.may_act_for(&session.machine_id) {
+            return error(403, "this session belongs to another machine");
+        }
+        let token = new_token()?;
+        let label = session.label.as_deref().unwrap_or(&session.machine_id);
+        let parts = telegram::format_notification(Some(label), &body.text);
+        let markup: Option<Value> = match (&body.reply_markup, &body.buttons) {
+            (Some(raw), _) => Some(raw.clone()),
+            (None, buttons) => {
+                let actions = buttons
+                    .as_ref()
+                    .map_or_else(|| Buttons::Enabled(true).actions(), Buttons::actions);
+                telegram::keyboard(&token, &actions)
+            }
+        };
+        let mut ids = Vec::with_capacity(parts.len());
+        let last = parts.len().saturating_sub(1);
+        for (i, part) in parts.iter().enumerate() {
+            let call = match (&markup, i == last) {
+                (Some(m), true) => {
+                    BotCall::send(chat_id, part, None).with_param("reply_markup", m.clone())
+                }
+                _ => BotCall::send(chat_id, part, None),
+            };
+            match self.bot(&call).await {
+                ApiOutcome::Ok(result) => {
+                    let Some(id) = result.get("message_id").and_then(Value::as_i64) else {
+                        return error(502, "Telegram's answer had no message_id");
+                    };
+                    // Recorded as each part lands, so replies to sent parts route even if a
+                    // later part fails.
+                    router::record_message(
+                        &db,
+                        chat_id,
+                        id,
+                        &session.session_id,
+                        &token,
+                        now_ms(),
+                    )?;
+                    ids.push(id);
+                }
+                ApiOutcome::Failed(why) if ids.is_empty() => {
+                    return error(
+                        502,
+                        format!("Telegram refused the message: {}", why_or(&why)),
+                    );
+                }
+                ApiOutcome::Failed(why) => {
+                    return error(
+                        502,
+                        format!(
+                            "Telegram refused part {} of {}: {why} (parts before it were sent)",
+                            i + 1,
+                            parts.len()
+                        ),
+                    );
+                }
+                ApiOutcome::RetryAfter(secs) => {
+                    return error(502, format!("Telegram asks to retry after {secs} s"));
+                }
+            }
+        }
+        store::touch_session(&db, &session.session_id, now_ms())?;
+        let first = ids.first().copied().unwrap_or_default();
+        json(
+            200,
+            &NotificationSent {
+                ok: true,
+                message_ids: ids,
+                message_id: first,
+                token,
+            },
+        )
+    }
+
+    async fn handle_webhook(&self, req: &mut Request) -> Result<Response> {
+        let update: Update = match parse_json(req).await? {
+            Ok(u) => u,
+            Err(resp) => return Ok(resp),
+        };
+        let outcome = router::handle_update(&self.db(), &self.config(), &update, now_ms(), &|m| {
+            self.online(m)
+        })?;
+        console_log!("{}", outcome.log);
+        if outcome.duplicate {
+            return json(200, &serde_json::json!({"ok": true, "duplicate": true}));
+        }
+        let now = now_ms();
+        for q in &outcome.queued {
+            if let Some(ws) = self.machine_socket(&q.machine_id) {
+                self.push(&ws, q, now)?;
+            }
+        }
+        if !outcome.queued.is_empty() {
+            self.arm_alarm().await?;
+        }
+        self.bot_all(&outcome.calls).await;
+        json(200, &OkBody::default())
+    }
+
+    async fn handle_socket(&self, req: &Request, principal: &Principal) -> Result<Response> {
+        let url = req.url()?;
+        let machine_id = url
+            .query_pairs()
+            .find(|(k, _)| k == "machineId")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        if validate::machine_id(&machine_id).is_err() || !principal.may_act_for(&machine_id) {
+            return error(403, "this key may not connect as that machine");
+        }
+        let tag = machine_tag(&machine_id);
+        let previous = self.state.get_websockets_with_tag(&tag);
+        let pair = WebSocketPair::new()?;
+        self.state.accept_websocket_with_tags(&pair.server, &[&tag]);
+        pair.server.serialize_attachment(SocketInfo {
+            machine_id: machine_id.clone(),
+            connected_at: now_ms(),
+        })?;
+        for old in previous {
+            let _ = old.close(
+                Some(4000),
+                Some("replaced by a newer connection for this machine"),
+            );
+        }
+        let flushed = self.flush_machine(&machine_id, None)?;
+        console_log!("machine {machine_id} connected; {flushed} queued command(s) sent");
+        self.arm_alarm().await?;
+        let mut resp = Response::from_websocket(pair.client)?;
+        if req.headers().get("sec-websocket-protocol")?.is_some() {
+            resp.headers_mut().set("sec-websocket-protocol", "ccr")?;
+        }
+        Ok(resp)
+    }
+
+    async fn on_frame(&self, ws: &WebSocket, text: &str) -> Result<()> {
+        let Some(info) = ws.deserialize_attachment::<SocketInfo>()? else {
+            let _ = ws.close(Some(1008), Some("unknown socket"));
+            return Ok(());
+        };
+        let machine = info.machine_id;
+        match SocketMessage::decode(text) {
+            Ok(SocketMessage::Ack { command_id }) => {
+                let acked = queue::ack(&self.db(), &command_id, &machine, now_ms())?;
+                if let Some(q) = acked {
+                    if let Some(msg) = q.source_message_id {
+                        self.bot_all(&[BotCall::react(q.chat_id, msg, "👍")]).await;
+                    }
+                    // The next command for this machine need not wait for the alarm.
+                    self.flush_machine(&machine, Some(now_ms()))?;
+                }
+            }
+            Ok(SocketMessage::CommandResult {
+                command_id,
+                success,
+                error,
+            }) => {
+                let db = self.db();
+                let done = queue::complete(
+                    &db,
+                    &command_id,
+                    &machine,
+                    success,
+                    error.as_deref(),
+                    now_ms(),
+                )?;
+                if let (Some(q), false) = (done, success) {
+                    let label = store::get_session(&db, &q.session_id)?
+                        .and_then(|s| s.label)
+                        .unwrap_or_else(|| machine.clone());
+                    let reason = error.unwrap_or_else(|| "no reason given".into());
+                    let text = format!(
+                        "⚠️ Could not type into <b>{}</b> on {}: {}",
+                        escape_html(&label),
+                        escape_html(&machine),
+                        escape_html(&reason)
+                    );
+                    self.bot_all(&[BotCall::send(q.chat_id, &text, q.source_message_id)])
+                        .await;
+                }
+            }
+            Ok(SocketMessage::Ping) => {
+                // Only reached when the frame differs from the exact auto-response bytes.
+                let _ = ws.send_with_str(PONG_FRAME);
+            }
+            Ok(other) => console_log!("machine {machine} sent {}; ignored", other.type_name()),
+            Err(e) if e.is_unknown_type() => console_log!("machine {machine}: {e}; ignored"),
+            Err(e) => console_warn!("machine {machine}: {e}; ignored"),
+        }
+        Ok(())
+    }
+}
+
+fn why_or(why: &str) -> &str {
+    if why.is_empty() {
+        "no description"
+    } else {
+        why
+    }
+}
+
+/// A 12-character token for `/cmd` and callback data (60 bits of randomness).
+fn new_token() -> Result<String> {
+    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("randomness: {e}")))?;
+    Ok(bytes
+        .iter()
+        .map(|b| char::from(ALPHABET.get(usize::from(b % 32)).copied().unwrap_or(b'a')))
+        .collect())
+}
+
+/// POSTs JSON to the Bot API; returns status and body text.
+async fn bot_request(url: &str, params: &Value) -> Result<(u16, String)> {
+    let headers = Headers::new();
+    headers.set("content-type", "application/json")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(serde_json::to_string(params)?.into()));
+    let mut resp = Fetch::Request(Request::new_with_init(url, &init)?)
+        .send()
+        .await?;
+    let status = resp.status_code();
+    let body = resp.text().await.unwrap_or_default();
+    Ok((status, body))
+}
+
+impl DurableObject for RouterDO {
+    fn new(state: State, env: Env) -> Self {
+        // Keepalive pings are answered without waking the object.
+        match WebSocketRequestResponsePair::new(PING_FRAME, PONG_FRAME) {
+            Ok(pair) => state.set_websocket_auto_response(&pair),
+            Err(e) => console_error!("cannot set the ping auto-response: {e:?}"),
+        }
+        Self {
+            state,
+            env,
+            migrated: Cell::new(false),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        self.ensure_schema()?;
+        let principal = match req
+            .headers()
+            .get(PRINCIPAL_HEADER)?
+            .as_deref()
+            .and_then(Principal::decode)
+        {
+            Some(p) => p,
+            None => return error(401, "request reached the router without credentials"),
+        };
+        let method = req.method().to_string();
+        match route(&method, &req.path()) {
+            Route::ListSessions => self.handle_list(&principal).await,
+            Route::RegisterSession => self.handle_register(&mut req, &principal).await,
+            Route::UnregisterSession => self.handle_unregister(&mut req, &principal).await,
+            Route::SendNotification => self.handle_notify(&mut req, &principal).await,
+            Route::Webhook(_) if principal == Principal::Admin => {
+                self.handle_webhook(&mut req).await
+            }
+            Route::MachineSocket => self.handle_socket(&req, &principal).await,
+            _ => error(404, "no such router operation"),
+        }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        self.ensure_schema()?;
+        let now = now_ms();
+        let db = self.db();
+        let dead = queue::expire(&db, now, self.command_ttl_ms())?;
+        for q in &dead {
+            let preview: String = q.command.chars().take(80).collect();
+            let text = format!(
+                "⚠️ Not delivered: <code>{}</code> waited too long for {} to come online and was dropped. Send it again when the machine is back.",
+                escape_html(if preview.is_empty() { "(Enter)" } else { &preview }),
+                escape_html(&q.machine_id)
+            );
+            self.bot_all(&[BotCall::send(q.chat_id, &text, q.source_message_id)])
+                .await;
+        }
+        // Retry due sends on every connected machine.
+        let mut machines: Vec<String> = self
+            .state
+            .get_websockets()
+            .iter()
+            .filter_map(|ws| ws.deserialize_attachment::<SocketInfo>().ok().flatten())
+            .map(|i| i.machine_id)
+            .collect();
+        machines.sort();
+        machines.dedup();
+        for m in machines {
+            self.flush_machine(&m, Some(now))?;
+        }
+        queue::prune(&db, now)?;
+        self.arm_alarm().await?;
+        Response::ok("")
+    }
+
+    async fn websocket_message(
+        &self,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        self.ensure_schema()?;
+        match message {
+            WebSocketIncomingMessage::String(text) if text.len() > MAX_FRAME_BYTES => {
+                let _ = ws.close(Some(1009), Some("frame over 64 KiB"));
+            }
+            WebSocketIncomingMessage::String(text) => self.on_frame(&ws, &text).await?,
+            WebSocketIncomingMessage::Binary(bytes) => {
+                console_warn!(
+                    "binary frame of {} bytes ignored: the protocol is JSON text",
+                    bytes.len()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        ws: WebSocket,
+        code: usize,
+        _reason: String,
+        _clean: bool,
+    ) -> Result<()> {
+        // Reciprocate; 1005/1006 are not sendable codes, answer those with 1000.
+        let code = u16::try_from(code)
+            .ok()
+            .filter(|c| (1000..5000).contains(c) && *c != 1005 && *c != 1006)
+            .unwrap_or(1000);
+        let _ = ws.close(Some(code), Some("closing"));
+        Ok(())
+    }
+
+    async fn websocket_error(&self, _ws: WebSocket, err: Error) -> Result<()> {
+        console_warn!("machine socket error: {err}");
+        Ok(())
+    }
+}
