@@ -52,6 +52,9 @@ pub struct RouterDO {
     env: Env,
     /// Set once migrations ran in this instance; memory only, so a fresh instance re-checks.
     migrated: Cell<bool>,
+    /// Random per instance, memory only: `GET /sessions` shows it in `X-CCR-Instance`, so
+    /// tests (and operators) can tell whether the object was reset, e.g. by a panic.
+    instance: String,
 }
 
 impl RouterDO {
@@ -207,7 +210,9 @@ impl RouterDO {
             Principal::Machine(m) => Some(m.as_str()),
         };
         let sessions = store::list_sessions(&self.db(), scope, |m| self.online(m))?;
-        json(200, &SessionList { ok: true, sessions })
+        let mut resp = json(200, &SessionList { ok: true, sessions })?;
+        resp.headers_mut().set("x-ccr-instance", &self.instance)?;
+        Ok(resp)
     }
 
     async fn handle_register(&self, req: &mut Request, principal: &Principal) -> Result<Response> {
@@ -547,6 +552,7 @@ impl DurableObject for RouterDO {
             state,
             env,
             migrated: Cell::new(false),
+            instance: new_token().unwrap_or_default(),
         }
     }
 
