@@ -120,9 +120,7 @@ impl TestSocket {
                     })
                 }
                 Some(Ok(Message::Close(frame))) => {
-                    return Ok(Event::Closed(
-                        frame.map_or(1005, |f| u16::from(f.code)),
-                    ))
+                    return Ok(Event::Closed(frame.map_or(1005, |f| u16::from(f.code))))
                 }
                 Some(Ok(_)) => continue,
             }
@@ -130,7 +128,10 @@ impl TestSocket {
     }
 
     /// The next command frame (skipping pongs), as (id, session, command).
-    pub async fn next_command(&mut self, timeout: Duration) -> anyhow::Result<(String, String, String)> {
+    pub async fn next_command(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(String, String, String)> {
         loop {
             match self.next(timeout).await? {
                 Event::Msg(SocketMessage::Command {
