@@ -83,7 +83,13 @@ pub struct CommonArgs {
     pub inject_delay_ms: u64,
     /// Store and acknowledge commands but do not execute them until a run without this flag
     /// (maintenance and crash tests).
-    #[arg(long, env = "CCR_HOLD_COMMANDS", global = true, hide = true)]
+    #[arg(
+        long,
+        env = "CCR_HOLD_COMMANDS",
+        global = true,
+        hide = true,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     pub hold_commands: bool,
 }
 
@@ -535,6 +541,8 @@ mod tests {
         let cli = Cli::try_parse_from(["ccr-agent", "run", "--machine-id", "devbox"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Run)));
         assert_eq!(cli.common.machine_id.as_deref(), Some("devbox"));
+        let cli = Cli::try_parse_from(["ccr-agent", "--hold-commands"]).unwrap();
+        assert!(cli.common.hold_commands);
         let cli = Cli::try_parse_from(["ccr-agent", "hook", "session-start"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -177,6 +177,8 @@ pub async fn run_socket(
     let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_max);
     // A Send generator (the thread-local one cannot cross awaits in a spawned task).
     let mut rng = rand::rngs::StdRng::from_os_rng();
+    // Each state change is one log line; repeats of a failing state go to debug.
+    let mut state = "starting";
     loop {
         if *shutdown.borrow() {
             return;
@@ -185,7 +187,8 @@ pub async fn run_socket(
             Ok(ws) => {
                 let started = Instant::now();
                 info!(machine_id = %worker.machine_id, "connected to the Worker");
-                set_status(&shared, "connected", "");
+                state = "connected";
+                set_status(&shared, state, "");
                 let ended = serve(ws, &timing, &shared, &mut shutdown).await;
                 if started.elapsed() >= timing.healthy_after {
                     backoff.reset();
@@ -197,6 +200,7 @@ pub async fn run_socket(
                         return;
                     }
                     Ended::Replaced => {
+                        state = "replaced";
                         warn!(
                             machine_id = %worker.machine_id,
                             "disconnected: another agent took over this machine id (close {CLOSE_REPLACED}); \
@@ -213,12 +217,18 @@ pub async fn run_socket(
                     Ended::Lost(why) => {
                         let d = backoff.next_delay(&mut rng);
                         warn!("disconnected: {why}; reconnecting in {d:?}");
-                        set_status(&shared, "disconnected", &why);
+                        state = "disconnected";
+                        set_status(&shared, state, &why);
                         d
                     }
                 }
             }
+            Err(ConnectError::Unauthorized(_)) if state == "unauthorized" => {
+                debug!("the Worker still rejects the API key");
+                timing.unauthorized_retry
+            }
             Err(ConnectError::Unauthorized(body)) => {
+                state = "unauthorized";
                 error!(
                     "the Worker rejected the API key (HTTP 401{}): set CCR_API_KEY to the admin \
                      key or this machine's key (`ccr-agent machine-key --machine-id {}`); \
@@ -231,13 +241,18 @@ pub async fn run_socket(
                     worker.machine_id,
                     timing.unauthorized_retry
                 );
-                set_status(&shared, "unauthorized", "the Worker rejected the API key");
+                set_status(&shared, state, "the Worker rejected the API key");
                 timing.unauthorized_retry
             }
             Err(ConnectError::Other(why)) => {
                 let d = backoff.next_delay(&mut rng);
-                warn!("cannot connect: {why}; retrying in {d:?}");
-                set_status(&shared, "disconnected", &why);
+                if state == "disconnected" {
+                    debug!("still cannot connect: {why}; retrying in {d:?}");
+                } else {
+                    warn!("cannot connect: {why}; retrying in {d:?} (further failures are logged at debug level)");
+                    state = "disconnected";
+                    set_status(&shared, state, &why);
+                }
                 d
             }
         };

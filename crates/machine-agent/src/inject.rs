@@ -118,7 +118,11 @@ impl Injector {
 fn classify(stderr: &str, pane: &Pane, socket: Option<&Path>) -> InjectError {
     let msg = stderr.trim();
     let lower = msg.to_lowercase();
-    if lower.contains("no server running") || lower.contains("error connecting to") {
+    if lower.contains("no server running")
+        || lower.contains("error connecting to")
+        || lower.contains("server exited")
+        || lower.contains("lost server")
+    {
         let server = socket
             .map(|s| s.display().to_string())
             .unwrap_or_else(|| "default server".into());
@@ -266,9 +270,7 @@ mod tests {
             .arg(&sock)
             .arg("kill-server")
             .status();
-        assert!(matches!(
-            inj.type_into(&pane, "x").await.unwrap_err(),
-            InjectError::ServerGone(_)
-        ));
+        let err = inj.type_into(&pane, "x").await.unwrap_err();
+        assert!(matches!(err, InjectError::ServerGone(_)), "{err:?}");
     }
 }

@@ -24,6 +24,7 @@ fn init_tracing() {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -79,13 +80,18 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// A hook never fails Claude: every error is logged and the exit code is 0.
+/// A hook never fails Claude: every error is logged and the exit code is 0, even on a panic.
 fn hook(args: &CommonArgs, event: HookEvent) -> ExitCode {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_hook(args, event)));
+    ExitCode::SUCCESS
+}
+
+fn run_hook(args: &CommonArgs, event: HookEvent) {
     let data_dir = match config::data_dir(args) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("ccr-agent hook: {e}");
-            return ExitCode::SUCCESS;
+            return;
         }
     };
     let _ = std::fs::create_dir_all(&data_dir);
@@ -111,7 +117,7 @@ fn hook(args: &CommonArgs, event: HookEvent) -> ExitCode {
         .read_to_end(&mut input)
     {
         tracing::warn!(hook = event.arg(), "reading the hook input: {e}");
-        return ExitCode::SUCCESS;
+        return;
     }
     let input = String::from_utf8_lossy(&input);
     let env = hooks::HookEnv::from_process();
@@ -119,13 +125,16 @@ fn hook(args: &CommonArgs, event: HookEvent) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             tracing::warn!("cannot start the async runtime: {e}");
-            return ExitCode::SUCCESS;
+            return;
         }
     };
-    let outcome = rt.block_on(tokio::time::timeout(
-        hooks::HOOK_DEADLINE,
-        hooks::run_hook(event, args, &data_dir, &input, &env),
-    ));
+    let outcome = rt.block_on(async {
+        tokio::time::timeout(
+            hooks::HOOK_DEADLINE,
+            hooks::run_hook(event, args, &data_dir, &input, &env),
+        )
+        .await
+    });
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
@@ -142,7 +151,6 @@ fn hook(args: &CommonArgs, event: HookEvent) -> ExitCode {
     }
     // Do not wait for anything still running (a hung request): Claude must not wait.
     rt.shutdown_background();
-    ExitCode::SUCCESS
 }
 
 fn install_hooks(args: &CommonArgs, path: Option<std::path::PathBuf>) -> ExitCode {

@@ -1,0 +1,386 @@
+//! `ccr-agent` end to end: the real Worker on workerd, the Bot API stand-in, the real agent
+//! binary started without `$TMUX` (as a service would be), and real tmux panes on a private
+//! server whose program records every line it receives.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ccr_e2e::agent::{add_recording_pane, recorded_lines, Agent};
+use ccr_e2e::telegram::BotApi;
+use ccr_e2e::tmux::Tmux;
+use ccr_e2e::wait_for;
+use ccr_e2e::worker::{Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_WEBHOOK_SECRET};
+use serde_json::{json, Value};
+
+const CHAT: i64 = 4242;
+const USER: i64 = 77;
+/// Generous: workerd and the agent share two cores with other test processes.
+const T: Duration = Duration::from_secs(30);
+
+struct Env {
+    w: Worker,
+    bot: BotApi,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
+        let opts = WorkerOptions::default()
+            .var("TELEGRAM_API_BASE", bot.base_url())
+            .var("ALLOWED_CHAT_IDS", CHAT.to_string());
+        let w = Worker::start(opts).await.unwrap();
+        Env { w, bot }
+    }
+
+    fn agent(&self, machine: &str) -> Agent {
+        Agent::start(&self.w.base_url(), TEST_API_KEY, machine).unwrap()
+    }
+
+    /// Sends a notification for `session` through the Worker; returns its message id.
+    async fn notify(&self, session: &str, text: &str) -> i64 {
+        let resp = self
+            .w
+            .http()
+            .post(self.w.url("/notifications/send"))
+            .bearer_auth(TEST_API_KEY)
+            .json(&json!({"sessionId": session, "text": text}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body["messageId"].as_i64().unwrap()
+    }
+
+    /// Telegram delivers a reply to message `to`.
+    async fn reply(&self, update_id: i64, to: i64, text: &str) {
+        let update = json!({"update_id": update_id, "message": {
+            "message_id": update_id + 10_000, "date": 1_700_000_000,
+            "chat": {"id": CHAT, "type": "private"},
+            "from": {"id": USER, "is_bot": false, "first_name": "Ada"},
+            "text": text,
+            "reply_to_message": {"message_id": to, "date": 1_700_000_000,
+                "chat": {"id": CHAT, "type": "private"},
+                "from": {"id": 1, "is_bot": true, "first_name": "CCR"}, "text": "notification"}
+        }});
+        let status = self
+            .w
+            .http()
+            .post(
+                self.w
+                    .url(&format!("/webhook/telegram/{TEST_WEBHOOK_SECRET}")),
+            )
+            .header("X-Telegram-Bot-Api-Secret-Token", TEST_WEBHOOK_SECRET)
+            .json(&update)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+
+    /// Waits for a sendMessage whose text contains `needle`.
+    async fn wait_message(&self, needle: &str) -> String {
+        wait_for(
+            &format!("a Telegram message containing {needle:?}"),
+            T,
+            || async {
+                self.bot
+                    .calls_of("sendMessage")
+                    .into_iter()
+                    .filter_map(|c| c.params["text"].as_str().map(str::to_owned))
+                    .find(|t| t.contains(needle))
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn sessions(&self) -> Value {
+        self.w
+            .http()
+            .get(self.w.url("/sessions"))
+            .bearer_auth(TEST_API_KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// Claude Code's hook input for `event`.
+fn hook_input(event: &str, session: &str, cwd: &str, transcript: &Path) -> Value {
+    json!({
+        "session_id": session,
+        "transcript_path": transcript,
+        "cwd": cwd,
+        "hook_event_name": event,
+        "source": "startup",
+        "permission_mode": "default"
+    })
+}
+
+/// Runs the session-start hook as Claude Code in `pane` would and checks it registered.
+async fn start_session(agent: &Agent, tmux: &Tmux, pane: &str, session: &str, cwd: &str) {
+    let out = agent
+        .run_hook(
+            "session-start",
+            &hook_input(
+                "SessionStart",
+                session,
+                cwd,
+                Path::new("/nonexistent.jsonl"),
+            ),
+            Some((tmux, pane)),
+        )
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        agent.hooks_log().contains("session registered"),
+        "hooks log:\n{}\nstderr: {}",
+        agent.hooks_log(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Asserts `lines()` stays exactly `want` for a while (nothing typed twice).
+async fn stays(what: &str, want: &[&str], lines: impl Fn() -> Vec<String>) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(lines(), want, "{what}");
+}
+
+#[tokio::test]
+async fn a_telegram_reply_lands_in_the_pane_exactly_once() {
+    let e = Env::start().await;
+    let tmux = Tmux::start().unwrap();
+    let agent = e.agent("devbox");
+    agent.wait_connected(1, T).await.unwrap();
+    start_session(&agent, &tmux, &tmux.pane_id, "sess-1", "/home/ada/api").await;
+
+    let msg = e.notify("sess-1", "done").await;
+    e.reply(1, msg, "run the tests; echo $HOME 'quoted'").await;
+    let lines = tmux.wait_for_lines(1, T).await.unwrap();
+    assert_eq!(lines, ["run the tests; echo $HOME 'quoted'"]);
+    // The same update again (Telegram retries) and time for any redelivery: still once.
+    e.reply(1, msg, "run the tests; echo $HOME 'quoted'").await;
+    stays("the pane", &["run the tests; echo $HOME 'quoted'"], || {
+        tmux.lines()
+    })
+    .await;
+    agent.wait_log("command typed", 1, T).await.unwrap();
+    assert_eq!(agent.log().matches("command typed").count(), 1);
+}
+
+#[tokio::test]
+async fn a_command_stored_before_a_crash_runs_once_after_restart() {
+    let e = Env::start().await;
+    let tmux = Tmux::start().unwrap();
+    // The first run stores and acks commands but does not execute them, so SIGKILL lands
+    // exactly between storing and executing.
+    let mut agent = Agent::start_with(
+        &e.w.base_url(),
+        TEST_API_KEY,
+        "crashbox",
+        vec![("CCR_HOLD_COMMANDS".into(), "1".into())],
+    )
+    .unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    start_session(&agent, &tmux, &tmux.pane_id, "sess-c", "/w/crash").await;
+    let msg = e.notify("sess-c", "ready").await;
+    e.reply(2, msg, "survive the crash").await;
+    agent
+        .wait_log("command stored and acked", 1, T)
+        .await
+        .unwrap();
+    agent.kill9().await;
+    assert!(tmux.lines().is_empty());
+
+    agent.env.clear();
+    agent.restart().unwrap();
+    let lines = tmux.wait_for_lines(1, T).await.unwrap();
+    assert_eq!(lines, ["survive the crash"]);
+    stays("the pane", &["survive the crash"], || tmux.lines()).await;
+}
+
+#[tokio::test]
+async fn the_agent_reconnects_after_a_worker_restart() {
+    let mut e = Env::start().await;
+    let tmux = Tmux::start().unwrap();
+    let agent = e.agent("restartbox");
+    agent.wait_connected(1, T).await.unwrap();
+    start_session(&agent, &tmux, &tmux.pane_id, "sess-r", "/w/r").await;
+    let msg = e.notify("sess-r", "before").await;
+    e.reply(3, msg, "first").await;
+    tmux.wait_for_lines(1, T).await.unwrap();
+
+    e.w.restart().await.unwrap();
+    agent
+        .wait_connected(2, Duration::from_secs(90))
+        .await
+        .unwrap();
+    let msg = e.notify("sess-r", "after").await;
+    e.reply(4, msg, "second").await;
+    let lines = tmux.wait_for_lines(2, T).await.unwrap();
+    assert_eq!(lines, ["first", "second"]);
+}
+
+#[tokio::test]
+async fn two_sessions_on_two_panes_get_only_their_own_replies() {
+    let e = Env::start().await;
+    let tmux = Tmux::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (pane_b, record_b) = add_recording_pane(&tmux, dir.path(), "b").unwrap();
+    let agent = e.agent("twobox");
+    agent.wait_connected(1, T).await.unwrap();
+    start_session(&agent, &tmux, &tmux.pane_id, "sess-a", "/w/alpha").await;
+    start_session(&agent, &tmux, &pane_b, "sess-b", "/w/beta").await;
+
+    let msg_a = e.notify("sess-a", "alpha done").await;
+    let msg_b = e.notify("sess-b", "beta done").await;
+    e.reply(5, msg_b, "for beta").await;
+    e.reply(6, msg_a, "for alpha").await;
+    e.reply(7, msg_b, "beta again").await;
+
+    tmux.wait_for_lines(1, T).await.unwrap();
+    wait_for("two lines in pane b", T, || async {
+        (recorded_lines(&record_b).len() >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    stays("pane a", &["for alpha"], || tmux.lines()).await;
+    assert_eq!(recorded_lines(&record_b), ["for beta", "beta again"]);
+}
+
+#[tokio::test]
+async fn hooks_run_as_claude_code_runs_them() {
+    let e = Env::start().await;
+    let tmux = Tmux::start().unwrap();
+    let agent = e.agent("hookbox");
+    agent.wait_connected(1, T).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let transcript = dir.path().join("sess-h.jsonl");
+    let lines = [
+        json!({"type":"user","message":{"role":"user","content":"fix the build"},"isSidechain":false}),
+        json!({"type":"assistant","isSidechain":false,"message":{"id":"msg_1","role":"assistant",
+            "content":[{"type":"thinking","thinking":"look first","signature":"s"}]}}),
+        json!({"type":"assistant","isSidechain":false,"message":{"id":"msg_1","role":"assistant",
+            "content":[{"type":"tool_use","id":"toolu_1","name":"Bash","input":{"command":"make"}}]}}),
+        json!({"type":"user","isSidechain":false,"message":{"role":"user","content":[
+            {"type":"tool_result","tool_use_id":"toolu_1","content":"ok"}]}}),
+        json!({"type":"assistant","isSidechain":false,"message":{"id":"msg_2","role":"assistant",
+            "content":[{"type":"text","text":"The build is green again."}]}}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&transcript, text).unwrap();
+    let cwd = "/home/ada/projects/webshop";
+
+    let out = agent
+        .run_hook(
+            "session-start",
+            &hook_input("SessionStart", "sess-h", cwd, &transcript),
+            Some((&tmux, &tmux.pane_id)),
+        )
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let sessions = e.sessions().await;
+    let s = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sessionId"] == "sess-h")
+        .unwrap_or_else(|| panic!("registered: {sessions}"));
+    assert_eq!(s["machineId"], "hookbox");
+    assert_eq!(s["label"], "webshop");
+
+    let out = agent
+        .run_hook(
+            "stop",
+            &hook_input("Stop", "sess-h", cwd, &transcript),
+            Some((&tmux, &tmux.pane_id)),
+        )
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let sent = e.wait_message("The build is green again.").await;
+    assert!(sent.contains("webshop"), "{sent}");
+    assert!(sent.contains(cwd), "{sent}");
+    assert!(
+        !sent.contains("look first") && !sent.contains("make"),
+        "{sent}"
+    );
+
+    let mut notification = hook_input("Notification", "sess-h", cwd, &transcript);
+    notification["message"] = json!("Claude needs your permission to use Bash");
+    let out = agent
+        .run_hook("notification", &notification, Some((&tmux, &tmux.pane_id)))
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    e.wait_message("Claude needs your permission to use Bash")
+        .await;
+
+    // The reply to the stop notification reaches the pane the hook recorded.
+    let stop_msg = e.notify("sess-h", "direct").await;
+    e.reply(8, stop_msg, "ship it").await;
+    assert_eq!(tmux.wait_for_lines(1, T).await.unwrap(), ["ship it"]);
+
+    let out = agent
+        .run_hook(
+            "session-end",
+            &hook_input("SessionEnd", "sess-h", cwd, &transcript),
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let sessions = e.sessions().await;
+    assert!(
+        !sessions["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["sessionId"] == "sess-h"),
+        "{sessions}"
+    );
+
+    // A hook never fails Claude: garbage input and an unreachable Worker still exit 0, fast.
+    let started = std::time::Instant::now();
+    let out = agent
+        .run_hook("stop", &json!("not hook json"), None)
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert!(started.elapsed() < Duration::from_secs(9));
+}
+
+#[tokio::test]
+async fn sigterm_closes_cleanly_and_a_wrong_key_is_reported() {
+    let e = Env::start().await;
+    let mut agent = e.agent("termbox");
+    agent.wait_connected(1, T).await.unwrap();
+    let status = agent.terminate().await.unwrap();
+    assert!(status.success(), "{status:?}\n{}", agent.log());
+    assert!(agent.log().contains("SIGTERM"), "{}", agent.log());
+
+    let bad = Agent::start(&e.w.base_url(), "not-the-key", "badkey").unwrap();
+    bad.wait_log("rejected the API key", 1, T).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Not retried fast: one attempt in these seconds.
+    assert_eq!(bad.log().matches("rejected the API key").count(), 1);
+
+    // The machine key derived from the admin key works for its own machine.
+    let key = std::process::Command::new(ccr_e2e::agent::binary())
+        .args(["machine-key", "--machine-id", "keybox"])
+        .env("CCR_API_KEY", TEST_API_KEY)
+        .output()
+        .unwrap();
+    assert!(key.status.success());
+    let key = String::from_utf8(key.stdout).unwrap();
+    let scoped = Agent::start(&e.w.base_url(), key.trim(), "keybox").unwrap();
+    scoped.wait_connected(1, T).await.unwrap();
+}
