@@ -36,9 +36,24 @@ pub fn report(data_dir: &Path) -> anyhow::Result<String> {
                 ago(now - since)
             );
             if state == "connected" {
-                if let Some((_, at)) = sessions.status("last_pong")? {
-                    let _ = writeln!(out, "last pong:    {} ago", ago(now - at));
-                }
+                // A daemon killed without a chance to record it leaves "connected" behind; an
+                // old pong gives it away.
+                let heard = sessions
+                    .status("last_pong")?
+                    .map(|(_, at)| at)
+                    .unwrap_or(since);
+                let silent = now - heard;
+                let stale = silent > 2 * (ccr_protocol::PONG_TIMEOUT_SECS as i64) * 1000;
+                let _ = writeln!(
+                    out,
+                    "last pong:    {} ago{}",
+                    ago(silent),
+                    if stale {
+                        " (stale: is the daemon still running?)"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
         None => {
@@ -153,6 +168,12 @@ mod tests {
             text.contains("s1  api  pane %2 on /tmp/sock  /w/api"),
             "{text}"
         );
+        assert!(text.contains("last pong:    1m30s ago\n"), "{text}");
+        sessions
+            .set_status("connection", "connected", now - 600_000)
+            .unwrap();
+        let text = report(dir.path()).unwrap();
+        assert!(text.contains("stale"), "{text}");
         assert_eq!(ago(3_700_000), "1h1m");
     }
 }

@@ -468,3 +468,33 @@ async fn stored_commands_run_once_after_a_restart() {
     );
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn an_oversized_frame_drops_the_connection_and_the_agent_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, rec) = fake_tmux(dir.path());
+    record_session(dir.path());
+    let mut worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
+    let mut ws = worker.accept().await;
+    // One byte past the protocol's frame limit, as a command the agent must not run.
+    let padding = "x".repeat(ccr_protocol::MAX_FRAME_BYTES + 1);
+    let _ = ws.send(command("huge", &padding)).await;
+    let mut ws2 = worker.accept().await;
+    drop(ws);
+    ws2.send(command("c1", "small")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws2).await,
+        SocketMessage::Ack {
+            command_id: "c1".into()
+        }
+    );
+    assert!(matches!(
+        next_msg(&mut ws2).await,
+        SocketMessage::CommandResult { success: true, .. }
+    ));
+    let t = typed(&rec);
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert!(t[0].ends_with("-- small"));
+    agent.stop().await;
+}
