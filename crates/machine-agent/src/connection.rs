@@ -395,6 +395,12 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 }
                 Receipt::Duplicate(state) => {
                     info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");
+                    if state == crate::inbox::State::Done {
+                        if let Err(e) = shared.inbox.resend_result(&cmd.command_id) {
+                            warn!("queueing a result again: {e}");
+                        }
+                        shared.results_ready.notify_one();
+                    }
                 }
             }
         }

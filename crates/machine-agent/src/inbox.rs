@@ -265,6 +265,18 @@ impl Inbox {
         })
     }
 
+    /// Queues a done command's result to be sent again (the Worker delivered the command
+    /// again, so it may have missed the result too; it ignores a result it already has).
+    pub fn resend_result(&self, command_id: &str) -> rusqlite::Result<()> {
+        self.db.with(|c| {
+            c.execute(
+                "UPDATE inbox SET result_sent = 0 WHERE command_id = ?1 AND state = 'done'",
+                [command_id],
+            )
+            .map(drop)
+        })
+    }
+
     /// Deletes done rows older than `retention_ms`; returns how many.
     pub fn prune(&self, now: i64, retention_ms: i64) -> rusqlite::Result<usize> {
         self.db.with(|c| {
@@ -391,6 +403,9 @@ mod tests {
         );
         assert!(!ib.begin("c1", 4).unwrap());
         ib.finish("c1", &Outcome::failed("pane gone"), 5).unwrap();
+        ib.mark_result_sent("c1").unwrap();
+        ib.resend_result("c1").unwrap();
+        assert_eq!(ib.unsent_results(10).unwrap().len(), 1);
         assert_eq!(
             ib.store(&cmd("c1"), 6).unwrap(),
             Receipt::Duplicate(State::Done)

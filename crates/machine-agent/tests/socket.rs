@@ -272,12 +272,21 @@ async fn commands_are_acked_typed_once_and_reported() {
     );
     assert!(calls.contains("send-keys -t %1 Enter"), "{calls}");
 
-    // At-least-once delivery: the same id again is acked and not typed again.
+    // At-least-once delivery: the same id again is acked, its result sent again (the Worker
+    // may have missed it too), and it is not typed again.
     ws.send(command("c1", "fix the $(tests)")).await.unwrap();
     assert_eq!(
         next_msg(&mut ws).await,
         SocketMessage::Ack {
             command_id: "c1".into()
+        }
+    );
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::CommandResult {
+            command_id: "c1".into(),
+            success: true,
+            error: None
         }
     );
     // Unknown and malformed frames are skipped without dropping the connection.
@@ -451,7 +460,8 @@ async fn stored_commands_run_once_after_a_restart() {
         }
     }
     assert_eq!(results, ["c1", "c2"]);
-    // Delivered again by the Worker (its acks were lost, say): acked only.
+    // Delivered again by the Worker (its acks were lost, say): acked, result repeated, not
+    // typed.
     ws.send(command("c1", "one")).await.unwrap();
     assert_eq!(
         next_msg(&mut ws).await,
@@ -459,6 +469,10 @@ async fn stored_commands_run_once_after_a_restart() {
             command_id: "c1".into()
         }
     );
+    assert!(matches!(
+        next_msg(&mut ws).await,
+        SocketMessage::CommandResult { success: true, .. }
+    ));
     quiet_for(&mut ws, Duration::from_millis(300)).await;
     let t = typed(&rec);
     assert_eq!(t.len(), 2, "{t:?}");
