@@ -173,6 +173,112 @@ async fn a_telegram_reply_lands_in_the_pane_exactly_once() {
     .await;
     agent.wait_log("command typed", 1, T).await.unwrap();
     assert_eq!(agent.log().matches("command typed").count(), 1);
+
+    // `ccr-agent status` shows it all.
+    let out = std::process::Command::new(ccr_e2e::agent::binary())
+        .arg("status")
+        .env("CCR_DATA_DIR", agent.data_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status = String::from_utf8(out.stdout).unwrap();
+    assert!(status.contains("connection:   connected since"), "{status}");
+    assert!(status.contains("for session sess-1"), "{status}");
+    assert!(status.contains("typed"), "{status}");
+    assert!(
+        status.contains("0 stored, 0 acked, 0 executing, 1 done"),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("sess-1  api  pane {}", tmux.pane_id)),
+        "{status}"
+    );
+}
+
+#[test]
+fn install_hooks_merges_into_settings_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("settings.json");
+    std::fs::write(
+        &settings,
+        r#"{"model":"opus","hooks":{"Stop":[{"hooks":[{"type":"command","command":"say done"}]}]}}"#,
+    )
+    .unwrap();
+    let install = || {
+        std::process::Command::new(ccr_e2e::agent::binary())
+            .args(["install-hooks", "--settings"])
+            .arg(&settings)
+            .output()
+            .unwrap()
+    };
+    let out = install();
+    assert!(out.status.success(), "{out:?}");
+    let merged: Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
+    assert_eq!(merged["model"], "opus");
+    let stop: Vec<&str> = merged["hooks"]["Stop"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["hooks"].as_array().unwrap())
+        .map(|h| h["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(stop.len(), 2, "{merged}");
+    assert_eq!(stop[0], "say done");
+    assert!(stop[1].ends_with("ccr-agent hook stop"), "{}", stop[1]);
+    for event in ["SessionStart", "Notification", "SessionEnd"] {
+        assert_eq!(
+            merged["hooks"][event].as_array().unwrap().len(),
+            1,
+            "{event}"
+        );
+    }
+    let backups = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("settings.json.bak-")
+            })
+            .count()
+    };
+    assert_eq!(backups(), 1);
+    // Again: nothing changes, no new backup.
+    let before = std::fs::read_to_string(&settings).unwrap();
+    let out = install();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already installed"));
+    assert_eq!(std::fs::read_to_string(&settings).unwrap(), before);
+    assert_eq!(backups(), 1);
+}
+
+#[test]
+fn missing_settings_exit_2_with_one_clear_line() {
+    let out = std::process::Command::new(ccr_e2e::agent::binary())
+        .args(["--machine-id", "devbox"])
+        .env_remove("CCR_WORKER_URL")
+        .env_remove("CCR_API_KEY")
+        .env("CCR_DATA_DIR", "/tmp/ccr-agent-unused")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("CCR_WORKER_URL"), "{err}");
+    let out = std::process::Command::new(ccr_e2e::agent::binary())
+        .args([
+            "--machine-id",
+            "dev box",
+            "--worker-url",
+            "http://127.0.0.1:1",
+        ])
+        .env("CCR_API_KEY", "k")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CCR_MACHINE_ID"));
 }
 
 #[tokio::test]
