@@ -9,8 +9,8 @@
 //!
 //! Tests need a built Worker (`scripts/build-worker.sh`, which `make test` runs first).
 
-pub mod agent;
 pub mod ports;
+pub mod proxy;
 pub mod socket;
 pub mod telegram;
 pub mod tmux;

@@ -91,9 +91,14 @@ impl Tmux {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// The file the pane records to.
+    pub fn record_path(&self) -> PathBuf {
+        self.dir.path().join("received.txt")
+    }
+
     /// Every line the pane has received so far.
     pub fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("received.txt"))
+        std::fs::read_to_string(self.record_path())
             .map(|t| t.lines().map(str::to_owned).collect())
             .unwrap_or_default()
     }

@@ -96,6 +96,11 @@ impl Worker {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The listening address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// `base_url() + path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url(), path)
