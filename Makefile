@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: setup build dev test lint unit e2e clean
+.PHONY: setup build dev test lint unit e2e chaos clean
 
 setup:
 	@bash scripts/setup.sh
@@ -28,6 +28,11 @@ unit: setup
 
 e2e: build
 	cargo test -p ccr-e2e --locked -- --test-threads=2
+
+## Delivery under faults at full size (1,000 commands; `make test` runs about 100).
+chaos: build
+	CCR_CHAOS_COMMANDS=$${CCR_CHAOS_COMMANDS:-1000} CCR_CHAOS_REPORT=target/chaos.md \
+	  cargo test -p ccr-e2e --locked --test chaos -- --nocapture
 
 clean:
 	cargo clean
