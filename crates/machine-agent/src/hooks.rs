@@ -18,10 +18,12 @@ use crate::db::{now_ms, Db};
 use crate::inject::socket_from_tmux_env;
 use crate::sessions::{SessionRecord, Sessions};
 
-/// A hook gives up after this long in total (Claude Code's own hook timeout is 10 s).
-pub const HOOK_DEADLINE: Duration = Duration::from_secs(8);
+/// Reading the hook input gives up after this long.
+pub const STDIN_DEADLINE: Duration = Duration::from_secs(2);
+/// The hook's work gives up after this long (Claude Code's own hook timeout is 10 s).
+pub const HOOK_DEADLINE: Duration = Duration::from_secs(5);
 /// Each HTTP call to the Worker gives up after this long.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(4);
 /// Largest hook input read from stdin.
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// A notification carries at most this many characters of the assistant's text.

@@ -111,14 +111,32 @@ fn run_hook(args: &CommonArgs, event: HookEvent) {
             .with_writer(std::io::stderr)
             .init(),
     }
-    let mut input = Vec::new();
-    if let Err(e) = std::io::stdin()
-        .take(hooks::MAX_INPUT_BYTES as u64)
-        .read_to_end(&mut input)
-    {
-        tracing::warn!(hook = event.arg(), "reading the hook input: {e}");
-        return;
-    }
+    // Claude closes stdin after writing the JSON; a caller that never does must not hang
+    // the hook, so the read runs on its own thread with a deadline.
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut input = Vec::new();
+        let read = std::io::stdin()
+            .take(hooks::MAX_INPUT_BYTES as u64)
+            .read_to_end(&mut input)
+            .map(|_| input);
+        let _ = tx.send(read);
+    });
+    let input = match rx.recv_timeout(hooks::STDIN_DEADLINE) {
+        Ok(Ok(input)) => input,
+        Ok(Err(e)) => {
+            tracing::warn!(hook = event.arg(), "reading the hook input: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                hook = event.arg(),
+                "no hook input on stdin within {:?}",
+                hooks::STDIN_DEADLINE
+            );
+            return;
+        }
+    };
     let input = String::from_utf8_lossy(&input);
     let env = hooks::HookEnv::from_process();
     let rt = match runtime() {
