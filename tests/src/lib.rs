@@ -10,6 +10,7 @@
 //! Tests need a built Worker (`scripts/build-worker.sh`, which `make test` runs first).
 
 pub mod agent;
+pub mod bins;
 pub mod ports;
 pub mod proxy;
 pub mod socket;

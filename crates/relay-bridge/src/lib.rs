@@ -1,1 +1,392 @@
-//! Library half of the binary: `main.rs` parses arguments and calls into here.
+//! `relay-bridge`: serves a local HTTP server through the CCR Worker's relay, making only
+//! outbound calls. It long-polls the Worker for public requests, forwards each to the target
+//! as it arrives (up to `concurrency` at once), and posts the responses back.
+//!
+//! Layout:
+//! - [`Config`] and [`Secret`]: what `main.rs` parses from flags and the environment.
+//! - [`run`]: the poll loop, with its backpressure (a semaphore taken before each poll) and its
+//!   shutdown (stop polling, finish in-flight requests within a bound).
+//! - [`forward`]: one request to the target and back into a response envelope.
+//! - [`backoff`]: jittered exponential delays after relay errors.
+#![deny(missing_docs)]
+
+pub mod backoff;
+pub mod forward;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use ccr_protocol::relay::{PollBatch, RelayRequest, RelayResponse};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::backoff::Backoff;
+
+/// The header the bridge sends its token in.
+pub const TOKEN_HEADER: &str = "x-relay-token";
+/// An empty poll answer faster than this means the relay is not long-polling: wait a little
+/// before the next poll rather than spin.
+const MIN_EMPTY_POLL: Duration = Duration::from_millis(500);
+/// Attempts to post one response before giving up on it.
+const RESPOND_ATTEMPTS: u32 = 5;
+
+/// A secret whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the one header that carries it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// Everything the bridge needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The Worker's base URL, e.g. `https://ccr.example.workers.dev`.
+    pub relay_url: Url,
+    /// `RELAY_TOKEN` for the default channel, or the channel's derived token.
+    pub token: Secret,
+    /// A named channel (`/relay/{channel}`); `None` = the default channel (`/proxy`).
+    pub channel: Option<String>,
+    /// The local server, e.g. `http://127.0.0.1:8000`.
+    pub target: Url,
+    /// Most requests forwarded at once.
+    pub concurrency: usize,
+    /// Longest the target may take for one request before the caller gets a 502.
+    pub target_timeout: Duration,
+    /// How long each long-poll asks the relay to wait (at most 25 s is honoured).
+    pub poll_wait: Duration,
+    /// On shutdown, how long in-flight requests may take to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Config {
+    /// A config with the defaults for everything but the relay, token and target.
+    pub fn new(relay_url: Url, token: Secret, target: Url) -> Self {
+        Self {
+            relay_url,
+            token,
+            channel: None,
+            target,
+            concurrency: 16,
+            target_timeout: Duration::from_secs(30),
+            poll_wait: Duration::from_secs(ccr_protocol::MAX_RELAY_WAIT_SECS),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Checks the settings, with a precise complaint for each bad one.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, url) in [("relay URL", &self.relay_url), ("target", &self.target)] {
+            if !matches!(url.scheme(), "http" | "https") {
+                bail!("the {name} must be an http(s) URL, not {url}");
+            }
+        }
+        if self.token.expose().trim().is_empty() {
+            bail!("the relay token is empty: set --token or RELAY_TOKEN");
+        }
+        if let Some(channel) = &self.channel {
+            ccr_protocol::validate::channel(channel)
+                .map_err(|e| anyhow::anyhow!("--channel {channel:?}: {e}"))?;
+        }
+        if self.concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if self.target_timeout.is_zero() {
+            bail!("the target timeout must be above zero");
+        }
+        Ok(())
+    }
+
+    /// `{relay}/proxy/{op}` or `{relay}/relay/{channel}/{op}`.
+    pub fn relay_endpoint(&self, op: &str) -> String {
+        let base = self.relay_url.as_str().trim_end_matches('/');
+        match &self.channel {
+            None => format!("{base}/proxy/{op}"),
+            Some(c) => format!("{base}/relay/{c}/{op}"),
+        }
+    }
+}
+
+/// What each forwarding task shares.
+struct Shared {
+    config: Config,
+    relay: reqwest::Client,
+    target: reqwest::Client,
+}
+
+/// Runs the bridge until `shutdown` completes, then finishes in-flight requests (at most
+/// `drain_timeout`) and returns. Relay errors are logged and retried with backoff, never
+/// returned: only an invalid config or an unusable TLS setup is an `Err`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    config.validate()?;
+    // The relay is reached through whatever proxy the environment names (HTTPS_PROXY,
+    // NO_PROXY), trusting the system's CA store; the target is local: never proxied, and its
+    // redirects are the caller's business.
+    let relay = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .user_agent(concat!("relay-bridge/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("building the relay HTTP client")?;
+    let target = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the target HTTP client")?;
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        relay,
+        target,
+    });
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut tasks = JoinSet::new();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut shutdown = std::pin::pin!(shutdown);
+    info!(
+        relay = %config.relay_endpoint("_poll"),
+        target = %config.target,
+        concurrency = config.concurrency,
+        "relay-bridge started"
+    );
+
+    loop {
+        while tasks.try_join_next().is_some() {}
+        // Poll only with room to forward: the permit is taken before the poll.
+        let first = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.context("the permit semaphore closed")?,
+        };
+        let max = 1 + permits.available_permits();
+        let started = tokio::time::Instant::now();
+        let polled = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            r = poll(&shared, max) => r,
+        };
+        match polled {
+            Ok(requests) => {
+                backoff.reset();
+                if requests.is_empty() && started.elapsed() < MIN_EMPTY_POLL {
+                    drop(first);
+                    let pause = backoff.next_delay();
+                    debug!(?pause, "the relay answered an empty poll at once");
+                    tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    continue;
+                }
+                let mut first = Some(first);
+                for request in requests {
+                    let permit = match first.take() {
+                        Some(p) => p,
+                        None => permits
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .context("the permit semaphore closed")?,
+                    };
+                    tasks.spawn(handle_one(shared.clone(), request, permit));
+                }
+            }
+            Err(e) => {
+                drop(first);
+                let pause = backoff.next_delay();
+                warn!("polling the relay failed: {e:#}; retrying in {pause:?}");
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+
+    info!(
+        in_flight = tasks.len(),
+        "relay-bridge stopping: finishing in-flight requests"
+    );
+    let drained = tokio::time::timeout(config.drain_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            abandoned = tasks.len(),
+            "in-flight requests did not finish within {:?}", config.drain_timeout
+        );
+        tasks.abort_all();
+    }
+    info!("relay-bridge stopped");
+    Ok(())
+}
+
+/// One long-poll: the requests the relay hands out (maybe none).
+async fn poll(shared: &Shared, max: usize) -> anyhow::Result<Vec<RelayRequest>> {
+    let cfg = &shared.config;
+    let url = format!(
+        "{}?wait={}&max={max}",
+        cfg.relay_endpoint("_poll"),
+        cfg.poll_wait.as_secs_f64()
+    );
+    let resp = shared
+        .relay
+        .get(&url)
+        .header(TOKEN_HEADER, cfg.token.expose())
+        .timeout(cfg.poll_wait + Duration::from_secs(30))
+        .send()
+        .await
+        .with_context(|| format!("polling {}", cfg.relay_endpoint("_poll")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        let hint = if status == reqwest::StatusCode::UNAUTHORIZED {
+            " (is the token this channel's?)"
+        } else {
+            ""
+        };
+        bail!("the relay answered {status}{hint}: {}", snippet(&text));
+    }
+    let batch: PollBatch = resp
+        .json()
+        .await
+        .context("reading the relay's poll answer")?;
+    Ok(batch.requests)
+}
+
+/// Forwards one request and posts its response; the permit is held until both are done.
+async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSemaphorePermit) {
+    let id = request.id.clone();
+    debug!(%id, method = %request.method, path = %request.path, "forwarding");
+    let response = forward::forward(
+        &shared.target,
+        &shared.config.target,
+        shared.config.target_timeout,
+        &request,
+    )
+    .await;
+    debug!(%id, status = response.status, "answering");
+    post_response(&shared, response).await;
+}
+
+/// Posts a response, retrying transport errors and 5xx a few times with backoff.
+async fn post_response(shared: &Shared, response: RelayResponse) {
+    let url = shared.config.relay_endpoint("_respond");
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    for attempt in 1..=RESPOND_ATTEMPTS {
+        let sent = shared
+            .relay
+            .post(&url)
+            .header(TOKEN_HEADER, shared.config.token.expose())
+            .json(&response)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await;
+        let retry = match sent {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
+                format!("the relay answered {}", r.status())
+            }
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                warn!(id = %response.id, "the relay refused the response: {status}: {}", snippet(&text));
+                return;
+            }
+            Err(e) => format!("{:#}", anyhow::Error::new(e)),
+        };
+        if attempt == RESPOND_ATTEMPTS {
+            warn!(id = %response.id, "giving up posting the response: {retry}");
+            return;
+        }
+        let pause = backoff.next_delay();
+        warn!(id = %response.id, "posting the response failed: {retry}; retrying in {pause:?}");
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The first 200 characters of an error body, for a log line.
+fn snippet(text: &str) -> String {
+    let mut s: String = text.chars().take(200).collect();
+    if s.len() < text.len() {
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new(
+            Url::parse("https://relay.example/").unwrap(),
+            Secret::new("tok"),
+            Url::parse("http://127.0.0.1:8000").unwrap(),
+        )
+    }
+
+    #[test]
+    fn endpoints() {
+        let mut c = config();
+        assert_eq!(
+            c.relay_endpoint("_poll"),
+            "https://relay.example/proxy/_poll"
+        );
+        c.channel = Some("alpha".into());
+        assert_eq!(
+            c.relay_endpoint("_respond"),
+            "https://relay.example/relay/alpha/_respond"
+        );
+    }
+
+    #[test]
+    fn validation_names_the_bad_setting() {
+        assert!(config().validate().is_ok());
+        let mut c = config();
+        c.channel = Some("Bad Name".into());
+        assert!(format!("{:#}", c.validate().unwrap_err()).contains("--channel"));
+        let mut c = config();
+        c.concurrency = 0;
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.token = Secret::new(" ");
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.target = Url::parse("ftp://x").unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let c = config();
+        let shown = format!("{c:?} {}", c.token);
+        assert!(!shown.contains("tok\"") && shown.contains("MASKED"));
+    }
+}

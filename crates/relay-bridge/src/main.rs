@@ -1,5 +1,98 @@
-//! `relay-bridge`: not yet implemented beyond this entry point (see the README's status).
-fn main() {
-    eprintln!("relay-bridge: not implemented yet");
-    std::process::exit(2);
+//! `relay-bridge`: flags and environment → [`relay_bridge::Config`], tracing, one call to
+//! [`relay_bridge::run`] that ends on SIGTERM or Ctrl-C.
+
+use std::time::Duration;
+
+use clap::Parser;
+use relay_bridge::{Config, Secret};
+use url::Url;
+
+/// Serves a local HTTP server through the CCR Worker's relay, with outbound calls only.
+#[derive(Debug, Parser)]
+#[command(name = "relay-bridge", version)]
+struct Args {
+    /// The Worker's base URL, e.g. https://ccr.example.workers.dev
+    #[arg(long, env = "RELAY_URL")]
+    relay_url: Url,
+    /// The channel's bridge token (RELAY_TOKEN for the default channel).
+    #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
+    token: String,
+    /// A named channel, served at /relay/{channel}/...; default: /proxy/...
+    #[arg(long, env = "RELAY_CHANNEL")]
+    channel: Option<String>,
+    /// The local server requests go to.
+    #[arg(long, env = "RELAY_TARGET", default_value = "http://127.0.0.1:8000")]
+    target: Url,
+    /// Most requests forwarded at once.
+    #[arg(long, env = "RELAY_CONCURRENCY", default_value_t = 16)]
+    concurrency: usize,
+    /// Seconds the target may take before the caller gets a 502.
+    #[arg(long, env = "RELAY_TARGET_TIMEOUT", default_value_t = 30.0)]
+    target_timeout: f64,
+    /// Seconds each long-poll waits at the relay (the relay caps it at 25).
+    #[arg(long, default_value_t = 25.0)]
+    poll_wait: f64,
+    /// On SIGTERM, seconds in-flight requests may take to finish.
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
+}
+
+fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|e| anyhow::anyhow!("--{name} {value}: {e}"))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the bridge");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = (|| {
+        let mut c = Config::new(args.relay_url, Secret::new(args.token), args.target);
+        c.channel = args.channel.filter(|c| !c.is_empty());
+        c.concurrency = args.concurrency;
+        c.target_timeout = secs("target-timeout", args.target_timeout)?;
+        c.poll_wait = secs("poll-wait", args.poll_wait)?;
+        c.drain_timeout = secs("drain-timeout", args.drain_timeout)?;
+        anyhow::Ok(c)
+    })();
+    let result = match config {
+        Ok(c) => relay_bridge::run(c, shutdown_signal()).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-bridge: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

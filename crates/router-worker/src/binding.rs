@@ -57,6 +57,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 
 async fn handle(req: Request, env: &Env) -> Result<Response> {
     let path = req.path();
+    if crate::relay::is_relay_path(&path) {
+        return crate::relay_binding::handle(req, env).await;
+    }
     let method = req.method().to_string();
     match route(&method, &path) {
         Route::Health => Response::ok("ok"),

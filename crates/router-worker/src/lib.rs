@@ -7,6 +7,9 @@
 //!   rusqlite through the [`store::Sql`] trait.
 //! - `binding` (wasm32 only): the thin workers-rs layer: the fetch entry point and the
 //!   RouterDO Durable Object, which call into the modules above.
+//! - [`relay`]: the relay's routes, channel tokens, header rules, framing and queue
+//!   bookkeeping (pure); `relay_binding` (wasm32 only): its Worker side and `RelayDO`, one
+//!   Durable Object per channel.
 #![cfg_attr(
     test,
     allow(
@@ -19,6 +22,7 @@
 
 pub mod auth;
 pub mod queue;
+pub mod relay;
 pub mod route;
 pub mod router;
 pub mod schema;
@@ -27,5 +31,7 @@ pub mod telegram;
 
 #[cfg(target_arch = "wasm32")]
 mod binding;
+#[cfg(target_arch = "wasm32")]
+mod relay_binding;
 #[cfg(target_arch = "wasm32")]
 mod router_do;

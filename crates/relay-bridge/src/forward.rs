@@ -1,0 +1,209 @@
+//! One relayed request: the envelope becomes an HTTP request to the target (method, path,
+//! query, headers, bytes), and the target's answer — or its failure, as a 502 JSON — becomes
+//! the response envelope.
+
+use std::time::Duration;
+
+use ccr_protocol::relay::{decode_body, encode_body, is_hop_by_hop, RelayRequest, RelayResponse};
+use ccr_protocol::MAX_RELAY_BODY_BYTES;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use url::Url;
+
+/// Whether a caller's header goes on to the target. `accept-encoding` stays behind so the
+/// target answers uncompressed bytes the relay can pass through unchanged.
+pub fn forward_request_header(name: &str) -> bool {
+    !(is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case("host")
+        || name.eq_ignore_ascii_case("content-length")
+        || name.eq_ignore_ascii_case("accept-encoding"))
+}
+
+/// Whether a target's header goes back to the caller.
+pub fn forward_response_header(name: &str) -> bool {
+    !(is_hop_by_hop(name) || name.eq_ignore_ascii_case("content-length"))
+}
+
+/// The target URL for a request: the target's base, the request's path and query.
+pub fn target_url(target: &Url, path: &str, query: &str) -> Result<Url, url::ParseError> {
+    let base = target.as_str().trim_end_matches('/');
+    let path = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    };
+    let mut full = format!("{base}{path}");
+    if !query.is_empty() {
+        full.push('?');
+        full.push_str(query);
+    }
+    Url::parse(&full)
+}
+
+/// A 502 JSON response for `id`.
+pub fn bad_gateway(id: &str, message: &str) -> RelayResponse {
+    let body = serde_json::json!({"ok": false, "error": message}).to_string();
+    let (body_base64, _) = encode_body(body.as_bytes());
+    RelayResponse {
+        id: id.to_owned(),
+        status: 502,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body_base64,
+        body: None,
+        content_type: None,
+    }
+}
+
+/// Sends `request` to the target and returns what the caller should get. Never fails: a target
+/// that is down, too slow or too big becomes a 502 JSON.
+pub async fn forward(
+    client: &reqwest::Client,
+    target: &Url,
+    timeout: Duration,
+    request: &RelayRequest,
+) -> RelayResponse {
+    let id = request.id.as_str();
+    let url = match target_url(target, &request.path, &request.query) {
+        Ok(u) => u,
+        Err(e) => return bad_gateway(id, &format!("cannot build the target URL: {e}")),
+    };
+    let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return bad_gateway(id, &format!("invalid method {:?}", request.method)),
+    };
+    let body = match decode_body(request.body_base64.as_deref(), request.body.as_deref()) {
+        Ok(b) => b,
+        Err(e) => return bad_gateway(id, &format!("the request body is not valid base64: {e}")),
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &request.headers {
+        if !forward_request_header(name) {
+            continue;
+        }
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    let exchange = async {
+        let mut resp = client
+            .request(method, url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let mut out_headers = Vec::new();
+        for (name, value) in resp.headers() {
+            if forward_response_header(name.as_str()) {
+                if let Ok(v) = value.to_str() {
+                    out_headers.push((name.as_str().to_owned(), v.to_owned()));
+                }
+            }
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            if bytes.len() + chunk.len() > MAX_RELAY_BODY_BYTES {
+                return Ok(Err(format!(
+                    "the target's response body is over {MAX_RELAY_BODY_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok::<_, reqwest::Error>(Ok((status, out_headers, bytes)))
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => bad_gateway(
+            id,
+            &format!(
+                "the target {target} did not answer within {} s",
+                timeout.as_secs_f64()
+            ),
+        ),
+        Ok(Err(e)) => bad_gateway(
+            id,
+            &format!(
+                "relay-bridge could not reach the target {target}: {:#}",
+                anyhow::Error::new(e)
+            ),
+        ),
+        Ok(Ok(Err(message))) => bad_gateway(id, &message),
+        Ok(Ok(Ok((status, headers, bytes)))) => {
+            // Base64 only: the relay reads `bodyBase64` first, and a text copy would double
+            // the upload.
+            let (body_base64, _) = encode_body(&bytes);
+            RelayResponse {
+                id: id.to_owned(),
+                status,
+                headers,
+                body_base64,
+                body: None,
+                content_type: None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_path_and_query() {
+        let t = Url::parse("http://127.0.0.1:8000").unwrap();
+        assert_eq!(
+            target_url(&t, "/a/b%20c", "x=1&y=2").unwrap().as_str(),
+            "http://127.0.0.1:8000/a/b%20c?x=1&y=2"
+        );
+        let prefixed = Url::parse("http://127.0.0.1:8000/api/").unwrap();
+        assert_eq!(
+            target_url(&prefixed, "/v1", "").unwrap().as_str(),
+            "http://127.0.0.1:8000/api/v1"
+        );
+    }
+
+    #[test]
+    fn header_filters() {
+        for h in ["Host", "connection", "Content-Length", "accept-encoding"] {
+            assert!(!forward_request_header(h), "{h}");
+        }
+        assert!(forward_request_header("authorization"));
+        assert!(!forward_response_header("transfer-encoding"));
+        assert!(forward_response_header("set-cookie"));
+    }
+
+    #[test]
+    fn bad_gateway_is_json() {
+        let r = bad_gateway("i", "down");
+        assert_eq!(r.status, 502);
+        let body = decode_body(r.body_base64.as_deref(), None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"], "down");
+    }
+
+    #[tokio::test]
+    async fn a_target_that_is_down_is_a_502() {
+        // A port that was free a moment ago: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let target = Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+        let req = RelayRequest {
+            id: "r".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            query: String::new(),
+            headers: vec![],
+            body_base64: None,
+            body: None,
+        };
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let r = forward(&client, &target, Duration::from_secs(5), &req).await;
+        assert_eq!(r.status, 502);
+        assert_eq!(r.id, "r");
+    }
+}

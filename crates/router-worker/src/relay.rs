@@ -1,0 +1,985 @@
+//! The relay's decisions, free of workers-rs types so they are tested natively: which relay
+//! route a request is, whose token it needs, which headers cross, how the Worker frames a call
+//! to a channel's Durable Object, and the channel's queue bookkeeping (queued → in flight →
+//! answered) with its bounds.
+//!
+//! The waiting itself (oneshot channels, timers, KV) lives in `relay_binding`.
+
+use std::collections::{HashMap, VecDeque};
+
+use ccr_protocol::{validate, MAX_RELAY_BODY_BYTES, MAX_RELAY_WAIT_SECS};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{ct_eq, derive_key};
+
+/// Requests waiting for a bridge per channel; one more → 503 with `Retry-After`.
+pub const MAX_QUEUED: usize = 256;
+/// Requests handed to a bridge and not answered yet, per channel; bounds the in-flight map.
+pub const MAX_IN_FLIGHT: usize = 1024;
+/// Long-polls that may wait at once on one channel; one more → 429.
+pub const MAX_WAITING_POLLS: usize = 8;
+/// Most requests one poll answer carries.
+pub const MAX_POLL_BATCH: usize = 64;
+/// Body bytes one poll answer carries at most (always at least one request).
+pub const POLL_BATCH_BYTES: usize = 12 * 1024 * 1024;
+/// Bodies up to this size stay in the object's memory; bigger ones go to KV.
+pub const INLINE_BODY_BYTES: usize = 64 * 1024;
+/// Total inline body bytes one channel holds before it sends smaller bodies to KV too.
+pub const INLINE_TOTAL_BYTES: usize = 8 * 1024 * 1024;
+/// A UTF-8 body up to this size is also sent as the seed protocol's `body` text; above it only
+/// `bodyBase64` travels (two copies of a 10 MiB body would not fit an isolate's memory).
+pub const SEED_TEXT_BODY_BYTES: usize = 1024 * 1024;
+/// How long a late response stays retrievable at `_result/{id}`, and how long an id handed
+/// to a bridge may still be answered.
+pub const RESULT_TTL_SECS: u64 = 300;
+/// KV TTL of a request body (KV's minimum is 60 s; a caller waits at most 25 s).
+pub const REQUEST_BODY_TTL_SECS: u64 = 120;
+/// Largest `POST _respond` body: one 10 MiB body as base64 plus headers and JSON.
+pub const MAX_RESPOND_BYTES: usize = MAX_RELAY_BODY_BYTES / 3 * 4 + 2 * 1024 * 1024;
+/// How long a public caller waits for its answer.
+pub const CALLER_WAIT_MS: u64 = MAX_RELAY_WAIT_SECS * 1000;
+/// Seconds a refused caller or bridge is told to wait (`Retry-After`).
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// The header a bridge sends its token in; `x-token` (the seed's bridge) also works.
+pub const TOKEN_HEADERS: [&str; 2] = ["x-relay-token", "x-token"];
+/// The header a public caller sends `RELAY_PUBLIC_KEY` in, when one is configured.
+pub const PUBLIC_KEY_HEADER: &str = "x-relay-key";
+/// The query parameter a public caller may send `RELAY_PUBLIC_KEY` in instead (a browser link).
+pub const PUBLIC_KEY_PARAM: &str = "_relay_key";
+
+/// A relay channel: the default one behind `/proxy`, or a named one behind `/relay/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// `/proxy/...`, served with `RELAY_TOKEN` itself.
+    Default,
+    /// `/relay/{name}/...`, served with HMAC-SHA256(`RELAY_TOKEN`, name).
+    Named(String),
+}
+
+impl Channel {
+    /// The Durable Object name and KV key prefix: `default` or `c:{name}` (a name cannot
+    /// contain `:`, so the two never collide).
+    pub fn key(&self) -> String {
+        match self {
+            Channel::Default => "default".into(),
+            Channel::Named(name) => format!("c:{name}"),
+        }
+    }
+
+    /// The public URL prefix: `/proxy` or `/relay/{name}`.
+    pub fn prefix(&self) -> String {
+        match self {
+            Channel::Default => "/proxy".into(),
+            Channel::Named(name) => format!("/relay/{name}"),
+        }
+    }
+
+    /// The token a bridge must present for this channel.
+    pub fn expected_token(&self, relay_token: &str) -> String {
+        match self {
+            Channel::Default => relay_token.to_owned(),
+            Channel::Named(name) => derive_key(relay_token, name),
+        }
+    }
+}
+
+/// What a relay path asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayRoute {
+    /// `GET /ping`.
+    Ping,
+    /// Any method on a channel's public path; `path` starts with `/`.
+    Public {
+        /// The channel.
+        channel: Channel,
+        /// The path below the channel prefix, as sent (still percent-encoded).
+        path: String,
+    },
+    /// `GET {prefix}/_poll`.
+    Poll(Channel),
+    /// `POST {prefix}/_respond`.
+    Respond(Channel),
+    /// `GET {prefix}/_result/{id}`.
+    Result {
+        /// The channel.
+        channel: Channel,
+        /// The request id from the 504 answer.
+        id: String,
+    },
+    /// A relay path with the wrong method; carries the allowed one.
+    MethodNotAllowed(&'static str),
+    /// `/relay/{name}` with a name that is not a valid channel.
+    BadChannel(String),
+    /// `/relay` with no channel.
+    NoChannel,
+}
+
+/// Whether a path belongs to the relay (`/ping`, `/proxy[/...]`, `/relay[/...]`).
+pub fn is_relay_path(path: &str) -> bool {
+    path == "/ping"
+        || path == "/ping/"
+        || under(path, "/proxy").is_some()
+        || under(path, "/relay").is_some()
+}
+
+/// The rest of `path` below `prefix` when `prefix` is a whole leading segment run.
+fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Routes a relay request; `None` when the path is not the relay's.
+pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
+    if path == "/ping" || path == "/ping/" {
+        return Some(if method == "GET" || method == "HEAD" {
+            RelayRoute::Ping
+        } else {
+            RelayRoute::MethodNotAllowed("GET")
+        });
+    }
+    let (channel, rest) = if let Some(rest) = under(path, "/proxy") {
+        (Channel::Default, rest)
+    } else {
+        let rest = under(path, "/relay")?;
+        let rest = rest.strip_prefix('/').unwrap_or(rest);
+        let (name, rest) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if name.is_empty() {
+            return Some(RelayRoute::NoChannel);
+        }
+        if validate::channel(name).is_err() {
+            return Some(RelayRoute::BadChannel(name.to_owned()));
+        }
+        (Channel::Named(name.to_owned()), rest)
+    };
+    let want = |allowed: &'static str, route: RelayRoute| {
+        if method == allowed {
+            route
+        } else {
+            RelayRoute::MethodNotAllowed(allowed)
+        }
+    };
+    Some(match rest {
+        "/_poll" => want("GET", RelayRoute::Poll(channel)),
+        "/_respond" => want("POST", RelayRoute::Respond(channel)),
+        _ => match rest.strip_prefix("/_result/") {
+            Some(id) if !id.is_empty() && !id.contains('/') => want(
+                "GET",
+                RelayRoute::Result {
+                    channel,
+                    id: id.to_owned(),
+                },
+            ),
+            _ => RelayRoute::Public {
+                channel,
+                path: if rest.is_empty() {
+                    "/".into()
+                } else {
+                    rest.to_owned()
+                },
+            },
+        },
+    })
+}
+
+/// Why a bridge was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// The Worker has no `RELAY_TOKEN`, so no bridge can be let in.
+    #[error("the Worker has no RELAY_TOKEN configured")]
+    NotConfigured,
+    /// No `X-Relay-Token` (or `x-token`) header.
+    #[error("missing relay token: send X-Relay-Token")]
+    Missing,
+    /// A token that is not this channel's.
+    #[error("invalid relay token for this channel")]
+    Invalid,
+}
+
+/// Checks a bridge's token against `channel`'s, in constant time.
+pub fn check_token(
+    relay_token: &str,
+    channel: &Channel,
+    presented: Option<&str>,
+) -> Result<(), TokenError> {
+    if relay_token.is_empty() {
+        return Err(TokenError::NotConfigured);
+    }
+    let presented = presented
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or(TokenError::Missing)?;
+    if ct_eq(presented, &channel.expected_token(relay_token)) {
+        Ok(())
+    } else {
+        Err(TokenError::Invalid)
+    }
+}
+
+/// Checks a public caller against `RELAY_PUBLIC_KEY`; an empty key lets everyone in.
+pub fn check_public_key(public_key: &str, presented: Option<&str>) -> bool {
+    public_key.is_empty() || presented.is_some_and(|p| ct_eq(p.trim(), public_key))
+}
+
+/// Whether a caller's header is forwarded to the bridge: not hop-by-hop, not one that names
+/// this hop (`host`, `content-length`, Cloudflare's `cf-*`), not the relay's own credentials.
+pub fn forward_request_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    !(ccr_protocol::relay::is_hop_by_hop(&name)
+        || name == "host"
+        || name == "content-length"
+        || name == "cdn-loop"
+        || name.starts_with("cf-")
+        || name == PUBLIC_KEY_HEADER
+        || TOKEN_HEADERS.contains(&name.as_str()))
+}
+
+/// Whether a bridge's response header is given to the caller (the runtime sets the length).
+pub fn forward_response_header(name: &str) -> bool {
+    !(ccr_protocol::relay::is_hop_by_hop(name) || name.eq_ignore_ascii_case("content-length"))
+}
+
+/// Removes `name=...` pairs from a query string; returns the rest and the first value.
+pub fn take_query_param(query: &str, name: &str) -> (String, Option<String>) {
+    let mut value = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            if k == name {
+                if value.is_none() {
+                    value = Some(v.to_owned());
+                }
+                false
+            } else {
+                !pair.is_empty()
+            }
+        })
+        .collect();
+    (rest.join("&"), value)
+}
+
+/// The value of `name` in a query string, if present.
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `_poll?wait=<s>` in ms: absent or unparsable → 0 (the seed's bridge expects an answer at
+/// once), capped at 25 s; fractions allowed.
+pub fn poll_wait_ms(query: &str) -> u64 {
+    query_param(query, "wait")
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(0, |s| ((s * 1000.0) as u64).min(CALLER_WAIT_MS))
+}
+
+/// `_poll?max=<n>`: how many requests the bridge can take now, 1..=[`MAX_POLL_BATCH`].
+pub fn poll_max(query: &str) -> usize {
+    query_param(query, "max")
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(MAX_POLL_BATCH, |n| n.clamp(1, MAX_POLL_BATCH))
+}
+
+/// A Worker → channel object call; travels framed ([`frame`]) with its payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum DoCall {
+    /// A public request; the payload is its body.
+    Public {
+        /// [`Channel::key`].
+        channel: String,
+        /// The public URL prefix, for the 504's `_result` link.
+        prefix: String,
+        /// HTTP method.
+        method: String,
+        /// Path below the channel prefix.
+        path: String,
+        /// Query without `?` (relay parameters removed).
+        query: String,
+        /// Forwarded headers.
+        headers: Vec<(String, String)>,
+    },
+    /// A bridge's long-poll.
+    Poll {
+        /// [`Channel::key`].
+        channel: String,
+        /// Longest wait in ms.
+        wait_ms: u64,
+        /// Most requests to hand out.
+        max: usize,
+    },
+    /// A bridge's responses; the payload is the `_respond` JSON body.
+    Respond {
+        /// [`Channel::key`].
+        channel: String,
+    },
+    /// A late response's retrieval.
+    Result {
+        /// [`Channel::key`].
+        channel: String,
+        /// The request id.
+        id: String,
+    },
+}
+
+/// Frames a JSON head and a raw payload as one body: 4-byte big-endian head length, head,
+/// payload. Used for Worker → object calls and for response values in KV.
+pub fn frame(head: &[u8], payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(head.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(4 + head.len() + payload.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(head);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Splits what [`frame`] wrote into head and payload; `None` when malformed.
+pub fn unframe(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len_bytes: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
+    let len = usize::try_from(u32::from_be_bytes(len_bytes)).ok()?;
+    let rest = bytes.get(4..)?;
+    let head = rest.get(..len)?;
+    let payload = rest.get(len..)?;
+    Some((head, payload))
+}
+
+/// A stored or delivered response's head (the body travels beside it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseHead {
+    /// HTTP status, 200..=599.
+    pub status: u16,
+    /// Headers for the caller.
+    pub headers: Vec<(String, String)>,
+}
+
+/// A bridge's response, checked and decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Status and headers.
+    pub head: ResponseHead,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Whether a status must go out with no body (the runtime refuses one).
+pub fn null_body_status(status: u16) -> bool {
+    matches!(status, 204 | 205 | 304)
+}
+
+/// Checks and decodes one bridge response. A status outside 200..=599 (the runtime refuses
+/// those) or an oversized body becomes the caller's 502; undecodable base64 is the bridge's
+/// error (`Err`).
+pub fn decode_response(r: &ccr_protocol::relay::RelayResponse) -> Result<Answer, String> {
+    let body = ccr_protocol::relay::decode_body(r.body_base64.as_deref(), r.body.as_deref())
+        .map_err(|e| format!("response {}: bodyBase64 is not valid base64: {e}", r.id))?;
+    if body.len() > MAX_RELAY_BODY_BYTES {
+        return Ok(bad_gateway(&format!(
+            "the target's response body is over {MAX_RELAY_BODY_BYTES} bytes"
+        )));
+    }
+    if !(200..=599).contains(&r.status) {
+        return Ok(bad_gateway(&format!(
+            "the target answered with status {}, which cannot be relayed",
+            r.status
+        )));
+    }
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| forward_response_header(k))
+        .cloned()
+        .collect();
+    let has_content_type = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if let (Some(ct), false) = (&r.content_type, has_content_type) {
+        headers.push(("content-type".into(), ct.clone()));
+    }
+    let body = if null_body_status(r.status) {
+        Vec::new()
+    } else {
+        body
+    };
+    Ok(Answer {
+        head: ResponseHead {
+            status: r.status,
+            headers,
+        },
+        body,
+    })
+}
+
+/// A 502 JSON answer for a caller.
+pub fn bad_gateway(message: &str) -> Answer {
+    let body = serde_json::to_vec(&ccr_protocol::api::ErrorBody::new(message)).unwrap_or_default();
+    Answer {
+        head: ResponseHead {
+            status: 502,
+            headers: vec![("content-type".into(), "application/json".into())],
+        },
+        body,
+    }
+}
+
+/// The request envelope for a bridge, with the seed's `body` text when small enough.
+pub fn envelope(meta: &RequestMeta, id: &str, body: &[u8]) -> ccr_protocol::relay::RelayRequest {
+    let (body_base64, text) = ccr_protocol::relay::encode_body(body);
+    ccr_protocol::relay::RelayRequest {
+        id: id.to_owned(),
+        method: meta.method.clone(),
+        path: meta.path.clone(),
+        query: meta.query.clone(),
+        headers: meta.headers.clone(),
+        body_base64,
+        body: text.filter(|t| t.len() <= SEED_TEXT_BODY_BYTES),
+    }
+}
+
+/// What the channel keeps about a public request besides its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestMeta {
+    /// HTTP method.
+    pub method: String,
+    /// Path below the channel prefix.
+    pub path: String,
+    /// Query without `?`.
+    pub query: String,
+    /// Forwarded headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Where a queued request's body is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyAt {
+    /// No body.
+    Empty,
+    /// In the object's memory.
+    Inline(Vec<u8>),
+    /// In KV under [`request_body_key`], this many bytes.
+    Kv(usize),
+}
+
+impl BodyAt {
+    /// The body's length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            BodyAt::Empty => 0,
+            BodyAt::Inline(b) => b.len(),
+            BodyAt::Kv(n) => *n,
+        }
+    }
+
+    /// Whether there is no body.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request waiting for a bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Its id.
+    pub id: String,
+    /// Method, path, query, headers.
+    pub meta: RequestMeta,
+    /// Its body.
+    pub body: BodyAt,
+}
+
+/// KV key of a request body.
+pub fn request_body_key(channel_key: &str, id: &str) -> String {
+    format!("req/{channel_key}/{id}")
+}
+
+/// KV key of a late response ([`frame`]d head + body).
+pub fn response_key(channel_key: &str, id: &str) -> String {
+    format!("res/{channel_key}/{id}")
+}
+
+/// Whether an id looks like one this relay hands out (32 lowercase hex digits).
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Why a request was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// [`MAX_QUEUED`] requests already wait, or [`MAX_IN_FLIGHT`] are unanswered.
+    #[error("the relay channel is busy: too many requests are waiting for its bridge")]
+    Full,
+}
+
+/// Why a bridge's response was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RespondError {
+    /// The id was already answered.
+    #[error("a response for this id was already accepted")]
+    Duplicate,
+    /// The id was never handed to a bridge, or expired.
+    #[error("no request with this id is waiting for a response")]
+    Unknown,
+}
+
+/// What cancelling a caller's request found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was still queued and is now gone; its body was here.
+    WasQueued(BodyAt),
+    /// A bridge has it; its response will be kept for `_result`.
+    InFlight,
+    /// Already answered or unknown.
+    Nothing,
+}
+
+/// One channel's queue, in-flight set and recent answers. Time is passed in (ms).
+#[derive(Debug, Default)]
+pub struct ChannelState {
+    queue: VecDeque<Queued>,
+    /// id → when it may no longer be answered.
+    in_flight: HashMap<String, u64>,
+    /// id → until when a second response is a duplicate.
+    answered: HashMap<String, u64>,
+    inline_bytes: usize,
+}
+
+impl ChannelState {
+    /// Requests waiting for a bridge.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Requests a bridge holds.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Whether a body of `len` bytes should stay in memory.
+    pub fn keep_inline(&self, len: usize) -> bool {
+        len <= INLINE_BODY_BYTES && self.inline_bytes.saturating_add(len) <= INLINE_TOTAL_BYTES
+    }
+
+    /// Whether another request may be queued now.
+    pub fn has_room(&self) -> bool {
+        self.queue.len() < MAX_QUEUED && self.in_flight.len() < MAX_IN_FLIGHT
+    }
+
+    /// Queues a request.
+    pub fn enqueue(&mut self, item: Queued) -> Result<(), QueueError> {
+        if !self.has_room() {
+            return Err(QueueError::Full);
+        }
+        if let BodyAt::Inline(b) = &item.body {
+            self.inline_bytes = self.inline_bytes.saturating_add(b.len());
+        }
+        self.queue.push_back(item);
+        Ok(())
+    }
+
+    /// Hands out up to `max` requests (and about [`POLL_BATCH_BYTES`] of bodies, at least one
+    /// request) in arrival order; they are in flight from `now`.
+    pub fn take_batch(&mut self, max: usize, now: u64) -> Vec<Queued> {
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while out.len() < max {
+            let next_len = match self.queue.front() {
+                Some(q) => q.body.len(),
+                None => break,
+            };
+            if !out.is_empty() && bytes.saturating_add(next_len) > POLL_BATCH_BYTES {
+                break;
+            }
+            let Some(item) = self.queue.pop_front() else {
+                break;
+            };
+            bytes = bytes.saturating_add(next_len);
+            if let BodyAt::Inline(b) = &item.body {
+                self.inline_bytes = self.inline_bytes.saturating_sub(b.len());
+            }
+            self.in_flight
+                .insert(item.id.clone(), now + RESULT_TTL_SECS * 1000);
+            out.push(item);
+        }
+        out
+    }
+
+    /// The caller of `id` stopped waiting: drop it if no bridge has it yet.
+    pub fn cancel(&mut self, id: &str) -> Cancelled {
+        if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
+            if let Some(item) = self.queue.remove(pos) {
+                if let BodyAt::Inline(b) = &item.body {
+                    self.inline_bytes = self.inline_bytes.saturating_sub(b.len());
+                }
+                return Cancelled::WasQueued(item.body);
+            }
+        }
+        if self.in_flight.contains_key(id) {
+            Cancelled::InFlight
+        } else {
+            Cancelled::Nothing
+        }
+    }
+
+    /// Whether a bridge holds `id` and has not answered it.
+    pub fn is_in_flight(&self, id: &str) -> bool {
+        self.in_flight.contains_key(id)
+    }
+
+    /// Records a bridge's response for `id`: only an in-flight id, only once.
+    pub fn accept_response(&mut self, id: &str, now: u64) -> Result<(), RespondError> {
+        if self.answered.contains_key(id) {
+            return Err(RespondError::Duplicate);
+        }
+        if self.in_flight.remove(id).is_none() {
+            return Err(RespondError::Unknown);
+        }
+        self.answered
+            .insert(id.to_owned(), now + RESULT_TTL_SECS * 1000);
+        Ok(())
+    }
+
+    /// A request handed out could not be delivered (its body was lost): forget it.
+    pub fn drop_in_flight(&mut self, id: &str) {
+        self.in_flight.remove(id);
+    }
+
+    /// Forgets in-flight ids and answers older than [`RESULT_TTL_SECS`].
+    pub fn sweep(&mut self, now: u64) {
+        self.in_flight.retain(|_, until| *until > now);
+        self.answered.retain(|_, until| *until > now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ccr_protocol::relay::RelayResponse;
+
+    fn named(n: &str) -> Channel {
+        Channel::Named(n.into())
+    }
+
+    #[test]
+    fn routes() {
+        use RelayRoute::*;
+        assert_eq!(parse_route("GET", "/ping"), Some(Ping));
+        assert_eq!(parse_route("POST", "/ping"), Some(MethodNotAllowed("GET")));
+        assert_eq!(parse_route("GET", "/health"), None);
+        assert_eq!(parse_route("GET", "/proxyx"), None);
+        assert_eq!(parse_route("GET", "/relayed/x"), None);
+        assert_eq!(
+            parse_route("GET", "/proxy"),
+            Some(Public {
+                channel: Channel::Default,
+                path: "/".into()
+            })
+        );
+        assert_eq!(
+            parse_route("DELETE", "/proxy/a/b/"),
+            Some(Public {
+                channel: Channel::Default,
+                path: "/a/b/".into()
+            })
+        );
+        assert_eq!(
+            parse_route("GET", "/proxy/_poll"),
+            Some(Poll(Channel::Default))
+        );
+        assert_eq!(
+            parse_route("POST", "/proxy/_poll"),
+            Some(MethodNotAllowed("GET"))
+        );
+        assert_eq!(
+            parse_route("POST", "/relay/alpha/_respond"),
+            Some(Respond(named("alpha")))
+        );
+        assert_eq!(
+            parse_route("GET", "/relay/alpha/_result/abc"),
+            Some(Result {
+                channel: named("alpha"),
+                id: "abc".into()
+            })
+        );
+        assert_eq!(
+            parse_route("GET", "/relay/alpha"),
+            Some(Public {
+                channel: named("alpha"),
+                path: "/".into()
+            })
+        );
+        assert_eq!(
+            parse_route("PUT", "/relay/alpha/_pollx?"),
+            Some(Public {
+                channel: named("alpha"),
+                path: "/_pollx?".into()
+            })
+        );
+        assert_eq!(parse_route("GET", "/relay"), Some(NoChannel));
+        assert_eq!(parse_route("GET", "/relay/"), Some(NoChannel));
+        assert_eq!(
+            parse_route("GET", "/relay/Bad_Name/x"),
+            Some(BadChannel("Bad_Name".into()))
+        );
+        assert!(is_relay_path("/proxy/x") && is_relay_path("/relay") && is_relay_path("/ping"));
+        assert!(!is_relay_path("/sessions") && !is_relay_path("/proxyfoo"));
+    }
+
+    #[test]
+    fn channel_keys_never_collide() {
+        assert_eq!(Channel::Default.key(), "default");
+        assert_eq!(named("default").key(), "c:default");
+        assert_eq!(named("a").prefix(), "/relay/a");
+    }
+
+    #[test]
+    fn tokens_are_per_channel() {
+        let master = "master-token";
+        let alpha = derive_key(master, "alpha");
+        assert_eq!(check_token(master, &Channel::Default, Some(master)), Ok(()));
+        assert_eq!(check_token(master, &named("alpha"), Some(&alpha)), Ok(()));
+        assert_eq!(
+            check_token(master, &named("beta"), Some(&alpha)),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            check_token(master, &Channel::Default, Some(&alpha)),
+            Err(TokenError::Invalid)
+        );
+        // The master token does not serve a named channel: only its derived token does.
+        assert_eq!(
+            check_token(master, &named("alpha"), Some(master)),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(
+            check_token(master, &Channel::Default, None),
+            Err(TokenError::Missing)
+        );
+        assert_eq!(
+            check_token("", &Channel::Default, Some("")),
+            Err(TokenError::NotConfigured)
+        );
+        assert!(check_public_key("", None));
+        assert!(check_public_key("k", Some("k")));
+        assert!(!check_public_key("k", Some("j")));
+        assert!(!check_public_key("k", None));
+    }
+
+    #[test]
+    fn header_filters() {
+        for h in [
+            "Connection",
+            "host",
+            "Content-Length",
+            "cf-ray",
+            "X-Relay-Key",
+            "x-token",
+        ] {
+            assert!(!forward_request_header(h), "{h}");
+        }
+        for h in ["content-type", "authorization", "x-custom", "cookie"] {
+            assert!(forward_request_header(h), "{h}");
+        }
+        assert!(!forward_response_header("transfer-encoding"));
+        assert!(forward_response_header("set-cookie"));
+    }
+
+    #[test]
+    fn query_handling() {
+        assert_eq!(
+            take_query_param("a=1&_relay_key=k&b=2", PUBLIC_KEY_PARAM),
+            ("a=1&b=2".into(), Some("k".into()))
+        );
+        assert_eq!(take_query_param("", "x"), (String::new(), None));
+        assert_eq!(poll_wait_ms(""), 0);
+        assert_eq!(poll_wait_ms("wait=2"), 2000);
+        assert_eq!(poll_wait_ms("wait=0.5"), 500);
+        assert_eq!(poll_wait_ms("wait=999"), CALLER_WAIT_MS);
+        assert_eq!(poll_wait_ms("wait=-1"), 0);
+        assert_eq!(poll_wait_ms("wait=nan"), 0);
+        assert_eq!(poll_max("max=3"), 3);
+        assert_eq!(poll_max("max=0"), 1);
+        assert_eq!(poll_max("max=100000"), MAX_POLL_BATCH);
+        assert_eq!(poll_max(""), MAX_POLL_BATCH);
+    }
+
+    #[test]
+    fn framing_round_trips_and_rejects_garbage() {
+        let f = frame(b"{\"a\":1}", &[0, 1, 2, 255]);
+        assert_eq!(
+            unframe(&f),
+            Some((&b"{\"a\":1}"[..], &[0u8, 1, 2, 255][..]))
+        );
+        let empty = frame(b"", b"");
+        assert_eq!(unframe(&empty), Some((&b""[..], &b""[..])));
+        assert_eq!(unframe(&[0, 0]), None);
+        assert_eq!(unframe(&[0, 0, 0, 9, b'x']), None);
+        let call = DoCall::Poll {
+            channel: "default".into(),
+            wait_ms: 1000,
+            max: 4,
+        };
+        let text = serde_json::to_string(&call).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"poll","channel":"default","wait_ms":1000,"max":4}"#
+        );
+        assert_eq!(serde_json::from_str::<DoCall>(&text).unwrap(), call);
+    }
+
+    fn response(status: u16) -> RelayResponse {
+        RelayResponse {
+            id: "x".into(),
+            status,
+            headers: vec![
+                ("content-length".into(), "3".into()),
+                ("x-k".into(), "v".into()),
+            ],
+            body_base64: None,
+            body: Some("abc".into()),
+            content_type: Some("text/plain".into()),
+        }
+    }
+
+    #[test]
+    fn responses_are_checked() {
+        let ok = decode_response(&response(201)).unwrap();
+        assert_eq!(ok.head.status, 201);
+        assert_eq!(ok.body, b"abc");
+        assert_eq!(
+            ok.head.headers,
+            vec![
+                ("x-k".to_string(), "v".to_string()),
+                ("content-type".into(), "text/plain".into())
+            ]
+        );
+        assert!(decode_response(&response(204)).unwrap().body.is_empty());
+        assert_eq!(decode_response(&response(101)).unwrap().head.status, 502);
+        assert_eq!(decode_response(&response(600)).unwrap().head.status, 502);
+        let mut bad = response(200);
+        bad.body_base64 = Some("!!!".into());
+        assert!(decode_response(&bad).is_err());
+    }
+
+    #[test]
+    fn seed_text_only_for_small_utf8_bodies() {
+        let meta = RequestMeta {
+            method: "POST".into(),
+            path: "/echo".into(),
+            query: String::new(),
+            headers: vec![],
+        };
+        let small = envelope(&meta, "i", b"hi");
+        assert_eq!(small.body.as_deref(), Some("hi"));
+        let big = vec![b'a'; SEED_TEXT_BODY_BYTES + 1];
+        let env = envelope(&meta, "i", &big);
+        assert!(env.body.is_none() && env.body_base64.is_some());
+        assert!(envelope(&meta, "i", &[0xff]).body.is_none());
+    }
+
+    fn item(id: &str, body: BodyAt) -> Queued {
+        Queued {
+            id: id.into(),
+            meta: RequestMeta {
+                method: "GET".into(),
+                path: "/".into(),
+                query: String::new(),
+                headers: vec![],
+            },
+            body,
+        }
+    }
+
+    #[test]
+    fn queue_bound_is_enforced() {
+        let mut ch = ChannelState::default();
+        for i in 0..MAX_QUEUED {
+            ch.enqueue(item(&i.to_string(), BodyAt::Empty)).unwrap();
+        }
+        assert_eq!(
+            ch.enqueue(item("over", BodyAt::Empty)),
+            Err(QueueError::Full)
+        );
+        assert_eq!(ch.take_batch(10, 0).len(), 10);
+        assert!(ch.enqueue(item("now-fits", BodyAt::Empty)).is_ok());
+    }
+
+    #[test]
+    fn batches_respect_count_and_bytes() {
+        let mut ch = ChannelState::default();
+        ch.enqueue(item("a", BodyAt::Kv(POLL_BATCH_BYTES))).unwrap();
+        ch.enqueue(item("b", BodyAt::Kv(10))).unwrap();
+        ch.enqueue(item("c", BodyAt::Inline(vec![1; 10]))).unwrap();
+        ch.enqueue(item("d", BodyAt::Empty)).unwrap();
+        // A body as big as the budget still goes out, alone.
+        let first = ch.take_batch(10, 0);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].id, "a");
+        let next = ch.take_batch(2, 0);
+        assert_eq!(
+            next.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        assert_eq!(ch.queued(), 1);
+        assert_eq!(ch.in_flight(), 3);
+        assert!(ch.take_batch(10, 0).len() == 1 && ch.take_batch(10, 0).is_empty());
+    }
+
+    #[test]
+    fn inline_budget() {
+        let mut ch = ChannelState::default();
+        assert!(ch.keep_inline(INLINE_BODY_BYTES));
+        assert!(!ch.keep_inline(INLINE_BODY_BYTES + 1));
+        let per = INLINE_BODY_BYTES;
+        for i in 0..INLINE_TOTAL_BYTES / per {
+            ch.enqueue(item(&i.to_string(), BodyAt::Inline(vec![0; per])))
+                .unwrap();
+        }
+        assert!(!ch.keep_inline(1));
+        assert!(matches!(
+            ch.cancel("0"),
+            Cancelled::WasQueued(BodyAt::Inline(_))
+        ));
+        assert!(ch.keep_inline(per));
+        ch.take_batch(MAX_POLL_BATCH, 0);
+        assert!(ch.keep_inline(per));
+    }
+
+    #[test]
+    fn responses_match_once() {
+        let mut ch = ChannelState::default();
+        ch.enqueue(item("a", BodyAt::Empty)).unwrap();
+        ch.enqueue(item("b", BodyAt::Empty)).unwrap();
+        // Not yet handed out: unknown to a bridge.
+        assert_eq!(ch.accept_response("a", 0), Err(RespondError::Unknown));
+        ch.take_batch(1, 0);
+        assert!(ch.is_in_flight("a"));
+        assert_eq!(ch.accept_response("a", 1), Ok(()));
+        assert_eq!(ch.accept_response("a", 2), Err(RespondError::Duplicate));
+        assert_eq!(ch.accept_response("zzz", 2), Err(RespondError::Unknown));
+        // Cancelling: queued → removed; in flight → kept for a late answer.
+        assert_eq!(ch.cancel("b"), Cancelled::WasQueued(BodyAt::Empty));
+        assert_eq!(ch.queued(), 0);
+        ch.enqueue(item("c", BodyAt::Empty)).unwrap();
+        ch.take_batch(1, 0);
+        assert_eq!(ch.cancel("c"), Cancelled::InFlight);
+        assert_eq!(ch.cancel("a"), Cancelled::Nothing);
+        // Everything expires after the result TTL.
+        let later = RESULT_TTL_SECS * 1000 + 10;
+        ch.sweep(later);
+        assert_eq!(ch.in_flight(), 0);
+        assert_eq!(ch.accept_response("a", later), Err(RespondError::Unknown));
+    }
+
+    #[test]
+    fn ids() {
+        assert!(valid_id("0123456789abcdef0123456789abcdef"));
+        assert!(!valid_id("0123456789ABCDEF0123456789abcdef"));
+        assert!(!valid_id("../x"));
+    }
+}

@@ -1,0 +1,683 @@
+//! The relay's workers-rs layer: the Worker side of `/ping`, `/proxy/...` and
+//! `/relay/{channel}/...`, and `RelayDO`, one Durable Object per channel.
+//!
+//! The Worker authenticates and bounds each call, then hands it to the channel's object as one
+//! framed body ([`relay::frame`]). The object owns the queue and the waiting: a caller waits on
+//! a oneshot that the matching `_respond` fills; a long-poll waits on a oneshot that the next
+//! enqueue fires. Bodies too big to keep in memory, and responses whose caller stopped waiting,
+//! go to the `RELAY` KV namespace with a TTL, read and written only by this object (KV is
+//! eventually consistent between locations, so it never carries a signal). No `RefCell` borrow
+//! lives across an `.await`, and nothing here panics (see WORKERS-RS.md).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ccr_protocol::api::{ErrorBody, OkBody};
+use ccr_protocol::relay::{PollBatch, RespondBody};
+use ccr_protocol::MAX_RELAY_BODY_BYTES;
+use futures_channel::oneshot;
+use futures_util::future::{select, Either};
+use serde::Serialize;
+use serde_json::json;
+use worker::*;
+
+use crate::relay::{
+    self, Answer, BodyAt, Cancelled, Channel, DoCall, Queued, RelayRoute, RequestMeta,
+    RespondError, ResponseHead,
+};
+
+/// The RelayDO namespace binding in wrangler.toml.
+const RELAY_DO_BINDING: &str = "RELAY_DO";
+/// The KV namespace binding for payloads.
+const KV_BINDING: &str = "RELAY";
+/// Worker → object calls go to this URL; only the body matters.
+const INTERNAL_URL: &str = "https://relay.internal/call";
+
+fn json_with<T: Serialize>(status: u16, body: &T) -> Result<Response> {
+    Ok(Response::from_json(body)?.with_status(status))
+}
+
+fn error(status: u16, message: impl Into<String>) -> Result<Response> {
+    json_with(status, &ErrorBody::new(message))
+}
+
+/// An error that tells the client when to try again.
+fn busy(status: u16, message: impl Into<String>) -> Result<Response> {
+    let resp = error(status, message)?;
+    resp.headers()
+        .set("retry-after", &relay::RETRY_AFTER_SECS.to_string())?;
+    Ok(resp)
+}
+
+fn now_ms() -> u64 {
+    Date::now().as_millis()
+}
+
+/// A secret or var as a string; absent = empty.
+fn setting(env: &Env, name: &str) -> String {
+    env.secret(name)
+        .map(|s| s.to_string())
+        .or_else(|_| env.var(name).map(|v| v.to_string()))
+        .unwrap_or_default()
+}
+
+fn header(req: &Request, name: &str) -> Option<String> {
+    req.headers().get(name).ok().flatten()
+}
+
+/// Reads a body up to `limit` bytes; `Err` is the 413 answer.
+async fn read_body(
+    req: &mut Request,
+    limit: usize,
+) -> Result<std::result::Result<Vec<u8>, Response>> {
+    let too_big = || error(413, format!("body over {limit} bytes"));
+    let declared = header(req, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Ok(Err(too_big()?));
+    }
+    let bytes = req.bytes().await?;
+    if bytes.len() > limit {
+        return Ok(Err(too_big()?));
+    }
+    Ok(Ok(bytes))
+}
+
+/// The Worker side of every relay path (`crate::relay::is_relay_path`).
+pub async fn handle(mut req: Request, env: &Env) -> Result<Response> {
+    let path = req.path();
+    let method = req.method().to_string();
+    let Some(route) = relay::parse_route(&method, &path) else {
+        return error(404, format!("no route for {method} {path}"));
+    };
+    let relay_token = setting(env, "RELAY_TOKEN");
+    let query = req.url()?.query().unwrap_or_default().to_owned();
+    match route {
+        RelayRoute::Ping => Response::ok("ok"),
+        RelayRoute::MethodNotAllowed(allowed) => error(
+            405,
+            format!("{method} is not allowed on {path}; use {allowed}"),
+        ),
+        RelayRoute::NoChannel => error(404, "name a channel: /relay/{channel}/..."),
+        RelayRoute::BadChannel(name) => error(
+            400,
+            format!(
+                "invalid channel {name:?}: {}",
+                ccr_protocol::validate::channel(&name)
+                    .err()
+                    .unwrap_or_default()
+            ),
+        ),
+        RelayRoute::Poll(channel) => {
+            if let Some(refused) = bridge_refusal(&req, &relay_token, &channel)? {
+                return Ok(refused);
+            }
+            let call = DoCall::Poll {
+                channel: channel.key(),
+                wait_ms: relay::poll_wait_ms(&query),
+                max: relay::poll_max(&query),
+            };
+            call_channel(env, &channel, &call, &[]).await
+        }
+        RelayRoute::Respond(channel) => {
+            if let Some(refused) = bridge_refusal(&req, &relay_token, &channel)? {
+                return Ok(refused);
+            }
+            let body = match read_body(&mut req, relay::MAX_RESPOND_BYTES).await? {
+                Ok(b) => b,
+                Err(resp) => return Ok(resp),
+            };
+            let call = DoCall::Respond {
+                channel: channel.key(),
+            };
+            call_channel(env, &channel, &call, &body).await
+        }
+        RelayRoute::Result { channel, id } => {
+            let (_, key_param) = relay::take_query_param(&query, relay::PUBLIC_KEY_PARAM);
+            if let Some(refused) = public_refusal(&req, env, &relay_token, key_param)? {
+                return Ok(refused);
+            }
+            if !relay::valid_id(&id) {
+                return error(404, "no such relay request id");
+            }
+            let call = DoCall::Result {
+                channel: channel.key(),
+                id,
+            };
+            call_channel(env, &channel, &call, &[]).await
+        }
+        RelayRoute::Public { channel, path } => {
+            let (query, key_param) = relay::take_query_param(&query, relay::PUBLIC_KEY_PARAM);
+            if let Some(refused) = public_refusal(&req, env, &relay_token, key_param)? {
+                return Ok(refused);
+            }
+            let body = match read_body(&mut req, MAX_RELAY_BODY_BYTES).await? {
+                Ok(b) => b,
+                Err(resp) => return Ok(resp),
+            };
+            let headers = req
+                .headers()
+                .entries()
+                .filter(|(k, _)| relay::forward_request_header(k))
+                .collect();
+            let call = DoCall::Public {
+                channel: channel.key(),
+                prefix: channel.prefix(),
+                method,
+                path,
+                query,
+                headers,
+            };
+            call_channel(env, &channel, &call, &body).await
+        }
+    }
+}
+
+/// The 401/503 answer for a bridge whose token is not this channel's, if any.
+fn bridge_refusal(req: &Request, relay_token: &str, channel: &Channel) -> Result<Option<Response>> {
+    let presented = relay::TOKEN_HEADERS
+        .iter()
+        .find_map(|name| header(req, name).filter(|v| !v.trim().is_empty()));
+    match relay::check_token(relay_token, channel, presented.as_deref()) {
+        Ok(()) => Ok(None),
+        Err(e @ relay::TokenError::NotConfigured) => Ok(Some(error(503, e.to_string())?)),
+        Err(e) => Ok(Some(error(401, e.to_string())?)),
+    }
+}
+
+/// The 401/503 answer for a public caller, if any: the relay must be configured, and
+/// `RELAY_PUBLIC_KEY`, when set, presented.
+fn public_refusal(
+    req: &Request,
+    env: &Env,
+    relay_token: &str,
+    key_param: Option<String>,
+) -> Result<Option<Response>> {
+    if relay_token.is_empty() {
+        return Ok(Some(error(
+            503,
+            "the relay is not configured: the Worker has no RELAY_TOKEN",
+        )?));
+    }
+    let public_key = setting(env, "RELAY_PUBLIC_KEY");
+    let presented = header(req, relay::PUBLIC_KEY_HEADER).or(key_param);
+    if relay::check_public_key(&public_key, presented.as_deref()) {
+        Ok(None)
+    } else {
+        Ok(Some(error(
+            401,
+            "this relay needs its public key: send X-Relay-Key",
+        )?))
+    }
+}
+
+/// Sends one framed call to `channel`'s object and returns its answer.
+async fn call_channel(
+    env: &Env,
+    channel: &Channel,
+    call: &DoCall,
+    payload: &[u8],
+) -> Result<Response> {
+    let head = serde_json::to_vec(call)?;
+    let body = relay::frame(&head, payload);
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
+    let inner = Request::new_with_init(INTERNAL_URL, &init)?;
+    let stub = env
+        .durable_object(RELAY_DO_BINDING)?
+        .id_from_name(&channel.key())?
+        .get_stub()?;
+    stub.fetch_with_request(inner).await
+}
+
+/// The caller's response from a bridge's answer.
+fn answer_response(answer: Answer) -> Result<Response> {
+    let headers = Headers::new();
+    for (name, value) in &answer.head.headers {
+        // A header the runtime refuses (bad name or value) is dropped, not fatal.
+        if headers.append(name, value).is_err() {
+            console_warn!("relay: dropped response header {name:?}");
+        }
+    }
+    let builder = ResponseBuilder::new()
+        .with_status(answer.head.status)
+        .with_headers(headers)
+        // The bytes are the target's, already encoded as its content-encoding says.
+        .with_encode_body(EncodeBody::Manual);
+    if answer.body.is_empty() || relay::null_body_status(answer.head.status) {
+        Ok(builder.empty())
+    } else {
+        Ok(builder.fixed(answer.body))
+    }
+}
+
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("no randomness: {e}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// One relay channel: its queue, waiting long-polls and waiting callers.
+#[durable_object]
+pub struct RelayDO {
+    env: Env,
+    channel: RefCell<relay::ChannelState>,
+    /// Request id → the waiting caller.
+    callers: RefCell<HashMap<String, oneshot::Sender<Answer>>>,
+    /// Waiting long-polls; fired (all of them) when a request is queued.
+    polls: RefCell<Vec<oneshot::Sender<()>>>,
+}
+
+/// Removes a caller's bookkeeping if its wait ends without an answer, including when the
+/// runtime drops the request future because the caller went away.
+struct CallerGuard<'a> {
+    relay: &'a RelayDO,
+    id: String,
+    armed: bool,
+}
+
+impl CallerGuard<'_> {
+    /// The wait ended: unregisters the caller and reports where its request was.
+    fn finish(mut self) -> Cancelled {
+        self.armed = false;
+        self.relay.forget_caller(&self.id)
+    }
+}
+
+impl Drop for CallerGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.relay.forget_caller(&self.id);
+        }
+    }
+}
+
+impl RelayDO {
+    fn kv(&self) -> Result<KvStore> {
+        self.env.kv(KV_BINDING)
+    }
+
+    fn forget_caller(&self, id: &str) -> Cancelled {
+        if let Ok(mut callers) = self.callers.try_borrow_mut() {
+            callers.remove(id);
+        }
+        match self.channel.try_borrow_mut() {
+            Ok(mut ch) => ch.cancel(id),
+            Err(_) => Cancelled::Nothing,
+        }
+    }
+
+    fn wake_polls(&self) {
+        let waiting = std::mem::take(&mut *self.polls.borrow_mut());
+        for tx in waiting {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Gives a caller a 502 (its request could not be handed to the bridge).
+    fn fail_caller(&self, id: &str, message: &str) {
+        let tx = self.callers.borrow_mut().remove(id);
+        if let Some(tx) = tx {
+            let _ = tx.send(relay::bad_gateway(message));
+        }
+    }
+
+    async fn handle_public(
+        &self,
+        channel_key: &str,
+        prefix: &str,
+        meta: RequestMeta,
+        body: Vec<u8>,
+    ) -> Result<Response> {
+        let full = || {
+            busy(
+                503,
+                format!(
+                    "{}; retry in {} s",
+                    relay::QueueError::Full,
+                    relay::RETRY_AFTER_SECS
+                ),
+            )
+        };
+        if !self.channel.borrow().has_room() {
+            return full();
+        }
+        let id = random_id()?;
+        let len = body.len();
+        let body_at = if body.is_empty() {
+            BodyAt::Empty
+        } else if self.channel.borrow().keep_inline(len) {
+            BodyAt::Inline(body)
+        } else {
+            self.kv()?
+                .put_bytes(&relay::request_body_key(channel_key, &id), &body)?
+                .expiration_ttl(relay::REQUEST_BODY_TTL_SECS)
+                .execute()
+                .await?;
+            BodyAt::Kv(len)
+        };
+        let (tx, rx) = oneshot::channel();
+        let queued = self.channel.borrow_mut().enqueue(Queued {
+            id: id.clone(),
+            meta,
+            body: body_at,
+        });
+        if queued.is_err() {
+            return full();
+        }
+        self.callers.borrow_mut().insert(id.clone(), tx);
+        let guard = CallerGuard {
+            relay: self,
+            id: id.clone(),
+            armed: true,
+        };
+        self.wake_polls();
+
+        let timer = std::pin::pin!(Delay::from(Duration::from_millis(relay::CALLER_WAIT_MS)));
+        let outcome = match select(rx, timer).await {
+            Either::Left((Ok(answer), _)) => Ok(answer),
+            Either::Left((Err(_), _)) => Err(None),
+            // The timer and an answer may be ready together: the answer wins.
+            Either::Right(((), mut rx)) => match rx.try_recv() {
+                Ok(Some(answer)) => Ok(answer),
+                _ => Err(Some(())),
+            },
+        };
+        let cancelled = guard.finish();
+        match outcome {
+            Ok(answer) => answer_response(answer),
+            Err(None) => error(502, "the relay lost track of this request"),
+            Err(Some(())) => {
+                let secs = relay::CALLER_WAIT_MS / 1000;
+                match cancelled {
+                    Cancelled::WasQueued(_) | Cancelled::Nothing => json_with(
+                        504,
+                        &json!({
+                            "ok": false,
+                            "error": format!("no relay bridge took this request within {secs} s; is relay-bridge running for this channel?"),
+                            "id": id,
+                        }),
+                    ),
+                    Cancelled::InFlight => {
+                        let result_path = format!("{prefix}/_result/{id}");
+                        json_with(
+                            504,
+                            &json!({
+                                "ok": false,
+                                "error": format!("the bridge has not answered within {secs} s; its answer will be kept for {} s at {result_path}", relay::RESULT_TTL_SECS),
+                                "id": id,
+                                "resultPath": result_path,
+                            }),
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_poll(&self, channel_key: &str, wait_ms: u64, max: usize) -> Result<Response> {
+        let deadline = now_ms().saturating_add(wait_ms);
+        loop {
+            let batch = self.channel.borrow_mut().take_batch(max, now_ms());
+            if !batch.is_empty() {
+                return self.deliver(channel_key, batch).await;
+            }
+            let now = now_ms();
+            if now >= deadline {
+                return json_with(200, &PollBatch { requests: vec![] });
+            }
+            let rx = {
+                let mut polls = self.polls.borrow_mut();
+                polls.retain(|tx| !tx.is_canceled());
+                if polls.len() >= relay::MAX_WAITING_POLLS {
+                    drop(polls);
+                    return busy(
+                        429,
+                        format!(
+                            "{} long-polls already wait on this channel",
+                            relay::MAX_WAITING_POLLS
+                        ),
+                    );
+                }
+                let (tx, rx) = oneshot::channel();
+                polls.push(tx);
+                rx
+            };
+            let timer = std::pin::pin!(Delay::from(Duration::from_millis(deadline - now)));
+            let _ = select(rx, timer).await;
+        }
+    }
+
+    /// Builds the poll answer; a body lost from KV fails its caller instead.
+    async fn deliver(&self, channel_key: &str, batch: Vec<Queued>) -> Result<Response> {
+        let mut requests = Vec::with_capacity(batch.len());
+        for item in batch {
+            let body = match item.body {
+                BodyAt::Empty => Vec::new(),
+                BodyAt::Inline(b) => b,
+                BodyAt::Kv(_) => {
+                    let key = relay::request_body_key(channel_key, &item.id);
+                    match self.kv()?.get(&key).bytes().await {
+                        Ok(Some(b)) => b,
+                        other => {
+                            console_error!("relay: body of {} unreadable: {other:?}", item.id);
+                            self.channel.borrow_mut().drop_in_flight(&item.id);
+                            self.fail_caller(&item.id, "the relay lost this request's body");
+                            continue;
+                        }
+                    }
+                }
+            };
+            requests.push(relay::envelope(&item.meta, &item.id, &body));
+        }
+        json_with(200, &PollBatch { requests })
+    }
+
+    async fn handle_respond(&self, channel_key: &str, payload: &[u8]) -> Result<Response> {
+        let body: RespondBody = match serde_json::from_slice(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    400,
+                    format!("invalid JSON body: {e}; expected {{id,status,headers,bodyBase64}}"),
+                )
+            }
+        };
+        let batch = matches!(body, RespondBody::Batch { .. });
+        let responses = body.into_responses();
+        let mut results = Vec::with_capacity(responses.len());
+        for r in responses {
+            let id = r.id.clone();
+            results.push((id, self.accept_one(channel_key, r).await?));
+        }
+        if !batch {
+            return match results.into_iter().next() {
+                Some((_, Ok(()))) => json_with(200, &OkBody::default()),
+                Some((_, Err((status, message)))) => error(status, message),
+                None => error(400, "no response in the body"),
+            };
+        }
+        let all_ok = results.iter().all(|(_, r)| r.is_ok());
+        let items: Vec<serde_json::Value> = results
+            .into_iter()
+            .map(|(id, r)| match r {
+                Ok(()) => json!({"id": id, "ok": true}),
+                Err((status, message)) => {
+                    json!({"id": id, "ok": false, "status": status, "error": message})
+                }
+            })
+            .collect();
+        json_with(200, &json!({"ok": all_ok, "results": items}))
+    }
+
+    /// Matches one response to its request. `Ok(Err)` is this response's refusal.
+    async fn accept_one(
+        &self,
+        channel_key: &str,
+        r: ccr_protocol::relay::RelayResponse,
+    ) -> Result<std::result::Result<(), (u16, String)>> {
+        let answer = match relay::decode_response(&r) {
+            Ok(a) => a,
+            Err(message) => return Ok(Err((400, message))),
+        };
+        let accepted = self.channel.borrow_mut().accept_response(&r.id, now_ms());
+        match accepted {
+            Ok(()) => {}
+            Err(RespondError::Duplicate) => {
+                return Ok(Err((409, RespondError::Duplicate.to_string())))
+            }
+            Err(RespondError::Unknown) => {
+                // After the object restarted, only KV remembers an answered id.
+                let stored = relay::valid_id(&r.id)
+                    && self
+                        .kv()?
+                        .get(&relay::response_key(channel_key, &r.id))
+                        .bytes()
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_some();
+                let e = if stored {
+                    (409, RespondError::Duplicate.to_string())
+                } else {
+                    (404, format!("{}: {}", RespondError::Unknown, r.id))
+                };
+                return Ok(Err(e));
+            }
+        }
+        let tx = self.callers.borrow_mut().remove(&r.id);
+        let unsent = match tx {
+            Some(tx) => tx.send(answer).err(),
+            None => Some(answer),
+        };
+        if let Some(answer) = unsent {
+            // The caller stopped waiting: keep the answer for `_result/{id}`.
+            let head = serde_json::to_vec(&answer.head)?;
+            self.kv()?
+                .put_bytes(
+                    &relay::response_key(channel_key, &r.id),
+                    &relay::frame(&head, &answer.body),
+                )?
+                .expiration_ttl(relay::RESULT_TTL_SECS)
+                .execute()
+                .await?;
+        }
+        Ok(Ok(()))
+    }
+
+    async fn handle_result(&self, channel_key: &str, id: &str) -> Result<Response> {
+        let stored = self
+            .kv()?
+            .get(&relay::response_key(channel_key, id))
+            .bytes()
+            .await?;
+        if let Some(bytes) = stored {
+            let parsed = relay::unframe(&bytes).and_then(|(head, body)| {
+                serde_json::from_slice::<ResponseHead>(head)
+                    .ok()
+                    .map(|head| Answer {
+                        head,
+                        body: body.to_vec(),
+                    })
+            });
+            return match parsed {
+                Some(answer) => answer_response(answer),
+                None => error(500, "the stored response is unreadable"),
+            };
+        }
+        let pending = self.channel.borrow().is_in_flight(id);
+        if pending {
+            let resp = json_with(
+                202,
+                &json!({"ok": false, "pending": true, "id": id,
+                        "error": "the bridge has not answered this request yet"}),
+            )?;
+            resp.headers()
+                .set("retry-after", &relay::RETRY_AFTER_SECS.to_string())?;
+            return Ok(resp);
+        }
+        error(
+            404,
+            format!(
+                "no result for {id}: it never reached a bridge, or its {} s are over",
+                relay::RESULT_TTL_SECS
+            ),
+        )
+    }
+}
+
+impl DurableObject for RelayDO {
+    fn new(_state: State, env: Env) -> Self {
+        Self {
+            env,
+            channel: RefCell::new(relay::ChannelState::default()),
+            callers: RefCell::new(HashMap::new()),
+            polls: RefCell::new(Vec::new()),
+        }
+    }
+
+    async fn fetch(&self, mut req: Request) -> Result<Response> {
+        let bytes = req.bytes().await?;
+        let Some((head, payload)) = relay::unframe(&bytes) else {
+            return error(400, "malformed relay call");
+        };
+        let call: DoCall = match serde_json::from_slice(head) {
+            Ok(c) => c,
+            Err(e) => return error(400, format!("malformed relay call: {e}")),
+        };
+        self.channel.borrow_mut().sweep(now_ms());
+        match call {
+            DoCall::Public {
+                channel,
+                prefix,
+                method,
+                path,
+                query,
+                headers,
+            } => {
+                let meta = RequestMeta {
+                    method,
+                    path,
+                    query,
+                    headers,
+                };
+                self.handle_public(&channel, &prefix, meta, payload.to_vec())
+                    .await
+            }
+            DoCall::Poll {
+                channel,
+                wait_ms,
+                max,
+            } => self.handle_poll(&channel, wait_ms, max).await,
+            DoCall::Respond { channel } => self.handle_respond(&channel, payload).await,
+            DoCall::Result { channel, id } => self.handle_result(&channel, &id).await,
+        }
+    }
+
+    async fn alarm(&self) -> Result<Response> {
+        Response::ok("")
+    }
+
+    async fn websocket_message(
+        &self,
+        _ws: WebSocket,
+        _message: WebSocketIncomingMessage,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    async fn websocket_close(
+        &self,
+        _ws: WebSocket,
+        _code: usize,
+        _reason: String,
+        _clean: bool,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    async fn websocket_error(&self, _ws: WebSocket, _err: Error) -> Result<()> {
+        Ok(())
+    }
+}
