@@ -242,7 +242,7 @@ async fn requests_and_responses_cross_intact() {
     assert_eq!(body["seenCustom"], "abc");
 
     // POST with a binary body, small (kept in the object's memory) and large (through KV).
-    for len in [1000usize, 300 * 1024] {
+    for len in [1000usize, 300 * 1024, 6 * 1024 * 1024] {
         let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
         let resp = http
             .post(w.url("/proxy/echo?k=v"))

@@ -190,7 +190,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         };
         match polled {
             Ok(requests) => {
-                backoff.reset();
+                // An empty answer that came back at once is no sign of health: keep backing off.
                 if requests.is_empty() && started.elapsed() < MIN_EMPTY_POLL {
                     drop(first);
                     let pause = backoff.next_delay();
@@ -202,6 +202,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     }
                     continue;
                 }
+                backoff.reset();
                 let mut first = Some(first);
                 for request in requests {
                     let permit = match first.take() {
@@ -388,5 +389,65 @@ mod tests {
         let c = config();
         let shown = format!("{c:?} {}", c.token);
         assert!(!shown.contains("tok\"") && shown.contains("MASKED"));
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A relay stand-in that answers every request with `status` and `body`, counting them.
+    async fn fake_relay(status: &'static str, body: &'static str) -> (Url, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let reply = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        (url, hits)
+    }
+
+    async fn run_for(relay: Url, secs: u64) {
+        let config = Config::new(
+            relay,
+            Secret::new("tok"),
+            Url::parse("http://127.0.0.1:9").unwrap(),
+        );
+        let stop = tokio::time::sleep(Duration::from_secs(secs));
+        tokio::time::timeout(Duration::from_secs(secs + 10), run(config, stop))
+            .await
+            .expect("run returns soon after shutdown")
+            .expect("relay errors never end run");
+    }
+
+    #[tokio::test]
+    async fn relay_errors_back_off_and_never_end_the_bridge() {
+        let (url, hits) = fake_relay("500 Internal Server Error", "{\"ok\":false}").await;
+        run_for(url, 4).await;
+        let n = hits.load(Ordering::SeqCst);
+        // 0.25–0.5 s, then 0.5–1, 1–2, 2–4: a handful of attempts in 4 s, never a spin.
+        assert!((2..=8).contains(&n), "{n} polls in 4 s");
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_does_not_wait_is_not_hammered() {
+        let (url, hits) = fake_relay("200 OK", "{\"requests\":[]}").await;
+        run_for(url, 4).await;
+        let n = hits.load(Ordering::SeqCst);
+        assert!((2..=8).contains(&n), "{n} polls in 4 s");
     }
 }
