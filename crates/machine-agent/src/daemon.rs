@@ -61,6 +61,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         stop_rx.clone(),
     ));
     let injector = Injector::new(config.tmux.clone(), config.inject_delay);
+    finish_typed(&shared, &injector).await;
     let executor = tokio::spawn(execute_loop(
         shared.clone(),
         injector,
@@ -139,10 +140,17 @@ async fn execute(shared: &Shared, injector: &Injector, cmd: &Command) {
                 "session {} is not running inside tmux, so there is no pane to type into",
                 cmd.session_id
             )),
-            Some(pane) => match injector.type_into(&pane, &cmd.command).await {
-                Ok(()) => Outcome::ok(),
-                Err(e) => Outcome::failed(e.to_string()),
-            },
+            Some(pane) => {
+                let typed = || {
+                    if let Err(e) = shared.inbox.mark_typed(&cmd.command_id, now_ms()) {
+                        warn!(command_id = %cmd.command_id, "recording typed text: {e}");
+                    }
+                };
+                match injector.type_with(&pane, &cmd.command, typed).await {
+                    Ok(()) => Outcome::ok(),
+                    Err(e) => Outcome::failed(e.to_string()),
+                }
+            }
         },
     };
     if outcome.success {
@@ -159,6 +167,43 @@ async fn execute(shared: &Shared, injector: &Injector, cmd: &Command) {
         warn!(command_id = %cmd.command_id, "recording a result: {e}");
     }
     shared.results_ready.notify_one();
+}
+
+/// Commands a previous run typed but could not press Enter for: their text is in the pane,
+/// so Enter completes them (typing them again would duplicate the text).
+async fn finish_typed(shared: &Shared, injector: &Injector) {
+    let typed = match shared.inbox.typed() {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("reading the inbox: {e}");
+            return;
+        }
+    };
+    for cmd in typed {
+        let outcome = match shared.sessions.get(&cmd.session_id) {
+            Ok(Some(rec)) => match rec.pane() {
+                Some(pane) => match injector.press_enter(&pane).await {
+                    Ok(()) => Outcome::ok(),
+                    Err(e) => Outcome::failed(e.to_string()),
+                },
+                None => Outcome::failed("the session's pane is no longer recorded"),
+            },
+            Ok(None) => Outcome::failed(format!(
+                "session {} ended before its command could be finished",
+                cmd.session_id
+            )),
+            Err(e) => Outcome::failed(format!("the agent could not read its session records: {e}")),
+        };
+        info!(
+            command_id = %cmd.command_id,
+            success = outcome.success,
+            "finished a command whose Enter a previous run did not press"
+        );
+        if let Err(e) = shared.inbox.finish(&cmd.command_id, &outcome, now_ms()) {
+            warn!(command_id = %cmd.command_id, "recording a result: {e}");
+        }
+        shared.results_ready.notify_one();
+    }
 }
 
 fn prune(shared: &Shared) {

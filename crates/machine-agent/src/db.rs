@@ -16,7 +16,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     session_id  TEXT NOT NULL,
     command     TEXT NOT NULL,
     chat_id     TEXT NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ('stored', 'acked', 'executing', 'done')),
+    state       TEXT NOT NULL CHECK (state IN ('stored', 'acked', 'executing', 'typed', 'done')),
     success     INTEGER,
     error       TEXT,
     result_sent INTEGER NOT NULL DEFAULT 0,

@@ -1,12 +1,13 @@
 //! The inbox: why a command is typed exactly once although the Worker delivers it at least
 //! once.
 //!
-//! A command moves `stored → acked → executing → done`. It is acked only after it is stored;
-//! a command id seen before is acked again and nothing else. Only the `stored|acked →
+//! A command moves `stored → acked → executing → typed → done`. It is acked only after it is
+//! stored; a command id seen before is acked again and nothing else. Only the `stored|acked →
 //! executing` transition (one UPDATE that must change one row) lets a command be typed, so no
-//! id is typed twice, even across restarts. A command found `executing` at start-up was
-//! interrupted mid-typing: it is finished as failed rather than typed again. Done rows keep
-//! their result until it has been sent, and are pruned after a day.
+//! id is typed twice, even across restarts. `typed` means the text is in the pane and only
+//! Enter is missing: a crash there is finished at start-up by pressing Enter. A command found
+//! `executing` at start-up may have been typed in part: it is finished as failed rather than
+//! typed again. Done rows keep their result until it has been sent, and are pruned after a day.
 
 use rusqlite::{params, OptionalExtension};
 
@@ -24,6 +25,8 @@ pub enum State {
     Acked,
     /// Being typed (or interrupted while being typed).
     Executing,
+    /// The text is in the pane; Enter is next.
+    Typed,
     /// Finished, with a result.
     Done,
 }
@@ -34,14 +37,21 @@ impl State {
             State::Stored => "stored",
             State::Acked => "acked",
             State::Executing => "executing",
+            State::Typed => "typed",
             State::Done => "done",
         }
     }
 
     fn parse(s: &str) -> Option<State> {
-        [State::Stored, State::Acked, State::Executing, State::Done]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [
+            State::Stored,
+            State::Acked,
+            State::Executing,
+            State::Typed,
+            State::Done,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }
 
@@ -101,7 +111,7 @@ pub struct Counts {
     pub stored: u64,
     /// Acked, waiting to run.
     pub acked: u64,
-    /// Running or interrupted.
+    /// Running or interrupted (including typed, waiting for Enter).
     pub executing: u64,
     /// Finished.
     pub done: u64,
@@ -187,12 +197,43 @@ impl Inbox {
         })
     }
 
+    /// Records that the text is in the pane and only Enter is missing.
+    pub fn mark_typed(&self, command_id: &str, now: i64) -> rusqlite::Result<()> {
+        self.db.with(|c| {
+            c.execute(
+                "UPDATE inbox SET state = 'typed', updated_at = ?2 \
+                 WHERE command_id = ?1 AND state = 'executing'",
+                params![command_id, now],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Commands whose text was typed but whose Enter a crash prevented, oldest first.
+    pub fn typed(&self) -> rusqlite::Result<Vec<Command>> {
+        self.db.with(|c| {
+            let mut st = c.prepare(
+                "SELECT command_id, session_id, command, chat_id FROM inbox \
+                 WHERE state = 'typed' ORDER BY received_at, rowid",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(Command {
+                    command_id: r.get(0)?,
+                    session_id: r.get(1)?,
+                    command: r.get(2)?,
+                    chat_id: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     /// Records the outcome of a command claimed with [`Inbox::begin`].
     pub fn finish(&self, command_id: &str, outcome: &Outcome, now: i64) -> rusqlite::Result<()> {
         self.db.with(|c| {
             c.execute(
                 "UPDATE inbox SET state = 'done', success = ?2, error = ?3, result_sent = 0, \
-                 updated_at = ?4 WHERE command_id = ?1 AND state = 'executing'",
+                 updated_at = ?4 WHERE command_id = ?1 AND state IN ('executing', 'typed')",
                 params![command_id, outcome.success, outcome.error, now],
             )
             .map(drop)
@@ -219,7 +260,8 @@ impl Inbox {
     }
 
     /// At start-up: commands left `executing` by a crash may have been typed in part, so they
-    /// are finished as failed instead of typed again. Returns how many.
+    /// are finished as failed instead of typed again. Returns how many. (`typed` ones are
+    /// completed by the caller: see [`Inbox::typed`].)
     pub fn recover_interrupted(&self, now: i64) -> rusqlite::Result<usize> {
         self.db.with(|c| {
             c.execute(
@@ -312,7 +354,7 @@ impl Inbox {
                 match State::parse(&state) {
                     Some(State::Stored) => counts.stored = n,
                     Some(State::Acked) => counts.acked = n,
-                    Some(State::Executing) => counts.executing = n,
+                    Some(State::Executing) | Some(State::Typed) => counts.executing += n,
                     Some(State::Done) | None => counts.done += n,
                 }
             }
@@ -454,6 +496,31 @@ mod tests {
         assert!(results[0].1.error.as_deref().unwrap().contains("stopped"));
         // The untouched one still runs.
         assert_eq!(ib.runnable().unwrap(), vec![cmd("c2")]);
+    }
+
+    #[test]
+    fn typed_commands_only_miss_their_enter() {
+        let ib = inbox();
+        ib.store(&cmd("c1"), 1).unwrap();
+        ib.store(&cmd("c2"), 2).unwrap();
+        assert!(ib.begin("c1", 3).unwrap());
+        ib.mark_typed("c1", 4).unwrap();
+        assert_eq!(ib.state("c1").unwrap(), Some(State::Typed));
+        // Crash here; at start-up the typed one is not failed but handed back for its Enter.
+        assert_eq!(ib.recover_interrupted(5).unwrap(), 0);
+        assert_eq!(ib.typed().unwrap(), vec![cmd("c1")]);
+        assert!(!ib.begin("c1", 5).unwrap());
+        assert_eq!(ib.runnable().unwrap(), vec![cmd("c2")]);
+        assert_eq!(
+            ib.store(&cmd("c1"), 6).unwrap(),
+            Receipt::Duplicate(State::Typed)
+        );
+        ib.finish("c1", &Outcome::ok(), 7).unwrap();
+        assert_eq!(ib.state("c1").unwrap(), Some(State::Done));
+        assert!(ib.typed().unwrap().is_empty());
+        // Only an executing command can become typed.
+        ib.mark_typed("c2", 8).unwrap();
+        assert_eq!(ib.state("c2").unwrap(), Some(State::Stored));
     }
 
     #[test]

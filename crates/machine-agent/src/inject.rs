@@ -66,7 +66,35 @@ impl Injector {
 
     /// Types `text` into `pane` and presses Enter; an empty text is Enter alone.
     pub async fn type_into(&self, pane: &Pane, text: &str) -> Result<(), InjectError> {
+        self.type_with(pane, text, || {}).await
+    }
+
+    /// Like [`Injector::type_into`], calling `typed` once the text is in the pane and only
+    /// Enter is missing (so a crash after that point can be finished with Enter alone).
+    pub async fn type_with(
+        &self,
+        pane: &Pane,
+        text: &str,
+        typed: impl FnOnce(),
+    ) -> Result<(), InjectError> {
         // Fail before typing anything if the pane is gone: no half-typed commands.
+        self.check(pane).await?;
+        if !text.is_empty() {
+            self.run(pane, &["send-keys", "-t", &pane.pane_id, "-l", "--", text])
+                .await?;
+            typed();
+            tokio::time::sleep(self.pause).await;
+        }
+        self.enter(pane).await
+    }
+
+    /// Presses Enter in `pane` (after checking it still exists).
+    pub async fn press_enter(&self, pane: &Pane) -> Result<(), InjectError> {
+        self.check(pane).await?;
+        self.enter(pane).await
+    }
+
+    async fn check(&self, pane: &Pane) -> Result<(), InjectError> {
         let found = self
             .run(
                 pane,
@@ -76,14 +104,13 @@ impl Injector {
         if found.trim() != pane.pane_id {
             return Err(InjectError::PaneGone(pane.pane_id.clone()));
         }
-        if !text.is_empty() {
-            self.run(pane, &["send-keys", "-t", &pane.pane_id, "-l", "--", text])
-                .await?;
-            tokio::time::sleep(self.pause).await;
-        }
-        self.run(pane, &["send-keys", "-t", &pane.pane_id, "Enter"])
-            .await?;
         Ok(())
+    }
+
+    async fn enter(&self, pane: &Pane) -> Result<(), InjectError> {
+        self.run(pane, &["send-keys", "-t", &pane.pane_id, "Enter"])
+            .await
+            .map(drop)
     }
 
     async fn run(&self, pane: &Pane, args: &[&str]) -> Result<String, InjectError> {

@@ -6,7 +6,7 @@
 //! - [`config`]: flags and environment → validated settings; the masked [`config::Secret`].
 //! - [`connection`]: the socket — connect, keepalive, store-then-ack, results, backoff.
 //! - [`db`]: the SQLite file shared by the daemon, the hooks and `status`.
-//! - [`inbox`]: the exactly-once state machine `stored → acked → executing → done`.
+//! - [`inbox`]: the exactly-once state machine `stored → acked → executing → typed → done`.
 //! - [`daemon`]: [`daemon::run`] wires the socket and the executor together until shutdown.
 //! - [`inject`]: `tmux send-keys -l`, pause, Enter, on the session's own tmux server.
 //! - [`sessions`]: session → pane records written by the hooks; the daemon's status.

@@ -512,3 +512,52 @@ async fn an_oversized_frame_drops_the_connection_and_the_agent_reconnects() {
     assert!(t[0].ends_with("-- small"));
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn a_command_typed_before_a_crash_gets_only_its_enter() {
+    use machine_agent::inbox::{Command, Inbox};
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, rec) = fake_tmux(dir.path());
+    record_session(dir.path());
+    {
+        // The previous run typed the text and died before Enter; another one before typing.
+        let inbox = Inbox::new(Db::open(dir.path()).unwrap());
+        for id in ["typed-1", "started-2"] {
+            inbox
+                .store(
+                    &Command {
+                        command_id: id.into(),
+                        session_id: "s1".into(),
+                        command: format!("text of {id}"),
+                        chat_id: "42".into(),
+                    },
+                    now_ms(),
+                )
+                .unwrap();
+            assert!(inbox.begin(id, now_ms()).unwrap());
+        }
+        inbox.mark_typed("typed-1", now_ms()).unwrap();
+    }
+    let mut worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
+    let mut ws = worker.accept().await;
+    let mut results = std::collections::BTreeMap::new();
+    while results.len() < 2 {
+        if let SocketMessage::CommandResult {
+            command_id,
+            success,
+            error,
+        } = next_msg(&mut ws).await
+        {
+            results.insert(command_id, (success, error));
+        }
+    }
+    assert_eq!(results["typed-1"], (true, None));
+    let (ok, why) = &results["started-2"];
+    assert!(!ok && why.as_deref().unwrap().contains("not typed again"));
+    let calls = std::fs::read_to_string(&rec).unwrap();
+    // Nothing typed again; one Enter for the typed one.
+    assert!(typed(&rec).is_empty(), "{calls}");
+    assert_eq!(calls.matches("send-keys -t %1 Enter").count(), 1, "{calls}");
+    agent.stop().await;
+}
