@@ -335,6 +335,13 @@ async fn slow_target_gives_504_then_result_and_absent_bridge_gives_504() {
     let id = body["id"].as_str().unwrap().to_owned();
     assert_eq!(body["resultPath"], format!("/proxy/_result/{id}"));
     let result_url = w.url(&format!("/proxy/_result/{id}"));
+    // Right after the 504 the target is still working: pending (or, on a slow day, done).
+    let early = http.get(&result_url).send().await.unwrap();
+    match early.status().as_u16() {
+        202 => assert_eq!(json_of(early).await["pending"], true),
+        200 => {}
+        other => panic!("_result right after the 504: {other}"),
+    }
     let result = ccr_e2e::wait_for("the late result", Duration::from_secs(60), || {
         let http = http.clone();
         let url = result_url.clone();
@@ -470,6 +477,32 @@ async fn named_channels_are_isolated_and_target_failures_are_502() {
         .await
         .unwrap();
     assert_eq!(respond.status(), 401);
+
+    // Waiting long-polls per channel are bounded: one too many is refused, not queued.
+    let crowded = channel_token("crowded");
+    let polls = (0..9).map(|_| {
+        let http = http.clone();
+        let url = w.url("/relay/crowded/_poll?wait=10");
+        let token = crowded.clone();
+        async move {
+            let r = http
+                .get(&url)
+                .header("x-relay-token", token)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.headers().contains_key("retry-after"))
+        }
+    });
+    let results = futures_util::future::join_all(polls).await;
+    let refused = results.iter().filter(|(s, _)| *s == 429).count();
+    assert!(refused >= 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|(s, ra)| *s == 200 || (*s == 429 && *ra)),
+        "{results:?}"
+    );
 
     // A bridge on "alpha" serves /relay/alpha/... and nothing else.
     let bridge = Bridge::start(&w, &target.url(), Some("alpha"), &[]).await;

@@ -5,7 +5,7 @@
 //!
 //! The waiting itself (oneshot channels, timers, KV) lives in `relay_binding`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use ccr_protocol::{validate, MAX_RELAY_BODY_BYTES, MAX_RELAY_WAIT_SECS};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,9 @@ use crate::auth::{ct_eq, derive_key};
 pub const MAX_QUEUED: usize = 256;
 /// Requests handed to a bridge and not answered yet, per channel; bounds the in-flight map.
 pub const MAX_IN_FLIGHT: usize = 1024;
+/// Answered ids a channel remembers (to refuse a second response with 409); the oldest are
+/// forgotten first, after which only a stored late answer still marks an id as answered.
+pub const MAX_ANSWERED: usize = 8192;
 /// Long-polls that may wait at once on one channel; one more → 429.
 pub const MAX_WAITING_POLLS: usize = 8;
 /// Most requests one poll answer carries.
@@ -544,8 +547,9 @@ pub struct ChannelState {
     queue: VecDeque<Queued>,
     /// id → when it may no longer be answered.
     in_flight: HashMap<String, u64>,
-    /// id → until when a second response is a duplicate.
-    answered: HashMap<String, u64>,
+    /// Answered ids, oldest first, with until when a second response is a duplicate.
+    answered: VecDeque<(String, u64)>,
+    answered_ids: HashSet<String>,
     inline_bytes: usize,
 }
 
@@ -633,14 +637,16 @@ impl ChannelState {
 
     /// Records a bridge's response for `id`: only an in-flight id, only once.
     pub fn accept_response(&mut self, id: &str, now: u64) -> Result<(), RespondError> {
-        if self.answered.contains_key(id) {
+        if self.answered_ids.contains(id) {
             return Err(RespondError::Duplicate);
         }
         if self.in_flight.remove(id).is_none() {
             return Err(RespondError::Unknown);
         }
         self.answered
-            .insert(id.to_owned(), now + RESULT_TTL_SECS * 1000);
+            .push_back((id.to_owned(), now + RESULT_TTL_SECS * 1000));
+        self.answered_ids.insert(id.to_owned());
+        self.forget_answers(now);
         Ok(())
     }
 
@@ -652,7 +658,18 @@ impl ChannelState {
     /// Forgets in-flight ids and answers older than [`RESULT_TTL_SECS`].
     pub fn sweep(&mut self, now: u64) {
         self.in_flight.retain(|_, until| *until > now);
-        self.answered.retain(|_, until| *until > now);
+        self.forget_answers(now);
+    }
+
+    /// Drops expired answers and, past [`MAX_ANSWERED`], the oldest.
+    fn forget_answers(&mut self, now: u64) {
+        while let Some((id, until)) = self.answered.front() {
+            if *until > now && self.answered.len() <= MAX_ANSWERED {
+                break;
+            }
+            self.answered_ids.remove(id);
+            self.answered.pop_front();
+        }
     }
 }
 
@@ -974,6 +991,22 @@ mod tests {
         ch.sweep(later);
         assert_eq!(ch.in_flight(), 0);
         assert_eq!(ch.accept_response("a", later), Err(RespondError::Unknown));
+    }
+
+    #[test]
+    fn answered_ids_are_bounded() {
+        let mut ch = ChannelState::default();
+        for i in 0..MAX_ANSWERED + 5 {
+            ch.enqueue(item(&i.to_string(), BodyAt::Empty)).unwrap();
+            ch.take_batch(1, 0);
+            ch.accept_response(&i.to_string(), 0).unwrap();
+        }
+        assert_eq!(ch.answered.len(), MAX_ANSWERED);
+        assert_eq!(ch.answered_ids.len(), MAX_ANSWERED);
+        // The oldest are forgotten; the newest still count as answered.
+        assert_eq!(ch.accept_response("0", 1), Err(RespondError::Unknown));
+        let newest = (MAX_ANSWERED + 4).to_string();
+        assert_eq!(ch.accept_response(&newest, 1), Err(RespondError::Duplicate));
     }
 
     #[test]
