@@ -133,6 +133,23 @@ struct Bridge {
 
 impl Bridge {
     async fn start(worker: &Worker, target: &str, channel: Option<&str>, extra: &[&str]) -> Bridge {
+        Self::start_with_env(
+            worker,
+            target,
+            channel,
+            extra,
+            &[("NO_PROXY", "127.0.0.1,localhost")],
+        )
+        .await
+    }
+
+    async fn start_with_env(
+        worker: &Worker,
+        target: &str,
+        channel: Option<&str>,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Bridge {
         let log_dir = std::env::temp_dir();
         let log = log_dir.join(format!(
             "relay-bridge-{}-{}.log",
@@ -156,7 +173,7 @@ impl Bridge {
             .args(extra)
             .env("RELAY_TOKEN", token)
             .env("RUST_LOG", "relay_bridge=debug")
-            .env("NO_PROXY", "127.0.0.1,localhost")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -683,4 +700,105 @@ async fn public_key_and_queue_limit() {
 /// The Worker's per-channel queue bound (`router_worker::relay::MAX_QUEUED`).
 fn ccr_queue_limit() -> usize {
     256
+}
+
+/// A plain-HTTP forward proxy (absolute-form requests) that records the paths it carried.
+struct ForwardProxy {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for ForwardProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ForwardProxy {
+    async fn start() -> ForwardProxy {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let upstream = reqwest::Client::builder().no_proxy().build().unwrap();
+        let app = Router::new().fallback(move |req: Request| {
+            let record = record.clone();
+            let upstream = upstream.clone();
+            async move {
+                let uri = req.uri().clone();
+                if uri.scheme().is_none() {
+                    return (StatusCode::BAD_REQUEST, "not a proxy request").into_response();
+                }
+                record.lock().unwrap().push(
+                    uri.path_and_query()
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                );
+                let method = req.method().clone();
+                let headers = req.headers().clone();
+                let body = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
+                    .await
+                    .unwrap_or_default();
+                let sent = upstream
+                    .request(method, uri.to_string())
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) => {
+                        let status = r.status();
+                        let headers = r.headers().clone();
+                        let bytes = r.bytes().await.unwrap_or_default();
+                        let mut resp = Response::new(Body::from(bytes));
+                        *resp.status_mut() = status;
+                        for (k, v) in &headers {
+                            if k != "transfer-encoding" && k != "content-length" {
+                                resp.headers_mut().append(k, v.clone());
+                            }
+                        }
+                        resp
+                    }
+                    Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ForwardProxy { addr, seen, task }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn the_bridge_reaches_the_relay_through_the_environment_proxy() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    let proxy = ForwardProxy::start().await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    // The relay URL is http here, so HTTP_PROXY applies (HTTPS_PROXY for an https relay, by
+    // the same mechanism); the local target is never proxied.
+    let bridge = Bridge::start_with_env(
+        &w,
+        &target.url(),
+        None,
+        &[],
+        &[("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "")],
+    )
+    .await;
+    let resp = client().get(w.url("/proxy/id/p")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    assert_eq!(resp.text().await.unwrap(), "response for p");
+    let seen = proxy.seen();
+    assert!(
+        seen.iter().any(|p| p.starts_with("/proxy/_poll")),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|p| p == "/proxy/_respond"), "{seen:?}");
+    assert!(!seen.iter().any(|p| p.starts_with("/id/")), "{seen:?}");
 }
