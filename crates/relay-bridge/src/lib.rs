@@ -285,6 +285,7 @@ async fn poll(shared: &Shared, max: usize) -> anyhow::Result<Vec<RelayRequest>> 
 async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSemaphorePermit) {
     let id = request.id.clone();
     debug!(%id, method = %request.method, path = %request.path, "forwarding");
+    let started = tokio::time::Instant::now();
     let response = forward::forward(
         &shared.target,
         &shared.config.target,
@@ -292,7 +293,13 @@ async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSe
         &request,
     )
     .await;
-    debug!(%id, status = response.status, "answering");
+    info!(
+        "{} {} → {} in {} ms",
+        request.method,
+        request.path,
+        response.status,
+        started.elapsed().as_millis()
+    );
     post_response(&shared, response).await;
 }
 
