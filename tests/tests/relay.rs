@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -56,7 +57,8 @@ impl Target {
             .route("/echo", any(echo))
             .route("/status/{code}", any(status))
             .route("/slow", get(slow))
-            .route("/id/{n}", get(id));
+            .route("/id/{n}", get(id))
+            .route("/gate", get(gate));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -116,6 +118,18 @@ async fn slow(Query(q): Query<Vec<(String, String)>>) -> String {
         .unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     format!("slow {ms} done")
+}
+
+/// Requests inside `/gate` right now, and the most there ever were (only one test calls it).
+static GATE_ACTIVE: AtomicUsize = AtomicUsize::new(0);
+static GATE_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+async fn gate() -> &'static str {
+    let now = GATE_ACTIVE.fetch_add(1, Ordering::SeqCst) + 1;
+    GATE_PEAK.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    GATE_ACTIVE.fetch_sub(1, Ordering::SeqCst);
+    "through the gate"
 }
 
 async fn id(Path(n): Path<String>) -> String {
@@ -414,6 +428,31 @@ async fn many_concurrent_callers_each_get_their_own_response() {
         );
         assert_eq!(text, format!("response for {i}"));
     }
+
+    // --concurrency bounds what the target sees at once, and requests do overlap up to it.
+    let gated = Bridge::start(&w, &target.url(), Some("gated"), &["--concurrency", "3"]).await;
+    let calls = (0..12).map(|_| {
+        let http = http.clone();
+        let url = w.url("/relay/gated/gate");
+        async move {
+            let r = http.get(&url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    });
+    for (status, text) in futures_util::future::join_all(calls).await {
+        assert_eq!(
+            status,
+            200,
+            "{text}\nbridge log tail:\n{}",
+            tail(&gated.log())
+        );
+        assert_eq!(text, "through the gate");
+    }
+    let peak = GATE_PEAK.load(Ordering::SeqCst);
+    assert!(
+        (2..=3).contains(&peak),
+        "peak concurrency at the target: {peak}"
+    );
 }
 
 #[tokio::test]
