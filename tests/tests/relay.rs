@@ -841,3 +841,34 @@ async fn the_bridge_reaches_the_relay_through_the_environment_proxy() {
     assert!(seen.iter().any(|p| p == "/proxy/_respond"), "{seen:?}");
     assert!(!seen.iter().any(|p| p.starts_with("/id/")), "{seen:?}");
 }
+
+#[tokio::test]
+async fn bad_bridge_settings_exit_2_with_the_reason() {
+    let bin = tokio::task::spawn_blocking(ccr_e2e::bins::relay_bridge)
+        .await
+        .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(args)
+            .env_remove("RELAY_URL")
+            .env_remove("RELAY_TOKEN")
+            .env_remove("RELAY_CHANNEL")
+            .output()
+            .unwrap()
+    };
+    let bad_channel = run(&[
+        "--relay-url",
+        "http://127.0.0.1:9",
+        "--token",
+        "t",
+        "--channel",
+        "Not Valid",
+    ]);
+    assert_eq!(bad_channel.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad_channel.stderr);
+    assert!(stderr.contains("--channel"), "{stderr}");
+    // The token is required.
+    let no_token = run(&["--relay-url", "http://127.0.0.1:9"]);
+    assert_eq!(no_token.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("--token"));
+}
