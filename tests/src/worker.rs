@@ -156,10 +156,14 @@ impl Worker {
         let root = workspace_root();
         let env_file = self.dir.path().join("secrets.env");
         write_env_file(&env_file, &self.opts.secrets)?;
+        let config = self.dir.path().join("wrangler.toml");
+        write_test_config(&root, &config)?;
         let log = File::create(self.log_path(self.starts))?;
         let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
         cmd.current_dir(&root)
             .arg("dev")
+            .arg("--config")
+            .arg(&config)
             .args(["--ip", "127.0.0.1"])
             .args(["--port", &self.port.to_string()])
             .args(["--inspector-port", &free_port().to_string()])
@@ -226,6 +230,37 @@ fn kill_group(child: &Child) {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// The project's wrangler.toml without its `[build]` section (tests run the build made
+/// before them; a build section also makes wrangler watch files and restart the Worker
+/// mid-test when anything changes) and with `main` made absolute.
+fn write_test_config(root: &Path, path: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(root.join("wrangler.toml")).context("reading wrangler.toml")?;
+    let mut out = String::new();
+    let mut in_build = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_build = trimmed == "[build]";
+        }
+        if in_build {
+            continue;
+        }
+        match trimmed.strip_prefix("main = \"") {
+            Some(rest) => {
+                let rel = rest.trim_end_matches('"');
+                out.push_str(&format!("main = \"{}\"\n", root.join(rel).display()));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    std::fs::write(path, out)?;
+    Ok(())
 }
 
 fn write_env_file(path: &Path, secrets: &[(String, String)]) -> anyhow::Result<()> {
