@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 export WRANGLER_SEND_METRICS := false
 
-.PHONY: setup build dev test lint unit e2e chaos clean
+.PHONY: setup build dev test lint unit e2e chaos bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,8 +12,29 @@ build: setup
 	@bash scripts/build-worker.sh
 
 ## Run the Worker locally on http://127.0.0.1:8787 (local Durable Object SQLite + KV).
-dev: build
+dev: setup
 	@bash scripts/dev.sh
+
+.PHONY: deploy relay-bridge-static
+
+## Ship the Worker to Cloudflare (the once-only steps first: README, "Deploy in ten minutes").
+deploy: build
+	@if grep -q '^id = "00000000000000000000000000000000"' wrangler.toml; then \
+	  echo 'wrangler.toml still has the placeholder KV id: run `npx wrangler kv namespace create RELAY` and put the id it prints there' >&2; \
+	  exit 1; fi
+	CCR_SKIP_BUILD=1 node_modules/.bin/wrangler deploy
+
+## relay-bridge as one static Linux binary a sandbox can download and run:
+## target/x86_64-unknown-linux-musl/release/relay-bridge (rustls: no OpenSSL; ring needs musl-gcc).
+relay-bridge-static:
+	rustup target add x86_64-unknown-linux-musl
+	@command -v musl-gcc >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y musl-tools; \
+	  else echo 'musl-gcc is missing: sudo apt-get install musl-tools' >&2; exit 1; fi; }
+	CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked -p relay-bridge \
+	  --target x86_64-unknown-linux-musl
+	@file target/x86_64-unknown-linux-musl/release/relay-bridge 2>/dev/null || \
+	  ls -l target/x86_64-unknown-linux-musl/release/relay-bridge
 
 ## Everything: formatting, clippy (native + wasm32), unit tests, end-to-end tests on workerd.
 test: build lint unit e2e
@@ -33,6 +54,12 @@ e2e: build
 chaos: build
 	CCR_CHAOS_COMMANDS=$${CCR_CHAOS_COMMANDS:-1000} CCR_CHAOS_REPORT=target/chaos.md \
 	  cargo test -p ccr-e2e --locked --test chaos -- --nocapture
+
+## Latency, throughput and footprint on local workerd, release builds (docs/PERFORMANCE.md);
+## prints one table and writes it to target/bench/bench.md and bench.json.
+bench: build
+	cargo build --release --locked -p relay-bridge -p machine-agent
+	CCR_E2E_RELEASE=1 cargo run --release --locked -p ccr-e2e --bin bench
 
 clean:
 	cargo clean

@@ -117,6 +117,8 @@ async fn delivery_under_faults() {
     let cuts_wanted = 10usize.max(n / 50);
     println!("chaos: {n} commands, seed {seed}");
 
+    // Build the agent off the runtime's threads before any connection exists.
+    tokio::task::spawn_blocking(ccr_e2e::agent::binary).await.unwrap();
     let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
     let mut w = Worker::start(
         WorkerOptions::default()

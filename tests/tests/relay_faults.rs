@@ -68,6 +68,8 @@ enum Outcome {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_caller_gets_its_own_answer_or_a_clean_error() {
+    // Build the bridge off the runtime's threads before any connection exists.
+    tokio::task::spawn_blocking(relay_bridge).await.unwrap();
     let w = Worker::start_default().await.unwrap();
     let target = start_target().await;
     let mut bridge = start_bridge(&w, &target);
