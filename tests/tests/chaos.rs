@@ -112,13 +112,23 @@ async fn delivery_under_faults() {
                 | 1
         });
     let mut rng = Rng(seed);
+    // A person replies a few times a second at most; sending faster only measures the agents'
+    // backlog (each command is typed, then a 100 ms pause, then Enter, one at a time per pane).
+    let interval = Duration::from_millis(
+        std::env::var("CCR_CHAOS_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(150),
+    );
     let kills_wanted = 30usize.max(n / 30);
     let restarts_wanted = 3usize;
     let cuts_wanted = 10usize.max(n / 50);
-    println!("chaos: {n} commands, seed {seed}");
+    println!("chaos: {n} commands, one every {interval:?}, seed {seed}");
 
     // Build the agent off the runtime's threads before any connection exists.
-    tokio::task::spawn_blocking(ccr_e2e::agent::binary).await.unwrap();
+    tokio::task::spawn_blocking(ccr_e2e::agent::binary)
+        .await
+        .unwrap();
     let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
     let mut w = Worker::start(
         WorkerOptions::default()
@@ -200,6 +210,7 @@ async fn delivery_under_faults() {
     for i in 0..n {
         let m = i % MACHINES;
         let update = reply(i as i64 + 1, notes[m], &token(i));
+        let paced = tokio::time::sleep(interval);
         deliver(&http, &hook_url, &update).await;
         sent_at.insert(i, Instant::now());
 
@@ -229,6 +240,7 @@ async fn delivery_under_faults() {
             .await;
             replays += 1;
         }
+        paced.await;
     }
     assert!(kills >= kills_wanted, "only {kills} kills");
     assert_eq!(restarts, restarts_wanted);
