@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ccr_e2e::socket::{Event, TestSocket};
 use ccr_e2e::telegram::BotApi;
-use ccr_e2e::worker::{Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_WEBHOOK_SECRET};
+use ccr_e2e::worker::{
+    Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
+};
 use ccr_protocol::socket::{SocketMessage, PING_FRAME};
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -217,3 +217,106 @@ async fn credential_matrix() {
         );
     }
 }
+
+fn channel_token(channel: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TEST_RELAY_TOKEN.as_bytes()).unwrap();
+    mac.update(channel.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The relay's bridge routes × {none, wrong, another channel's token, the admin API key,
+/// the channel's own token}: only the channel's own token opens its queue.
+#[tokio::test]
+async fn relay_credential_matrix() {
+    let w = Worker::start_default().await.unwrap();
+    let creds: [(&str, Option<String>); 5] = [
+        ("none", None),
+        ("wrong", Some("not-a-token".into())),
+        ("other channel", Some(channel_token("other"))),
+        ("admin API key", Some(TEST_API_KEY.into())),
+        ("own", None), // filled per route below
+    ];
+    // (route, method, the route's own token, status with the own token)
+    let routes = [
+        (
+            "/proxy/_poll?wait=0",
+            reqwest::Method::GET,
+            TEST_RELAY_TOKEN.to_owned(),
+            200,
+        ),
+        (
+            "/proxy/_respond",
+            reqwest::Method::POST,
+            TEST_RELAY_TOKEN.to_owned(),
+            404,
+        ),
+        (
+            "/relay/team/_poll?wait=0",
+            reqwest::Method::GET,
+            channel_token("team"),
+            200,
+        ),
+        (
+            "/relay/team/_respond",
+            reqwest::Method::POST,
+            channel_token("team"),
+            404,
+        ),
+    ];
+    let mut wrong = vec![];
+    for (path, method, own, own_status) in &routes {
+        for (name, token) in &creds {
+            let token = if *name == "own" {
+                Some(own.clone())
+            } else {
+                token.clone()
+            };
+            let mut req = w.http().request(method.clone(), w.url(path));
+            if let Some(t) = &token {
+                req = req.header("x-relay-token", t);
+            }
+            if *method == reqwest::Method::POST {
+                req = req.json(&json!({"id": "no-such-request", "status": 200}));
+            }
+            let got = req.send().await.unwrap().status().as_u16();
+            let want = if *name == "own" { *own_status } else { 401 };
+            println!("{path:28} {name:14}: {got}");
+            if got != want {
+                wrong.push(format!("{path} with {name}: got {got}, want {want}"));
+            }
+        }
+    }
+    // The default channel's token does not open a named channel, and the seed's x-token
+    // header works like X-Relay-Token.
+    let master_on_named = w
+        .http()
+        .get(w.url("/relay/team/_poll?wait=0"))
+        .header("x-relay-token", TEST_RELAY_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(master_on_named, 401);
+    let seed_header = w
+        .http()
+        .get(w.url("/proxy/_poll?wait=0"))
+        .header("x-token", TEST_RELAY_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(seed_header, 200);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    let log = w.log();
+    for secret in [
+        TEST_RELAY_TOKEN,
+        &channel_token("team"),
+        &channel_token("other"),
+    ] {
+        assert!(
+            !log.contains(secret),
+            "a relay token appears in the Worker's log"
+        );
+    }
+}
