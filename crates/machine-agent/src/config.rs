@@ -120,6 +120,29 @@ pub enum Command {
     Status,
     /// Print this machine's key: hex HMAC-SHA256(admin CCR_API_KEY, machine id).
     MachineKey,
+    /// Telegram bot set-up.
+    Telegram {
+        /// What to do.
+        #[command(subcommand)]
+        command: TelegramCommand,
+    },
+    /// Write a systemd user unit (Linux) or launchd agent (macOS) that runs the daemon.
+    ///
+    /// Idempotent. The settings (with the key) go to the data dir's agent.json (mode 0600),
+    /// never into the unit.
+    InstallService(crate::service::ServiceArgs),
+    /// Check the set-up: settings, Worker, key, socket, clock, tmux, hooks, data dir.
+    ///
+    /// Each problem is printed with its fix. Exit 0 when all pass, 1 otherwise.
+    Doctor(crate::doctor::DoctorArgs),
+}
+
+/// `ccr-agent telegram …`.
+#[derive(Debug, Subcommand)]
+pub enum TelegramCommand {
+    /// Point the bot's webhook at the Worker (`setWebhook`) and set its command menu
+    /// (`setMyCommands`).
+    Setup(crate::telegram_setup::SetupArgs),
 }
 
 /// The Claude Code hook events `ccr-agent hook` handles.
@@ -265,6 +288,21 @@ impl Config {
         Ok(Config {
             worker: worker_from_args(args)?,
             data_dir: data_dir(args)?,
+            inject_delay: Duration::from_millis(args.inject_delay_ms),
+            hold_commands: args.hold_commands,
+            tmux: PathBuf::from("tmux"),
+            timing: Timing::default(),
+        })
+    }
+
+    /// The daemon's settings: flags and environment first, then the settings file a previous
+    /// run or `install-service` saved in the data dir (how a service with no environment
+    /// finds them).
+    pub fn from_args_or_saved(args: &CommonArgs) -> Result<Config, ConfigError> {
+        let data_dir = data_dir(args)?;
+        Ok(Config {
+            worker: hook_worker(args, &data_dir)?,
+            data_dir,
             inject_delay: Duration::from_millis(args.inject_delay_ms),
             hold_commands: args.hold_commands,
             tmux: PathBuf::from("tmux"),

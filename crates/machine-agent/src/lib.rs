@@ -15,6 +15,9 @@
 //! - [`transcript`]: the last assistant text, read from the end of a transcript.
 //! - [`settings`]: `install-hooks`, merging into Claude Code's settings.json.
 //! - [`status`]: `ccr-agent status`.
+//! - [`telegram_setup`]: `ccr-agent telegram setup` (`setWebhook`, `setMyCommands`).
+//! - [`service`]: `ccr-agent install-service`, a systemd user unit or a launchd agent.
+//! - [`doctor`]: `ccr-agent doctor`, every link of the set-up checked with its fix.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -22,12 +25,15 @@ pub mod config;
 pub mod connection;
 pub mod daemon;
 pub mod db;
+pub mod doctor;
 pub mod hooks;
 pub mod inbox;
 pub mod inject;
+pub mod service;
 pub mod sessions;
 pub mod settings;
 pub mod status;
+pub mod telegram_setup;
 pub mod transcript;
 
 pub use daemon::run;

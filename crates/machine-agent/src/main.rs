@@ -4,8 +4,8 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use clap::Parser;
-use machine_agent::config::{self, Cli, Command, CommonArgs, Config, HookEvent};
-use machine_agent::{hooks, settings, status};
+use machine_agent::config::{self, Cli, Command, CommonArgs, Config, HookEvent, TelegramCommand};
+use machine_agent::{doctor, hooks, service, settings, status, telegram_setup};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -16,6 +16,11 @@ fn main() -> ExitCode {
         Command::InstallHooks { settings } => install_hooks(&cli.common, settings),
         Command::Status => status_cmd(&cli.common),
         Command::MachineKey => machine_key(&cli.common),
+        Command::Telegram {
+            command: TelegramCommand::Setup(args),
+        } => telegram_setup_cmd(&cli.common, &args),
+        Command::InstallService(args) => install_service(&cli.common, &args),
+        Command::Doctor(args) => doctor_cmd(&cli.common, &args),
     }
 }
 
@@ -42,7 +47,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn daemon(args: &CommonArgs) -> ExitCode {
-    let config = match Config::from_args(args) {
+    let config = match Config::from_args_or_saved(args) {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
@@ -234,4 +239,73 @@ fn machine_key(args: &CommonArgs) -> ExitCode {
     };
     println!("{}", config::machine_key(key, &id));
     ExitCode::SUCCESS
+}
+
+fn telegram_setup_cmd(args: &CommonArgs, setup_args: &telegram_setup::SetupArgs) -> ExitCode {
+    let setup = match telegram_setup::Setup::from_args(args, setup_args) {
+        Ok(s) => s,
+        Err(e) => return config_error(e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ccr-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(telegram_setup::run(&setup)) {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ccr-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn install_service(args: &CommonArgs, service_args: &service::ServiceArgs) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("ccr-agent: cannot find this program's path: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let plan = match service::plan(args, service_args, exe) {
+        Ok(p) => p,
+        Err(e) => return config_error(e),
+    };
+    match service::install(plan.platform, &plan.path, &plan.spec, &plan.worker) {
+        Ok(done) => {
+            for line in service::next_steps(plan.platform, &done) {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ccr-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn doctor_cmd(args: &CommonArgs, doctor_args: &doctor::DoctorArgs) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ccr-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rt.block_on(doctor::run(args, doctor_args));
+    print!("{}", report.render());
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -38,7 +38,8 @@ pub fn hook_command(exe: &Path, data_dir: Option<&Path>, event: HookEvent) -> St
     cmd
 }
 
-fn is_ours(command: &str, event: HookEvent) -> bool {
+/// Whether `command` is our hook for `event` (`ccr-agent … hook <event>`).
+pub fn is_ours(command: &str, event: HookEvent) -> bool {
     command.contains("ccr-agent")
         && command
             .trim_end()
