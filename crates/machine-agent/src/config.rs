@@ -598,6 +598,18 @@ mod tests {
         let got = hook_worker(&args(None, None, None), dir.path()).unwrap();
         assert_eq!(got.machine_id, "m1");
         assert_eq!(got.api_key.expose(), "key");
+        // The daemon falls back to the same file (a service has no environment); flags win.
+        let mut a = args(None, None, None);
+        a.data_dir = Some(dir.path().to_owned());
+        let daemon = Config::from_args_or_saved(&a).unwrap();
+        assert_eq!(daemon.worker.url.as_str(), "http://h:1/");
+        assert_eq!(daemon.data_dir, dir.path());
+        a.machine_id = Some("m2".into());
+        assert_eq!(
+            Config::from_args_or_saved(&a).unwrap().worker.machine_id,
+            "m2"
+        );
+        assert!(Config::from_args(&args(None, None, None)).is_err());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(hook_config_path(dir.path()))
             .unwrap()

@@ -36,7 +36,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// `ccr-agent telegram setup` flags (the Worker URL is the shared `--worker-url`).
 #[derive(Debug, Clone, Args)]
 pub struct SetupArgs {
-    /// The bot's token from @BotFather (never printed).
+    /// The bot's token from @BotFather (never printed; prefer the environment variable, as a
+    /// flag shows in `ps`).
     #[arg(long, env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
     pub bot_token: Option<Secret>,
     /// The Worker's TELEGRAM_WEBHOOK_SECRET: 1-256 of A-Z a-z 0-9 _ - (never printed).
