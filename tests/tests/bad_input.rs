@@ -68,6 +68,28 @@ fn hook(
     }
 }
 
+fn relay(
+    name: &'static str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: impl Into<Vec<u8>>,
+    status: u16,
+) -> Case {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Some(t) = token {
+        headers.push(("x-relay-token", t.to_owned()));
+    }
+    Case {
+        name,
+        method,
+        path: path.into(),
+        headers,
+        body: body.into(),
+        status,
+    }
+}
+
 fn reg(v: Value) -> Vec<u8> {
     v.to_string().into_bytes()
 }
@@ -459,6 +481,143 @@ fn cases() -> Vec<Case> {
             body: vec![],
             status: 401,
         },
+        // The relay's bridge side
+        relay(
+            "poll: no token",
+            g.clone(),
+            "/proxy/_poll?wait=0",
+            None,
+            "",
+            401,
+        ),
+        relay(
+            "poll: wrong token",
+            g.clone(),
+            "/proxy/_poll?wait=0",
+            Some("wrong"),
+            "",
+            401,
+        ),
+        relay(
+            "poll: wait not a number",
+            g.clone(),
+            "/proxy/_poll?wait=abc",
+            Some(TEST_RELAY_TOKEN),
+            "",
+            400,
+        ),
+        relay(
+            "poll: POST",
+            p.clone(),
+            "/proxy/_poll",
+            Some(TEST_RELAY_TOKEN),
+            "",
+            405,
+        ),
+        relay(
+            "poll: another channel's token",
+            g.clone(),
+            "/relay/team/_poll?wait=0",
+            Some(TEST_RELAY_TOKEN),
+            "",
+            401,
+        ),
+        relay(
+            "poll: invalid channel",
+            g.clone(),
+            "/relay/Bad_Channel/_poll?wait=0",
+            Some(TEST_RELAY_TOKEN),
+            "",
+            400,
+        ),
+        relay(
+            "respond: no token",
+            p.clone(),
+            "/proxy/_respond",
+            None,
+            reg(json!({"id": "x", "status": 200})),
+            401,
+        ),
+        relay(
+            "respond: empty body",
+            p.clone(),
+            "/proxy/_respond",
+            Some(TEST_RELAY_TOKEN),
+            "",
+            400,
+        ),
+        relay(
+            "respond: invalid JSON",
+            p.clone(),
+            "/proxy/_respond",
+            Some(TEST_RELAY_TOKEN),
+            "{",
+            400,
+        ),
+        relay(
+            "respond: missing status",
+            p.clone(),
+            "/proxy/_respond",
+            Some(TEST_RELAY_TOKEN),
+            reg(json!({"id": "x"})),
+            400,
+        ),
+        relay(
+            "respond: status as a string",
+            p.clone(),
+            "/proxy/_respond",
+            Some(TEST_RELAY_TOKEN),
+            reg(json!({"id": "x", "status": "200"})),
+            400,
+        ),
+        relay(
+            "respond: bad base64",
+            p.clone(),
+            "/proxy/_respond",
+            Some(TEST_RELAY_TOKEN),
+            reg(json!({"id": "x", "status": 200, "bodyBase64": "%%%"})),
+            400,
+        ),
+        relay(
+            "respond: unknown id",
+            p.clone(),
+            "/proxy/_respond",
+            Some(TEST_RELAY_TOKEN),
+            reg(json!({"id": "no-such-request", "status": 200})),
+            404,
+        ),
+        relay(
+            "respond: batch of wrong types",
+            p.clone(),
+            "/proxy/_respond",
+            Some(TEST_RELAY_TOKEN),
+            reg(json!({"responses": [{"id": 1}]})),
+            400,
+        ),
+        relay(
+            "respond: GET",
+            g.clone(),
+            "/proxy/_respond",
+            Some(TEST_RELAY_TOKEN),
+            "",
+            405,
+        ),
+        relay(
+            "result: unknown id",
+            g.clone(),
+            "/proxy/_result/no-such-request",
+            None,
+            "",
+            404,
+        ),
+        relay(
+            "public: body over 10 MiB",
+            p.clone(),
+            "/proxy/upload",
+            None,
+            vec![b'x'; 10 * 1024 * 1024 + 1],
+            413,
+        ),
     ]
 }
 

@@ -274,13 +274,19 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// `_poll?wait=<s>` in ms: absent or unparsable → 0 (the seed's bridge expects an answer at
-/// once), capped at 25 s; fractions allowed.
-pub fn poll_wait_ms(query: &str) -> u64 {
-    query_param(query, "wait")
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .map_or(0, |s| ((s * 1000.0) as u64).min(CALLER_WAIT_MS))
+/// `_poll?wait=<s>` in ms: absent → 0 (the seed's bridge expects an answer at once), capped
+/// at 25 s; fractions allowed. Anything but a non-negative number is refused.
+pub fn poll_wait_ms(query: &str) -> Result<u64, String> {
+    let Some(raw) = query_param(query, "wait") else {
+        return Ok(0);
+    };
+    match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(((s * 1000.0) as u64).min(CALLER_WAIT_MS)),
+        _ => Err(format!(
+            "wait must be a number of seconds between 0 and {}",
+            CALLER_WAIT_MS / 1000
+        )),
+    }
 }
 
 /// `_poll?max=<n>`: how many requests the bridge can take now, 1..=[`MAX_POLL_BATCH`].
@@ -813,12 +819,14 @@ mod tests {
             ("a=1&b=2".into(), Some("k".into()))
         );
         assert_eq!(take_query_param("", "x"), (String::new(), None));
-        assert_eq!(poll_wait_ms(""), 0);
-        assert_eq!(poll_wait_ms("wait=2"), 2000);
-        assert_eq!(poll_wait_ms("wait=0.5"), 500);
-        assert_eq!(poll_wait_ms("wait=999"), CALLER_WAIT_MS);
-        assert_eq!(poll_wait_ms("wait=-1"), 0);
-        assert_eq!(poll_wait_ms("wait=nan"), 0);
+        assert_eq!(poll_wait_ms(""), Ok(0));
+        assert_eq!(poll_wait_ms("wait=2"), Ok(2000));
+        assert_eq!(poll_wait_ms("wait=0.5"), Ok(500));
+        assert_eq!(poll_wait_ms("wait=0"), Ok(0));
+        assert_eq!(poll_wait_ms("wait=999"), Ok(CALLER_WAIT_MS));
+        assert!(poll_wait_ms("wait=-1").is_err());
+        assert!(poll_wait_ms("wait=nan").is_err());
+        assert!(poll_wait_ms("wait=abc").is_err());
         assert_eq!(poll_max("max=3"), 3);
         assert_eq!(poll_max("max=0"), 1);
         assert_eq!(poll_max("max=100000"), MAX_POLL_BATCH);

@@ -112,9 +112,13 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response> {
             if let Some(refused) = bridge_refusal(&req, &relay_token, &channel)? {
                 return Ok(refused);
             }
+            let wait_ms = match relay::poll_wait_ms(&query) {
+                Ok(ms) => ms,
+                Err(e) => return error(400, e),
+            };
             let call = DoCall::Poll {
                 channel: channel.key(),
-                wait_ms: relay::poll_wait_ms(&query),
+                wait_ms,
                 max: relay::poll_max(&query),
             };
             call_channel(env, &channel, &call, &[]).await
