@@ -157,7 +157,12 @@ impl Worker {
         let env_file = self.dir.path().join("secrets.env");
         write_env_file(&env_file, &self.opts.secrets)?;
         let config = self.dir.path().join("wrangler.toml");
-        write_test_config(&root, &config)?;
+        let build = self.dir.path().join("build");
+        if !build.exists() {
+            copy_dir(&root.join(BUILD_DIR), &build)
+                .context("copying the Worker build (run scripts/build-worker.sh first)")?;
+        }
+        write_test_config(&root, &config, &build)?;
         let log = File::create(self.log_path(self.starts))?;
         let mut cmd = Command::new(root.join("node_modules/.bin/wrangler"));
         cmd.current_dir(&root)
@@ -232,10 +237,29 @@ fn kill_group(child: &Child) {
     }
 }
 
-/// The project's wrangler.toml without its `[build]` section (tests run the build made
-/// before them; a build section also makes wrangler watch files and restart the Worker
-/// mid-test when anything changes) and with `main` made absolute.
-fn write_test_config(root: &Path, path: &Path) -> anyhow::Result<()> {
+/// Where scripts/build-worker.sh leaves the Worker.
+const BUILD_DIR: &str = "crates/router-worker/build";
+
+/// Copies a directory tree (the Worker build: a few files).
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// The project's wrangler.toml without its `[build]` section and with `main` pointing at this
+/// Worker's own copy of the build. Tests run the build made before them: a build section
+/// would make wrangler watch sources, and a shared build directory would let a rebuild
+/// elsewhere reload (or break) a running test's Worker mid-test.
+fn write_test_config(root: &Path, path: &Path, build: &Path) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(root.join("wrangler.toml")).context("reading wrangler.toml")?;
     let mut out = String::new();
@@ -251,7 +275,13 @@ fn write_test_config(root: &Path, path: &Path) -> anyhow::Result<()> {
         match trimmed.strip_prefix("main = \"") {
             Some(rest) => {
                 let rel = rest.trim_end_matches('"');
-                out.push_str(&format!("main = \"{}\"\n", root.join(rel).display()));
+                let inside = rel
+                    .strip_prefix(BUILD_DIR)
+                    .map(|r| r.trim_start_matches('/'))
+                    .with_context(|| {
+                        format!("wrangler.toml's main {rel:?} is not under {BUILD_DIR}")
+                    })?;
+                out.push_str(&format!("main = \"{}\"\n", build.join(inside).display()));
             }
             None => {
                 out.push_str(line);
