@@ -19,6 +19,25 @@ pub const TEST_RELAY_TOKEN: &str = "test-relay-token-0123456789";
 /// The bot token every test Worker gets.
 pub const TEST_BOT_TOKEN: &str = "123456:TEST-bot-token";
 
+/// Lowercase hex HMAC-SHA256(key, message): how machine keys and channel tokens derive.
+fn derive(key: &str, message: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|e| panic!("HMAC takes any key length: {e}"));
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The machine-scoped key of `machine` under [`TEST_API_KEY`].
+pub fn machine_key(machine: &str) -> String {
+    derive(TEST_API_KEY, machine)
+}
+
+/// The bridge token of relay channel `channel` under [`TEST_RELAY_TOKEN`].
+pub fn channel_token(channel: &str) -> String {
+    derive(TEST_RELAY_TOKEN, channel)
+}
+
 /// How to start a Worker.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {

@@ -13,22 +13,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use ccr_e2e::worker::{Worker, TEST_RELAY_TOKEN};
-use hmac::{Hmac, Mac};
+use ccr_e2e::worker::{channel_token, Worker, TEST_RELAY_TOKEN};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 /// Generous: this runs on a slow shared machine. The relay's own wait is 25 s.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A named channel's bridge token: hex HMAC-SHA256(RELAY_TOKEN, channel).
-fn channel_token(channel: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(TEST_RELAY_TOKEN.as_bytes()).unwrap();
-    mac.update(channel.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
 
 async fn json_of(resp: reqwest::Response) -> Value {
     let text = resp.text().await.unwrap();

@@ -6,7 +6,9 @@ use std::time::Duration;
 use ccr_e2e::socket::{Event, TestSocket};
 use ccr_e2e::telegram::{BotApi, Fault};
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_WEBHOOK_SECRET};
+use ccr_e2e::worker::{
+    machine_key, Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_WEBHOOK_SECRET,
+};
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use serde_json::{json, Value};
 
@@ -31,13 +33,6 @@ async fn start_with(opts: WorkerOptions) -> Env {
 
 async fn start() -> Env {
     start_with(WorkerOptions::default()).await
-}
-
-fn machine_key(machine: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TEST_API_KEY.as_bytes()).unwrap();
-    mac.update(machine.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
 }
 
 impl Env {

@@ -7,18 +7,12 @@ use std::time::Duration;
 use ccr_e2e::socket::TestSocket;
 use ccr_e2e::telegram::BotApi;
 use ccr_e2e::worker::{
-    Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
+    channel_token, machine_key, Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN,
+    TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
 };
 use serde_json::{json, Value};
 
 const CHAT: i64 = 4242;
-
-fn machine_key(machine: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TEST_API_KEY.as_bytes()).unwrap();
-    mac.update(machine.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Cred {
@@ -216,13 +210,6 @@ async fn credential_matrix() {
             leaks.join("\n").replace(secret, "<SECRET>")
         );
     }
-}
-
-fn channel_token(channel: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TEST_RELAY_TOKEN.as_bytes()).unwrap();
-    mac.update(channel.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
 }
 
 /// The relay's bridge routes × {none, wrong, another channel's token, the admin API key,
