@@ -14,7 +14,8 @@ use tokio::process::{Child, Command};
 use crate::tmux::Tmux;
 use crate::{wait_for, workspace_root};
 
-/// The `ccr-agent` binary of this checkout, built (debug) on first use.
+/// The `ccr-agent` binary of this checkout, built (debug, or release with
+/// `CCR_E2E_RELEASE=1`) on first use.
 pub fn binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
@@ -30,13 +31,14 @@ pub fn binary() -> PathBuf {
                 "--bin",
                 "ccr-agent",
             ])
+            .args(crate::bins::release().then_some("--release"))
             .status()
             .unwrap_or_else(|e| panic!("running cargo build -p machine-agent: {e}"));
         assert!(status.success(), "cargo build -p machine-agent failed");
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
-        target.join("debug").join("ccr-agent")
+        target.join(crate::bins::profile_dir()).join("ccr-agent")
     })
     .clone()
 }
@@ -94,6 +96,11 @@ impl Agent {
     /// The agent's data directory (inbox, sessions, the hooks' settings).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// The machine id it runs as.

@@ -1,0 +1,781 @@
+//! `make bench`: latency, throughput and footprint of the whole system on local workerd,
+//! measured side by side so the figures read as ratios rather than absolutes.
+//!
+//! Everything runs on 127.0.0.1: the release Worker under `wrangler dev`, the Bot API
+//! stand-in, a local HTTP target, release `relay-bridge` and `ccr-agent`, and a private tmux
+//! server. Prints one table and writes it to `target/bench/bench.md` and `bench.json`.
+//!
+//! Knobs (environment): `BENCH_SECS` (measured seconds per relay cell, default 5),
+//! `BENCH_WARMUP_SECS` (1), `BENCH_REPLIES` (200), `BENCH_ROUNDS` (5 reconnect rounds),
+//! `BENCH_QUEUED` (10 commands queued per round).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::routing::get;
+use axum::Router;
+use ccr_e2e::agent::Agent;
+use ccr_e2e::telegram::BotApi;
+use ccr_e2e::tmux::Tmux;
+use ccr_e2e::worker::{
+    Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
+};
+use ccr_e2e::{wait_for, workspace_root};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+
+const CHAT: i64 = 4242;
+const USER: i64 = 77;
+/// Caller counts for the relay comparison.
+const CALLERS: [usize; 3] = [1, 16, 64];
+/// Every wait in the bench is bounded, so it always stops by itself.
+const T: Duration = Duration::from_secs(60);
+/// The body the target answers (small: this measures the path, not the bandwidth).
+const TARGET_BODY: &str = r#"{"ok":true,"bench":"0123456789abcdef0123456789abcdef"}"#;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generation.
+
+/// What one load cell measured: latencies in microseconds of the requests that started and
+/// ended inside the measured window.
+struct Cell {
+    hist: Histogram<u64>,
+    errors: u64,
+    secs: f64,
+}
+
+impl Cell {
+    fn ms(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64 / 1000.0
+    }
+    fn rps(&self) -> f64 {
+        self.hist.len() as f64 / self.secs
+    }
+    fn json(&self) -> Value {
+        json!({
+            "n": self.hist.len(), "errors": self.errors,
+            "p50_ms": self.ms(0.5), "p90_ms": self.ms(0.9), "p99_ms": self.ms(0.99),
+            "max_ms": self.hist.max() as f64 / 1000.0, "rps": self.rps(),
+        })
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    // 1 µs .. 120 s at 3 significant digits; cannot fail for these bounds.
+    Histogram::new_with_bounds(1, 120_000_000, 3).unwrap_or_else(|e| panic!("histogram: {e}"))
+}
+
+/// One GET as a caller makes it; the body is read to the end.
+async fn one(req: reqwest::RequestBuilder) -> bool {
+    match req.send().await {
+        Ok(r) => {
+            let ok = r.status().is_success();
+            r.bytes().await.is_ok() && ok
+        }
+        Err(_) => false,
+    }
+}
+
+/// `callers` closed-loop callers GET `url` for `warmup` (not recorded) and then `measure`.
+async fn load(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: Option<&str>,
+    callers: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Cell {
+    let start = Instant::now() + warmup;
+    let end = start + measure;
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let http = http.clone();
+        let url = url.to_owned();
+        let bearer = bearer.map(str::to_owned);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_hist();
+            let mut errors = 0u64;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let mut req = http.get(&url);
+                if let Some(b) = &bearer {
+                    req = req.bearer_auth(b);
+                }
+                let ok = one(req).await;
+                let t1 = Instant::now();
+                if t0 >= start && t1 <= end {
+                    if ok {
+                        let us = (t1 - t0).as_micros().max(1);
+                        let _ = hist.record(u64::try_from(us).unwrap_or(u64::MAX));
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (hist, errors)
+        }));
+    }
+    let mut hist = new_hist();
+    let mut errors = 0;
+    for t in tasks {
+        if let Ok((h, e)) = t.await {
+            let _ = hist.add(h);
+            errors += e;
+        }
+    }
+    Cell {
+        hist,
+        errors,
+        secs: measure.as_secs_f64(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: the target, the bridge, resident memory.
+
+async fn start_target() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let app = Router::new().route(
+        "/bench",
+        get(|| async { ([("content-type", "application/json")], TARGET_BODY) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((format!("http://{addr}"), task))
+}
+
+fn start_bridge(
+    worker: &Worker,
+    target: &str,
+    concurrency: usize,
+    log: &Path,
+) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(ccr_e2e::bins::relay_bridge());
+    cmd.arg("--relay-url")
+        .arg(worker.base_url())
+        .arg("--target")
+        .arg(target)
+        .arg("--concurrency")
+        .arg(concurrency.to_string())
+        .env("RELAY_TOKEN", TEST_RELAY_TOKEN)
+        .env("RUST_LOG", "warn")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("RELAY_CHANNEL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?)
+        .kill_on_drop(true);
+    cmd.spawn().context("starting relay-bridge")
+}
+
+/// Resident memory of `pid` in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Samples the RSS of `pid` every 20 ms until dropped; [`RssPeak::peak`] is the highest seen.
+struct RssPeak {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssPeak {
+    fn start(pid: u32) -> RssPeak {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        RssPeak { peak, stop, task }
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The router's side: webhook updates and the pane's recording.
+
+fn reply_update(update_id: i64, to: i64, text: &str) -> Value {
+    json!({"update_id": update_id, "message": {
+        "message_id": update_id + 10_000, "date": 1_700_000_000,
+        "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": USER, "is_bot": false, "first_name": "Ada"},
+        "text": text,
+        "reply_to_message": {"message_id": to, "date": 1_700_000_000,
+            "chat": {"id": CHAT, "type": "private"},
+            "from": {"id": 1, "is_bot": true, "first_name": "CCR"}, "text": "notification"}
+    }})
+}
+
+async fn webhook(w: &Worker, update: &Value) -> anyhow::Result<()> {
+    let status = w
+        .http()
+        .post(w.url(&format!("/webhook/telegram/{TEST_WEBHOOK_SECRET}")))
+        .header("X-Telegram-Bot-Api-Secret-Token", TEST_WEBHOOK_SECRET)
+        .json(update)
+        .send()
+        .await?
+        .status();
+    if !status.is_success() {
+        bail!("webhook answered {status}");
+    }
+    Ok(())
+}
+
+fn line_count(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// Spins (250 µs steps, off the runtime) until `path` holds `n` lines; returns when it did.
+async fn until_lines(path: &Path, n: usize, timeout: Duration) -> anyhow::Result<Instant> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if line_count(&path) >= n {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {n} lines in the pane");
+            }
+            std::thread::sleep(Duration::from_micros(250));
+        }
+    })
+    .await?
+}
+
+/// Spins until the agent's log shows its `n`th connection; returns when it did.
+async fn until_connected(agent: &Agent, n: usize, timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if agent.log().matches("connected to the Worker").count() >= n {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("agent connection #{n} not seen; log:\n{}", agent.log());
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn gzip_len(path: &Path) -> anyhow::Result<u64> {
+    let out = std::process::Command::new("gzip")
+        .args(["-9", "-c"])
+        .arg(path)
+        .output()
+        .context("running gzip")?;
+    Ok(out.stdout.len() as u64)
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+struct Row {
+    what: String,
+    callers: String,
+    p50: String,
+    p90: String,
+    p99: String,
+    rps: String,
+    n: String,
+}
+
+fn cell_row(what: &str, callers: usize, c: &Cell) -> Row {
+    Row {
+        what: what.into(),
+        callers: callers.to_string(),
+        p50: format!("{:.2}", c.ms(0.5)),
+        p90: format!("{:.2}", c.ms(0.9)),
+        p99: format!("{:.2}", c.ms(0.99)),
+        rps: format!("{:.0}", c.rps()),
+        n: if c.errors > 0 {
+            format!("{} ({} err)", c.hist.len(), c.errors)
+        } else {
+            c.hist.len().to_string()
+        },
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // The binaries under test are release builds; the harness reads this when it builds them.
+    if !ccr_e2e::bins::release() {
+        eprintln!("bench: CCR_E2E_RELEASE=1 is not set: using debug binaries (run `make bench`)");
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let secs = Duration::from_secs(env_u64("BENCH_SECS", 5));
+    let warmup = Duration::from_secs(env_u64("BENCH_WARMUP_SECS", 1));
+    let replies = env_u64("BENCH_REPLIES", 200) as usize;
+    let rounds = env_u64("BENCH_ROUNDS", 5) as usize;
+    let queued = env_u64("BENCH_QUEUED", 10) as usize;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let started = Instant::now();
+    // Others' processes share the cores: the load average says how quiet the machine was.
+    let load_before = loadavg();
+
+    let wasm = root.join("crates/router-worker/build/index_bg.wasm");
+    if !wasm.exists() {
+        bail!("no Worker build at {} (run `make build`)", wasm.display());
+    }
+    // Build (or find) the release binaries before anything is timed.
+    let bridge_bin = tokio::task::spawn_blocking(ccr_e2e::bins::relay_bridge).await?;
+    let agent_bin = tokio::task::spawn_blocking(ccr_e2e::agent::binary).await?;
+    eprintln!(
+        "bench: {} and {}",
+        bridge_bin.display(),
+        agent_bin.display()
+    );
+
+    let bot = BotApi::start(TEST_BOT_TOKEN).await?;
+    let opts = WorkerOptions::default()
+        .var("TELEGRAM_API_BASE", bot.base_url())
+        .var("ALLOWED_CHAT_IDS", CHAT.to_string());
+    let w = Worker::start(opts).await?;
+    let (target, _target_task) = start_target().await?;
+    let bridge_log = out_dir.join("relay-bridge.log");
+    let max_callers = CALLERS.iter().copied().max().unwrap_or(1);
+    let mut bridge = start_bridge(&w, &target, max_callers, &bridge_log)?;
+    let bridge_pid = bridge.id().context("bridge pid")?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let relay_url = w.url("/proxy/bench");
+    let direct_url = format!("{target}/bench");
+    let worker_url = w.url("/sessions");
+    wait_for("the relay to answer", T, || async {
+        one(http.get(&relay_url)).await.then_some(())
+    })
+    .await
+    .with_context(|| std::fs::read_to_string(&bridge_log).unwrap_or_default())?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let bridge_idle = rss_kib(bridge_pid).unwrap_or(0);
+
+    // Relay vs direct vs one Worker hop, at each caller count.
+    let mut rows = Vec::new();
+    let mut relay_json = Vec::new();
+    let mut bridge_load = 0;
+    let mut relay_p50_1 = f64::NAN;
+    let mut tput_ratio_64 = f64::NAN;
+    for &c in &CALLERS {
+        eprintln!("bench: relay cells at {c} caller(s)");
+        let direct = load(&http, &direct_url, None, c, warmup, secs).await;
+        let hop = load(&http, &worker_url, Some(TEST_API_KEY), c, warmup, secs).await;
+        let peak = RssPeak::start(bridge_pid);
+        let relay = load(&http, &relay_url, None, c, warmup, secs).await;
+        bridge_load = bridge_load.max(peak.finish().await);
+        rows.push(cell_row("direct to the target", c, &direct));
+        rows.push(cell_row("Worker → RouterDO (GET /sessions)", c, &hop));
+        rows.push(cell_row("relay: /proxy → bridge → target", c, &relay));
+        let r_direct = relay.ms(0.5) / direct.ms(0.5);
+        let r_hop = relay.ms(0.5) / hop.ms(0.5);
+        let r_tput = relay.rps() / hop.rps();
+        rows.push(Row {
+            what: "ratio relay ÷ direct, relay ÷ Worker hop (p50); relay ÷ hop (req/s)".into(),
+            callers: c.to_string(),
+            p50: format!("{r_direct:.1}× / {r_hop:.1}×"),
+            p90: format!(
+                "{:.1}× / {:.1}×",
+                relay.ms(0.9) / direct.ms(0.9),
+                relay.ms(0.9) / hop.ms(0.9)
+            ),
+            p99: format!(
+                "{:.1}× / {:.1}×",
+                relay.ms(0.99) / direct.ms(0.99),
+                relay.ms(0.99) / hop.ms(0.99)
+            ),
+            rps: format!("{:.0} %", r_tput * 100.0),
+            n: String::new(),
+        });
+        if c == 1 {
+            relay_p50_1 = relay.ms(0.5);
+        }
+        if c == max_callers {
+            tput_ratio_64 = r_tput;
+        }
+        relay_json.push(json!({
+            "callers": c, "direct": direct.json(), "workerHop": hop.json(), "relay": relay.json(),
+            "relayOverDirectP50": r_direct, "relayOverHopP50": r_hop, "relayOverHopRps": r_tput,
+        }));
+    }
+    let _ = bridge.start_kill();
+    let _ = bridge.wait().await;
+
+    // The router: webhook POST → the line in the pane, with no pause before Enter.
+    eprintln!("bench: router, {replies} replies");
+    let tmux = Tmux::start()?;
+    let mut agent = Agent::start_with(
+        &w.base_url(),
+        TEST_API_KEY,
+        "benchbox",
+        vec![("CCR_INJECT_DELAY_MS".into(), "0".into())],
+    )?;
+    agent.wait_connected(1, T).await?;
+    register_session(&agent, &tmux).await?;
+    let msg = notify(&w, "bench-sess").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let agent_pid = agent.pid().context("agent pid")?;
+    let agent_idle = rss_kib(agent_pid).unwrap_or(0);
+    let record = tmux.record_path();
+    let mut update_id = 1_000_i64;
+    let warm_replies = 20;
+    let mut pane = new_hist();
+    let mut hook_only = new_hist();
+    let peak = RssPeak::start(agent_pid);
+    for i in 0..warm_replies + replies {
+        update_id += 1;
+        let before = line_count(&record);
+        let t0 = Instant::now();
+        webhook(
+            &w,
+            &reply_update(update_id, msg, &format!("bench reply {i}")),
+        )
+        .await?;
+        let t_hook = Instant::now();
+        let t_pane = until_lines(&record, before + 1, T).await?;
+        if i >= warm_replies {
+            let _ = pane.record(micros(t_pane - t0));
+            let _ = hook_only.record(micros(t_hook - t0));
+        }
+    }
+    let agent_load = peak.finish().await;
+    // The floor under the agent's part: one `tmux` client call, as it makes three per command.
+    let mut tmux_call = new_hist();
+    for i in 0..60 {
+        let t0 = Instant::now();
+        tmux.tmux(&["display-message", "-p", "-t", &tmux.pane_id, "#{pane_id}"])?;
+        if i >= 10 {
+            let _ = tmux_call.record(micros(t0.elapsed()));
+        }
+    }
+    let lines = tmux.lines();
+    let want = format!("bench reply {}", warm_replies + replies - 1);
+    if lines.last() != Some(&want) {
+        bail!("the pane's last line is {:?}, not {want:?}", lines.last());
+    }
+
+    // Commands queued while the agent was away, delivered when it reconnects.
+    eprintln!("bench: reconnect, {rounds} rounds of {queued} queued commands");
+    let mut connect_to_all = new_hist();
+    let mut spawn_to_all = new_hist();
+    for round in 0..rounds {
+        agent.kill9().await;
+        // Let the Worker see the socket close, so these are queued, not pushed to a dead socket.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = line_count(&record);
+        for k in 0..queued {
+            update_id += 1;
+            webhook(
+                &w,
+                &reply_update(update_id, msg, &format!("queued {round}.{k}")),
+            )
+            .await?;
+        }
+        let t_spawn = Instant::now();
+        agent.restart()?;
+        let t_conn = until_connected(&agent, round + 2, T).await?;
+        let t_all = until_lines(&record, before + queued, T).await?;
+        let _ = connect_to_all.record(micros(t_all - t_conn));
+        let _ = spawn_to_all.record(micros(t_all - t_spawn));
+    }
+    drop(agent);
+    drop(tmux);
+    drop(w);
+
+    // Footprint of the Worker's code.
+    let wasm_raw = std::fs::metadata(&wasm)?.len();
+    let wasm_gz = gzip_len(&wasm)?;
+
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let webhook_p50 = ms(&pane, 0.5);
+    let redeliver_max = connect_to_all.max() as f64 / 1000.0;
+    rows.push(Row {
+        what: "router: webhook POST → line in the tmux pane (inject delay 0)".into(),
+        callers: "1".into(),
+        p50: format!("{webhook_p50:.2}"),
+        p90: format!("{:.2}", ms(&pane, 0.9)),
+        p99: format!("{:.2}", ms(&pane, 0.99)),
+        rps: String::new(),
+        n: pane.len().to_string(),
+    });
+    rows.push(Row {
+        what: "router: webhook POST → its 200 (part of the above)".into(),
+        callers: "1".into(),
+        p50: format!("{:.2}", ms(&hook_only, 0.5)),
+        p90: format!("{:.2}", ms(&hook_only, 0.9)),
+        p99: format!("{:.2}", ms(&hook_only, 0.99)),
+        rps: String::new(),
+        n: hook_only.len().to_string(),
+    });
+    rows.push(Row {
+        what: "floor: one `tmux display-message` client call (the agent makes 3 per command)"
+            .into(),
+        callers: "1".into(),
+        p50: format!("{:.2}", ms(&tmux_call, 0.5)),
+        p90: format!("{:.2}", ms(&tmux_call, 0.9)),
+        p99: format!("{:.2}", ms(&tmux_call, 0.99)),
+        rps: String::new(),
+        n: tmux_call.len().to_string(),
+    });
+    rows.push(Row {
+        what: format!("router: agent connected → all {queued} queued commands in the pane"),
+        callers: "-".into(),
+        p50: format!("{:.2}", ms(&connect_to_all, 0.5)),
+        p90: String::new(),
+        p99: format!("max {redeliver_max:.2}"),
+        rps: String::new(),
+        n: format!("{} rounds", connect_to_all.len()),
+    });
+    rows.push(Row {
+        what: format!("router: agent process start → all {queued} queued commands in the pane"),
+        callers: "-".into(),
+        p50: format!("{:.2}", ms(&spawn_to_all, 0.5)),
+        p90: String::new(),
+        p99: format!("max {:.2}", spawn_to_all.max() as f64 / 1000.0),
+        rps: String::new(),
+        n: format!("{} rounds", spawn_to_all.len()),
+    });
+
+    let targets = [
+        (
+            "relay p50 at 1 caller ≤ 8 ms",
+            format!("{relay_p50_1:.2} ms"),
+            relay_p50_1 <= 8.0,
+        ),
+        (
+            "relay req/s at 64 callers ≥ 40 % of the Worker hop's",
+            format!("{:.0} %", tput_ratio_64 * 100.0),
+            tput_ratio_64 >= 0.4,
+        ),
+        (
+            "webhook → pane p50 ≤ 20 ms",
+            format!("{webhook_p50:.2} ms"),
+            webhook_p50 <= 20.0,
+        ),
+        (
+            "redelivery after reconnect ≤ 1 s (max over rounds)",
+            format!("{redeliver_max:.0} ms"),
+            redeliver_max <= 1000.0,
+        ),
+        (
+            "ccr-agent RSS idle ≤ 10 MB",
+            format!("{:.1} MiB", agent_idle as f64 / 1024.0),
+            agent_idle <= 10 * 1024,
+        ),
+        (
+            "wasm ≤ 300 KB gzipped",
+            format!("{:.1} KB", wasm_gz as f64 / 1000.0),
+            wasm_gz <= 300_000,
+        ),
+    ];
+
+    // The report.
+    let commit = sh("git", &["rev-parse", "--short", "HEAD"]);
+    let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let cpu = sh(
+        "sh",
+        &["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+    );
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "CCR bench — {date}, commit {commit}{}, {cores} cores ({cpu}), local workerd, release builds\n",
+        if dirty { " (+ uncommitted changes)" } else { "" }
+    );
+    let _ = writeln!(
+        md,
+        "| Measure | Callers | p50 ms | p90 ms | p99 ms | req/s | n |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.what, r.callers, r.p50, r.p90, r.p99, r.rps, r.n
+        );
+    }
+    let _ = writeln!(md, "\n| Footprint | Idle | Under load |");
+    let _ = writeln!(md, "|---|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| ccr-agent RSS | {:.1} MiB | {:.1} MiB (peak over the replies) |",
+        agent_idle as f64 / 1024.0,
+        agent_load as f64 / 1024.0
+    );
+    let _ = writeln!(
+        md,
+        "| relay-bridge RSS | {:.1} MiB | {:.1} MiB (peak over the relay cells) |",
+        bridge_idle as f64 / 1024.0,
+        bridge_load as f64 / 1024.0
+    );
+    let _ = writeln!(
+        md,
+        "| Worker wasm (index_bg.wasm) | {wasm_raw} B raw | {wasm_gz} B gzip -9 |"
+    );
+    let _ = writeln!(md, "\n| Target | Measured | |");
+    let _ = writeln!(md, "|---|---:|---|");
+    for (what, got, ok) in &targets {
+        let _ = writeln!(md, "| {what} | {got} | {} |", mark(*ok));
+    }
+    let _ = writeln!(
+        md,
+        "\nRelay cells: {}s measured after {}s warm-up each, closed-loop callers, bridge \
+         --concurrency {max_callers}. Bench took {:.0} s; 1-min load average {load_before} at \
+         the start, {} at the end.",
+        secs.as_secs(),
+        warmup.as_secs(),
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
+    print!("{md}");
+    std::fs::write(out_dir.join("bench.md"), &md)?;
+
+    let report = json!({
+        "loadAvgStart": load_before, "loadAvgEnd": loadavg(),
+        "date": date, "commit": commit, "dirty": dirty, "cores": cores, "cpu": cpu,
+        "measureSecs": secs.as_secs(), "warmupSecs": warmup.as_secs(),
+        "relay": relay_json,
+        "router": {
+            "injectDelayMs": 0,
+            "webhookToPane": hist_json(&pane),
+            "webhookResponse": hist_json(&hook_only),
+            "tmuxClientCall": hist_json(&tmux_call),
+            "reconnectToAllDelivered": hist_json(&connect_to_all),
+            "processStartToAllDelivered": hist_json(&spawn_to_all),
+            "queuedPerRound": queued,
+        },
+        "footprint": {
+            "agentRssKib": {"idle": agent_idle, "load": agent_load},
+            "bridgeRssKib": {"idle": bridge_idle, "load": bridge_load},
+            "wasmBytes": {"raw": wasm_raw, "gzip": wasm_gz},
+        },
+        "targets": targets.iter().map(|(w, g, ok)| json!({"target": w, "measured": g, "met": ok}))
+            .collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        out_dir.join("bench.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    eprintln!("bench: written to {}", display(&out_dir));
+    Ok(())
+}
+
+/// The 1-minute load average.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn hist_json(h: &Histogram<u64>) -> Value {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    json!({"n": h.len(), "p50_ms": ms(0.5), "p90_ms": ms(0.9), "p99_ms": ms(0.99),
+           "max_ms": h.max() as f64 / 1000.0})
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn display(p: &Path) -> String {
+    p.strip_prefix(workspace_root())
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| p.to_owned())
+        .display()
+        .to_string()
+}
+
+/// Registers session `bench-sess` in the tmux pane the way Claude Code's hook does.
+async fn register_session(agent: &Agent, tmux: &Tmux) -> anyhow::Result<()> {
+    let input = json!({
+        "session_id": "bench-sess", "transcript_path": "/nonexistent.jsonl",
+        "cwd": "/home/ada/bench", "hook_event_name": "SessionStart",
+        "source": "startup", "permission_mode": "default"
+    });
+    let out = agent
+        .run_hook("session-start", &input, Some((tmux, &tmux.pane_id)))
+        .await?;
+    if !out.status.success() || !agent.hooks_log().contains("session registered") {
+        bail!("session-start hook failed: {out:?}\n{}", agent.hooks_log());
+    }
+    Ok(())
+}
+
+/// Sends a notification for `session`; returns its message id.
+async fn notify(w: &Worker, session: &str) -> anyhow::Result<i64> {
+    let body: Value = w
+        .http()
+        .post(w.url("/notifications/send"))
+        .bearer_auth(TEST_API_KEY)
+        .json(&json!({"sessionId": session, "text": "bench"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    body["messageId"]
+        .as_i64()
+        .with_context(|| format!("notification answer: {body}"))
+}
