@@ -318,6 +318,7 @@ async fn delivery_under_faults() {
          | sent | {n} |\n| delivered (seen in a pane) | {delivered} |\n\
          | interrupted mid-typing, reported in chat | {interrupted} |\n\
          | lost (neither seen nor reported) | {} |\n| executed twice | {twice} |\n\
+         | lines holding two commands (a kill while the text was being typed) | {merged} |\n\
          | latency p50 | {:?} |\n| latency p99 | {:?} |\n\
          | agent SIGKILLs | {kills} |\n| Worker restarts | {restarts} |\n\
          | socket cuts (no close frame) | {} |\n| webhook replays | {replays} |\n",
