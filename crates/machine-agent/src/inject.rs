@@ -77,8 +77,9 @@ impl Injector {
         text: &str,
         typed: impl FnOnce(),
     ) -> Result<(), InjectError> {
-        // Fail before typing anything if the pane is gone: no half-typed commands.
-        self.check(pane).await?;
+        // A gone pane fails the first `send-keys -t` ("can't find pane" → PaneGone) before
+        // anything is typed, so no separate check: one tmux call fewer per command, a third
+        // of the agent's share of webhook → pane (docs/PERFORMANCE.md).
         if !text.is_empty() {
             self.run(pane, &["send-keys", "-t", &pane.pane_id, "-l", "--", text])
                 .await?;
@@ -88,23 +89,9 @@ impl Injector {
         self.enter(pane).await
     }
 
-    /// Presses Enter in `pane` (after checking it still exists).
+    /// Presses Enter in `pane` (PaneGone if it no longer exists).
     pub async fn press_enter(&self, pane: &Pane) -> Result<(), InjectError> {
-        self.check(pane).await?;
         self.enter(pane).await
-    }
-
-    async fn check(&self, pane: &Pane) -> Result<(), InjectError> {
-        let found = self
-            .run(
-                pane,
-                &["display-message", "-p", "-t", &pane.pane_id, "#{pane_id}"],
-            )
-            .await?;
-        if found.trim() != pane.pane_id {
-            return Err(InjectError::PaneGone(pane.pane_id.clone()));
-        }
-        Ok(())
     }
 
     async fn enter(&self, pane: &Pane) -> Result<(), InjectError> {
