@@ -500,7 +500,7 @@ async fn run() -> anyhow::Result<()> {
         }
     }
     let agent_load = peak.finish().await;
-    // The floor under the agent's part: one `tmux` client call, as it makes three per command.
+    // The floor under the agent's part: one `tmux` client call, as it makes two per command.
     let mut tmux_call = new_hist();
     for i in 0..60 {
         let t0 = Instant::now();
@@ -569,7 +569,7 @@ async fn run() -> anyhow::Result<()> {
         n: hook_only.len().to_string(),
     });
     rows.push(Row {
-        what: "floor: one `tmux display-message` client call (the agent makes 3 per command)"
+        what: "floor: one `tmux display-message` client call (the agent makes 2 per command)"
             .into(),
         callers: "1".into(),
         p50: format!("{:.2}", ms(&tmux_call, 0.5)),
