@@ -59,7 +59,8 @@ chaos: build
 ## prints one table and writes it to target/bench/bench.md and bench.json.
 bench: build
 	cargo build --release --locked -p relay-bridge -p machine-agent
-	CCR_E2E_RELEASE=1 cargo run --release --locked -p ccr-e2e --bin bench
+	CCR_E2E_RELEASE=1 CLOUDFLARE_CF_FETCH_ENABLED=false \
+	  cargo run --release --locked -p ccr-e2e --bin bench
 
 clean:
 	cargo clean
