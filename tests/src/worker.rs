@@ -77,6 +77,19 @@ impl WorkerOptions {
     }
 }
 
+/// Starts a Bot API stand-in and a Worker that sends to it and allows `chats`.
+pub async fn start_with_bot(
+    opts: WorkerOptions,
+    chats: &[i64],
+) -> anyhow::Result<(Worker, crate::telegram::BotApi)> {
+    let bot = crate::telegram::BotApi::start(TEST_BOT_TOKEN).await?;
+    let chats: Vec<String> = chats.iter().map(i64::to_string).collect();
+    let opts = opts
+        .var("TELEGRAM_API_BASE", bot.base_url())
+        .var("ALLOWED_CHAT_IDS", chats.join(","));
+    Ok((Worker::start(opts).await?, bot))
+}
+
 /// A running `wrangler dev`. Dropping it kills its whole process group (wrangler, workerd).
 pub struct Worker {
     child: Option<Child>,

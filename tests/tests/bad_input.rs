@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use ccr_e2e::socket::{Event, TestSocket};
-use ccr_e2e::telegram::BotApi;
 use ccr_e2e::worker::{
-    Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
+    start_with_bot, Worker, WorkerOptions, TEST_API_KEY, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
 };
 use ccr_protocol::socket::{SocketMessage, PING_FRAME};
 use reqwest::Method;
@@ -642,14 +641,9 @@ async fn sessions(w: &Worker) -> (Value, String) {
 
 #[tokio::test]
 async fn bad_input_is_refused_and_changes_nothing() {
-    let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
-    let w = Worker::start(
-        WorkerOptions::default()
-            .var("TELEGRAM_API_BASE", bot.base_url())
-            .var("ALLOWED_CHAT_IDS", CHAT.to_string()),
-    )
-    .await
-    .unwrap();
+    let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
     // Baseline state: one session with a notification, one update already seen.
     let ok = w
         .http()

@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use ccr_e2e::socket::TestSocket;
-use ccr_e2e::telegram::BotApi;
 use ccr_e2e::worker::{
-    channel_token, machine_key, Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN,
-    TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
+    channel_token, machine_key, start_with_bot, Worker, WorkerOptions, TEST_API_KEY,
+    TEST_BOT_TOKEN, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
 };
 use serde_json::{json, Value};
 
@@ -43,16 +42,24 @@ fn presented(c: Cred) -> (Option<String>, Option<&'static str>) {
     }
 }
 
+/// Registers session `s-dev` on machine `devbox` with the admin key.
+async fn register_dev(w: &Worker) {
+    let resp = w
+        .http()
+        .post(w.url("/sessions/register"))
+        .header("x-api-key", TEST_API_KEY)
+        .json(&json!({"sessionId": "s-dev", "machineId": "devbox"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test]
 async fn credential_matrix() {
-    let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
-    let w = Worker::start(
-        WorkerOptions::default()
-            .var("TELEGRAM_API_BASE", bot.base_url())
-            .var("ALLOWED_CHAT_IDS", CHAT.to_string()),
-    )
-    .await
-    .unwrap();
+    let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
 
     // (route, method, body, expected status per credential in CREDS order)
     let table: Vec<(&str, reqwest::Method, Option<Value>, [u16; 5])> = vec![
@@ -86,15 +93,7 @@ async fn credential_matrix() {
     for (path, method, body, want) in &table {
         for (i, cred) in CREDS.iter().enumerate() {
             // Each cell starts from the same state: s-dev registered to devbox.
-            let setup = w
-                .http()
-                .post(w.url("/sessions/register"))
-                .header("x-api-key", TEST_API_KEY)
-                .json(&json!({"sessionId": "s-dev", "machineId": "devbox"}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(setup.status(), 200);
+            register_dev(&w).await;
             let (key, machine) = presented(*cred);
             let mut req = w.http().request(method.clone(), w.url(path));
             if let Some(k) = &key {
@@ -140,15 +139,7 @@ async fn credential_matrix() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
     // A machine key may not act for another machine's session even naming its own machine.
-    let setup = w
-        .http()
-        .post(w.url("/sessions/register"))
-        .header("x-api-key", TEST_API_KEY)
-        .json(&json!({"sessionId": "s-dev", "machineId": "devbox"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(setup.status(), 200);
+    register_dev(&w).await;
     let laptop = machine_key("laptop");
     let cross = w
         .http()
