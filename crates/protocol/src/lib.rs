@@ -5,6 +5,8 @@
 //! - [`api`]: the bodies of the Worker's HTTP routes and the common error body.
 //! - [`relay`]: the envelopes a relay bridge polls for and posts back.
 //! - [`validate`]: the id and text rules every route applies to its input.
+//! - [`wire`]: the names on the wire: route paths, headers, query parameters, the socket
+//!   subprotocol, close codes, the bot's command menu.
 //!
 //! Limits that both ends enforce live here as named constants beside the types.
 //! Everything here is plain serde, so it builds for native and `wasm32-unknown-unknown`.
@@ -14,6 +16,7 @@ pub mod api;
 pub mod relay;
 pub mod socket;
 pub mod validate;
+pub mod wire;
 
 /// The version of this wire protocol; bumped when a message changes incompatibly.
 pub const PROTOCOL_VERSION: u32 = 1;

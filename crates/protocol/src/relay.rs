@@ -8,6 +8,8 @@
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::{Deserialize, Serialize};
 
+use crate::wire::header;
+
 /// One public request waiting for the bridge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -128,6 +130,33 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Whether a public caller's header is forwarded to the bridge: not hop-by-hop, not one that
+/// names this hop (`host`, `content-length`, Cloudflare's `cf-*`, `cdn-loop`), not the relay's
+/// own credentials.
+pub fn forward_request_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    !(is_hop_by_hop(&name)
+        || name == header::HOST
+        || name == header::CONTENT_LENGTH
+        || name == "cdn-loop"
+        || name.starts_with("cf-")
+        || name == header::RELAY_KEY
+        || name == header::RELAY_TOKEN
+        || name == header::RELAY_TOKEN_SEED)
+}
+
+/// Whether a bridge passes a relayed request's header on to its target: what
+/// [`forward_request_header`] lets through, less `accept-encoding`, so the target answers
+/// uncompressed bytes the relay can pass through unchanged.
+pub fn target_request_header(name: &str) -> bool {
+    forward_request_header(name) && !name.eq_ignore_ascii_case(header::ACCEPT_ENCODING)
+}
+
+/// Whether a target's response header goes back to the caller (each hop sets its own length).
+pub fn forward_response_header(name: &str) -> bool {
+    !(is_hop_by_hop(name) || name.eq_ignore_ascii_case(header::CONTENT_LENGTH))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +226,31 @@ mod tests {
         assert!(is_hop_by_hop("Connection"));
         assert!(is_hop_by_hop("transfer-encoding"));
         assert!(!is_hop_by_hop("content-type"));
+    }
+
+    #[test]
+    fn header_filters() {
+        for h in [
+            "Connection",
+            "Host",
+            "content-length",
+            "CF-Connecting-IP",
+            "cdn-loop",
+            "X-Relay-Key",
+            "x-relay-token",
+            "x-token",
+        ] {
+            assert!(!forward_request_header(h), "{h}");
+            assert!(!target_request_header(h), "{h}");
+        }
+        for h in ["content-type", "authorization", "x-custom", "cookie"] {
+            assert!(forward_request_header(h), "{h}");
+            assert!(target_request_header(h), "{h}");
+        }
+        assert!(forward_request_header("Accept-Encoding"));
+        assert!(!target_request_header("Accept-Encoding"));
+        assert!(!forward_response_header("transfer-encoding"));
+        assert!(!forward_response_header("Content-Length"));
+        assert!(forward_response_header("set-cookie"));
     }
 }

@@ -1,0 +1,175 @@
+//! The names on the wire: every route path, header, query parameter, socket subprotocol, close
+//! code and bot command that more than one component (or a user's script) depends on. Each is
+//! written here once, so renaming one fails to compile everywhere it is used instead of failing
+//! at run time on the other end.
+//!
+//! Header names are lowercase: HTTP header names are case-insensitive, and workers-rs and
+//! `http` both hand them back lowercased.
+
+/// Route paths of the Worker. Paths are matched on whole segments; a trailing `/` is ignored.
+pub mod route {
+    /// `GET`: liveness, answers `ok`. No auth.
+    pub const HEALTH: &str = "/health";
+    /// `GET`: the sessions the caller may see, with machine, label and online state.
+    pub const SESSIONS: &str = "/sessions";
+    /// `POST`: upsert a session → machine (+ label).
+    pub const SESSIONS_REGISTER: &str = "/sessions/register";
+    /// `POST`: remove a session and its reply mappings.
+    pub const SESSIONS_UNREGISTER: &str = "/sessions/unregister";
+    /// `POST`: send a Telegram message for a session and remember message → session.
+    pub const NOTIFICATIONS_SEND: &str = "/notifications/send";
+    /// `POST {WEBHOOK_TELEGRAM}/{secret}`: Telegram's updates.
+    pub const WEBHOOK_TELEGRAM: &str = "/webhook/telegram";
+    /// `GET` with an upgrade: a machine agent's socket (`?machineId=X`).
+    pub const MACHINE_SOCKET: &str = "/ws";
+    /// `GET`: relay health. No auth.
+    pub const RELAY_PING: &str = "/ping";
+    /// The default relay channel's public prefix.
+    pub const PROXY: &str = "/proxy";
+    /// Named relay channels live under `{RELAY}/{channel}`.
+    pub const RELAY: &str = "/relay";
+    /// Last segment of a channel's bridge long-poll: `GET {prefix}/_poll`.
+    pub const POLL: &str = "_poll";
+    /// Last segment of a channel's bridge answer: `POST {prefix}/_respond`.
+    pub const RESPOND: &str = "_respond";
+    /// A late answer: `GET {prefix}/_result/{id}`.
+    pub const RESULT: &str = "_result";
+
+    /// The webhook path for `secret`: `/webhook/telegram/{secret}`.
+    pub fn webhook(secret: &str) -> String {
+        format!("{WEBHOOK_TELEGRAM}/{secret}")
+    }
+
+    /// The public prefix of a named relay channel: `/relay/{channel}`.
+    pub fn relay_channel(channel: &str) -> String {
+        format!("{RELAY}/{channel}")
+    }
+}
+
+/// Header names (lowercase).
+pub mod header {
+    /// The API key (admin or machine-scoped).
+    pub const API_KEY: &str = "x-api-key";
+    /// `Authorization: Bearer <key>`, the original clients' way to send the API key.
+    pub const AUTHORIZATION: &str = "authorization";
+    /// The scheme prefix of [`AUTHORIZATION`].
+    pub const BEARER_PREFIX: &str = "Bearer ";
+    /// The machine a caller speaks for; a machine-scoped key is checked against it.
+    pub const MACHINE_ID: &str = "x-ccr-machine-id";
+    /// Which RouterDO instance answered (an id that changes when the object is rebuilt).
+    pub const INSTANCE: &str = "x-ccr-instance";
+    /// Inside the Worker only: the authenticated principal the entry point hands the RouterDO.
+    /// Stripped from every incoming request first, so a caller can never set it.
+    pub const PRINCIPAL: &str = "x-ccr-principal";
+    /// Telegram's webhook secret, checked besides the path secret.
+    pub const TELEGRAM_SECRET: &str = "x-telegram-bot-api-secret-token";
+    /// The WebSocket subprotocol list; the machine socket's API key travels in it.
+    pub const WEBSOCKET_PROTOCOL: &str = "sec-websocket-protocol";
+    /// A relay bridge's token.
+    pub const RELAY_TOKEN: &str = "x-relay-token";
+    /// The seed protocol's bridge token header, still accepted.
+    pub const RELAY_TOKEN_SEED: &str = "x-token";
+    /// A public relay caller's key, when `RELAY_PUBLIC_KEY` is set.
+    pub const RELAY_KEY: &str = "x-relay-key";
+    /// Standard: the body's media type.
+    pub const CONTENT_TYPE: &str = "content-type";
+    /// Standard: the body's length (set by the runtime, never copied between hops).
+    pub const CONTENT_LENGTH: &str = "content-length";
+    /// Standard: how long to wait before trying again, in seconds.
+    pub const RETRY_AFTER: &str = "retry-after";
+    /// Standard: the host a request is for (names one hop: never forwarded).
+    pub const HOST: &str = "host";
+    /// Standard: the encodings a caller accepts.
+    pub const ACCEPT_ENCODING: &str = "accept-encoding";
+    /// The media type of every JSON body.
+    pub const JSON: &str = "application/json";
+}
+
+/// Query parameter names.
+pub mod query {
+    /// `GET /ws?machineId=X`: the machine a socket is for.
+    pub const MACHINE_ID: &str = "machineId";
+    /// A public relay caller's key in the URL (a browser link), instead of the header.
+    pub const RELAY_KEY: &str = "_relay_key";
+    /// `GET {prefix}/_poll?wait=N`: how long a long-poll may wait, in seconds.
+    pub const WAIT: &str = "wait";
+}
+
+/// The machine socket's subprotocol: an agent offers `ccr, <key>` and the Worker answers `ccr`.
+pub const SUBPROTOCOL: &str = "ccr";
+
+/// WebSocket close codes the components send each other.
+pub mod close {
+    /// Another socket for the same machine took over; the old agent should wait long before
+    /// reconnecting (two agents with one machine id would otherwise take turns forever).
+    pub const REPLACED: u16 = 4000;
+    /// A frame over [`crate::MAX_FRAME_BYTES`] (RFC 6455 "message too big").
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// The Telegram bot's commands and the updates its webhook asks for.
+pub mod bot {
+    /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker's help
+    /// text and `ccr-agent telegram setup` both come from this list.
+    pub const COMMANDS: [(&str, &str); 4] = [
+        ("start", "How to use this bot, and this chat's id"),
+        ("help", "How to reply to Claude from here"),
+        (
+            "sessions",
+            "List sessions, their machines and who is online",
+        ),
+        (
+            "cmd",
+            "/cmd TOKEN text: send text to a notification's session",
+        ),
+    ];
+    /// The update types the webhook handles (replies, edits it explains, button presses).
+    pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_built_from_their_parts() {
+        assert_eq!(route::webhook("s3"), "/webhook/telegram/s3");
+        assert_eq!(route::relay_channel("a"), "/relay/a");
+    }
+
+    #[test]
+    fn header_names_are_lowercase() {
+        for name in [
+            header::API_KEY,
+            header::AUTHORIZATION,
+            header::MACHINE_ID,
+            header::INSTANCE,
+            header::PRINCIPAL,
+            header::TELEGRAM_SECRET,
+            header::WEBSOCKET_PROTOCOL,
+            header::RELAY_TOKEN,
+            header::RELAY_TOKEN_SEED,
+            header::RELAY_KEY,
+            header::CONTENT_TYPE,
+            header::CONTENT_LENGTH,
+            header::RETRY_AFTER,
+            header::HOST,
+            header::ACCEPT_ENCODING,
+        ] {
+            assert_eq!(name, name.to_ascii_lowercase());
+        }
+    }
+
+    #[test]
+    fn bot_commands_are_valid_for_set_my_commands() {
+        // Telegram: 1-32 characters of lowercase letters, digits and underscores; a
+        // description of 1-256 characters.
+        for (name, description) in bot::COMMANDS {
+            assert!((1..=32).contains(&name.len()), "{name}");
+            assert!(name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            assert!((1..=256).contains(&description.chars().count()), "{name}");
+        }
+    }
+}
