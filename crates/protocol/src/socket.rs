@@ -1,6 +1,6 @@
 //! Messages on the machine socket between the RouterDO and `ccr-agent`.
 //!
-//! One tagged enum for both directions, as DESIGN.md writes them
+//! One tagged enum for both directions, in the wire format the original clients speak
 //! (`{"type":"command",...}`). A frame whose `type` this build does not know decodes to
 //! [`DecodeError::UnknownType`], which callers log and skip: a newer peer must never break
 //! an older one's connection.
