@@ -4,9 +4,9 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use super::inbox::Inbox;
+use super::sessions::Sessions;
 use crate::db::{now_ms, Db};
-use crate::inbox::Inbox;
-use crate::sessions::Sessions;
 
 /// The status report for the data directory `data_dir`.
 pub fn report(data_dir: &Path) -> anyhow::Result<String> {
@@ -118,8 +118,8 @@ fn ago(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inbox::{Command, Outcome};
-    use crate::sessions::SessionRecord;
+    use crate::daemon::inbox::{Command, Outcome};
+    use crate::daemon::sessions::SessionRecord;
 
     #[test]
     fn report_shows_connection_last_command_counts_and_sessions() {

@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ccr_native::{Backoff, Jitter};
 use ccr_protocol::socket::{SocketMessage, PING_FRAME};
 use futures_util::{SinkExt, StreamExt};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,61 +23,22 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Timing, WorkerConfig};
+use super::inbox::{Command, Inbox, Receipt, State};
+use super::sessions::Sessions;
 use crate::db::now_ms;
-use crate::inbox::{Command, Inbox, Receipt};
-use crate::sessions::Sessions;
+use crate::settings::{Timing, WorkerConfig};
 
 /// The close code the Worker uses when a newer socket for the same machine replaced this one.
-pub const CLOSE_REPLACED: u16 = 4000;
+const CLOSE_REPLACED: u16 = 4000;
 /// Results sent per flush.
 const RESULT_BATCH: usize = 64;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Exponential backoff with full jitter: attempt n waits a uniform random time in
-/// `[0, min(max, base·2ⁿ)]`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// A fresh backoff.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The cap for the next attempt (without jitter).
-    pub fn cap(&self) -> Duration {
-        let factor = 1u32 << self.attempt.min(20);
-        self.base.saturating_mul(factor).min(self.max)
-    }
-
-    /// The next delay, drawn from `rng`.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let cap = self.cap();
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = cap.as_millis() as u64;
-        Duration::from_millis(rng.random_range(0..=ms))
-    }
-
-    /// Back to the first step, after a healthy connection.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 /// Why connecting failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+enum ConnectError {
     /// 401: the key is wrong.
     #[error("the Worker rejected the API key (HTTP 401): {0}")]
     Unauthorized(String),
@@ -87,7 +49,7 @@ pub enum ConnectError {
 
 /// How one connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ended {
+enum Ended {
     /// Shutdown requested; close 1000 was sent.
     Shutdown,
     /// The Worker closed with 4000: another agent took over this machine id.
@@ -98,19 +60,19 @@ pub enum Ended {
 
 /// What the socket loop shares with the executor.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The inbox.
-    pub inbox: Inbox,
+    pub(crate) inbox: Inbox,
     /// Session records and status.
-    pub sessions: Sessions,
+    pub(crate) sessions: Sessions,
     /// Rung when a command is stored (wakes the executor).
-    pub commands_ready: Arc<Notify>,
+    pub(crate) commands_ready: Arc<Notify>,
     /// Rung when a result is ready (wakes the socket loop).
-    pub results_ready: Arc<Notify>,
+    pub(crate) results_ready: Arc<Notify>,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
-pub async fn connect(worker: &WorkerConfig, timeout: Duration) -> Result<Ws, ConnectError> {
+async fn connect(worker: &WorkerConfig, timeout: Duration) -> Result<Ws, ConnectError> {
     let url = worker.socket_url();
     let mut request = url
         .as_str()
@@ -168,13 +130,13 @@ fn redact(url: &url::Url) -> String {
 }
 
 /// Keeps a connection to the Worker until `shutdown` turns true.
-pub async fn run_socket(
+pub(crate) async fn run_socket(
     worker: WorkerConfig,
     timing: Timing,
     shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_max);
+    let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_max, Jitter::Full);
     // A Send generator (the thread-local one cannot cross awaits in a spawned task).
     let mut rng = rand::rngs::StdRng::from_os_rng();
     // Each state change is one log line; repeats of a failing state go to debug.
@@ -190,9 +152,7 @@ pub async fn run_socket(
                 state = "connected";
                 set_status(&shared, state, "");
                 let ended = serve(ws, &timing, &shared, &mut shutdown).await;
-                if started.elapsed() >= timing.healthy_after {
-                    backoff.reset();
-                }
+                backoff.connection_ended(started.elapsed(), timing.healthy_after);
                 match ended {
                     Ended::Shutdown => {
                         info!("disconnected: shutting down");
@@ -275,7 +235,7 @@ fn set_status(shared: &Shared, state: &str, detail: &str) {
 }
 
 /// Serves one connection until it ends.
-pub async fn serve(
+async fn serve(
     mut ws: Ws,
     timing: &Timing,
     shared: &Shared,
@@ -395,7 +355,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 }
                 Receipt::Duplicate(state) => {
                     info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");
-                    if state == crate::inbox::State::Done {
+                    if state == State::Done {
                         if let Err(e) = shared.inbox.resend_result(&cmd.command_id) {
                             warn!("queueing a result again: {e}");
                         }
@@ -457,37 +417,4 @@ async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
         }
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_full_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut caps = Vec::new();
-        for _ in 0..10 {
-            caps.push(b.cap());
-            let d = b.next_delay(&mut rng);
-            assert!(d <= *caps.last().unwrap());
-        }
-        assert_eq!(caps[0], Duration::from_millis(500));
-        assert_eq!(caps[1], Duration::from_secs(1));
-        assert_eq!(caps[5], Duration::from_secs(16));
-        assert_eq!(caps[6], Duration::from_secs(30));
-        assert_eq!(caps[9], Duration::from_secs(30));
-        // Jitter: many draws at the cap spread over the range rather than sitting on it.
-        let draws: Vec<Duration> = (0..200).map(|_| b.next_delay(&mut rng)).collect();
-        assert!(draws.iter().any(|d| *d < Duration::from_secs(10)));
-        assert!(draws.iter().any(|d| *d > Duration::from_secs(20)));
-        b.reset();
-        assert_eq!(b.cap(), Duration::from_millis(500));
-        // Huge attempt counts do not overflow.
-        for _ in 0..100 {
-            b.next_delay(&mut rng);
-        }
-        assert_eq!(b.cap(), Duration::from_secs(30));
-    }
 }

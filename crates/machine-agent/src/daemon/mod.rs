@@ -1,4 +1,5 @@
-//! The daemon: one socket task and one executor task over the inbox, stopped together.
+//! The daemon: one socket task and one executor task over the inbox, stopped together — the
+//! data path from the Worker's socket to a tmux pane.
 //!
 //! The inbox (SQLite) is the queue between them: the socket task stores and acks, then rings
 //! a [`Notify`]; the executor types every runnable command in order, records the outcome and
@@ -13,12 +14,19 @@ use anyhow::Context;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use crate::config::{write_hook_config, Config};
-use crate::connection::{run_socket, Shared};
+pub(crate) mod connection;
+pub(crate) mod inbox;
+pub(crate) mod inject;
+pub(crate) mod sessions;
+pub(crate) mod status;
+
+use connection::{run_socket, Shared};
+use inbox::{Command, Inbox, Outcome, DONE_RETENTION_MS};
+use inject::Injector;
+use sessions::Sessions;
+
 use crate::db::{now_ms, Db};
-use crate::inbox::{Command, Inbox, Outcome, DONE_RETENTION_MS};
-use crate::inject::Injector;
-use crate::sessions::Sessions;
+use crate::settings::{write_hook_config, Config};
 
 /// Sessions not seen for this long are forgotten (their session-end hook never ran).
 const SESSION_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
