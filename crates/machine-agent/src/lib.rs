@@ -12,7 +12,7 @@
 //!   (`connection`: connect, keepalive, store-then-ack, results, backoff) and the executor
 //!   together; `inbox` is the exactly-once state machine `stored → acked → executing → typed →
 //!   done`; `inject` types into a pane; `sessions` holds the session → pane records the hooks
-//!   write; `status` is `ccr-agent status`.
+//!   write; `status` is the connection state (one writer, typed readers) and `ccr-agent status`.
 //! - `hooks/`: `ccr-agent hook <event>` as Claude Code runs it — the process plumbing (log file,
 //!   stdin and overall deadlines, exit 0), each event's work, the Worker API client, the
 //!   transcript reader.

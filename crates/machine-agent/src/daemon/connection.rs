@@ -25,6 +25,7 @@ use tracing::{debug, error, info, warn};
 
 use super::inbox::{Command, Inbox, Receipt, State};
 use super::sessions::Sessions;
+use super::status::{self, Connection};
 use crate::db::now_ms;
 use crate::settings::{Timing, WorkerConfig};
 
@@ -139,8 +140,9 @@ pub(crate) async fn run_socket(
     let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_max, Jitter::Full);
     // A Send generator (the thread-local one cannot cross awaits in a spawned task).
     let mut rng = rand::rngs::StdRng::from_os_rng();
-    // Each state change is one log line; repeats of a failing state go to debug.
-    let mut state = "starting";
+    // Each state change is one log line; repeats of a failing state go to debug. `None`:
+    // starting, nothing recorded yet.
+    let mut state: Option<Connection> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -149,27 +151,26 @@ pub(crate) async fn run_socket(
             Ok(ws) => {
                 let started = Instant::now();
                 info!(machine_id = %worker.machine_id, "connected to the Worker");
-                state = "connected";
-                set_status(&shared, state, "");
+                status::record(&shared.sessions, Connection::Connected, "");
                 let ended = serve(ws, &timing, &shared, &mut shutdown).await;
                 backoff.connection_ended(started.elapsed(), timing.healthy_after);
                 match ended {
                     Ended::Shutdown => {
                         info!("disconnected: shutting down");
-                        set_status(&shared, "stopped", "shut down");
+                        status::record(&shared.sessions, Connection::Stopped, "shut down");
                         return;
                     }
                     Ended::Replaced => {
-                        state = "replaced";
+                        state = Some(Connection::Replaced);
                         warn!(
                             machine_id = %worker.machine_id,
                             "disconnected: another agent took over this machine id (close {CLOSE_REPLACED}); \
                              retrying in {:?} — stop the other agent or give this one its own --machine-id",
                             timing.replaced_retry
                         );
-                        set_status(
-                            &shared,
-                            "replaced",
+                        status::record(
+                            &shared.sessions,
+                            Connection::Replaced,
                             "another agent took over this machine id",
                         );
                         timing.replaced_retry
@@ -177,18 +178,18 @@ pub(crate) async fn run_socket(
                     Ended::Lost(why) => {
                         let d = backoff.next_delay(&mut rng);
                         warn!("disconnected: {why}; reconnecting in {d:?}");
-                        state = "disconnected";
-                        set_status(&shared, state, &why);
+                        state = Some(Connection::Disconnected);
+                        status::record(&shared.sessions, Connection::Disconnected, &why);
                         d
                     }
                 }
             }
-            Err(ConnectError::Unauthorized(_)) if state == "unauthorized" => {
+            Err(ConnectError::Unauthorized(_)) if state == Some(Connection::Unauthorized) => {
                 debug!("the Worker still rejects the API key");
                 timing.unauthorized_retry
             }
             Err(ConnectError::Unauthorized(body)) => {
-                state = "unauthorized";
+                state = Some(Connection::Unauthorized);
                 error!(
                     "the Worker rejected the API key (HTTP 401{}): set CCR_API_KEY to the admin \
                      key or this machine's key (`ccr-agent machine-key --machine-id {}`); \
@@ -201,17 +202,21 @@ pub(crate) async fn run_socket(
                     worker.machine_id,
                     timing.unauthorized_retry
                 );
-                set_status(&shared, state, "the Worker rejected the API key");
+                status::record(
+                    &shared.sessions,
+                    Connection::Unauthorized,
+                    "the Worker rejected the API key",
+                );
                 timing.unauthorized_retry
             }
             Err(ConnectError::Other(why)) => {
                 let d = backoff.next_delay(&mut rng);
-                if state == "disconnected" {
+                if state == Some(Connection::Disconnected) {
                     debug!("still cannot connect: {why}; retrying in {d:?}");
                 } else {
                     warn!("cannot connect: {why}; retrying in {d:?} (further failures are logged at debug level)");
-                    state = "disconnected";
-                    set_status(&shared, state, &why);
+                    state = Some(Connection::Disconnected);
+                    status::record(&shared.sessions, Connection::Disconnected, &why);
                 }
                 d
             }
@@ -220,17 +225,6 @@ pub(crate) async fn run_socket(
             _ = tokio::time::sleep(delay) => {}
             _ = shutdown.changed() => return,
         }
-    }
-}
-
-fn set_status(shared: &Shared, state: &str, detail: &str) {
-    let now = now_ms();
-    let r = shared
-        .sessions
-        .set_status("connection", state, now)
-        .and_then(|_| shared.sessions.set_status("connection_detail", detail, now));
-    if let Err(e) = r {
-        warn!("recording status: {e}");
     }
 }
 
@@ -316,11 +310,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
         }
     };
     match msg {
-        SocketMessage::Pong => {
-            if let Err(e) = shared.sessions.set_status("last_pong", "", now_ms()) {
-                debug!("recording pong: {e}");
-            }
-        }
+        SocketMessage::Pong => status::record_pong(&shared.sessions),
         SocketMessage::Command {
             command_id,
             session_id,

@@ -5,6 +5,18 @@
 //! a [`Notify`]; the executor types every runnable command in order, records the outcome and
 //! rings back so the socket task sends the result. A wake-up is never lost (a `Notify` keeps a
 //! permit) and a command is never lost (the executor re-reads the inbox, also at start-up).
+//!
+//! - `connection`: the socket — connect, keepalive, store-then-ack, results, backoff.
+//! - `inbox`: the exactly-once state machine `stored → acked → executing → typed → done`.
+//! - `inject`: `tmux send-keys -l`, pause, Enter, on the session's own tmux server.
+//! - `sessions`: the session → pane records the hooks write.
+//! - `status`: the connection state (one writer, typed readers) and `ccr-agent status`.
+
+pub(crate) mod connection;
+pub(crate) mod inbox;
+pub(crate) mod inject;
+pub(crate) mod sessions;
+pub(crate) mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,12 +25,6 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
-
-pub(crate) mod connection;
-pub(crate) mod inbox;
-pub(crate) mod inject;
-pub(crate) mod sessions;
-pub(crate) mod status;
 
 use connection::{run_socket, Shared};
 use inbox::{Command, Inbox, Outcome, DONE_RETENTION_MS};

@@ -119,8 +119,9 @@ impl Sessions {
         })
     }
 
-    /// Sets a status value.
-    pub(crate) fn set_status(&self, key: &str, value: &str, now: i64) -> rusqlite::Result<()> {
+    /// Sets a status value. The daemon's connection state is written only through
+    /// `status::record` and `status::record_pong`, which own the keys.
+    pub(super) fn set_status(&self, key: &str, value: &str, now: i64) -> rusqlite::Result<()> {
         self.db.with(|c| {
             c.execute(
                 "INSERT INTO status (key, value, updated_at) VALUES (?1, ?2, ?3) \
@@ -133,7 +134,7 @@ impl Sessions {
     }
 
     /// A status value and when it was set.
-    pub(crate) fn status(&self, key: &str) -> rusqlite::Result<Option<(String, i64)>> {
+    pub(super) fn status(&self, key: &str) -> rusqlite::Result<Option<(String, i64)>> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT value, updated_at FROM status WHERE key = ?1",

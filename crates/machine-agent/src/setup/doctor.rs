@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::daemon::sessions::Sessions;
+use crate::daemon::status::ConnectionStatus;
 use crate::db::{now_ms, Db};
 use crate::hooks::HookEvent;
 use crate::settings::{
@@ -373,26 +374,18 @@ async fn check_key(http: &reqwest::Client, w: &WorkerConfig) -> Outcome {
     }
 }
 
-/// Whether the daemon recorded a live connection recently enough to trust it.
+/// Whether a daemon is connected right now (the same rule as `ccr-agent status`), and when
+/// it last heard from the Worker.
 fn daemon_connection(data_dir: &Path) -> Option<String> {
     if !Db::path(data_dir).exists() {
         return None;
     }
     let sessions = Sessions::new(Db::open(data_dir).ok()?);
-    let (state, since) = sessions.status("connection").ok()??;
-    if state != "connected" {
-        return None;
-    }
-    let heard = sessions
-        .status("last_pong")
-        .ok()
-        .flatten()
-        .map(|(_, at)| at)
-        .unwrap_or(since)
-        .max(since);
-    let silent = (now_ms() - heard).max(0) / 1000;
-    // Pings go every 30 s, so a live daemon heard from the Worker within the pong timeout.
-    (silent <= ccr_protocol::PONG_TIMEOUT_SECS as i64).then(|| format!("{silent}s ago"))
+    let status = ConnectionStatus::read(&sessions).ok()??;
+    let now = now_ms();
+    status
+        .is_live(now)
+        .then(|| format!("{}s ago", status.silence(now).as_secs()))
 }
 
 async fn check_socket(w: &WorkerConfig, data_dir: Option<&Path>, timeout: Duration) -> Outcome {
