@@ -49,7 +49,7 @@ pub struct Db {
 
 impl Db {
     /// The database file in `data_dir`.
-    pub fn path(data_dir: &Path) -> PathBuf {
+    pub(crate) fn path(data_dir: &Path) -> PathBuf {
         data_dir.join("agent.sqlite")
     }
 
@@ -65,7 +65,8 @@ impl Db {
     }
 
     /// An in-memory database (tests).
-    pub fn open_in_memory() -> anyhow::Result<Db> {
+    #[cfg(test)]
+    pub(crate) fn open_in_memory() -> anyhow::Result<Db> {
         Self::setup(Connection::open_in_memory()?, false)
     }
 
@@ -87,7 +88,7 @@ impl Db {
     }
 
     /// Runs `f` with the connection.
-    pub fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {

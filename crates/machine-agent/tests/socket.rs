@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use futures_util::{SinkExt, StreamExt};
-use machine_agent::config::{Config, Secret, Timing, WorkerConfig};
-use machine_agent::db::{now_ms, Db};
-use machine_agent::sessions::{SessionRecord, Sessions};
+use machine_agent::{now_ms, Config, Db, Secret, SessionRecord, Sessions, Timing, WorkerConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -388,7 +386,7 @@ async fn a_wrong_key_is_not_retried_fast() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // With the normal backoff (≤ 200 ms here) there would be many attempts.
     assert_eq!(worker.rejected.load(Ordering::SeqCst), 1);
-    let status = machine_agent::status::report(dir.path()).unwrap();
+    let status = machine_agent::status_report(dir.path()).unwrap();
     assert!(status.contains("unauthorized"), "{status}");
     agent.stop().await;
 }
@@ -409,7 +407,7 @@ async fn replaced_by_another_agent_waits_before_retrying() {
     let closed = tokio::time::Instant::now();
     let _ws2 = worker.accept().await;
     assert!(closed.elapsed() >= Duration::from_millis(1400));
-    let status = machine_agent::status::report(dir.path()).unwrap();
+    let status = machine_agent::status_report(dir.path()).unwrap();
     assert!(
         status.contains("connected") || status.contains("replaced"),
         "{status}"
@@ -515,7 +513,7 @@ async fn an_oversized_frame_drops_the_connection_and_the_agent_reconnects() {
 
 #[tokio::test]
 async fn a_command_typed_before_a_crash_gets_only_its_enter() {
-    use machine_agent::inbox::{Command, Inbox};
+    use machine_agent::{Command, Inbox};
     let dir = tempfile::tempdir().unwrap();
     let (tmux, rec) = fake_tmux(dir.path());
     record_session(dir.path());

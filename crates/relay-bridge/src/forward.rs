@@ -11,7 +11,7 @@ use url::Url;
 
 /// Whether a caller's header goes on to the target. `accept-encoding` stays behind so the
 /// target answers uncompressed bytes the relay can pass through unchanged.
-pub fn forward_request_header(name: &str) -> bool {
+pub(crate) fn forward_request_header(name: &str) -> bool {
     !(is_hop_by_hop(name)
         || name.eq_ignore_ascii_case("host")
         || name.eq_ignore_ascii_case("content-length")
@@ -19,12 +19,12 @@ pub fn forward_request_header(name: &str) -> bool {
 }
 
 /// Whether a target's header goes back to the caller.
-pub fn forward_response_header(name: &str) -> bool {
+pub(crate) fn forward_response_header(name: &str) -> bool {
     !(is_hop_by_hop(name) || name.eq_ignore_ascii_case("content-length"))
 }
 
 /// The target URL for a request: the target's base, the request's path and query.
-pub fn target_url(target: &Url, path: &str, query: &str) -> Result<Url, url::ParseError> {
+pub(crate) fn target_url(target: &Url, path: &str, query: &str) -> Result<Url, url::ParseError> {
     let base = target.as_str().trim_end_matches('/');
     let path = if path.starts_with('/') {
         path.to_owned()
@@ -40,7 +40,7 @@ pub fn target_url(target: &Url, path: &str, query: &str) -> Result<Url, url::Par
 }
 
 /// A 502 JSON response for `id`.
-pub fn bad_gateway(id: &str, message: &str) -> RelayResponse {
+pub(crate) fn bad_gateway(id: &str, message: &str) -> RelayResponse {
     let body = serde_json::json!({"ok": false, "error": message}).to_string();
     let (body_base64, _) = encode_body(body.as_bytes());
     RelayResponse {
@@ -55,7 +55,7 @@ pub fn bad_gateway(id: &str, message: &str) -> RelayResponse {
 
 /// Sends `request` to the target and returns what the caller should get. Never fails: a target
 /// that is down, too slow or too big becomes a 502 JSON.
-pub async fn forward(
+pub(crate) async fn forward(
     client: &reqwest::Client,
     target: &Url,
     timeout: Duration,

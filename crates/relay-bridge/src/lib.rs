@@ -3,15 +3,15 @@
 //! as it arrives (up to `concurrency` at once), and posts the responses back.
 //!
 //! Layout:
-//! - [`Config`] and [`Secret`]: what `main.rs` parses from flags and the environment.
-//! - [`run`]: the poll loop, with its backpressure (a semaphore taken before each poll) and its
+//! - [`Config`] and [`Secret`] (from `ccr-native`): what `main.rs` parses from flags and the
+//!   environment — with [`run`], the crate's whole public surface.
+//! - [`run`]: the poll loop, with its backpressure (a semaphore taken before each poll), its
+//!   backoff after relay errors (`ccr-native`'s [`Backoff`], upper-half jitter) and its
 //!   shutdown (stop polling, finish in-flight requests within a bound).
-//! - [`forward`]: one request to the target and back into a response envelope.
-//! - [`backoff`]: jittered exponential delays after relay errors.
+//! - `forward`: one request to the target and back into a response envelope.
 #![deny(missing_docs)]
 
-pub mod backoff;
-pub mod forward;
+mod forward;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,43 +24,24 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::backoff::Backoff;
+pub use ccr_native::Secret;
+use ccr_native::{Backoff, Jitter};
 
 /// The header the bridge sends its token in.
-pub const TOKEN_HEADER: &str = "x-relay-token";
+pub(crate) const TOKEN_HEADER: &str = "x-relay-token";
 /// An empty poll answer faster than this means the relay is not long-polling: wait a little
 /// before the next poll rather than spin.
 const MIN_EMPTY_POLL: Duration = Duration::from_millis(500);
 /// Attempts to post one response before giving up on it.
 const RESPOND_ATTEMPTS: u32 = 5;
-
-/// A secret whose `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one header that carries it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MASKED")
-    }
-}
-
-impl std::fmt::Display for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MASKED")
-    }
-}
+/// After a failed (or instantly empty) poll the bridge waits from about this long…
+const POLL_BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// …doubling up to about this long; a poll that brings requests resets it.
+const POLL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Retries of one response post wait from about this long…
+const RESPOND_BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// …doubling up to about this long.
+const RESPOND_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Everything the bridge needs.
 #[derive(Debug, Clone)]
@@ -99,7 +80,7 @@ impl Config {
     }
 
     /// Checks the settings, with a precise complaint for each bad one.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
         for (name, url) in [("relay URL", &self.relay_url), ("target", &self.target)] {
             if !matches!(url.scheme(), "http" | "https") {
                 bail!("the {name} must be an http(s) URL, not {url}");
@@ -122,7 +103,7 @@ impl Config {
     }
 
     /// `{relay}/proxy/{op}` or `{relay}/relay/{channel}/{op}`.
-    pub fn relay_endpoint(&self, op: &str) -> String {
+    pub(crate) fn relay_endpoint(&self, op: &str) -> String {
         let base = self.relay_url.as_str().trim_end_matches('/');
         match &self.channel {
             None => format!("{base}/proxy/{op}"),
@@ -164,7 +145,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = JoinSet::new();
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    // Each delay is drawn from the upper half of its step, so many bridges do not retry in
+    // lockstep yet none retries much sooner than its step.
+    let mut backoff = Backoff::new(POLL_BACKOFF_BASE, POLL_BACKOFF_MAX, Jitter::UpperHalf);
     let mut shutdown = std::pin::pin!(shutdown);
     info!(
         relay = %config.relay_endpoint("_poll"),
@@ -193,7 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 // An empty answer that came back at once is no sign of health: keep backing off.
                 if requests.is_empty() && started.elapsed() < MIN_EMPTY_POLL {
                     drop(first);
-                    let pause = backoff.next_delay();
+                    let pause = backoff.next_delay(&mut rand::rng());
                     debug!(?pause, "the relay answered an empty poll at once");
                     tokio::select! {
                         biased;
@@ -218,7 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
             Err(e) => {
                 drop(first);
-                let pause = backoff.next_delay();
+                let pause = backoff.next_delay(&mut rand::rng());
                 warn!("polling the relay failed: {e:#}; retrying in {pause:?}");
                 tokio::select! {
                     biased;
@@ -306,7 +289,7 @@ async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSe
 /// Posts a response, retrying transport errors and 5xx a few times with backoff.
 async fn post_response(shared: &Shared, response: RelayResponse) {
     let url = shared.config.relay_endpoint("_respond");
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut backoff = Backoff::new(RESPOND_BACKOFF_BASE, RESPOND_BACKOFF_MAX, Jitter::UpperHalf);
     for attempt in 1..=RESPOND_ATTEMPTS {
         let sent = shared
             .relay
@@ -333,7 +316,7 @@ async fn post_response(shared: &Shared, response: RelayResponse) {
             warn!(id = %response.id, "giving up posting the response: {retry}");
             return;
         }
-        let pause = backoff.next_delay();
+        let pause = backoff.next_delay(&mut rand::rng());
         warn!(id = %response.id, "posting the response failed: {retry}; retrying in {pause:?}");
         tokio::time::sleep(pause).await;
     }

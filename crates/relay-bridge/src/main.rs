@@ -41,26 +41,16 @@ fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value).map_err(|e| anyhow::anyhow!("--{name} {value}: {e}"))
 }
 
+/// Completes on SIGTERM or Ctrl-C; if SIGTERM cannot be listened for, on Ctrl-C alone.
 async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the bridge");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    match ccr_native::shutdown_signal() {
+        Ok(signal) => {
+            signal.await;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the bridge");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
     tracing::info!("shutdown requested");
 }
@@ -68,13 +58,7 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ccr_native::init_tracing(std::io::stderr, None, "info");
     let config = (|| {
         let mut c = Config::new(args.relay_url, Secret::new(args.token), args.target);
         c.channel = args.channel.filter(|c| !c.is_empty());

@@ -7,18 +7,18 @@
 
 use std::time::Duration;
 
-use clap::Args;
+use ccr_native::{error_chain, Secret};
 use serde_json::{json, Value};
 use url::Url;
 
-use crate::config::{parse_worker_url, CommonArgs, ConfigError, Secret};
+use crate::settings::{parse_worker_url, ConfigError, RawSettings};
 
 /// The Bot API's public base URL.
-pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
+pub(crate) const DEFAULT_API_BASE: &str = "https://api.telegram.org";
 /// The update types the Worker's webhook handles (replies, edits it explains, button presses).
-pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
+pub(crate) const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
 /// The bot's command menu: `(command, description)`.
-pub const BOT_COMMANDS: [(&str, &str); 4] = [
+pub(crate) const BOT_COMMANDS: [(&str, &str); 4] = [
     ("start", "How to use this bot, and this chat's id"),
     ("help", "How to reply to Claude from here"),
     (
@@ -33,37 +33,33 @@ pub const BOT_COMMANDS: [(&str, &str); 4] = [
 /// Each Bot API call gives up after this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// `ccr-agent telegram setup` flags (the Worker URL is the shared `--worker-url`).
-#[derive(Debug, Clone, Args)]
-pub struct SetupArgs {
-    /// The bot's token from @BotFather (never printed; prefer the environment variable, as a
-    /// flag shows in `ps`).
-    #[arg(long, env = "TELEGRAM_BOT_TOKEN", hide_env_values = true)]
-    pub bot_token: Option<Secret>,
-    /// The Worker's TELEGRAM_WEBHOOK_SECRET: 1-256 of A-Z a-z 0-9 _ - (never printed).
-    #[arg(long, env = "TELEGRAM_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<Secret>,
+/// The set-up's own settings as given (the Worker URL is the shared one).
+#[derive(Debug, Clone)]
+pub(crate) struct Inputs {
+    /// The bot's token from @BotFather.
+    pub(crate) bot_token: Option<Secret>,
+    /// The Worker's TELEGRAM_WEBHOOK_SECRET.
+    pub(crate) webhook_secret: Option<Secret>,
     /// The Bot API server.
-    #[arg(long, env = "TELEGRAM_API_BASE", default_value = DEFAULT_API_BASE)]
-    pub api_base: String,
+    pub(crate) api_base: String,
 }
 
 /// Validated settings for the set-up.
 #[derive(Debug, Clone)]
-pub struct Setup {
+pub(crate) struct Setup {
     /// The Worker's base URL.
-    pub worker_url: Url,
+    pub(crate) worker_url: Url,
     /// The bot token.
-    pub bot_token: Secret,
+    pub(crate) bot_token: Secret,
     /// The webhook secret (path segment and `secret_token`).
-    pub webhook_secret: Secret,
+    pub(crate) webhook_secret: Secret,
     /// The Bot API base URL.
-    pub api_base: Url,
+    pub(crate) api_base: Url,
 }
 
 impl Setup {
     /// Checks every setting; the error names the one to fix (exit code 2).
-    pub fn from_args(common: &CommonArgs, args: &SetupArgs) -> Result<Setup, ConfigError> {
+    pub(crate) fn from_args(common: &RawSettings, args: &Inputs) -> Result<Setup, ConfigError> {
         let raw_url = common.worker_url.as_deref().map(str::trim).unwrap_or("");
         if raw_url.is_empty() {
             return Err(ConfigError(
@@ -127,12 +123,12 @@ impl Setup {
     }
 
     /// `<worker>/webhook/telegram/<secret>`.
-    pub fn webhook_url(&self) -> Url {
+    pub(crate) fn webhook_url(&self) -> Url {
         webhook_url(&self.worker_url, self.webhook_secret.expose())
     }
 
     /// The webhook URL with the secret replaced, for printing.
-    pub fn webhook_url_shown(&self) -> String {
+    pub(crate) fn webhook_url_shown(&self) -> String {
         webhook_url(&self.worker_url, "SECRET")
             .as_str()
             .replace("/SECRET", "/<TELEGRAM_WEBHOOK_SECRET>")
@@ -150,14 +146,14 @@ impl Setup {
     }
 
     /// Replaces the token and the secret wherever they appear in `text`.
-    pub fn scrub(&self, text: &str) -> String {
+    pub(crate) fn scrub(&self, text: &str) -> String {
         text.replace(self.bot_token.expose(), "<TELEGRAM_BOT_TOKEN>")
             .replace(self.webhook_secret.expose(), "<TELEGRAM_WEBHOOK_SECRET>")
     }
 }
 
 /// `<worker base>/webhook/telegram/<secret>`.
-pub fn webhook_url(worker: &Url, secret: &str) -> Url {
+pub(crate) fn webhook_url(worker: &Url, secret: &str) -> Url {
     let mut url = worker.clone();
     let path = format!(
         "{}/webhook/telegram/{secret}",
@@ -191,7 +187,7 @@ fn valid_webhook_secret(secret: &str) -> bool {
 }
 
 /// The `setWebhook` parameters.
-pub fn set_webhook_params(setup: &Setup) -> Value {
+pub(crate) fn set_webhook_params(setup: &Setup) -> Value {
     json!({
         "url": setup.webhook_url().as_str(),
         "secret_token": setup.webhook_secret.expose(),
@@ -201,7 +197,7 @@ pub fn set_webhook_params(setup: &Setup) -> Value {
 }
 
 /// The `setMyCommands` parameters.
-pub fn set_my_commands_params() -> Value {
+pub(crate) fn set_my_commands_params() -> Value {
     let commands: Vec<Value> = BOT_COMMANDS
         .iter()
         .map(|(command, description)| json!({"command": command, "description": description}))
@@ -211,7 +207,7 @@ pub fn set_my_commands_params() -> Value {
 
 /// Telegram refused a call, or could not be reached.
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
+pub(crate) enum SetupError {
     /// Telegram answered `ok: false`.
     #[error("Telegram refused {method} (HTTP {status}): {description}{hint}")]
     Refused {
@@ -235,7 +231,7 @@ pub enum SetupError {
 }
 
 /// Calls `setWebhook` then `setMyCommands`; returns the lines to print.
-pub async fn run(setup: &Setup) -> Result<Vec<String>, SetupError> {
+pub(crate) async fn run(setup: &Setup) -> Result<Vec<String>, SetupError> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(CALL_TIMEOUT)
@@ -281,12 +277,12 @@ async fn call(
         .json(params)
         .send()
         .await
-        .map_err(|e| transport(error_chain(e)))?;
+        .map_err(|e| transport(transport_error(e)))?;
     let status = resp.status().as_u16();
     let text = resp
         .text()
         .await
-        .map_err(|e| transport(format!("reading the answer: {}", error_chain(e))))?;
+        .map_err(|e| transport(format!("reading the answer: {}", transport_error(e))))?;
     let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     let description = body
         .get("description")
@@ -315,16 +311,8 @@ async fn call(
 }
 
 /// A reqwest error and its causes, without the URL (it carries the bot token).
-fn error_chain(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+fn transport_error(e: reqwest::Error) -> String {
+    error_chain(&e.without_url())
 }
 
 #[cfg(test)]
@@ -332,11 +320,11 @@ mod tests {
     use super::*;
 
     fn setup(worker: &str, token: &str, secret: &str) -> Result<Setup, ConfigError> {
-        let common = CommonArgs {
+        let common = RawSettings {
             worker_url: Some(worker.into()),
             ..Default::default()
         };
-        let args = SetupArgs {
+        let args = Inputs {
             bot_token: Some(Secret::new(token)),
             webhook_secret: Some(Secret::new(secret)),
             api_base: DEFAULT_API_BASE.into(),

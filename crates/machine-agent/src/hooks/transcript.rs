@@ -15,12 +15,12 @@ use serde_json::Value;
 /// Bytes read per step backwards.
 const CHUNK: usize = 64 * 1024;
 /// Give up after scanning this much from the end without an answer.
-pub const MAX_SCAN_BYTES: u64 = 64 * 1024 * 1024;
+pub(super) const MAX_SCAN_BYTES: u64 = 64 * 1024 * 1024;
 /// Lines longer than this (a huge tool result or image) are skipped unread.
-pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+pub(super) const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The last assistant message's text, or `None` if the scanned part has none.
-pub fn last_assistant_text(path: &Path) -> std::io::Result<Option<String>> {
+pub(super) fn last_assistant_text(path: &Path) -> std::io::Result<Option<String>> {
     let mut file = File::open(path)?;
     let len = file.seek(SeekFrom::End(0))?;
     let mut finder = Finder::default();

@@ -11,15 +11,15 @@ use tokio::process::Command;
 
 /// A pane on a particular tmux server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pane {
+pub(crate) struct Pane {
     /// The pane id, e.g. `%3`.
-    pub pane_id: String,
+    pub(crate) pane_id: String,
     /// The server's socket; `None` = the default server.
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
 }
 
 /// The socket path in a `$TMUX` value (`<socket>,<server pid>,<session index>`).
-pub fn socket_from_tmux_env(tmux: &str) -> Option<PathBuf> {
+pub(crate) fn socket_from_tmux_env(tmux: &str) -> Option<PathBuf> {
     // The path itself may contain commas; the last two fields never do.
     let mut parts = tmux.rsplitn(3, ',');
     let (_, _, path) = (parts.next()?, parts.next()?, parts.next()?);
@@ -28,7 +28,7 @@ pub fn socket_from_tmux_env(tmux: &str) -> Option<PathBuf> {
 
 /// Why a command could not be typed, in words a person understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InjectError {
+pub(crate) enum InjectError {
     /// No tmux program.
     #[error("tmux is not installed on this machine (or not on the agent's PATH)")]
     TmuxMissing,
@@ -48,7 +48,7 @@ pub enum InjectError {
 
 /// Types into panes.
 #[derive(Debug, Clone)]
-pub struct Injector {
+pub(crate) struct Injector {
     tmux: PathBuf,
     pause: Duration,
     timeout: Duration,
@@ -56,7 +56,7 @@ pub struct Injector {
 
 impl Injector {
     /// `tmux` is the program; `pause` goes between the text and Enter.
-    pub fn new(tmux: impl Into<PathBuf>, pause: Duration) -> Self {
+    pub(crate) fn new(tmux: impl Into<PathBuf>, pause: Duration) -> Self {
         Self {
             tmux: tmux.into(),
             pause,
@@ -65,13 +65,15 @@ impl Injector {
     }
 
     /// Types `text` into `pane` and presses Enter; an empty text is Enter alone.
-    pub async fn type_into(&self, pane: &Pane, text: &str) -> Result<(), InjectError> {
+    #[cfg(test)]
+    pub(crate) async fn type_into(&self, pane: &Pane, text: &str) -> Result<(), InjectError> {
         self.type_with(pane, text, || {}).await
     }
 
-    /// Like [`Injector::type_into`], calling `typed` once the text is in the pane and only
-    /// Enter is missing (so a crash after that point can be finished with Enter alone).
-    pub async fn type_with(
+    /// Types `text` into `pane` and presses Enter (an empty text is Enter alone), calling
+    /// `typed` once the text is in the pane and only Enter is missing (so a crash after that
+    /// point can be finished with Enter alone).
+    pub(crate) async fn type_with(
         &self,
         pane: &Pane,
         text: &str,
@@ -90,7 +92,7 @@ impl Injector {
     }
 
     /// Presses Enter in `pane` (PaneGone if it no longer exists).
-    pub async fn press_enter(&self, pane: &Pane) -> Result<(), InjectError> {
+    pub(crate) async fn press_enter(&self, pane: &Pane) -> Result<(), InjectError> {
         self.enter(pane).await
     }
 

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use rusqlite::{params, OptionalExtension};
 
+use super::inject::Pane;
 use crate::db::Db;
-use crate::inject::Pane;
 
 /// One session as recorded by its `session-start` hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub struct SessionRecord {
 
 impl SessionRecord {
     /// The pane to type into, if the session runs in tmux.
-    pub fn pane(&self) -> Option<Pane> {
+    pub(crate) fn pane(&self) -> Option<Pane> {
         self.pane_id.as_ref().map(|id| Pane {
             pane_id: id.clone(),
             socket: self.tmux_socket.clone(),
@@ -76,7 +76,7 @@ impl Sessions {
     }
 
     /// One session.
-    pub fn get(&self, session_id: &str) -> rusqlite::Result<Option<SessionRecord>> {
+    pub(crate) fn get(&self, session_id: &str) -> rusqlite::Result<Option<SessionRecord>> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT session_id, pane_id, tmux_socket, cwd, label, transcript_path, \
@@ -89,7 +89,7 @@ impl Sessions {
     }
 
     /// Every session, most recent first.
-    pub fn all(&self) -> rusqlite::Result<Vec<SessionRecord>> {
+    pub(crate) fn all(&self) -> rusqlite::Result<Vec<SessionRecord>> {
         self.db.with(|c| {
             let mut st = c.prepare(
                 "SELECT session_id, pane_id, tmux_socket, cwd, label, transcript_path, \
@@ -101,7 +101,7 @@ impl Sessions {
     }
 
     /// Forgets a session.
-    pub fn remove(&self, session_id: &str) -> rusqlite::Result<()> {
+    pub(crate) fn remove(&self, session_id: &str) -> rusqlite::Result<()> {
         self.db.with(|c| {
             c.execute("DELETE FROM sessions WHERE session_id = ?1", [session_id])
                 .map(drop)
@@ -110,7 +110,7 @@ impl Sessions {
 
     /// Deletes sessions not updated for `max_age_ms` (a session that ended without its
     /// `session-end` hook, e.g. a killed terminal).
-    pub fn prune(&self, now: i64, max_age_ms: i64) -> rusqlite::Result<usize> {
+    pub(crate) fn prune(&self, now: i64, max_age_ms: i64) -> rusqlite::Result<usize> {
         self.db.with(|c| {
             c.execute(
                 "DELETE FROM sessions WHERE updated_at < ?1",
@@ -119,8 +119,9 @@ impl Sessions {
         })
     }
 
-    /// Sets a status value.
-    pub fn set_status(&self, key: &str, value: &str, now: i64) -> rusqlite::Result<()> {
+    /// Sets a status value. The daemon's connection state is written only through
+    /// `status::record` and `status::record_pong`, which own the keys.
+    pub(super) fn set_status(&self, key: &str, value: &str, now: i64) -> rusqlite::Result<()> {
         self.db.with(|c| {
             c.execute(
                 "INSERT INTO status (key, value, updated_at) VALUES (?1, ?2, ?3) \
@@ -133,7 +134,7 @@ impl Sessions {
     }
 
     /// A status value and when it was set.
-    pub fn status(&self, key: &str) -> rusqlite::Result<Option<(String, i64)>> {
+    pub(super) fn status(&self, key: &str) -> rusqlite::Result<Option<(String, i64)>> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT value, updated_at FROM status WHERE key = ?1",

@@ -14,7 +14,7 @@ use rusqlite::{params, OptionalExtension};
 use crate::db::Db;
 
 /// A done row is deleted this long after it finished (ms).
-pub const DONE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+pub(crate) const DONE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// Where a command is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,16 +79,16 @@ pub enum Receipt {
 
 /// The outcome of executing a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Whether the text reached the pane.
-    pub success: bool,
+    pub(crate) success: bool,
     /// Why not, for a person.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 impl Outcome {
     /// Success.
-    pub fn ok() -> Self {
+    pub(crate) fn ok() -> Self {
         Self {
             success: true,
             error: None,
@@ -96,7 +96,7 @@ impl Outcome {
     }
 
     /// Failure with a reason.
-    pub fn failed(reason: impl Into<String>) -> Self {
+    pub(crate) fn failed(reason: impl Into<String>) -> Self {
         Self {
             success: false,
             error: Some(reason.into()),
@@ -106,30 +106,30 @@ impl Outcome {
 
 /// Rows per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Stored, not acked.
-    pub stored: u64,
+    pub(crate) stored: u64,
     /// Acked, waiting to run.
-    pub acked: u64,
+    pub(crate) acked: u64,
     /// Running or interrupted (including typed, waiting for Enter).
-    pub executing: u64,
+    pub(crate) executing: u64,
     /// Finished.
-    pub done: u64,
+    pub(crate) done: u64,
 }
 
 /// The most recent command, for `ccr-agent status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastCommand {
+pub(crate) struct LastCommand {
     /// Its id.
-    pub command_id: String,
+    pub(crate) command_id: String,
     /// Its session.
-    pub session_id: String,
+    pub(crate) session_id: String,
     /// Its state.
-    pub state: State,
+    pub(crate) state: State,
     /// Result, once done.
-    pub outcome: Option<Outcome>,
+    pub(crate) outcome: Option<Outcome>,
     /// When it arrived (ms).
-    pub received_at: i64,
+    pub(crate) received_at: i64,
 }
 
 /// The inbox over the agent's database.
@@ -174,7 +174,7 @@ impl Inbox {
     }
 
     /// Records that the ack was sent (`stored → acked`; later states stay).
-    pub fn mark_acked(&self, command_id: &str, now: i64) -> rusqlite::Result<()> {
+    pub(crate) fn mark_acked(&self, command_id: &str, now: i64) -> rusqlite::Result<()> {
         self.db.with(|c| {
             c.execute(
                 "UPDATE inbox SET state = 'acked', updated_at = ?2 \
@@ -210,7 +210,7 @@ impl Inbox {
     }
 
     /// Commands whose text was typed but whose Enter a crash prevented, oldest first.
-    pub fn typed(&self) -> rusqlite::Result<Vec<Command>> {
+    pub(crate) fn typed(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
                 "SELECT command_id, session_id, command, chat_id FROM inbox \
@@ -229,7 +229,12 @@ impl Inbox {
     }
 
     /// Records the outcome of a command claimed with [`Inbox::begin`].
-    pub fn finish(&self, command_id: &str, outcome: &Outcome, now: i64) -> rusqlite::Result<()> {
+    pub(crate) fn finish(
+        &self,
+        command_id: &str,
+        outcome: &Outcome,
+        now: i64,
+    ) -> rusqlite::Result<()> {
         self.db.with(|c| {
             c.execute(
                 "UPDATE inbox SET state = 'done', success = ?2, error = ?3, result_sent = 0, \
@@ -241,7 +246,7 @@ impl Inbox {
     }
 
     /// Commands stored or acked but not started, oldest first.
-    pub fn runnable(&self) -> rusqlite::Result<Vec<Command>> {
+    pub(crate) fn runnable(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
                 "SELECT command_id, session_id, command, chat_id FROM inbox \
@@ -262,7 +267,7 @@ impl Inbox {
     /// At start-up: commands left `executing` by a crash may have been typed in part, so they
     /// are finished as failed instead of typed again. Returns how many. (`typed` ones are
     /// completed by the caller: see [`Inbox::typed`].)
-    pub fn recover_interrupted(&self, now: i64) -> rusqlite::Result<usize> {
+    pub(crate) fn recover_interrupted(&self, now: i64) -> rusqlite::Result<usize> {
         self.db.with(|c| {
             c.execute(
                 "UPDATE inbox SET state = 'done', success = 0, error = ?1, result_sent = 0, \
@@ -277,7 +282,7 @@ impl Inbox {
     }
 
     /// Results not yet sent to the Worker, oldest first, at most `limit`.
-    pub fn unsent_results(&self, limit: usize) -> rusqlite::Result<Vec<(String, Outcome)>> {
+    pub(crate) fn unsent_results(&self, limit: usize) -> rusqlite::Result<Vec<(String, Outcome)>> {
         self.db.with(|c| {
             let mut st = c.prepare(
                 "SELECT command_id, success, error FROM inbox \
@@ -297,7 +302,7 @@ impl Inbox {
     }
 
     /// Records that a result was handed to the socket.
-    pub fn mark_result_sent(&self, command_id: &str) -> rusqlite::Result<()> {
+    pub(crate) fn mark_result_sent(&self, command_id: &str) -> rusqlite::Result<()> {
         self.db.with(|c| {
             c.execute(
                 "UPDATE inbox SET result_sent = 1 WHERE command_id = ?1",
@@ -309,7 +314,7 @@ impl Inbox {
 
     /// Queues a done command's result to be sent again (the Worker delivered the command
     /// again, so it may have missed the result too; it ignores a result it already has).
-    pub fn resend_result(&self, command_id: &str) -> rusqlite::Result<()> {
+    pub(crate) fn resend_result(&self, command_id: &str) -> rusqlite::Result<()> {
         self.db.with(|c| {
             c.execute(
                 "UPDATE inbox SET result_sent = 0 WHERE command_id = ?1 AND state = 'done'",
@@ -320,7 +325,7 @@ impl Inbox {
     }
 
     /// Deletes done rows older than `retention_ms`; returns how many.
-    pub fn prune(&self, now: i64, retention_ms: i64) -> rusqlite::Result<usize> {
+    pub(crate) fn prune(&self, now: i64, retention_ms: i64) -> rusqlite::Result<usize> {
         self.db.with(|c| {
             c.execute(
                 "DELETE FROM inbox WHERE state = 'done' AND updated_at < ?1",
@@ -330,7 +335,8 @@ impl Inbox {
     }
 
     /// The state of one command.
-    pub fn state(&self, command_id: &str) -> rusqlite::Result<Option<State>> {
+    #[cfg(test)]
+    pub(crate) fn state(&self, command_id: &str) -> rusqlite::Result<Option<State>> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT state FROM inbox WHERE command_id = ?1",
@@ -343,7 +349,7 @@ impl Inbox {
     }
 
     /// Rows per state.
-    pub fn counts(&self) -> rusqlite::Result<Counts> {
+    pub(crate) fn counts(&self) -> rusqlite::Result<Counts> {
         self.db.with(|c| {
             let mut st = c.prepare("SELECT state, COUNT(*) FROM inbox GROUP BY state")?;
             let mut counts = Counts::default();
@@ -363,7 +369,7 @@ impl Inbox {
     }
 
     /// The most recently received command.
-    pub fn last(&self) -> rusqlite::Result<Option<LastCommand>> {
+    pub(crate) fn last(&self) -> rusqlite::Result<Option<LastCommand>> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT command_id, session_id, state, success, error, received_at FROM inbox \

@@ -2,7 +2,8 @@
 //!
 //! The merge is idempotent (an entry of ours is recognised by `ccr-agent … hook <event>` in
 //! its command and updated in place), keeps every other setting and hook, writes a backup of
-//! the previous file first, and replaces the file atomically. A file that is not a JSON object
+//! the previous file first, and replaces the file atomically, keeping its mode (a new file is
+//! 0600). A file that is not a JSON object
 //! is left untouched with an error.
 
 use std::path::{Path, PathBuf};
@@ -10,13 +11,17 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
-use crate::config::HookEvent;
+use crate::db::now_ms;
+use crate::hooks::HookEvent;
+
+/// The mode of a settings file this command creates.
+const NEW_FILE_MODE: u32 = 0o600;
 
 /// Seconds Claude Code gives each of our hooks before killing it.
-pub const HOOK_TIMEOUT_SECS: u64 = 10;
+pub(crate) const HOOK_TIMEOUT_SECS: u64 = 10;
 
 /// Quotes `s` for a POSIX shell (Claude Code runs hook commands through one).
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"/._-+:,=@%".contains(&b))
@@ -27,7 +32,7 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// The hook command for `event`, e.g. `/usr/local/bin/ccr-agent hook stop`.
-pub fn hook_command(exe: &Path, data_dir: Option<&Path>, event: HookEvent) -> String {
+pub(crate) fn hook_command(exe: &Path, data_dir: Option<&Path>, event: HookEvent) -> String {
     let mut cmd = shell_quote(&exe.to_string_lossy());
     if let Some(dir) = data_dir {
         cmd.push_str(" --data-dir ");
@@ -39,7 +44,7 @@ pub fn hook_command(exe: &Path, data_dir: Option<&Path>, event: HookEvent) -> St
 }
 
 /// Whether `command` is our hook for `event` (`ccr-agent … hook <event>`).
-pub fn is_ours(command: &str, event: HookEvent) -> bool {
+pub(crate) fn is_ours(command: &str, event: HookEvent) -> bool {
     command.contains("ccr-agent")
         && command
             .trim_end()
@@ -47,7 +52,11 @@ pub fn is_ours(command: &str, event: HookEvent) -> bool {
 }
 
 /// Merges our hooks into `settings`; returns whether anything changed.
-pub fn merge(settings: &mut Value, exe: &Path, data_dir: Option<&Path>) -> anyhow::Result<bool> {
+pub(crate) fn merge(
+    settings: &mut Value,
+    exe: &Path,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<bool> {
     let Some(root) = settings.as_object_mut() else {
         bail!("the settings file is not a JSON object");
     };
@@ -100,17 +109,21 @@ pub fn merge(settings: &mut Value, exe: &Path, data_dir: Option<&Path>) -> anyho
 
 /// What [`install`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installed {
+pub(crate) struct Installed {
     /// The settings file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Whether it was written (false: it already had our hooks).
-    pub changed: bool,
+    pub(crate) changed: bool,
     /// The backup of the previous file, if there was one and it changed.
-    pub backup: Option<PathBuf>,
+    pub(crate) backup: Option<PathBuf>,
 }
 
 /// Merges our hooks into the settings file at `path` (created if missing).
-pub fn install(path: &Path, exe: &Path, data_dir: Option<&Path>) -> anyhow::Result<Installed> {
+pub(crate) fn install(
+    path: &Path,
+    exe: &Path,
+    data_dir: Option<&Path>,
+) -> anyhow::Result<Installed> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -139,18 +152,21 @@ pub fn install(path: &Path, exe: &Path, data_dir: Option<&Path>) -> anyhow::Resu
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
+    // The file keeps its mode (it may hold secrets in `env` that its owner keeps private); a
+    // new one is private to its owner.
+    let mode = existing_mode(path).unwrap_or(NEW_FILE_MODE);
     let mut backup = None;
     if let Some(text) = &existing {
-        let stamp = crate::db::now_ms();
+        let stamp = now_ms();
         let b = PathBuf::from(format!("{}.bak-{stamp}", path.display()));
-        std::fs::write(&b, text).with_context(|| format!("writing backup {}", b.display()))?;
+        ccr_native::write_atomic(&b, text.as_bytes(), mode)
+            .with_context(|| format!("writing backup {}", b.display()))?;
         backup = Some(b);
     }
     let mut text = serde_json::to_string_pretty(&settings)?;
     text.push('\n');
-    let tmp = PathBuf::from(format!("{}.ccr-tmp", path.display()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    ccr_native::write_atomic(path, text.as_bytes(), mode)
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(Installed {
         path: path.to_owned(),
         changed: true,
@@ -158,8 +174,16 @@ pub fn install(path: &Path, exe: &Path, data_dir: Option<&Path>) -> anyhow::Resu
     })
 }
 
+/// The permission bits of the file at `path`, if it exists.
+fn existing_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| m.permissions().mode() & 0o777)
+}
+
 /// `~/.claude/settings.json`.
-pub fn default_settings_path() -> Option<PathBuf> {
+pub(crate) fn default_settings_path() -> Option<PathBuf> {
     let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
     Some(Path::new(&home).join(".claude/settings.json"))
 }
@@ -265,6 +289,22 @@ mod tests {
         let err = install(&path, Path::new(EXE), None).unwrap_err();
         assert!(format!("{err:#}").contains("not valid JSON"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
+    }
+
+    #[test]
+    fn install_keeps_the_files_mode_and_creates_private_ones() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("settings.json");
+        install(&path, Path::new(EXE), None).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let path = dir.path().join("shared.json");
+        std::fs::write(&path, "{}").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let r = install(&path, Path::new(EXE), None).unwrap();
+        assert_eq!(mode(&path), 0o640);
+        assert_eq!(mode(&r.backup.unwrap()), 0o640);
     }
 
     #[test]

@@ -10,17 +10,17 @@ use ccr_protocol::api::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::config::WorkerConfig;
+use crate::settings::WorkerConfig;
 
 /// A client for the Worker's API.
-pub struct WorkerApi {
+pub(super) struct WorkerApi {
     worker: WorkerConfig,
     http: reqwest::Client,
 }
 
 impl WorkerApi {
     /// A client whose every request gives up after `timeout`.
-    pub fn new(worker: WorkerConfig, timeout: Duration) -> anyhow::Result<Self> {
+    pub(super) fn new(worker: WorkerConfig, timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .timeout(timeout)
@@ -30,7 +30,11 @@ impl WorkerApi {
     }
 
     /// `POST /sessions/register`.
-    pub async fn register(&self, session_id: &str, label: Option<&str>) -> anyhow::Result<()> {
+    pub(super) async fn register(
+        &self,
+        session_id: &str,
+        label: Option<&str>,
+    ) -> anyhow::Result<()> {
         let body = RegisterSession {
             session_id: session_id.to_owned(),
             machine_id: self.worker.machine_id.clone(),
@@ -42,7 +46,7 @@ impl WorkerApi {
     }
 
     /// `POST /sessions/unregister`.
-    pub async fn unregister(&self, session_id: &str) -> anyhow::Result<()> {
+    pub(super) async fn unregister(&self, session_id: &str) -> anyhow::Result<()> {
         let body = UnregisterSession {
             session_id: session_id.to_owned(),
         };
@@ -52,7 +56,11 @@ impl WorkerApi {
     }
 
     /// `POST /notifications/send`.
-    pub async fn notify(&self, session_id: &str, text: &str) -> anyhow::Result<NotificationSent> {
+    pub(super) async fn notify(
+        &self,
+        session_id: &str,
+        text: &str,
+    ) -> anyhow::Result<NotificationSent> {
         let body = SendNotification {
             session_id: session_id.to_owned(),
             text: text.to_owned(),

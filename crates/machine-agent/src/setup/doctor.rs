@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
+use ccr_native::error_chain as chain;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -19,27 +19,30 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::config::{self, hook_config_path, CommonArgs, HookEvent, WorkerConfig};
+use crate::daemon::sessions::Sessions;
+use crate::daemon::status::ConnectionStatus;
 use crate::db::{now_ms, Db};
-use crate::sessions::Sessions;
+use crate::hooks::HookEvent;
+use crate::settings::{
+    data_dir as settings_data_dir, hook_config_path, hook_worker, RawSettings, WorkerConfig,
+};
+use crate::setup::claude_settings;
 
 /// Largest accepted difference between this machine's clock and the Worker's.
-pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+const MAX_CLOCK_SKEW_SECS: i64 = 300;
 
-/// `ccr-agent doctor` flags.
-#[derive(Debug, Clone, Args)]
-pub struct DoctorArgs {
+/// What `doctor` was asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
     /// The Claude Code settings file to look for the hooks in; default ~/.claude/settings.json
-    #[arg(long)]
-    pub settings: Option<PathBuf>,
-    /// Seconds each check may take.
-    #[arg(long, default_value_t = 10)]
-    pub timeout: u64,
+    pub(crate) settings: Option<PathBuf>,
+    /// How long each check may take.
+    pub(crate) timeout: Duration,
 }
 
 /// How a check came out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Passed, with what was found.
     Pass(String),
     /// Failed: what is wrong and how to fix it.
@@ -55,18 +58,18 @@ pub enum Outcome {
 
 /// One named check.
 #[derive(Debug, Clone)]
-pub struct Check {
+pub(crate) struct Check {
     /// Its name, e.g. `API key`.
-    pub name: &'static str,
+    pub(crate) name: &'static str,
     /// Its outcome.
-    pub outcome: Outcome,
+    pub(crate) outcome: Outcome,
 }
 
 /// All checks.
 #[derive(Debug, Clone, Default)]
-pub struct Report {
+pub(crate) struct Report {
     /// In the order they ran.
-    pub checks: Vec<Check>,
+    pub(crate) checks: Vec<Check>,
 }
 
 impl Report {
@@ -75,14 +78,14 @@ impl Report {
     }
 
     /// Whether every check passed.
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.checks
             .iter()
             .all(|c| matches!(c.outcome, Outcome::Pass(_)))
     }
 
     /// One line per check (two for a failure: the problem, then the fix), and a summary.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         for c in &self.checks {
             match &c.outcome {
@@ -118,30 +121,15 @@ fn fail(problem: impl Into<String>, fix: impl Into<String>) -> Outcome {
     }
 }
 
-/// A reqwest error and its causes on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
 /// Runs every check.
-pub async fn run(common: &CommonArgs, args: &DoctorArgs) -> Report {
-    let timeout = Duration::from_secs(args.timeout.max(1));
+pub(crate) async fn run(common: &RawSettings, args: &Options) -> Report {
+    let timeout = args.timeout;
     let mut report = Report::default();
 
     // Settings: flags and environment first, then the daemon's saved file (as the hooks do).
-    let data_dir = config::data_dir(common);
+    let data_dir = settings_data_dir(common);
     let worker = match &data_dir {
-        Ok(dir) => config::hook_worker(common, dir),
+        Ok(dir) => hook_worker(common, dir),
         Err(e) => Err(e.clone()),
     };
     match (&data_dir, &worker) {
@@ -230,7 +218,7 @@ pub async fn run(common: &CommonArgs, args: &DoctorArgs) -> Report {
     let settings_path = args
         .settings
         .clone()
-        .or_else(crate::settings::default_settings_path);
+        .or_else(claude_settings::default_settings_path);
     report.push(
         "Claude Code hooks",
         check_hooks(settings_path.as_deref(), args.settings.is_some()),
@@ -386,26 +374,18 @@ async fn check_key(http: &reqwest::Client, w: &WorkerConfig) -> Outcome {
     }
 }
 
-/// Whether the daemon recorded a live connection recently enough to trust it.
+/// Whether a daemon is connected right now (the same rule as `ccr-agent status`), and when
+/// it last heard from the Worker.
 fn daemon_connection(data_dir: &Path) -> Option<String> {
     if !Db::path(data_dir).exists() {
         return None;
     }
     let sessions = Sessions::new(Db::open(data_dir).ok()?);
-    let (state, since) = sessions.status("connection").ok()??;
-    if state != "connected" {
-        return None;
-    }
-    let heard = sessions
-        .status("last_pong")
-        .ok()
-        .flatten()
-        .map(|(_, at)| at)
-        .unwrap_or(since)
-        .max(since);
-    let silent = (now_ms() - heard).max(0) / 1000;
-    // Pings go every 30 s, so a live daemon heard from the Worker within the pong timeout.
-    (silent <= ccr_protocol::PONG_TIMEOUT_SECS as i64).then(|| format!("{silent}s ago"))
+    let status = ConnectionStatus::read(&sessions).ok()??;
+    let now = now_ms();
+    status
+        .is_live(now)
+        .then(|| format!("{}s ago", status.silence(now).as_secs()))
 }
 
 async fn check_socket(w: &WorkerConfig, data_dir: Option<&Path>, timeout: Duration) -> Outcome {
@@ -537,7 +517,7 @@ fn check_clock(date: Option<String>, worker: &url::Url) -> Outcome {
 }
 
 /// Seconds since the epoch of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-pub fn parse_http_date(text: &str) -> Option<i64> {
+fn parse_http_date(text: &str) -> Option<i64> {
     let rest = text.trim().split_once(", ")?.1;
     let parts: Vec<&str> = rest.split(' ').collect();
     let [day, month, year, time, "GMT"] = parts.as_slice() else {
@@ -668,7 +648,7 @@ fn check_hooks(path: Option<&Path>, explicit: bool) -> Outcome {
             .filter_map(|g| g.get("hooks").and_then(Value::as_array))
             .flatten()
             .filter_map(|h| h.get("command").and_then(Value::as_str))
-            .filter(|c| crate::settings::is_ours(c, event))
+            .filter(|c| claude_settings::is_ours(c, event))
             .map(str::to_owned)
             .collect();
         match commands.first() {
@@ -808,7 +788,7 @@ mod tests {
         ));
         let exe = dir.path().join("ccr-agent");
         std::fs::write(&exe, "").unwrap();
-        crate::settings::install(&path, &exe, None).unwrap();
+        claude_settings::install(&path, &exe, None).unwrap();
         assert!(matches!(check_hooks(Some(&path), true), Outcome::Pass(_)));
         let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         v["hooks"].as_object_mut().unwrap().remove("Stop");
@@ -820,7 +800,7 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        crate::settings::install(&path, Path::new("/nowhere/ccr-agent"), None).unwrap();
+        claude_settings::install(&path, Path::new("/nowhere/ccr-agent"), None).unwrap();
         match check_hooks(Some(&path), false) {
             Outcome::Fail { problem, .. } => assert!(problem.contains("/nowhere/ccr-agent")),
             o => panic!("{o:?}"),

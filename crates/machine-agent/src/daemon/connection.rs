@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ccr_native::{Backoff, Jitter};
 use ccr_protocol::socket::{SocketMessage, PING_FRAME};
 use futures_util::{SinkExt, StreamExt};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,61 +23,23 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Timing, WorkerConfig};
+use super::inbox::{Command, Inbox, Receipt, State};
+use super::sessions::Sessions;
+use super::status::{self, Connection};
 use crate::db::now_ms;
-use crate::inbox::{Command, Inbox, Receipt};
-use crate::sessions::Sessions;
+use crate::settings::{Timing, WorkerConfig};
 
 /// The close code the Worker uses when a newer socket for the same machine replaced this one.
-pub const CLOSE_REPLACED: u16 = 4000;
+const CLOSE_REPLACED: u16 = 4000;
 /// Results sent per flush.
 const RESULT_BATCH: usize = 64;
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Exponential backoff with full jitter: attempt n waits a uniform random time in
-/// `[0, min(max, base·2ⁿ)]`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    /// A fresh backoff.
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Self {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The cap for the next attempt (without jitter).
-    pub fn cap(&self) -> Duration {
-        let factor = 1u32 << self.attempt.min(20);
-        self.base.saturating_mul(factor).min(self.max)
-    }
-
-    /// The next delay, drawn from `rng`.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let cap = self.cap();
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = cap.as_millis() as u64;
-        Duration::from_millis(rng.random_range(0..=ms))
-    }
-
-    /// Back to the first step, after a healthy connection.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 /// Why connecting failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+enum ConnectError {
     /// 401: the key is wrong.
     #[error("the Worker rejected the API key (HTTP 401): {0}")]
     Unauthorized(String),
@@ -87,7 +50,7 @@ pub enum ConnectError {
 
 /// How one connection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ended {
+enum Ended {
     /// Shutdown requested; close 1000 was sent.
     Shutdown,
     /// The Worker closed with 4000: another agent took over this machine id.
@@ -98,19 +61,19 @@ pub enum Ended {
 
 /// What the socket loop shares with the executor.
 #[derive(Clone)]
-pub struct Shared {
+pub(crate) struct Shared {
     /// The inbox.
-    pub inbox: Inbox,
+    pub(crate) inbox: Inbox,
     /// Session records and status.
-    pub sessions: Sessions,
+    pub(crate) sessions: Sessions,
     /// Rung when a command is stored (wakes the executor).
-    pub commands_ready: Arc<Notify>,
+    pub(crate) commands_ready: Arc<Notify>,
     /// Rung when a result is ready (wakes the socket loop).
-    pub results_ready: Arc<Notify>,
+    pub(crate) results_ready: Arc<Notify>,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
-pub async fn connect(worker: &WorkerConfig, timeout: Duration) -> Result<Ws, ConnectError> {
+async fn connect(worker: &WorkerConfig, timeout: Duration) -> Result<Ws, ConnectError> {
     let url = worker.socket_url();
     let mut request = url
         .as_str()
@@ -168,17 +131,18 @@ fn redact(url: &url::Url) -> String {
 }
 
 /// Keeps a connection to the Worker until `shutdown` turns true.
-pub async fn run_socket(
+pub(crate) async fn run_socket(
     worker: WorkerConfig,
     timing: Timing,
     shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_max);
+    let mut backoff = Backoff::new(timing.backoff_base, timing.backoff_max, Jitter::Full);
     // A Send generator (the thread-local one cannot cross awaits in a spawned task).
     let mut rng = rand::rngs::StdRng::from_os_rng();
-    // Each state change is one log line; repeats of a failing state go to debug.
-    let mut state = "starting";
+    // Each state change is one log line; repeats of a failing state go to debug. `None`:
+    // starting, nothing recorded yet.
+    let mut state: Option<Connection> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -187,29 +151,26 @@ pub async fn run_socket(
             Ok(ws) => {
                 let started = Instant::now();
                 info!(machine_id = %worker.machine_id, "connected to the Worker");
-                state = "connected";
-                set_status(&shared, state, "");
+                status::record(&shared.sessions, Connection::Connected, "");
                 let ended = serve(ws, &timing, &shared, &mut shutdown).await;
-                if started.elapsed() >= timing.healthy_after {
-                    backoff.reset();
-                }
+                backoff.connection_ended(started.elapsed(), timing.healthy_after);
                 match ended {
                     Ended::Shutdown => {
                         info!("disconnected: shutting down");
-                        set_status(&shared, "stopped", "shut down");
+                        status::record(&shared.sessions, Connection::Stopped, "shut down");
                         return;
                     }
                     Ended::Replaced => {
-                        state = "replaced";
+                        state = Some(Connection::Replaced);
                         warn!(
                             machine_id = %worker.machine_id,
                             "disconnected: another agent took over this machine id (close {CLOSE_REPLACED}); \
                              retrying in {:?} — stop the other agent or give this one its own --machine-id",
                             timing.replaced_retry
                         );
-                        set_status(
-                            &shared,
-                            "replaced",
+                        status::record(
+                            &shared.sessions,
+                            Connection::Replaced,
                             "another agent took over this machine id",
                         );
                         timing.replaced_retry
@@ -217,18 +178,18 @@ pub async fn run_socket(
                     Ended::Lost(why) => {
                         let d = backoff.next_delay(&mut rng);
                         warn!("disconnected: {why}; reconnecting in {d:?}");
-                        state = "disconnected";
-                        set_status(&shared, state, &why);
+                        state = Some(Connection::Disconnected);
+                        status::record(&shared.sessions, Connection::Disconnected, &why);
                         d
                     }
                 }
             }
-            Err(ConnectError::Unauthorized(_)) if state == "unauthorized" => {
+            Err(ConnectError::Unauthorized(_)) if state == Some(Connection::Unauthorized) => {
                 debug!("the Worker still rejects the API key");
                 timing.unauthorized_retry
             }
             Err(ConnectError::Unauthorized(body)) => {
-                state = "unauthorized";
+                state = Some(Connection::Unauthorized);
                 error!(
                     "the Worker rejected the API key (HTTP 401{}): set CCR_API_KEY to the admin \
                      key or this machine's key (`ccr-agent machine-key --machine-id {}`); \
@@ -241,17 +202,21 @@ pub async fn run_socket(
                     worker.machine_id,
                     timing.unauthorized_retry
                 );
-                set_status(&shared, state, "the Worker rejected the API key");
+                status::record(
+                    &shared.sessions,
+                    Connection::Unauthorized,
+                    "the Worker rejected the API key",
+                );
                 timing.unauthorized_retry
             }
             Err(ConnectError::Other(why)) => {
                 let d = backoff.next_delay(&mut rng);
-                if state == "disconnected" {
+                if state == Some(Connection::Disconnected) {
                     debug!("still cannot connect: {why}; retrying in {d:?}");
                 } else {
                     warn!("cannot connect: {why}; retrying in {d:?} (further failures are logged at debug level)");
-                    state = "disconnected";
-                    set_status(&shared, state, &why);
+                    state = Some(Connection::Disconnected);
+                    status::record(&shared.sessions, Connection::Disconnected, &why);
                 }
                 d
             }
@@ -263,19 +228,8 @@ pub async fn run_socket(
     }
 }
 
-fn set_status(shared: &Shared, state: &str, detail: &str) {
-    let now = now_ms();
-    let r = shared
-        .sessions
-        .set_status("connection", state, now)
-        .and_then(|_| shared.sessions.set_status("connection_detail", detail, now));
-    if let Err(e) = r {
-        warn!("recording status: {e}");
-    }
-}
-
 /// Serves one connection until it ends.
-pub async fn serve(
+async fn serve(
     mut ws: Ws,
     timing: &Timing,
     shared: &Shared,
@@ -356,11 +310,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
         }
     };
     match msg {
-        SocketMessage::Pong => {
-            if let Err(e) = shared.sessions.set_status("last_pong", "", now_ms()) {
-                debug!("recording pong: {e}");
-            }
-        }
+        SocketMessage::Pong => status::record_pong(&shared.sessions),
         SocketMessage::Command {
             command_id,
             session_id,
@@ -395,7 +345,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 }
                 Receipt::Duplicate(state) => {
                     info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");
-                    if state == crate::inbox::State::Done {
+                    if state == State::Done {
                         if let Err(e) = shared.inbox.resend_result(&cmd.command_id) {
                             warn!("queueing a result again: {e}");
                         }
@@ -457,37 +407,4 @@ async fn close(ws: &mut Ws, code: CloseCode, reason: &str) {
         }
     })
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_with_full_jitter_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let mut caps = Vec::new();
-        for _ in 0..10 {
-            caps.push(b.cap());
-            let d = b.next_delay(&mut rng);
-            assert!(d <= *caps.last().unwrap());
-        }
-        assert_eq!(caps[0], Duration::from_millis(500));
-        assert_eq!(caps[1], Duration::from_secs(1));
-        assert_eq!(caps[5], Duration::from_secs(16));
-        assert_eq!(caps[6], Duration::from_secs(30));
-        assert_eq!(caps[9], Duration::from_secs(30));
-        // Jitter: many draws at the cap spread over the range rather than sitting on it.
-        let draws: Vec<Duration> = (0..200).map(|_| b.next_delay(&mut rng)).collect();
-        assert!(draws.iter().any(|d| *d < Duration::from_secs(10)));
-        assert!(draws.iter().any(|d| *d > Duration::from_secs(20)));
-        b.reset();
-        assert_eq!(b.cap(), Duration::from_millis(500));
-        // Huge attempt counts do not overflow.
-        for _ in 0..100 {
-            b.next_delay(&mut rng);
-        }
-        assert_eq!(b.cap(), Duration::from_secs(30));
-    }
 }

@@ -9,24 +9,26 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
 
-use crate::config::{
-    self, hook_config_path, write_hook_config, CommonArgs, ConfigError, HookConfigFile,
-    WorkerConfig,
+use crate::settings::{
+    data_dir, hook_config_path, hook_worker, write_hook_config, ConfigError, HookConfigFile,
+    RawSettings, WorkerConfig,
 };
 
 /// `--inject-delay-ms`'s default, left out of the service's command line.
 const DEFAULT_INJECT_DELAY_MS: u64 = 100;
 
+/// The service file holds no secret: readable by all, like any unit or plist.
+const SERVICE_FILE_MODE: u32 = 0o644;
+
 /// The launchd label (also the plist's file name).
-pub const LAUNCHD_LABEL: &str = "dev.ccr.agent";
+pub(crate) const LAUNCHD_LABEL: &str = "dev.ccr.agent";
 /// The systemd unit's name.
-pub const SYSTEMD_UNIT: &str = "ccr-agent.service";
+pub(crate) const SYSTEMD_UNIT: &str = "ccr-agent.service";
 
 /// Which service manager to write for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Platform {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Platform {
     /// A systemd user unit.
     Linux,
     /// A launchd user agent.
@@ -35,7 +37,7 @@ pub enum Platform {
 
 impl Platform {
     /// The platform this program runs on.
-    pub fn current() -> Platform {
+    pub(crate) fn current() -> Platform {
         if cfg!(target_os = "macos") {
             Platform::Macos
         } else {
@@ -44,38 +46,33 @@ impl Platform {
     }
 }
 
-/// `ccr-agent install-service` flags.
-#[derive(Debug, Clone, Args)]
-pub struct ServiceArgs {
-    /// Which service to write: linux (systemd user unit) or macos (launchd agent); default:
-    /// this system's.
-    #[arg(long, value_enum)]
-    pub platform: Option<Platform>,
-    /// Where to write it; default ~/.config/systemd/user/ccr-agent.service or
-    /// ~/Library/LaunchAgents/dev.ccr.agent.plist.
-    #[arg(long)]
-    pub path: Option<PathBuf>,
+/// What `install-service` was asked for.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    /// Which service to write; default: this system's.
+    pub(crate) platform: Option<Platform>,
+    /// Where to write it; default: the platform's place under the home directory.
+    pub(crate) path: Option<PathBuf>,
     /// The home directory the default path is under; default $HOME.
-    #[arg(long)]
-    pub home: Option<PathBuf>,
+    pub(crate) home: Option<PathBuf>,
 }
 
 /// What the service runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceSpec {
+pub(crate) struct ServiceSpec {
     /// The `ccr-agent` program.
-    pub exe: PathBuf,
+    pub(crate) exe: PathBuf,
     /// Its data directory (absolute).
-    pub data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     /// `--inject-delay-ms`, when not the default.
-    pub inject_delay_ms: Option<u64>,
+    pub(crate) inject_delay_ms: Option<u64>,
     /// The `PATH` the service gets, so it finds tmux (launchd's default lacks Homebrew's).
-    pub path_env: Option<String>,
+    pub(crate) path_env: Option<String>,
 }
 
 impl ServiceSpec {
     /// The daemon's argument vector after the program.
-    pub fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         let mut args = vec![
             "--data-dir".to_owned(),
             self.data_dir.to_string_lossy().into_owned(),
@@ -91,7 +88,11 @@ impl ServiceSpec {
 
 /// The default file for `platform` under `home`; systemd's honours `$XDG_CONFIG_HOME` when
 /// `xdg_config_home` is given.
-pub fn default_path(platform: Platform, home: &Path, xdg_config_home: Option<&Path>) -> PathBuf {
+pub(crate) fn default_path(
+    platform: Platform,
+    home: &Path,
+    xdg_config_home: Option<&Path>,
+) -> PathBuf {
     match platform {
         Platform::Linux => xdg_config_home
             .filter(|p| p.is_absolute())
@@ -120,7 +121,7 @@ fn systemd_word(word: &str) -> String {
 }
 
 /// The systemd user unit.
-pub fn systemd_unit(spec: &ServiceSpec) -> String {
+pub(crate) fn systemd_unit(spec: &ServiceSpec) -> String {
     let mut exec = systemd_word(&spec.exe.to_string_lossy());
     for a in spec.args() {
         exec.push(' ');
@@ -162,7 +163,7 @@ fn xml(text: &str) -> String {
 }
 
 /// The launchd agent's plist.
-pub fn launchd_plist(spec: &ServiceSpec) -> String {
+pub(crate) fn launchd_plist(spec: &ServiceSpec) -> String {
     let mut program = format!(
         "    <string>{}</string>\n",
         xml(&spec.exe.to_string_lossy())
@@ -206,28 +207,32 @@ pub fn launchd_plist(spec: &ServiceSpec) -> String {
 
 /// Everything [`install`] needs, from the command line and the environment.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Which service manager.
-    pub platform: Platform,
+    pub(crate) platform: Platform,
     /// The service file to write.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// What it runs.
-    pub spec: ServiceSpec,
+    pub(crate) spec: ServiceSpec,
     /// The settings to save for it.
-    pub worker: WorkerConfig,
+    pub(crate) worker: WorkerConfig,
 }
 
 /// Works out the plan: the settings come from flags and environment, then the data dir's
 /// saved file (so running it again needs no environment); `exe` is the program to run.
-pub fn plan(common: &CommonArgs, args: &ServiceArgs, exe: PathBuf) -> Result<Plan, ConfigError> {
-    let data_dir = config::data_dir(common)?;
+pub(crate) fn plan(
+    common: &RawSettings,
+    args: &Options,
+    exe: PathBuf,
+) -> Result<Plan, ConfigError> {
+    let data_dir = data_dir(common)?;
     let data_dir = std::path::absolute(&data_dir).map_err(|e| {
         ConfigError(format!(
             "CCR_DATA_DIR {} cannot be made absolute ({e}): pass an absolute --data-dir",
             data_dir.display()
         ))
     })?;
-    let worker = config::hook_worker(common, &data_dir)?;
+    let worker = hook_worker(common, &data_dir)?;
     let platform = args.platform.unwrap_or_else(Platform::current);
     let path = match &args.path {
         Some(p) => p.clone(),
@@ -266,20 +271,20 @@ pub fn plan(common: &CommonArgs, args: &ServiceArgs, exe: PathBuf) -> Result<Pla
 
 /// What [`install`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Installed {
+pub(crate) struct Installed {
     /// The service file.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// Whether the service file was (re)written.
-    pub service_changed: bool,
+    pub(crate) service_changed: bool,
     /// The settings file.
-    pub settings_path: PathBuf,
+    pub(crate) settings_path: PathBuf,
     /// Whether the settings file was (re)written.
-    pub settings_changed: bool,
+    pub(crate) settings_changed: bool,
 }
 
 /// Saves the settings (mode 0600) and writes the service file (mode 0644), each only when it
 /// differs from what is there.
-pub fn install(
+pub(crate) fn install(
     platform: Platform,
     path: &Path,
     spec: &ServiceSpec,
@@ -319,11 +324,8 @@ pub fn install(
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let tmp = PathBuf::from(format!("{}.ccr-tmp", path.display()));
-        std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        ccr_native::write_atomic(path, text.as_bytes(), SERVICE_FILE_MODE)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(Installed {
         path: path.to_owned(),
@@ -334,7 +336,7 @@ pub fn install(
 }
 
 /// The lines telling the user what happened and how to start (or restart) the service.
-pub fn next_steps(platform: Platform, installed: &Installed) -> Vec<String> {
+pub(crate) fn next_steps(platform: Platform, installed: &Installed) -> Vec<String> {
     let mut out = Vec::new();
     let changed = installed.service_changed || installed.settings_changed;
     out.push(if installed.settings_changed {
@@ -408,7 +410,7 @@ pub fn next_steps(platform: Platform, installed: &Installed) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use ccr_native::Secret;
 
     fn spec() -> ServiceSpec {
         ServiceSpec {

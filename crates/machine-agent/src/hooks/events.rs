@@ -1,9 +1,6 @@
-//! `ccr-agent hook <event>`: what Claude Code runs at session start, stop, notification and
-//! session end, with the hook's JSON on stdin and `$TMUX`/`$TMUX_PANE` in the environment.
-//!
-//! A hook records the session's pane locally (for the daemon, which runs outside tmux) and
-//! talks to the Worker directly. It must never block Claude for long nor fail it: the caller
-//! bounds it with [`HOOK_DEADLINE`] and turns every error into a log line and exit 0.
+//! What each hook event does. A hook records the session's pane locally (for the daemon,
+//! which runs outside tmux) and talks to the Worker directly; the entry in `hooks` bounds it
+//! with its deadline and turns every error into a log line and exit 0.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,54 +9,46 @@ use anyhow::{bail, Context};
 use serde::Deserialize;
 use tracing::{info, warn};
 
-use crate::api::WorkerApi;
-use crate::config::{hook_worker, CommonArgs, HookEvent};
+use super::api::WorkerApi;
+use super::event::HookEvent;
+use crate::daemon::inject::socket_from_tmux_env;
+use crate::daemon::sessions::{SessionRecord, Sessions};
 use crate::db::{now_ms, Db};
-use crate::inject::socket_from_tmux_env;
-use crate::sessions::{SessionRecord, Sessions};
+use crate::settings::{hook_worker, RawSettings};
 
-/// Reading the hook input gives up after this long.
-pub const STDIN_DEADLINE: Duration = Duration::from_secs(2);
-/// The hook's work gives up after this long (Claude Code's own hook timeout is 10 s).
-pub const HOOK_DEADLINE: Duration = Duration::from_secs(5);
 /// Each HTTP call to the Worker gives up after this long.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(4);
-/// Largest hook input read from stdin.
-pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// A notification carries at most this many characters of the assistant's text.
-pub const MAX_TEXT_CHARS: usize = 3500;
+const MAX_TEXT_CHARS: usize = 3500;
 
 /// The fields of Claude Code's hook input this agent uses (others are ignored).
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct HookInput {
+pub(super) struct HookInput {
     /// The session.
-    pub session_id: String,
+    pub(super) session_id: String,
     /// The transcript JSONL.
     #[serde(default)]
-    pub transcript_path: Option<String>,
+    pub(super) transcript_path: Option<String>,
     /// The session's working directory.
     #[serde(default)]
-    pub cwd: Option<String>,
-    /// `SessionStart`, `Stop`, ...
-    #[serde(default)]
-    pub hook_event_name: Option<String>,
+    pub(super) cwd: Option<String>,
     /// The Notification hook's message.
     #[serde(default)]
-    pub message: Option<String>,
+    pub(super) message: Option<String>,
 }
 
 /// The tmux variables of the hook's environment.
 #[derive(Debug, Clone, Default)]
-pub struct HookEnv {
+pub(super) struct HookEnv {
     /// `$TMUX`: `<socket>,<pid>,<session>`.
-    pub tmux: Option<String>,
+    pub(super) tmux: Option<String>,
     /// `$TMUX_PANE`, e.g. `%3`.
-    pub tmux_pane: Option<String>,
+    pub(super) tmux_pane: Option<String>,
 }
 
 impl HookEnv {
     /// From this process's environment.
-    pub fn from_process() -> Self {
+    pub(super) fn from_process() -> Self {
         let var = |n: &str| std::env::var(n).ok().filter(|v| !v.trim().is_empty());
         Self {
             tmux: var("TMUX"),
@@ -69,9 +58,9 @@ impl HookEnv {
 }
 
 /// Runs one hook event.
-pub async fn run_hook(
+pub(super) async fn run_hook(
     event: HookEvent,
-    args: &CommonArgs,
+    args: &RawSettings,
     data_dir: &Path,
     input: &str,
     env: &HookEnv,
@@ -113,7 +102,7 @@ pub async fn run_hook(
                 Some(path) => {
                     let path = PathBuf::from(path);
                     tokio::task::spawn_blocking(move || {
-                        crate::transcript::last_assistant_text(&path)
+                        super::transcript::last_assistant_text(&path)
                     })
                     .await
                     .context("reading the transcript")?
@@ -183,7 +172,7 @@ fn refresh_record(
 }
 
 /// The label of a working directory: its last component, valid as a label.
-pub fn label_of(cwd: &str) -> String {
+fn label_of(cwd: &str) -> String {
     let name = Path::new(cwd)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -205,7 +194,7 @@ fn heading(rec: &SessionRecord) -> String {
 }
 
 /// The Stop notification: the label and directory, then the last assistant text.
-pub fn stop_text(rec: &SessionRecord, text: Option<&str>) -> String {
+fn stop_text(rec: &SessionRecord, text: Option<&str>) -> String {
     let body = match text {
         Some(t) if t.chars().count() > MAX_TEXT_CHARS => {
             let cut: String = t.chars().take(MAX_TEXT_CHARS).collect();

@@ -1,9 +1,22 @@
-//! The daemon: one socket task and one executor task over the inbox, stopped together.
+//! The daemon: one socket task and one executor task over the inbox, stopped together — the
+//! data path from the Worker's socket to a tmux pane.
 //!
 //! The inbox (SQLite) is the queue between them: the socket task stores and acks, then rings
 //! a [`Notify`]; the executor types every runnable command in order, records the outcome and
 //! rings back so the socket task sends the result. A wake-up is never lost (a `Notify` keeps a
 //! permit) and a command is never lost (the executor re-reads the inbox, also at start-up).
+//!
+//! - `connection`: the socket — connect, keepalive, store-then-ack, results, backoff.
+//! - `inbox`: the exactly-once state machine `stored → acked → executing → typed → done`.
+//! - `inject`: `tmux send-keys -l`, pause, Enter, on the session's own tmux server.
+//! - `sessions`: the session → pane records the hooks write.
+//! - `status`: the connection state (one writer, typed readers) and `ccr-agent status`.
+
+pub(crate) mod connection;
+pub(crate) mod inbox;
+pub(crate) mod inject;
+pub(crate) mod sessions;
+pub(crate) mod status;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,12 +26,13 @@ use anyhow::Context;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-use crate::config::{write_hook_config, Config};
-use crate::connection::{run_socket, Shared};
+use connection::{run_socket, Shared};
+use inbox::{Command, Inbox, Outcome, DONE_RETENTION_MS};
+use inject::Injector;
+use sessions::Sessions;
+
 use crate::db::{now_ms, Db};
-use crate::inbox::{Command, Inbox, Outcome, DONE_RETENTION_MS};
-use crate::inject::Injector;
-use crate::sessions::Sessions;
+use crate::settings::{write_hook_config, Config};
 
 /// Sessions not seen for this long are forgotten (their session-end hook never ran).
 const SESSION_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
