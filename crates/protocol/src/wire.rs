@@ -93,10 +93,17 @@ pub mod query {
     pub const RELAY_KEY: &str = "_relay_key";
     /// `GET {prefix}/_poll?wait=N`: how long a long-poll may wait, in seconds.
     pub const WAIT: &str = "wait";
+    /// `GET {prefix}/_poll?max=N`: the most requests one poll answer may carry.
+    pub const MAX: &str = "max";
 }
 
 /// The machine socket's subprotocol: an agent offers `ccr, <key>` and the Worker answers `ccr`.
 pub const SUBPROTOCOL: &str = "ccr";
+
+/// The `Sec-WebSocket-Protocol` list an agent offers: `ccr, <key>`.
+pub fn subprotocols(key: &str) -> String {
+    format!("{SUBPROTOCOL}, {key}")
+}
 
 /// WebSocket close codes the components send each other.
 pub mod close {
@@ -125,6 +132,8 @@ pub mod bot {
     ];
     /// The update types the webhook handles (replies, edits it explains, button presses).
     pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
+    /// The Bot API's public base URL (`TELEGRAM_API_BASE` overrides it).
+    pub const DEFAULT_API_BASE: &str = "https://api.telegram.org";
 }
 
 #[cfg(test)]
@@ -135,6 +144,7 @@ mod tests {
     fn paths_are_built_from_their_parts() {
         assert_eq!(route::webhook("s3"), "/webhook/telegram/s3");
         assert_eq!(route::relay_channel("a"), "/relay/a");
+        assert_eq!(subprotocols("k"), "ccr, k");
     }
 
     #[test]

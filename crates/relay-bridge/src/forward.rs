@@ -4,24 +4,14 @@
 
 use std::time::Duration;
 
-use ccr_protocol::relay::{decode_body, encode_body, is_hop_by_hop, RelayRequest, RelayResponse};
+use ccr_protocol::relay::{
+    decode_body, encode_body, forward_response_header, target_request_header, RelayRequest,
+    RelayResponse,
+};
+use ccr_protocol::wire::header;
 use ccr_protocol::MAX_RELAY_BODY_BYTES;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use url::Url;
-
-/// Whether a caller's header goes on to the target. `accept-encoding` stays behind so the
-/// target answers uncompressed bytes the relay can pass through unchanged.
-pub(crate) fn forward_request_header(name: &str) -> bool {
-    !(is_hop_by_hop(name)
-        || name.eq_ignore_ascii_case("host")
-        || name.eq_ignore_ascii_case("content-length")
-        || name.eq_ignore_ascii_case("accept-encoding"))
-}
-
-/// Whether a target's header goes back to the caller.
-pub(crate) fn forward_response_header(name: &str) -> bool {
-    !(is_hop_by_hop(name) || name.eq_ignore_ascii_case("content-length"))
-}
 
 /// The target URL for a request: the target's base, the request's path and query.
 pub(crate) fn target_url(target: &Url, path: &str, query: &str) -> Result<Url, url::ParseError> {
@@ -46,7 +36,7 @@ pub(crate) fn bad_gateway(id: &str, message: &str) -> RelayResponse {
     RelayResponse {
         id: id.to_owned(),
         status: 502,
-        headers: vec![("content-type".into(), "application/json".into())],
+        headers: vec![(header::CONTENT_TYPE.into(), header::JSON.into())],
         body_base64,
         body: None,
         content_type: None,
@@ -76,7 +66,7 @@ pub(crate) async fn forward(
     };
     let mut headers = HeaderMap::new();
     for (name, value) in &request.headers {
-        if !forward_request_header(name) {
+        if !target_request_header(name) {
             continue;
         }
         if let (Ok(n), Ok(v)) = (
@@ -166,9 +156,9 @@ mod tests {
     #[test]
     fn header_filters() {
         for h in ["Host", "connection", "Content-Length", "accept-encoding"] {
-            assert!(!forward_request_header(h), "{h}");
+            assert!(!target_request_header(h), "{h}");
         }
-        assert!(forward_request_header("authorization"));
+        assert!(target_request_header("authorization"));
         assert!(!forward_response_header("transfer-encoding"));
         assert!(forward_response_header("set-cookie"));
     }

@@ -13,6 +13,7 @@
 
 mod forward;
 
+use ccr_protocol::wire::{header, query, route};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +27,6 @@ use url::Url;
 
 pub use ccr_native::Secret;
 use ccr_native::{Backoff, Jitter};
-
-/// The header the bridge sends its token in.
-pub(crate) const TOKEN_HEADER: &str = "x-relay-token";
 /// An empty poll answer faster than this means the relay is not long-polling: wait a little
 /// before the next poll rather than spin.
 const MIN_EMPTY_POLL: Duration = Duration::from_millis(500);
@@ -106,8 +104,8 @@ impl Config {
     pub(crate) fn relay_endpoint(&self, op: &str) -> String {
         let base = self.relay_url.as_str().trim_end_matches('/');
         match &self.channel {
-            None => format!("{base}/proxy/{op}"),
-            Some(c) => format!("{base}/relay/{c}/{op}"),
+            None => format!("{base}{}/{op}", route::PROXY),
+            Some(c) => format!("{base}{}/{op}", route::relay_channel(c)),
         }
     }
 }
@@ -150,7 +148,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut backoff = Backoff::new(POLL_BACKOFF_BASE, POLL_BACKOFF_MAX, Jitter::UpperHalf);
     let mut shutdown = std::pin::pin!(shutdown);
     info!(
-        relay = %config.relay_endpoint("_poll"),
+        relay = %config.relay_endpoint(route::POLL),
         target = %config.target,
         concurrency = config.concurrency,
         "relay-bridge started"
@@ -235,18 +233,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 async fn poll(shared: &Shared, max: usize) -> anyhow::Result<Vec<RelayRequest>> {
     let cfg = &shared.config;
     let url = format!(
-        "{}?wait={}&max={max}",
-        cfg.relay_endpoint("_poll"),
-        cfg.poll_wait.as_secs_f64()
+        "{}?{}={}&{}={max}",
+        cfg.relay_endpoint(route::POLL),
+        query::WAIT,
+        cfg.poll_wait.as_secs_f64(),
+        query::MAX,
     );
     let resp = shared
         .relay
         .get(&url)
-        .header(TOKEN_HEADER, cfg.token.expose())
+        .header(header::RELAY_TOKEN, cfg.token.expose())
         .timeout(cfg.poll_wait + Duration::from_secs(30))
         .send()
         .await
-        .with_context(|| format!("polling {}", cfg.relay_endpoint("_poll")))?;
+        .with_context(|| format!("polling {}", cfg.relay_endpoint(route::POLL)))?;
     let status = resp.status();
     if !status.is_success() {
         let text = resp.text().await.unwrap_or_default();
@@ -288,13 +288,13 @@ async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSe
 
 /// Posts a response, retrying transport errors and 5xx a few times with backoff.
 async fn post_response(shared: &Shared, response: RelayResponse) {
-    let url = shared.config.relay_endpoint("_respond");
+    let url = shared.config.relay_endpoint(route::RESPOND);
     let mut backoff = Backoff::new(RESPOND_BACKOFF_BASE, RESPOND_BACKOFF_MAX, Jitter::UpperHalf);
     for attempt in 1..=RESPOND_ATTEMPTS {
         let sent = shared
             .relay
             .post(&url)
-            .header(TOKEN_HEADER, shared.config.token.expose())
+            .header(header::RELAY_TOKEN, shared.config.token.expose())
             .json(&response)
             .timeout(Duration::from_secs(60))
             .send()

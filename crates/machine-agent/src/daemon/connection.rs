@@ -7,6 +7,7 @@
 //! key) or a close with code 4000 (another agent took over this machine id) waits a long,
 //! fixed time instead of spinning.
 
+use ccr_protocol::wire::{close, header, subprotocols};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +30,6 @@ use super::status::{self, Connection};
 use crate::db::now_ms;
 use crate::settings::{Timing, WorkerConfig};
 
-/// The close code the Worker uses when a newer socket for the same machine replaced this one.
-const CLOSE_REPLACED: u16 = 4000;
 /// Results sent per flush.
 const RESULT_BATCH: usize = 64;
 
@@ -80,14 +79,14 @@ async fn connect(worker: &WorkerConfig, timeout: Duration) -> Result<Ws, Connect
         .into_client_request()
         .map_err(|e| ConnectError::Other(format!("bad socket URL {url}: {e}")))?;
     let protocols =
-        HeaderValue::from_str(&format!("ccr, {}", worker.api_key.expose())).map_err(|_| {
+        HeaderValue::from_str(&subprotocols(worker.api_key.expose())).map_err(|_| {
             ConnectError::Unauthorized(
                 "the API key contains characters a header cannot carry".into(),
             )
         })?;
     request
         .headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocols);
+        .insert(header::WEBSOCKET_PROTOCOL, protocols);
     let config = WebSocketConfig::default()
         .max_message_size(Some(ccr_protocol::MAX_FRAME_BYTES))
         .max_frame_size(Some(ccr_protocol::MAX_FRAME_BYTES));
@@ -164,8 +163,9 @@ pub(crate) async fn run_socket(
                         state = Some(Connection::Replaced);
                         warn!(
                             machine_id = %worker.machine_id,
-                            "disconnected: another agent took over this machine id (close {CLOSE_REPLACED}); \
+                            "disconnected: another agent took over this machine id (close {}); \
                              retrying in {:?} — stop the other agent or give this one its own --machine-id",
+                            close::REPLACED,
                             timing.replaced_retry
                         );
                         status::record(
@@ -279,7 +279,7 @@ async fn serve(
                     }
                     Ok(Message::Close(frame)) => {
                         return match frame {
-                            Some(f) if u16::from(f.code) == CLOSE_REPLACED => Ended::Replaced,
+                            Some(f) if u16::from(f.code) == close::REPLACED => Ended::Replaced,
                             Some(f) => Ended::Lost(format!(
                                 "the Worker closed the connection ({} {})",
                                 u16::from(f.code),

@@ -1,6 +1,7 @@
 //! The Worker's HTTP routes the hooks call, with the key as a Bearer token and the machine in
 //! `X-CCR-Machine-Id` (a machine key acts only for its machine).
 
+use ccr_protocol::wire::{header, route};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -40,7 +41,7 @@ impl WorkerApi {
             machine_id: self.worker.machine_id.clone(),
             label: label.map(str::to_owned),
         };
-        self.post::<_, serde_json::Value>("/sessions/register", &body)
+        self.post::<_, serde_json::Value>(route::SESSIONS_REGISTER, &body)
             .await
             .map(drop)
     }
@@ -50,7 +51,7 @@ impl WorkerApi {
         let body = UnregisterSession {
             session_id: session_id.to_owned(),
         };
-        self.post::<_, serde_json::Value>("/sessions/unregister", &body)
+        self.post::<_, serde_json::Value>(route::SESSIONS_UNREGISTER, &body)
             .await
             .map(drop)
     }
@@ -68,7 +69,7 @@ impl WorkerApi {
             buttons: None,
             reply_markup: None,
         };
-        self.post("/notifications/send", &body).await
+        self.post(route::NOTIFICATIONS_SEND, &body).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(
@@ -81,7 +82,7 @@ impl WorkerApi {
             .http
             .post(url.clone())
             .bearer_auth(self.worker.api_key.expose())
-            .header("X-CCR-Machine-Id", &self.worker.machine_id)
+            .header(header::MACHINE_ID, &self.worker.machine_id)
             .json(body)
             .send()
             .await

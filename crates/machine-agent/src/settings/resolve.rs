@@ -1,6 +1,7 @@
 //! Turning the settings as given into validated ones: each missing or malformed setting is a
 //! [`ConfigError`] naming it and the fix.
 
+use ccr_protocol::wire::{query, route};
 use std::path::PathBuf;
 
 use ccr_native::Secret;
@@ -48,11 +49,15 @@ impl WorkerConfig {
         // Only http and https are accepted by `parse_worker_url`, and both have a ws twin.
         let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
         let _ = url.set_scheme(scheme);
-        let path = format!("{}/ws", url.path().trim_end_matches('/'));
+        let path = format!(
+            "{}{}",
+            url.path().trim_end_matches('/'),
+            route::MACHINE_SOCKET
+        );
         url.set_path(&path);
         url.set_query(None);
         url.query_pairs_mut()
-            .append_pair("machineId", &self.machine_id);
+            .append_pair(query::MACHINE_ID, &self.machine_id);
         url
     }
 

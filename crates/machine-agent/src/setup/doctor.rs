@@ -7,6 +7,7 @@
 //! Worker's `Date` header), tmux and the Claude Code hooks. Each has its own timeout; a check
 //! that depends on a failed one is shown as skipped.
 
+use ccr_protocol::wire::{header, route, subprotocols, SUBPROTOCOL};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -268,7 +269,7 @@ fn check_data_dir(dir: &Path) -> Outcome {
 }
 
 async fn check_health(http: &reqwest::Client, w: &WorkerConfig) -> (Outcome, Option<String>) {
-    let url = w.http_url("/health");
+    let url = w.http_url(route::HEALTH);
     let down_fix = format!(
         "check CCR_WORKER_URL ({}) and that the Worker runs: `make deploy` (or `make dev` \
          locally), then `curl {url}` should print ok",
@@ -312,10 +313,10 @@ async fn get_sessions(
     with_machine: bool,
 ) -> Result<(u16, String), String> {
     let mut req = http
-        .get(w.http_url("/sessions"))
+        .get(w.http_url(route::SESSIONS))
         .bearer_auth(w.api_key.expose());
     if with_machine {
-        req = req.header("X-CCR-Machine-Id", &w.machine_id);
+        req = req.header(header::MACHINE_ID, &w.machine_id);
     }
     let resp = req.send().await.map_err(|e| chain(&e.without_url()))?;
     let status = resp.status().as_u16();
@@ -404,7 +405,7 @@ async fn check_socket(w: &WorkerConfig, data_dir: Option<&Path>, timeout: Durati
         Ok(r) => r,
         Err(e) => return fail(format!("bad socket URL {url}: {e}"), "check CCR_WORKER_URL"),
     };
-    let Ok(protocols) = HeaderValue::from_str(&format!("ccr, {}", w.api_key.expose())) else {
+    let Ok(protocols) = HeaderValue::from_str(&subprotocols(w.api_key.expose())) else {
         return fail(
             "the API key has characters a header cannot carry",
             "set CCR_API_KEY to the key exactly as printed",
@@ -412,7 +413,7 @@ async fn check_socket(w: &WorkerConfig, data_dir: Option<&Path>, timeout: Durati
     };
     request
         .headers_mut()
-        .insert("Sec-WebSocket-Protocol", protocols);
+        .insert(header::WEBSOCKET_PROTOCOL, protocols);
     let attempt = tokio_tungstenite::connect_async(request);
     let (mut ws, resp) = match tokio::time::timeout(timeout, attempt).await {
         Err(_) => {
@@ -438,7 +439,7 @@ async fn check_socket(w: &WorkerConfig, data_dir: Option<&Path>, timeout: Durati
     let status = resp.status().as_u16();
     let protocol = resp
         .headers()
-        .get("sec-websocket-protocol")
+        .get(header::WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
@@ -461,7 +462,7 @@ async fn check_socket(w: &WorkerConfig, data_dir: Option<&Path>, timeout: Durati
         .ok()
         .flatten()
         .is_some();
-    if status != 101 || protocol != "ccr" {
+    if status != 101 || protocol != SUBPROTOCOL {
         return fail(
             format!(
                 "{url} answered HTTP {status} with subprotocol {protocol:?}, not 101 and \"ccr\""

@@ -5,6 +5,7 @@
 //! printed. The token is part of every Bot API URL, so transport errors are printed without
 //! their URL, and anything Telegram answers is scrubbed of both values before it is shown.
 
+use ccr_protocol::wire::bot;
 use std::time::Duration;
 
 use ccr_native::{error_chain, Secret};
@@ -13,23 +14,7 @@ use url::Url;
 
 use crate::settings::{parse_worker_url, ConfigError, RawSettings};
 
-/// The Bot API's public base URL.
-pub(crate) const DEFAULT_API_BASE: &str = "https://api.telegram.org";
-/// The update types the Worker's webhook handles (replies, edits it explains, button presses).
-pub(crate) const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
-/// The bot's command menu: `(command, description)`.
-pub(crate) const BOT_COMMANDS: [(&str, &str); 4] = [
-    ("start", "How to use this bot, and this chat's id"),
-    ("help", "How to reply to Claude from here"),
-    (
-        "sessions",
-        "List sessions, their machines and who is online",
-    ),
-    (
-        "cmd",
-        "/cmd TOKEN text: send text to a notification's session",
-    ),
-];
+pub(crate) use ccr_protocol::wire::bot::DEFAULT_API_BASE;
 /// Each Bot API call gives up after this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -191,14 +176,14 @@ pub(crate) fn set_webhook_params(setup: &Setup) -> Value {
     json!({
         "url": setup.webhook_url().as_str(),
         "secret_token": setup.webhook_secret.expose(),
-        "allowed_updates": ALLOWED_UPDATES,
+        "allowed_updates": bot::ALLOWED_UPDATES,
         "drop_pending_updates": false,
     })
 }
 
 /// The `setMyCommands` parameters.
 pub(crate) fn set_my_commands_params() -> Value {
-    let commands: Vec<Value> = BOT_COMMANDS
+    let commands: Vec<Value> = bot::COMMANDS
         .iter()
         .map(|(command, description)| json!({"command": command, "description": description}))
         .collect();
@@ -245,13 +230,13 @@ pub(crate) async fn run(setup: &Setup) -> Result<Vec<String>, SetupError> {
     lines.push(format!(
         "setWebhook: Telegram now sends {} updates to {} with the webhook secret in \
          X-Telegram-Bot-Api-Secret-Token; pending updates kept{}",
-        ALLOWED_UPDATES.join(", "),
+        bot::ALLOWED_UPDATES.join(", "),
         setup.webhook_url_shown(),
         said.map(|d| format!(" (Telegram: {d})"))
             .unwrap_or_default()
     ));
     let said = call(&http, setup, "setMyCommands", &set_my_commands_params()).await?;
-    let names: Vec<String> = BOT_COMMANDS.iter().map(|(c, _)| format!("/{c}")).collect();
+    let names: Vec<String> = bot::COMMANDS.iter().map(|(c, _)| format!("/{c}")).collect();
     lines.push(format!(
         "setMyCommands: the bot's menu is {}{}",
         names.join(", "),
