@@ -141,6 +141,7 @@ fn command(id: &str, text: &str) -> Message {
             session_id: "s1".into(),
             command: text.into(),
             chat_id: "42".into(),
+            expires_at: None,
         }
         .encode(),
     )
@@ -302,6 +303,7 @@ async fn commands_are_acked_typed_once_and_reported() {
             session_id: "nope".into(),
             command: "x".into(),
             chat_id: "42".into(),
+            expires_at: None,
         }
         .encode(),
     ))

@@ -73,6 +73,10 @@ pub struct SessionInfo {
     pub last_activity: i64,
     /// Whether the machine's socket is connected now.
     pub online: bool,
+    /// The machine reported the session's pane gone (its terminal or tmux server ended
+    /// without the session's end hook): replies to it are refused until it registers again.
+    #[serde(default)]
+    pub gone: bool,
 }
 
 /// `GET /sessions` answer.
@@ -313,7 +317,7 @@ mod tests {
     #[test]
     fn session_list_shape() {
         roundtrip(
-            json!({"ok":true,"sessions":[{"sessionId":"s","machineId":"m","label":null,"lastActivity":5,"online":false}]}),
+            json!({"ok":true,"sessions":[{"sessionId":"s","machineId":"m","label":null,"lastActivity":5,"online":false,"gone":false}]}),
             SessionList {
                 ok: true,
                 sessions: vec![SessionInfo {
@@ -322,6 +326,7 @@ mod tests {
                     label: None,
                     last_activity: 5,
                     online: false,
+                    gone: false,
                 }],
             },
         );

@@ -26,6 +26,12 @@ pub enum SocketMessage {
         command: String,
         /// The Telegram chat the command came from (for the agent's own logs).
         chat_id: String,
+        /// When the Worker stops sending it (ms since the Unix epoch): after this it is dead
+        /// and reported. The agent refuses a command received after its expiry, and remembers
+        /// an executed id at least until then, so a redelivery is never executed twice.
+        /// Absent from Workers older than this field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
     },
     /// Agent → DO: the command is stored durably in the agent's inbox.
     Ack {
@@ -41,6 +47,15 @@ pub enum SocketMessage {
         /// Why it failed, in words a person understands.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+    },
+    /// Agent → DO: a session's recorded pane is gone or belongs to someone else now (its
+    /// tmux server was restarted, the pane closed, or the pane id reused). The DO marks the
+    /// session gone; nothing more is typed for it until its `SessionStart` registers it again.
+    SessionGone {
+        /// The session whose pane is gone.
+        session_id: String,
+        /// What the agent found, in words a person understands.
+        reason: String,
     },
     /// Agent → DO keepalive; answered by the hibernation auto-response.
     Ping,
@@ -71,7 +86,14 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 5] = ["command", "ack", "commandResult", "ping", "pong"];
+const KNOWN_TYPES: [&str; 6] = [
+    "command",
+    "ack",
+    "commandResult",
+    "sessionGone",
+    "ping",
+    "pong",
+];
 
 impl SocketMessage {
     /// Decodes one text frame, telling an unknown `type` apart from a malformed frame.
@@ -104,6 +126,7 @@ impl SocketMessage {
             SocketMessage::Command { .. } => "command",
             SocketMessage::Ack { .. } => "ack",
             SocketMessage::CommandResult { .. } => "commandResult",
+            SocketMessage::SessionGone { .. } => "sessionGone",
             SocketMessage::Ping => "ping",
             SocketMessage::Pong => "pong",
         }
@@ -133,6 +156,28 @@ mod tests {
                 session_id: "s1".into(),
                 command: "ls -la".into(),
                 chat_id: "42".into(),
+                expires_at: None,
+            },
+        );
+        golden(
+            r#"{"type":"command","commandId":"c1","sessionId":"s1","command":"","chatId":"42","expiresAt":1700000000000}"#,
+            SocketMessage::Command {
+                command_id: "c1".into(),
+                session_id: "s1".into(),
+                command: String::new(),
+                chat_id: "42".into(),
+                expires_at: Some(1_700_000_000_000),
+            },
+        );
+    }
+
+    #[test]
+    fn session_gone_shape() {
+        golden(
+            r#"{"type":"sessionGone","sessionId":"s1","reason":"tmux server restarted"}"#,
+            SocketMessage::SessionGone {
+                session_id: "s1".into(),
+                reason: "tmux server restarted".into(),
             },
         );
     }

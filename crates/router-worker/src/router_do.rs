@@ -134,6 +134,7 @@ impl RouterDO {
             session_id: q.session_id.clone(),
             command: q.command.clone(),
             chat_id: q.chat_id.to_string(),
+            expires_at: Some(q.created_at + self.command_ttl_ms()),
         }
         .encode();
         if let Err(e) = ws.send_with_str(&frame) {

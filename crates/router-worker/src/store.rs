@@ -178,6 +178,7 @@ pub fn list_sessions(
     Ok(rows
         .into_iter()
         .map(|r| SessionInfo {
+            gone: false,
             online: online(&r.machine_id),
             session_id: r.session_id,
             machine_id: r.machine_id,

@@ -316,6 +316,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
             session_id,
             command,
             chat_id,
+            ..
         } => {
             let cmd = Command {
                 command_id,
