@@ -233,6 +233,47 @@ impl Agent {
             .context("the hook ran longer than 15 s")??;
         Ok(out)
     }
+
+    /// Runs the session-start hook as Claude Code in `pane` of `tmux` would (no transcript
+    /// yet), registering `session`; fails unless the hook succeeded and logged the
+    /// registration.
+    pub async fn start_session(
+        &self,
+        tmux: &Tmux,
+        pane: &str,
+        session: &str,
+        cwd: &str,
+    ) -> anyhow::Result<()> {
+        let input = hook_input(
+            "SessionStart",
+            session,
+            cwd,
+            Path::new("/nonexistent.jsonl"),
+        );
+        let out = self
+            .run_hook("session-start", &input, Some((tmux, pane)))
+            .await?;
+        if !out.status.success() || !self.hooks_log().contains("session registered") {
+            bail!(
+                "the session-start hook failed: {out:?}\nhooks log:\n{}\nstderr: {}",
+                self.hooks_log(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Claude Code's hook input for `event` (e.g. `SessionStart`) in `session`, run in `cwd`.
+pub fn hook_input(event: &str, session: &str, cwd: &str, transcript: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": session,
+        "transcript_path": transcript,
+        "cwd": cwd,
+        "hook_event_name": event,
+        "source": "startup",
+        "permission_mode": "default"
+    })
 }
 
 /// Adds a second recording pane to `tmux` (a new window running the same recorder); returns

@@ -1,11 +1,25 @@
 //! End-to-end harness: fixtures that run the real processes on loopback.
 //!
 //! - [`worker::Worker`]: the real Worker under `wrangler dev` (workerd) on free ports, with
-//!   its own persist directory; restartable; kills its process group when dropped.
+//!   its own persist directory; restartable; kills its process group when dropped. It is
+//!   also the one way suites talk to it: [`worker::Worker::webhook_post`] for every webhook
+//!   POST ([`worker::Worker::send_update`] for a well-formed one),
+//!   [`worker::Worker::api_request`] for every API call with a key (and the admin-key
+//!   shorthands `register`, `notify`, `sessions`), [`worker::Worker::socket`] for the
+//!   machine socket.
+//! - [`worker::start_with_bot`]: how a suite that involves Telegram starts its Worker, with
+//!   the Bot API stand-in it sends to and the chats it allows.
 //! - [`telegram::BotApi`]: a local stand-in for Telegram's Bot API that records every call
 //!   and can be told to fail (429 with `retry_after`, 400 with a description).
+//! - [`telegram::Update`]: the one builder of Telegram updates (messages, replies, photos,
+//!   edits, button presses).
+//! - [`agent::Agent`]: the real `ccr-agent` daemon, its hooks run as Claude Code runs them.
+//! - [`socket::TestSocket`]: a machine-protocol client for tests that play the agent by hand.
 //! - [`tmux::Tmux`]: a tmux server on a private socket with a pane that records every line
 //!   typed into it.
+//! - [`proxy::CutProxy`]: a TCP proxy that can cut every connection without a close frame.
+//! - Machine keys and relay channel tokens derive in one place: [`worker::machine_key`],
+//!   [`worker::channel_token`].
 //!
 //! Tests need a built Worker (`scripts/build-worker.sh`, which `make test` runs first).
 
@@ -27,6 +41,15 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_default()
+}
+
+/// The JSON body of `resp`; panics, showing the text, when it is not JSON. For tests.
+pub async fn json_of(resp: reqwest::Response) -> serde_json::Value {
+    let text = resp
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("reading a body: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `timeout` with `what`.
