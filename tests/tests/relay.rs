@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use ccr_e2e::json_of;
 use ccr_e2e::worker::{channel_token, Worker, TEST_RELAY_TOKEN};
 use serde_json::{json, Value};
 use tokio::process::{Child, Command};
@@ -20,11 +21,6 @@ use tokio::task::JoinHandle;
 
 /// Generous: this runs on a slow shared machine. The relay's own wait is 25 s.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn json_of(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 // ---------------------------------------------------------------------------------------------
 // The target: a local HTTP server.

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use ccr_e2e::agent::binary;
 use ccr_e2e::ports::free_port;
-use ccr_e2e::telegram::{BotApi, Fault};
+use ccr_e2e::telegram::{Fault, Update};
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_WEBHOOK_SECRET};
+use ccr_e2e::worker::{
+    machine_key, start_with_bot, Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN,
+    TEST_WEBHOOK_SECRET,
+};
 use serde_json::{json, Value};
 use tokio::process::Command;
 
@@ -53,23 +56,11 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-fn machine_key(machine: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TEST_API_KEY.as_bytes()).unwrap();
-    mac.update(machine.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
 #[tokio::test]
 async fn telegram_setup_sets_the_webhook_and_the_commands_and_never_prints_secrets() {
-    let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
-    let w = Worker::start(
-        WorkerOptions::default()
-            .var("TELEGRAM_API_BASE", bot.base_url())
-            .var("ALLOWED_CHAT_IDS", CHAT.to_string()),
-    )
-    .await
-    .unwrap();
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
     let home = tempfile::tempdir().unwrap();
     let api_base = bot.base_url();
     let setup = |token: &str, secret: Option<&str>| {
@@ -101,7 +92,7 @@ async fn telegram_setup_sets_the_webhook_and_the_commands_and_never_prints_secre
     let methods: Vec<&str> = calls.iter().map(|c| c.method.as_str()).collect();
     assert_eq!(methods, ["setWebhook", "setMyCommands"]);
     assert!(calls.iter().all(|c| c.token_ok));
-    let webhook_url = format!("{}/webhook/telegram/{TEST_WEBHOOK_SECRET}", w.base_url());
+    let webhook_url = w.webhook_url(TEST_WEBHOOK_SECRET);
     assert_eq!(
         calls[0].params,
         json!({
@@ -137,22 +128,10 @@ async fn telegram_setup_sets_the_webhook_and_the_commands_and_never_prints_secre
         "{stdout}"
     );
 
-    // The webhook it registered is the Worker's: an update sent there the way Telegram would
-    // send it is accepted and answered.
-    let update = json!({"update_id": 1, "message": {
-        "message_id": 5, "date": 1_700_000_000,
-        "chat": {"id": CHAT, "type": "private"},
-        "from": {"id": 77, "is_bot": false, "first_name": "Ada"},
-        "text": "/start"}});
+    // The webhook it registered is the Worker's (its URL and secret, asserted above): an
+    // update sent there the way Telegram would send it is accepted and answered.
     let resp = w
-        .http()
-        .post(calls[0].params["url"].as_str().unwrap())
-        .header(
-            "X-Telegram-Bot-Api-Secret-Token",
-            calls[0].params["secret_token"].as_str().unwrap(),
-        )
-        .json(&update)
-        .send()
+        .send_update(&Update::message(1, CHAT).text("/start"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
