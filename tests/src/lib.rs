@@ -14,6 +14,7 @@
 //! - [`telegram::Update`]: the one builder of Telegram updates (messages, replies, photos,
 //!   edits, button presses).
 //! - [`agent::Agent`]: the real `ccr-agent` daemon, its hooks run as Claude Code runs them.
+//! - [`bridge::Bridge`]: the real `relay-bridge` against a test Worker.
 //! - [`socket::TestSocket`]: a machine-protocol client for tests that play the agent by hand.
 //! - [`tmux::Tmux`]: a tmux server on a private socket with a pane that records every line
 //!   typed into it.
@@ -25,6 +26,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod bridge;
 pub mod ports;
 pub mod proxy;
 pub mod socket;

@@ -11,7 +11,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,13 +19,13 @@ use anyhow::{bail, Context};
 use axum::routing::get;
 use axum::Router;
 use ccr_e2e::agent::Agent;
+use ccr_e2e::bridge::Bridge;
 use ccr_e2e::telegram::Update;
 use ccr_e2e::tmux::Tmux;
-use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY, TEST_RELAY_TOKEN};
+use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
 use ccr_e2e::{wait_for, workspace_root};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
 
 const CHAT: i64 = 4242;
 /// Caller counts for the relay comparison.
@@ -157,30 +156,6 @@ async fn start_target() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)>
         let _ = axum::serve(listener, app).await;
     });
     Ok((format!("http://{addr}"), task))
-}
-
-fn start_bridge(
-    worker: &Worker,
-    target: &str,
-    concurrency: usize,
-    log: &Path,
-) -> anyhow::Result<Child> {
-    let mut cmd = Command::new(ccr_e2e::bins::relay_bridge());
-    cmd.arg("--relay-url")
-        .arg(worker.base_url())
-        .arg("--target")
-        .arg(target)
-        .arg("--concurrency")
-        .arg(concurrency.to_string())
-        .env("RELAY_TOKEN", TEST_RELAY_TOKEN)
-        .env("RUST_LOG", "warn")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env_remove("RELAY_CHANNEL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
-        .kill_on_drop(true);
-    cmd.spawn().context("starting relay-bridge")
 }
 
 /// Resident memory of `pid` in KiB, from `/proc/<pid>/status`.
@@ -370,10 +345,17 @@ async fn run() -> anyhow::Result<()> {
 
     let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT]).await?;
     let (target, _target_task) = start_target().await?;
-    let bridge_log = out_dir.join("relay-bridge.log");
     let max_callers = CALLERS.iter().copied().max().unwrap_or(1);
-    let mut bridge = start_bridge(&w, &target, max_callers, &bridge_log)?;
-    let bridge_pid = bridge.id().context("bridge pid")?;
+    let concurrency = max_callers.to_string();
+    let mut bridge = Bridge::start_with_env(
+        &w,
+        &target,
+        None,
+        &["--concurrency", &concurrency],
+        &[("RUST_LOG", "warn")],
+    )
+    .await?;
+    let bridge_pid = bridge.pid().context("bridge pid")?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(256)
@@ -386,7 +368,7 @@ async fn run() -> anyhow::Result<()> {
         one(http.get(&relay_url)).await.then_some(())
     })
     .await
-    .with_context(|| std::fs::read_to_string(&bridge_log).unwrap_or_default())?;
+    .with_context(|| bridge.log())?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let bridge_idle = rss_kib(bridge_pid).unwrap_or(0);
 
@@ -437,8 +419,7 @@ async fn run() -> anyhow::Result<()> {
             "relayOverDirectP50": r_direct, "relayOverHopP50": r_hop, "relayOverHopRps": r_tput,
         }));
     }
-    let _ = bridge.start_kill();
-    let _ = bridge.wait().await;
+    bridge.kill().await;
 
     // The router: webhook POST → the line in the pane, with no pause before Enter.
     eprintln!("bench: router, {replies} replies");
