@@ -155,7 +155,7 @@ async fn credential_matrix() {
 
     // No secret value in anything the Worker printed during the suite. One exception, by
     // design and asserted as such: wrangler's own access log prints request paths, and the
-    // webhook's path carries TELEGRAM_WEBHOOK_SECRET (DESIGN.md's `/webhook/telegram/{secret}`).
+    // webhook's path carries TELEGRAM_WEBHOOK_SECRET (the route is `/webhook/telegram/{secret}`).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = w.log();
     assert!(
