@@ -204,6 +204,16 @@ fn service_cmd(home: &Path, data: &Path, key: Option<&str>) -> Command {
     cmd
 }
 
+/// `install-service --platform <platform> --home <home>`.
+async fn install(home: &Path, data: &Path, key: Option<&str>, platform: &str) -> Output {
+    output(
+        service_cmd(home, data, key)
+            .args(["--platform", platform, "--home"])
+            .arg(home),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key() {
     let home = tempfile::tempdir().unwrap();
@@ -212,13 +222,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
     let key = "key-that-must-stay-private-42";
 
     // Linux: the systemd user unit.
-    let out = output(service_cmd(home.path(), &data, Some(key)).args([
-        "--platform",
-        "linux",
-        "--home",
-        home.path().to_str().unwrap(),
-    ]))
-    .await;
+    let out = install(home.path(), &data, Some(key), "linux").await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let unit_path = home.path().join(".config/systemd/user/ccr-agent.service");
@@ -268,13 +272,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
     // Again, with the settings now coming from the saved file alone: nothing changes.
     let modified = std::fs::metadata(&unit_path).unwrap().modified().unwrap();
     for key in [Some(key), None] {
-        let out = output(service_cmd(home.path(), &data, key).args([
-            "--platform",
-            "linux",
-            "--home",
-            home.path().to_str().unwrap(),
-        ]))
-        .await;
+        let out = install(home.path(), &data, key, "linux").await;
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(stdout.contains("already installed, unchanged"), "{stdout}");
@@ -287,13 +285,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
     }
 
     // macOS: the launchd agent.
-    let out = output(service_cmd(home.path(), &data, Some(key)).args([
-        "--platform",
-        "macos",
-        "--home",
-        home.path().to_str().unwrap(),
-    ]))
-    .await;
+    let out = install(home.path(), &data, Some(key), "macos").await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let plist_path = home.path().join("Library/LaunchAgents/dev.ccr.agent.plist");
@@ -343,13 +335,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
     {
         assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
     }
-    let out = output(service_cmd(home.path(), &data, Some(key)).args([
-        "--platform",
-        "macos",
-        "--home",
-        home.path().to_str().unwrap(),
-    ]))
-    .await;
+    let out = install(home.path(), &data, Some(key), "macos").await;
     assert!(text(&out).0.contains("already installed, unchanged"));
     assert_eq!(
         std::fs::read_to_string(&plist_path).unwrap(),
