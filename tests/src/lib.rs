@@ -1,12 +1,13 @@
 //! End-to-end harness: fixtures that run the real processes on loopback.
 //!
 //! - [`worker::Worker`]: the real Worker under `wrangler dev` (workerd) on free ports, with
-//!   its own persist directory; restartable; kills its process group when dropped. It is
-//!   also the one way suites talk to it: [`worker::Worker::webhook_post`] for every webhook
-//!   POST ([`worker::Worker::send_update`] for a well-formed one),
-//!   [`worker::Worker::api_request`] for every API call with a key (and the admin-key
-//!   shorthands `register`, `notify`, `sessions`), [`worker::Worker::socket`] for the
-//!   machine socket.
+//!   its own persist directory; restartable; kills its process group when dropped. Suites
+//!   reach it through it: [`worker::Worker::webhook_post`] for every webhook POST, broken
+//!   ones included ([`worker::Worker::send_update`] for a well-formed update);
+//!   [`worker::Worker::api_request`] for API calls with a key (the admin-key shorthands
+//!   `admin`, `register`, `notify`, `sessions`; only tests of the key guard itself, the
+//!   bad-input table and the bench's load loop set their own headers);
+//!   [`worker::Worker::socket`] for the machine socket.
 //! - [`worker::start_with_bot`]: how a suite that involves Telegram starts its Worker, with
 //!   the Bot API stand-in it sends to and the chats it allows.
 //! - [`telegram::BotApi`]: a local stand-in for Telegram's Bot API that records every call
