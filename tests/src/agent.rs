@@ -11,36 +11,15 @@ use anyhow::{bail, Context};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, Command};
 
-use crate::tmux::Tmux;
-use crate::{wait_for, workspace_root};
+use crate::tmux::{Tmux, RECORDER};
+use crate::wait_for;
 
 /// The `ccr-agent` binary of this checkout, built (debug, or release with
 /// `CCR_E2E_RELEASE=1`) on first use.
 pub fn binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let root = workspace_root();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = StdCommand::new(cargo)
-            .current_dir(&root)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "machine-agent",
-                "--bin",
-                "ccr-agent",
-            ])
-            .args(crate::bins::release().then_some("--release"))
-            .status()
-            .unwrap_or_else(|e| panic!("running cargo build -p machine-agent: {e}"));
-        assert!(status.success(), "cargo build -p machine-agent failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        target.join(crate::bins::profile_dir()).join("ccr-agent")
-    })
-    .clone()
+    PATH.get_or_init(|| crate::bins::build("machine-agent", "ccr-agent"))
+        .clone()
 }
 
 /// Environment variables a test's own environment must not leak into the agent.
@@ -233,6 +212,47 @@ impl Agent {
             .context("the hook ran longer than 15 s")??;
         Ok(out)
     }
+
+    /// Runs the session-start hook as Claude Code in `pane` of `tmux` would (no transcript
+    /// yet), registering `session`; fails unless the hook succeeded and logged the
+    /// registration.
+    pub async fn start_session(
+        &self,
+        tmux: &Tmux,
+        pane: &str,
+        session: &str,
+        cwd: &str,
+    ) -> anyhow::Result<()> {
+        let input = hook_input(
+            "SessionStart",
+            session,
+            cwd,
+            Path::new("/nonexistent.jsonl"),
+        );
+        let out = self
+            .run_hook("session-start", &input, Some((tmux, pane)))
+            .await?;
+        if !out.status.success() || !self.hooks_log().contains("session registered") {
+            bail!(
+                "the session-start hook failed: {out:?}\nhooks log:\n{}\nstderr: {}",
+                self.hooks_log(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Claude Code's hook input for `event` (e.g. `SessionStart`) in `session`, run in `cwd`.
+pub fn hook_input(event: &str, session: &str, cwd: &str, transcript: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": session,
+        "transcript_path": transcript,
+        "cwd": cwd,
+        "hook_event_name": event,
+        "source": "startup",
+        "permission_mode": "default"
+    })
 }
 
 /// Adds a second recording pane to `tmux` (a new window running the same recorder); returns
@@ -244,7 +264,6 @@ pub fn add_recording_pane(
 ) -> anyhow::Result<(String, PathBuf)> {
     let record = dir.join(format!("{name}.txt"));
     std::fs::write(&record, "")?;
-    let script = r#"while IFS= read -r line; do printf '%s\n' "$line" >> "$1"; done"#;
     let pane = tmux.tmux(&[
         "new-window",
         "-d",
@@ -253,7 +272,7 @@ pub fn add_recording_pane(
         "#{pane_id}",
         "sh",
         "-c",
-        script,
+        RECORDER,
         "recorder",
         &record.to_string_lossy(),
     ])?;

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use crate::workspace_root;
 
 /// Builds `bin` of `package` and returns its path under the target directory.
-fn build(package: &str, bin: &str) -> PathBuf {
+pub(crate) fn build(package: &str, bin: &str) -> PathBuf {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)

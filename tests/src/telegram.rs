@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
@@ -106,6 +107,30 @@ impl BotApi {
     /// Makes the next call of `method` fail with `fault` (queued: several may be set).
     pub fn fail_next(&self, method: &str, fault: Fault) {
         self.lock().faults.push_back((method.to_owned(), fault));
+    }
+
+    /// Waits up to `timeout` for a `sendMessage` whose text contains `needle`; returns its
+    /// parameters.
+    pub async fn wait_message(&self, needle: &str, timeout: Duration) -> anyhow::Result<Value> {
+        crate::wait_for(
+            &format!("a Telegram message containing {needle:?}"),
+            timeout,
+            || async {
+                self.calls_of("sendMessage")
+                    .into_iter()
+                    .map(|c| c.params)
+                    .find(|p| p["text"].as_str().is_some_and(|t| t.contains(needle)))
+            },
+        )
+        .await
+    }
+
+    /// Waits up to `timeout` for a call of `method`; returns the latest.
+    pub async fn wait_call(&self, method: &str, timeout: Duration) -> anyhow::Result<Call> {
+        crate::wait_for(&format!("a {method} call"), timeout, || async {
+            self.calls_of(method).pop()
+        })
+        .await
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -251,5 +276,210 @@ async fn handle(
             json!({"id": 123456, "is_bot": true, "first_name": "CCR", "username": "ccr_test_bot"}),
         ),
         _ => telegram_error(StatusCode::NOT_FOUND, "Not Found", None),
+    }
+}
+
+/// The user id updates come from unless a test sets another.
+pub const TEST_USER_ID: i64 = 77;
+
+/// The date every built update carries.
+const DATE: i64 = 1_700_000_000;
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Message,
+    Edited,
+    Callback { query_id: String, data: String },
+}
+
+/// A Telegram update as the Bot API posts it to a webhook, built field by field:
+///
+/// - `Update::reply(1, CHAT, note, "hi")`: a reply to a notification (the same as
+///   `Update::message(1, CHAT).text("hi").reply_to(note)`);
+/// - `Update::message(2, CHAT).photo().caption("see").reply_to(note)`: a non-text message;
+/// - `Update::message(3, CHAT).text("x").edited()`: an `edited_message`;
+/// - `Update::callback(4, CHAT, "cbq-1", "cmd:tok:yes").message_id(101)`: a button press on
+///   message 101.
+///
+/// By default the message comes from [`TEST_USER_ID`] in a private chat and its id is
+/// `update_id + 10_000`.
+#[derive(Debug, Clone)]
+pub struct Update {
+    update_id: i64,
+    chat: i64,
+    from: i64,
+    message_id: i64,
+    kind: Kind,
+    text: Option<String>,
+    caption: Option<String>,
+    photo: bool,
+    reply_to: Option<i64>,
+}
+
+impl Update {
+    /// A message in `chat`, with no content yet.
+    pub fn message(update_id: i64, chat: i64) -> Update {
+        Update {
+            update_id,
+            chat,
+            from: TEST_USER_ID,
+            message_id: update_id + 10_000,
+            kind: Kind::Message,
+            text: None,
+            caption: None,
+            photo: false,
+            reply_to: None,
+        }
+    }
+
+    /// A text message in `chat` replying to message `to`: how a person answers a notification.
+    pub fn reply(update_id: i64, chat: i64, to: i64, text: &str) -> Update {
+        Update::message(update_id, chat).text(text).reply_to(to)
+    }
+
+    /// A press of the inline button carrying `data` (on the message set with
+    /// [`Update::message_id`]), with callback query id `query_id`.
+    pub fn callback(update_id: i64, chat: i64, query_id: &str, data: &str) -> Update {
+        Update {
+            kind: Kind::Callback {
+                query_id: query_id.to_owned(),
+                data: data.to_owned(),
+            },
+            ..Update::message(update_id, chat)
+        }
+    }
+
+    /// The message's text (for a callback: the text of the message the button is on).
+    pub fn text(mut self, text: &str) -> Update {
+        self.text = Some(text.to_owned());
+        self
+    }
+
+    /// Makes it a reply to message `message_id` (a bot's message, as notifications are).
+    pub fn reply_to(mut self, message_id: i64) -> Update {
+        self.reply_to = Some(message_id);
+        self
+    }
+
+    /// The message's own id (for a callback: the id of the message the button is on).
+    pub fn message_id(mut self, message_id: i64) -> Update {
+        self.message_id = message_id;
+        self
+    }
+
+    /// The sender's user id.
+    pub fn from(mut self, user: i64) -> Update {
+        self.from = user;
+        self
+    }
+
+    /// Attaches a photo.
+    pub fn photo(mut self) -> Update {
+        self.photo = true;
+        self
+    }
+
+    /// The caption of an attachment.
+    pub fn caption(mut self, caption: &str) -> Update {
+        self.caption = Some(caption.to_owned());
+        self
+    }
+
+    /// Makes it an `edited_message`.
+    pub fn edited(mut self) -> Update {
+        self.kind = Kind::Edited;
+        self
+    }
+
+    /// The update's id.
+    pub fn update_id(&self) -> i64 {
+        self.update_id
+    }
+
+    /// The JSON Telegram would post.
+    pub fn json(&self) -> Value {
+        let chat = json!({"id": self.chat, "type": "private"});
+        let mut message = json!({
+            "message_id": self.message_id,
+            "date": DATE,
+            "chat": chat,
+        });
+        let from = json!({"id": self.from, "is_bot": false, "first_name": "Ada"});
+        if let Some(text) = &self.text {
+            message["text"] = json!(text);
+        }
+        if let Kind::Callback { query_id, data } = &self.kind {
+            return json!({"update_id": self.update_id, "callback_query": {
+                "id": query_id, "chat_instance": "x", "from": from,
+                "message": message, "data": data,
+            }});
+        }
+        message["from"] = from;
+        if self.photo {
+            message["photo"] =
+                json!([{"file_id": "f", "file_unique_id": "u", "width": 9, "height": 9}]);
+        }
+        if let Some(caption) = &self.caption {
+            message["caption"] = json!(caption);
+        }
+        if let Some(to) = self.reply_to {
+            message["reply_to_message"] = json!({
+                "message_id": to, "date": DATE, "chat": chat,
+                "from": {"id": 1, "is_bot": true, "first_name": "CCR"}, "text": "notification",
+            });
+        }
+        match self.kind {
+            Kind::Edited => {
+                message["edit_date"] = json!(DATE + 1);
+                json!({"update_id": self.update_id, "edited_message": message})
+            }
+            _ => json!({"update_id": self.update_id, "message": message}),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_is_what_telegram_posts() {
+        let want = json!({"update_id": 7, "message": {
+            "message_id": 10_007, "date": 1_700_000_000,
+            "chat": {"id": 4242, "type": "private"},
+            "from": {"id": TEST_USER_ID, "is_bot": false, "first_name": "Ada"},
+            "text": "run the tests",
+            "reply_to_message": {"message_id": 101, "date": 1_700_000_000,
+                "chat": {"id": 4242, "type": "private"},
+                "from": {"id": 1, "is_bot": true, "first_name": "CCR"}, "text": "notification"}
+        }});
+        assert_eq!(Update::reply(7, 4242, 101, "run the tests").json(), want);
+    }
+
+    #[test]
+    fn edits_photos_and_button_presses_have_their_own_shapes() {
+        let edited = Update::message(3, 5).text("x").edited().json();
+        assert_eq!(edited["edited_message"]["text"], "x");
+        assert_eq!(edited["edited_message"]["edit_date"], 1_700_000_001);
+        assert!(edited.get("message").is_none());
+
+        let photo = Update::message(4, 5).photo().caption("see").json();
+        assert_eq!(photo["message"]["photo"][0]["file_id"], "f");
+        assert_eq!(photo["message"]["caption"], "see");
+        assert!(photo["message"].get("text").is_none());
+
+        let press = Update::callback(6, 5, "cbq-1", "cmd:t:yes")
+            .message_id(101)
+            .text("n")
+            .json();
+        let q = &press["callback_query"];
+        assert_eq!(q["id"], "cbq-1");
+        assert_eq!(q["data"], "cmd:t:yes");
+        assert_eq!(q["from"]["id"], TEST_USER_ID);
+        assert_eq!(
+            q["message"],
+            json!({"message_id": 101, "date": 1_700_000_000,
+                   "chat": {"id": 5, "type": "private"}, "text": "n"})
+        );
     }
 }

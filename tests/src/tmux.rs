@@ -9,6 +9,12 @@ use anyhow::{bail, Context};
 
 use crate::wait_for;
 
+/// The recording pane's program (`sh -c RECORDER recorder <file>`): appends each line it
+/// reads to the file. `read -r` keeps backslashes; IFS= keeps leading and trailing spaces.
+/// The script gets the file path as $1, so nothing typed is ever part of a shell command line.
+pub(crate) const RECORDER: &str =
+    r#"while IFS= read -r line; do printf '%s\n' "$line" >> "$1"; done"#;
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A private tmux server (`tmux -L <unique>`). Dropping it kills the server.
@@ -32,9 +38,6 @@ impl Tmux {
         );
         let record = dir.path().join("received.txt");
         std::fs::write(&record, "")?;
-        // `read -r` keeps backslashes; IFS= keeps leading and trailing spaces. The script
-        // gets the file path as $1, so nothing typed is ever part of a shell command line.
-        let script = r#"while IFS= read -r line; do printf '%s\n' "$line" >> "$1"; done"#;
         let mut t = Tmux {
             socket_name,
             dir,
@@ -54,7 +57,7 @@ impl Tmux {
             "50",
             "sh",
             "-c",
-            script,
+            RECORDER,
             "recorder",
             &record.to_string_lossy(),
         ])?;

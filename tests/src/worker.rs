@@ -6,8 +6,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use reqwest::{Method, RequestBuilder};
+use serde_json::{json, Value};
 use tokio::process::{Child, Command};
 
+use crate::socket::{Refused, TestSocket};
+use crate::telegram::Update;
 use crate::{ports::free_port, wait_for, workspace_root};
 
 /// The admin key every test Worker gets unless a test sets another.
@@ -77,7 +81,8 @@ impl WorkerOptions {
     }
 }
 
-/// Starts a Bot API stand-in and a Worker that sends to it and allows `chats`.
+/// Starts a Bot API stand-in and a Worker that sends to it and allows `chats`: how every
+/// suite that involves Telegram starts its Worker.
 pub async fn start_with_bot(
     opts: WorkerOptions,
     chats: &[i64],
@@ -88,6 +93,15 @@ pub async fn start_with_bot(
         .var("TELEGRAM_API_BASE", bot.base_url())
         .var("ALLOWED_CHAT_IDS", chats.join(","));
     Ok((Worker::start(opts).await?, bot))
+}
+
+/// What the Worker answered to a notification.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// The (first) Telegram message's id: what a reply replies to.
+    pub message_id: i64,
+    /// The session's `/cmd` token.
+    pub token: String,
 }
 
 /// A running `wrangler dev`. Dropping it kills its whole process group (wrangler, workerd).
@@ -162,6 +176,136 @@ impl Worker {
     /// A client with no default headers.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// The webhook secret this Worker was started with (path and header).
+    pub fn webhook_secret(&self) -> &str {
+        self.opts
+            .secrets
+            .iter()
+            .find(|(name, _)| name == "TELEGRAM_WEBHOOK_SECRET")
+            .map_or("", |(_, value)| value)
+    }
+
+    /// The Telegram webhook's URL with `path_secret` in its path.
+    pub fn webhook_url(&self, path_secret: &str) -> String {
+        self.url(&format!("/webhook/telegram/{path_secret}"))
+    }
+
+    /// A POST to the Telegram webhook with `path_secret` in the path and, when given, `header`
+    /// as `X-Telegram-Bot-Api-Secret-Token`; the body is the caller's. Every webhook call
+    /// goes through here, the well-formed ones ([`Worker::send_update`]) and the ones with
+    /// wrong secrets or broken bodies.
+    pub fn webhook_post(&self, path_secret: &str, header: Option<&str>) -> RequestBuilder {
+        let req = self.http.post(self.webhook_url(path_secret));
+        match header {
+            Some(h) => req.header("X-Telegram-Bot-Api-Secret-Token", h),
+            None => req,
+        }
+    }
+
+    /// Posts `update` to the webhook the way Telegram does, with this Worker's secret.
+    pub async fn send_update(&self, update: &Update) -> reqwest::Result<reqwest::Response> {
+        let secret = self.webhook_secret();
+        self.webhook_post(secret, Some(secret))
+            .json(&update.json())
+            .send()
+            .await
+    }
+
+    /// A request to the Worker's API presenting `key` (as a bearer token) and, when given,
+    /// the machine it acts for (`X-CCR-Machine-Id`); no key sends no credentials.
+    pub fn api_request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        machine: Option<&str>,
+    ) -> RequestBuilder {
+        let mut req = self.http.request(method, self.url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(m) = machine {
+            req = req.header("X-CCR-Machine-Id", m);
+        }
+        req
+    }
+
+    /// A request to the Worker's API with the admin key ([`TEST_API_KEY`]).
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.api_request(method, path, Some(TEST_API_KEY), None)
+    }
+
+    /// POSTs `body` to `path` with `key`; returns the status and the JSON answer.
+    pub async fn post_api(
+        &self,
+        path: &str,
+        key: &str,
+        body: &Value,
+    ) -> anyhow::Result<(u16, Value)> {
+        let resp = self
+            .api_request(Method::POST, path, Some(key), None)
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        let body = serde_json::from_str(&text).with_context(|| format!("not JSON: {text}"))?;
+        Ok((status, body))
+    }
+
+    /// Registers `session` on `machine` (with `label`, if any) with the admin key; fails
+    /// unless the Worker answers 200.
+    pub async fn register(
+        &self,
+        session: &str,
+        machine: &str,
+        label: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let mut body = json!({"sessionId": session, "machineId": machine});
+        if let Some(l) = label {
+            body["label"] = json!(l);
+        }
+        let (status, answer) = self
+            .post_api("/sessions/register", TEST_API_KEY, &body)
+            .await?;
+        if status != 200 {
+            bail!("registering {session} on {machine}: {status} {answer}");
+        }
+        Ok(())
+    }
+
+    /// Sends a notification for `session` with the admin key; fails unless the Worker
+    /// answers 200.
+    pub async fn notify(&self, session: &str, text: &str) -> anyhow::Result<Notification> {
+        let (status, answer) = self
+            .post_api(
+                "/notifications/send",
+                TEST_API_KEY,
+                &json!({"sessionId": session, "text": text}),
+            )
+            .await?;
+        if status != 200 {
+            bail!("notifying {session}: {status} {answer}");
+        }
+        Ok(Notification {
+            message_id: answer["messageId"]
+                .as_i64()
+                .with_context(|| format!("no messageId in {answer}"))?,
+            token: answer["token"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// `GET /sessions` with the admin key: the JSON answer.
+    pub async fn sessions(&self) -> anyhow::Result<Value> {
+        let resp = self.admin(Method::GET, "/sessions").send().await?;
+        Ok(resp.json().await?)
+    }
+
+    /// Opens the machine socket for `machine` with `key`.
+    pub async fn socket(&self, machine: &str, key: &str) -> Result<TestSocket, Refused> {
+        TestSocket::connect(&self.ws_url(""), machine, key).await
     }
 
     /// Stops the Worker (SIGKILL to its process group, like a crash) and starts it again on

@@ -2,149 +2,42 @@
 //! binary started without `$TMUX` (as a service would be), and real tmux panes on a private
 //! server whose program records every line it receives.
 
-use std::path::Path;
 use std::time::Duration;
 
-use ccr_e2e::agent::{add_recording_pane, recorded_lines, Agent};
-use ccr_e2e::telegram::BotApi;
+use ccr_e2e::agent::{add_recording_pane, hook_input, recorded_lines, Agent};
+use ccr_e2e::telegram::{BotApi, Update};
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_WEBHOOK_SECRET};
+use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
 use serde_json::{json, Value};
 
 const CHAT: i64 = 4242;
-const USER: i64 = 77;
 /// Generous: workerd and the agent share two cores with other test processes.
 const T: Duration = Duration::from_secs(30);
 
-struct Env {
-    w: Worker,
-    bot: BotApi,
-}
-
-impl Env {
-    async fn start() -> Env {
-        let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
-        let opts = WorkerOptions::default()
-            .var("TELEGRAM_API_BASE", bot.base_url())
-            .var("ALLOWED_CHAT_IDS", CHAT.to_string());
-        let w = Worker::start(opts).await.unwrap();
-        Env { w, bot }
-    }
-
-    fn agent(&self, machine: &str) -> Agent {
-        Agent::start(&self.w.base_url(), TEST_API_KEY, machine).unwrap()
-    }
-
-    /// Sends a notification for `session` through the Worker; returns its message id.
-    async fn notify(&self, session: &str, text: &str) -> i64 {
-        let resp = self
-            .w
-            .http()
-            .post(self.w.url("/notifications/send"))
-            .bearer_auth(TEST_API_KEY)
-            .json(&json!({"sessionId": session, "text": text}))
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status();
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        body["messageId"].as_i64().unwrap()
-    }
-
-    /// Telegram delivers a reply to message `to`.
-    async fn reply(&self, update_id: i64, to: i64, text: &str) {
-        let update = json!({"update_id": update_id, "message": {
-            "message_id": update_id + 10_000, "date": 1_700_000_000,
-            "chat": {"id": CHAT, "type": "private"},
-            "from": {"id": USER, "is_bot": false, "first_name": "Ada"},
-            "text": text,
-            "reply_to_message": {"message_id": to, "date": 1_700_000_000,
-                "chat": {"id": CHAT, "type": "private"},
-                "from": {"id": 1, "is_bot": true, "first_name": "CCR"}, "text": "notification"}
-        }});
-        let status = self
-            .w
-            .http()
-            .post(
-                self.w
-                    .url(&format!("/webhook/telegram/{TEST_WEBHOOK_SECRET}")),
-            )
-            .header("X-Telegram-Bot-Api-Secret-Token", TEST_WEBHOOK_SECRET)
-            .json(&update)
-            .send()
-            .await
-            .unwrap()
-            .status();
-        assert_eq!(status, 200);
-    }
-
-    /// Waits for a sendMessage whose text contains `needle`.
-    async fn wait_message(&self, needle: &str) -> String {
-        wait_for(
-            &format!("a Telegram message containing {needle:?}"),
-            T,
-            || async {
-                self.bot
-                    .calls_of("sendMessage")
-                    .into_iter()
-                    .filter_map(|c| c.params["text"].as_str().map(str::to_owned))
-                    .find(|t| t.contains(needle))
-            },
-        )
+async fn start() -> (Worker, BotApi) {
+    start_with_bot(WorkerOptions::default(), &[CHAT])
         .await
         .unwrap()
-    }
-
-    async fn sessions(&self) -> Value {
-        self.w
-            .http()
-            .get(self.w.url("/sessions"))
-            .bearer_auth(TEST_API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
 }
 
-/// Claude Code's hook input for `event`.
-fn hook_input(event: &str, session: &str, cwd: &str, transcript: &Path) -> Value {
-    json!({
-        "session_id": session,
-        "transcript_path": transcript,
-        "cwd": cwd,
-        "hook_event_name": event,
-        "source": "startup",
-        "permission_mode": "default"
-    })
+fn agent(w: &Worker, machine: &str) -> Agent {
+    Agent::start(&w.base_url(), TEST_API_KEY, machine).unwrap()
 }
 
-/// Runs the session-start hook as Claude Code in `pane` would and checks it registered.
-async fn start_session(agent: &Agent, tmux: &Tmux, pane: &str, session: &str, cwd: &str) {
-    let out = agent
-        .run_hook(
-            "session-start",
-            &hook_input(
-                "SessionStart",
-                session,
-                cwd,
-                Path::new("/nonexistent.jsonl"),
-            ),
-            Some((tmux, pane)),
-        )
+/// Telegram delivers a reply to message `to`.
+async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) {
+    let resp = w
+        .send_update(&Update::reply(update_id, CHAT, to, text))
         .await
         .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        agent.hooks_log().contains("session registered"),
-        "hooks log:\n{}\nstderr: {}",
-        agent.hooks_log(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(resp.status(), 200);
+}
+
+/// Waits for a sendMessage whose text contains `needle`; its text.
+async fn wait_message(bot: &BotApi, needle: &str) -> String {
+    let params = bot.wait_message(needle, T).await.unwrap();
+    params["text"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Asserts `lines()` stays exactly `want` for a while (nothing typed twice).
@@ -155,18 +48,21 @@ async fn stays(what: &str, want: &[&str], lines: impl Fn() -> Vec<String>) {
 
 #[tokio::test]
 async fn a_telegram_reply_lands_in_the_pane_exactly_once() {
-    let e = Env::start().await;
+    let (w, _bot) = start().await;
     let tmux = Tmux::start().unwrap();
-    let agent = e.agent("devbox");
+    let agent = agent(&w, "devbox");
     agent.wait_connected(1, T).await.unwrap();
-    start_session(&agent, &tmux, &tmux.pane_id, "sess-1", "/home/ada/api").await;
+    agent
+        .start_session(&tmux, &tmux.pane_id, "sess-1", "/home/ada/api")
+        .await
+        .unwrap();
 
-    let msg = e.notify("sess-1", "done").await;
-    e.reply(1, msg, "run the tests; echo $HOME 'quoted'").await;
+    let msg = w.notify("sess-1", "done").await.unwrap().message_id;
+    reply(&w, 1, msg, "run the tests; echo $HOME 'quoted'").await;
     let lines = tmux.wait_for_lines(1, T).await.unwrap();
     assert_eq!(lines, ["run the tests; echo $HOME 'quoted'"]);
     // The same update again (Telegram retries) and time for any redelivery: still once.
-    e.reply(1, msg, "run the tests; echo $HOME 'quoted'").await;
+    reply(&w, 1, msg, "run the tests; echo $HOME 'quoted'").await;
     stays("the pane", &["run the tests; echo $HOME 'quoted'"], || {
         tmux.lines()
     })
@@ -283,21 +179,24 @@ fn missing_settings_exit_2_with_one_clear_line() {
 
 #[tokio::test]
 async fn a_command_stored_before_a_crash_runs_once_after_restart() {
-    let e = Env::start().await;
+    let (w, _bot) = start().await;
     let tmux = Tmux::start().unwrap();
     // The first run stores and acks commands but does not execute them, so SIGKILL lands
     // exactly between storing and executing.
     let mut agent = Agent::start_with(
-        &e.w.base_url(),
+        &w.base_url(),
         TEST_API_KEY,
         "crashbox",
         vec![("CCR_HOLD_COMMANDS".into(), "1".into())],
     )
     .unwrap();
     agent.wait_connected(1, T).await.unwrap();
-    start_session(&agent, &tmux, &tmux.pane_id, "sess-c", "/w/crash").await;
-    let msg = e.notify("sess-c", "ready").await;
-    e.reply(2, msg, "survive the crash").await;
+    agent
+        .start_session(&tmux, &tmux.pane_id, "sess-c", "/w/crash")
+        .await
+        .unwrap();
+    let msg = w.notify("sess-c", "ready").await.unwrap().message_id;
+    reply(&w, 2, msg, "survive the crash").await;
     agent
         .wait_log("command stored and acked", 1, T)
         .await
@@ -314,42 +213,51 @@ async fn a_command_stored_before_a_crash_runs_once_after_restart() {
 
 #[tokio::test]
 async fn the_agent_reconnects_after_a_worker_restart() {
-    let mut e = Env::start().await;
+    let (mut w, _bot) = start().await;
     let tmux = Tmux::start().unwrap();
-    let agent = e.agent("restartbox");
+    let agent = agent(&w, "restartbox");
     agent.wait_connected(1, T).await.unwrap();
-    start_session(&agent, &tmux, &tmux.pane_id, "sess-r", "/w/r").await;
-    let msg = e.notify("sess-r", "before").await;
-    e.reply(3, msg, "first").await;
+    agent
+        .start_session(&tmux, &tmux.pane_id, "sess-r", "/w/r")
+        .await
+        .unwrap();
+    let msg = w.notify("sess-r", "before").await.unwrap().message_id;
+    reply(&w, 3, msg, "first").await;
     tmux.wait_for_lines(1, T).await.unwrap();
 
-    e.w.restart().await.unwrap();
+    w.restart().await.unwrap();
     agent
         .wait_connected(2, Duration::from_secs(90))
         .await
         .unwrap();
-    let msg = e.notify("sess-r", "after").await;
-    e.reply(4, msg, "second").await;
+    let msg = w.notify("sess-r", "after").await.unwrap().message_id;
+    reply(&w, 4, msg, "second").await;
     let lines = tmux.wait_for_lines(2, T).await.unwrap();
     assert_eq!(lines, ["first", "second"]);
 }
 
 #[tokio::test]
 async fn two_sessions_on_two_panes_get_only_their_own_replies() {
-    let e = Env::start().await;
+    let (w, _bot) = start().await;
     let tmux = Tmux::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (pane_b, record_b) = add_recording_pane(&tmux, dir.path(), "b").unwrap();
-    let agent = e.agent("twobox");
+    let agent = agent(&w, "twobox");
     agent.wait_connected(1, T).await.unwrap();
-    start_session(&agent, &tmux, &tmux.pane_id, "sess-a", "/w/alpha").await;
-    start_session(&agent, &tmux, &pane_b, "sess-b", "/w/beta").await;
+    agent
+        .start_session(&tmux, &tmux.pane_id, "sess-a", "/w/alpha")
+        .await
+        .unwrap();
+    agent
+        .start_session(&tmux, &pane_b, "sess-b", "/w/beta")
+        .await
+        .unwrap();
 
-    let msg_a = e.notify("sess-a", "alpha done").await;
-    let msg_b = e.notify("sess-b", "beta done").await;
-    e.reply(5, msg_b, "for beta").await;
-    e.reply(6, msg_a, "for alpha").await;
-    e.reply(7, msg_b, "beta again").await;
+    let msg_a = w.notify("sess-a", "alpha done").await.unwrap().message_id;
+    let msg_b = w.notify("sess-b", "beta done").await.unwrap().message_id;
+    reply(&w, 5, msg_b, "for beta").await;
+    reply(&w, 6, msg_a, "for alpha").await;
+    reply(&w, 7, msg_b, "beta again").await;
 
     tmux.wait_for_lines(1, T).await.unwrap();
     wait_for("two lines in pane b", T, || async {
@@ -363,9 +271,9 @@ async fn two_sessions_on_two_panes_get_only_their_own_replies() {
 
 #[tokio::test]
 async fn hooks_run_as_claude_code_runs_them() {
-    let e = Env::start().await;
+    let (w, bot) = start().await;
     let tmux = Tmux::start().unwrap();
-    let agent = e.agent("hookbox");
+    let agent = agent(&w, "hookbox");
     agent.wait_connected(1, T).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let transcript = dir.path().join("sess-h.jsonl");
@@ -393,7 +301,7 @@ async fn hooks_run_as_claude_code_runs_them() {
         .await
         .unwrap();
     assert!(out.status.success());
-    let sessions = e.sessions().await;
+    let sessions = w.sessions().await.unwrap();
     let s = sessions["sessions"]
         .as_array()
         .unwrap()
@@ -412,7 +320,7 @@ async fn hooks_run_as_claude_code_runs_them() {
         .await
         .unwrap();
     assert!(out.status.success());
-    let sent = e.wait_message("The build is green again.").await;
+    let sent = wait_message(&bot, "The build is green again.").await;
     assert!(sent.contains("webshop"), "{sent}");
     assert!(sent.contains(cwd), "{sent}");
     assert!(
@@ -427,12 +335,11 @@ async fn hooks_run_as_claude_code_runs_them() {
         .await
         .unwrap();
     assert!(out.status.success());
-    e.wait_message("Claude needs your permission to use Bash")
-        .await;
+    wait_message(&bot, "Claude needs your permission to use Bash").await;
 
     // The reply to the stop notification reaches the pane the hook recorded.
-    let stop_msg = e.notify("sess-h", "direct").await;
-    e.reply(8, stop_msg, "ship it").await;
+    let stop_msg = w.notify("sess-h", "direct").await.unwrap().message_id;
+    reply(&w, 8, stop_msg, "ship it").await;
     assert_eq!(tmux.wait_for_lines(1, T).await.unwrap(), ["ship it"]);
 
     let out = agent
@@ -444,7 +351,7 @@ async fn hooks_run_as_claude_code_runs_them() {
         .await
         .unwrap();
     assert!(out.status.success());
-    let sessions = e.sessions().await;
+    let sessions = w.sessions().await.unwrap();
     assert!(
         !sessions["sessions"]
             .as_array()
@@ -466,14 +373,14 @@ async fn hooks_run_as_claude_code_runs_them() {
 
 #[tokio::test]
 async fn sigterm_closes_cleanly_and_a_wrong_key_is_reported() {
-    let e = Env::start().await;
-    let mut agent = e.agent("termbox");
+    let (w, _bot) = start().await;
+    let mut agent = agent(&w, "termbox");
     agent.wait_connected(1, T).await.unwrap();
     let status = agent.terminate().await.unwrap();
     assert!(status.success(), "{status:?}\n{}", agent.log());
     assert!(agent.log().contains("SIGTERM"), "{}", agent.log());
 
-    let bad = Agent::start(&e.w.base_url(), "not-the-key", "badkey").unwrap();
+    let bad = Agent::start(&w.base_url(), "not-the-key", "badkey").unwrap();
     bad.wait_log("rejected the API key", 1, T).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Not retried fast: one attempt in these seconds.
@@ -487,6 +394,6 @@ async fn sigterm_closes_cleanly_and_a_wrong_key_is_reported() {
         .unwrap();
     assert!(key.status.success());
     let key = String::from_utf8(key.stdout).unwrap();
-    let scoped = Agent::start(&e.w.base_url(), key.trim(), "keybox").unwrap();
+    let scoped = Agent::start(&w.base_url(), key.trim(), "keybox").unwrap();
     scoped.wait_connected(1, T).await.unwrap();
 }

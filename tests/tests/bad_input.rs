@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use ccr_e2e::socket::{Event, TestSocket};
+use ccr_e2e::telegram::Update;
 use ccr_e2e::worker::{
     start_with_bot, Worker, WorkerOptions, TEST_API_KEY, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
 };
@@ -16,11 +17,21 @@ use serde_json::{json, Value};
 const CHAT: i64 = 4242;
 const T: Duration = Duration::from_secs(20);
 
+/// Where a case's request goes.
+enum Target {
+    /// `method path` on the Worker.
+    Route(Method, String),
+    /// The Telegram webhook, with this secret in the path and this secret header (if any).
+    Webhook {
+        path_secret: String,
+        header: Option<String>,
+    },
+}
+
 /// One request and the status it must get.
 struct Case {
     name: &'static str,
-    method: Method,
-    path: String,
+    target: Target,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
     status: u16,
@@ -35,8 +46,7 @@ fn api(
 ) -> Case {
     Case {
         name,
-        method,
-        path: path.into(),
+        target: Target::Route(method, path.into()),
         headers: vec![
             ("x-api-key", TEST_API_KEY.into()),
             ("content-type", "application/json".into()),
@@ -53,15 +63,13 @@ fn hook(
     body: impl Into<Vec<u8>>,
     status: u16,
 ) -> Case {
-    let mut headers = vec![("content-type", "application/json".to_owned())];
-    if let Some(h) = header {
-        headers.push(("x-telegram-bot-api-secret-token", h.to_owned()));
-    }
     Case {
         name,
-        method: Method::POST,
-        path: format!("/webhook/telegram/{path_secret}"),
-        headers,
+        target: Target::Webhook {
+            path_secret: path_secret.into(),
+            header: header.map(str::to_owned),
+        },
+        headers: vec![("content-type", "application/json".to_owned())],
         body: body.into(),
         status,
     }
@@ -81,8 +89,7 @@ fn relay(
     }
     Case {
         name,
-        method,
-        path: path.into(),
+        target: Target::Route(method, path.into()),
         headers,
         body: body.into(),
         status,
@@ -361,40 +368,35 @@ fn cases() -> Vec<Case> {
         // Credentials and methods
         Case {
             name: "sessions: no key",
-            method: g.clone(),
-            path: "/sessions".into(),
+            target: Target::Route(g.clone(), "/sessions".into()),
             headers: vec![],
             body: vec![],
             status: 401,
         },
         Case {
             name: "sessions: wrong key",
-            method: g.clone(),
-            path: "/sessions".into(),
+            target: Target::Route(g.clone(), "/sessions".into()),
             headers: vec![("x-api-key", "wrong".into())],
             body: vec![],
             status: 401,
         },
         Case {
             name: "sessions: empty bearer",
-            method: g.clone(),
-            path: "/sessions".into(),
+            target: Target::Route(g.clone(), "/sessions".into()),
             headers: vec![("authorization", "Bearer ".into())],
             body: vec![],
             status: 401,
         },
         Case {
             name: "sessions: basic auth",
-            method: g.clone(),
-            path: "/sessions".into(),
+            target: Target::Route(g.clone(), "/sessions".into()),
             headers: vec![("authorization", format!("Basic {TEST_API_KEY}"))],
             body: vec![],
             status: 401,
         },
         Case {
             name: "sessions: key with control chars",
-            method: g.clone(),
-            path: "/sessions".into(),
+            target: Target::Route(g.clone(), "/sessions".into()),
             headers: vec![("x-api-key", format!("{TEST_API_KEY}\t"))],
             body: vec![],
             status: 200,
@@ -474,8 +476,7 @@ fn cases() -> Vec<Case> {
         ),
         Case {
             name: "ws: no key",
-            method: g.clone(),
-            path: "/ws?machineId=devbox".into(),
+            target: Target::Route(g.clone(), "/ws?machineId=devbox".into()),
             headers: vec![("upgrade", "websocket".into())],
             body: vec![],
             status: 401,
@@ -621,13 +622,7 @@ fn cases() -> Vec<Case> {
 }
 
 async fn sessions(w: &Worker) -> (Value, String) {
-    let resp = w
-        .http()
-        .get(w.url("/sessions"))
-        .header("x-api-key", TEST_API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let resp = w.admin(Method::GET, "/sessions").send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let instance = resp
         .headers()
@@ -645,40 +640,23 @@ async fn bad_input_is_refused_and_changes_nothing() {
         .await
         .unwrap();
     // Baseline state: one session with a notification, one update already seen.
-    let ok = w
-        .http()
-        .post(w.url("/sessions/register"))
-        .header("x-api-key", TEST_API_KEY)
-        .json(&json!({"sessionId": "keep", "machineId": "devbox", "label": "api"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    let note: Value = w
-        .http()
-        .post(w.url("/notifications/send"))
-        .header("x-api-key", TEST_API_KEY)
-        .json(&json!({"sessionId": "keep", "text": "baseline"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let note_id = note["messageId"].as_i64().unwrap();
-    let mut sock = TestSocket::connect(&w.ws_url(""), "devbox", TEST_API_KEY)
-        .await
-        .unwrap();
+    w.register("keep", "devbox", Some("api")).await.unwrap();
+    let note_id = w.notify("keep", "baseline").await.unwrap().message_id;
+    let mut sock = w.socket("devbox", TEST_API_KEY).await.unwrap();
     let (before, instance) = sessions(&w).await;
 
     let table = cases();
     assert!(table.len() >= 50, "the table has {} cases", table.len());
     let mut failures = vec![];
     for case in &table {
-        let mut req = w
-            .http()
-            .request(case.method.clone(), w.url(&case.path))
-            .timeout(Duration::from_secs(30));
+        let req = match &case.target {
+            Target::Route(method, path) => w.http().request(method.clone(), w.url(path)),
+            Target::Webhook {
+                path_secret,
+                header,
+            } => w.webhook_post(path_secret, header.as_deref()),
+        };
+        let mut req = req.timeout(Duration::from_secs(30));
         for (k, v) in &case.headers {
             req = req.header(*k, v);
         }
@@ -707,16 +685,8 @@ async fn bad_input_is_refused_and_changes_nothing() {
     }
 
     // Replayed update ids: a second delivery of a stored update is answered 200 and does nothing.
-    let update = json!({"update_id": 500, "message": {"message_id": 1, "date": 1, "chat": {"id": CHAT, "type": "private"},
-        "from": {"id": 1, "is_bot": false, "first_name": "A"}, "text": "once",
-        "reply_to_message": {"message_id": note_id, "date": 1, "chat": {"id": CHAT, "type": "private"}}}});
-    let post = || {
-        w.http()
-            .post(w.url(&format!("/webhook/telegram/{TEST_WEBHOOK_SECRET}")))
-            .header("x-telegram-bot-api-secret-token", TEST_WEBHOOK_SECRET)
-            .json(&update)
-            .send()
-    };
+    let update = Update::reply(500, CHAT, note_id, "once");
+    let post = || w.send_update(&update);
     assert_eq!(post().await.unwrap().status(), 200);
     let (id, _, cmd) = sock.next_command(T).await.unwrap();
     assert_eq!(cmd, "once");

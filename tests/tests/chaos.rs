@@ -11,10 +11,9 @@ use std::time::{Duration, Instant};
 
 use ccr_e2e::agent::Agent;
 use ccr_e2e::proxy::CutProxy;
-use ccr_e2e::telegram::BotApi;
+use ccr_e2e::telegram::Update;
 use ccr_e2e::tmux::Tmux;
-use ccr_e2e::worker::{Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_WEBHOOK_SECRET};
-use serde_json::{json, Value};
+use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
 
 const CHAT: i64 = 4242;
 const MACHINES: usize = 3;
@@ -54,24 +53,22 @@ fn tokens(line: &str) -> Vec<usize> {
     out
 }
 
-fn reply(update_id: i64, to: i64, text: &str) -> Value {
-    json!({"update_id": update_id, "message": {
-        "message_id": update_id + 100_000, "date": 1_700_000_000,
-        "chat": {"id": CHAT, "type": "private"},
-        "from": {"id": 7, "is_bot": false, "first_name": "Ada"},
-        "text": text,
-        "reply_to_message": {"message_id": to, "date": 1_700_000_000, "chat": {"id": CHAT, "type": "private"}}}})
+/// A reply to message `to`; its own message id is `update_id + 100_000`, which is how a
+/// report in the chat (replying to it) names the command.
+fn reply(update_id: i64, to: i64, text: &str) -> Update {
+    Update::reply(update_id, CHAT, to, text).message_id(update_id + 100_000)
 }
 
 /// Posts an update until the Worker answers 200, as Telegram retries (the Worker may be down).
-async fn deliver(http: &reqwest::Client, url: &str, update: &Value) {
+async fn deliver(w: &Worker, update: &Update) {
     let deadline = Instant::now() + Duration::from_secs(120);
+    let secret = w.webhook_secret();
+    let body = update.json();
     loop {
-        let sent = http
-            .post(url)
-            .header("x-telegram-bot-api-secret-token", TEST_WEBHOOK_SECRET)
+        let sent = w
+            .webhook_post(secret, Some(secret))
             .timeout(Duration::from_secs(30))
-            .json(update)
+            .json(&body)
             .send()
             .await;
         if let Ok(r) = sent {
@@ -81,7 +78,7 @@ async fn deliver(http: &reqwest::Client, url: &str, update: &Value) {
         }
         assert!(
             Instant::now() < deadline,
-            "the webhook never accepted {update}"
+            "the webhook never accepted {body}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -129,17 +126,10 @@ async fn delivery_under_faults() {
     tokio::task::spawn_blocking(ccr_e2e::agent::binary)
         .await
         .unwrap();
-    let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
-    let mut w = Worker::start(
-        WorkerOptions::default()
-            .var("TELEGRAM_API_BASE", bot.base_url())
-            .var("ALLOWED_CHAT_IDS", CHAT.to_string()),
-    )
-    .await
-    .unwrap();
+    let (mut w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
     let proxy = CutProxy::start(w.addr()).await.unwrap();
-    let http = reqwest::Client::new();
-    let hook_url = w.url(&format!("/webhook/telegram/{TEST_WEBHOOK_SECRET}"));
 
     let mut panes = vec![];
     let mut agents = vec![];
@@ -153,27 +143,14 @@ async fn delivery_under_faults() {
             .await
             .unwrap();
         let session = format!("sess-{m}");
-        let input = json!({"session_id": session, "transcript_path": "/nonexistent.jsonl",
-            "cwd": format!("/work/chaos-{m}"), "hook_event_name": "SessionStart", "source": "startup"});
-        let out = agent
-            .run_hook("session-start", &input, Some((&tmux, &tmux.pane_id)))
+        agent
+            .start_session(&tmux, &tmux.pane_id, &session, &format!("/work/chaos-{m}"))
             .await
             .unwrap();
-        assert!(out.status.success());
-        let note: Value = http
-            .post(w.url("/notifications/send"))
-            .bearer_auth(TEST_API_KEY)
-            .json(&json!({"sessionId": session, "text": "chaos run"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let note = w.notify(&session, "chaos run").await;
         notes.push(
-            note["messageId"]
-                .as_i64()
-                .unwrap_or_else(|| panic!("notify failed: {note}")),
+            note.unwrap_or_else(|e| panic!("notify failed: {e}"))
+                .message_id,
         );
         panes.push(tmux);
         agents.push(agent);
@@ -211,7 +188,7 @@ async fn delivery_under_faults() {
         let m = i % MACHINES;
         let update = reply(i as i64 + 1, notes[m], &token(i));
         let paced = tokio::time::sleep(interval);
-        deliver(&http, &hook_url, &update).await;
+        deliver(&w, &update).await;
         sent_at.insert(i, Instant::now());
 
         if i % kill_every == kill_every / 2 || (n - i) <= kills_wanted.saturating_sub(kills) {
@@ -232,12 +209,7 @@ async fn delivery_under_faults() {
         if rng.below(10) == 0 && i > 0 {
             // Telegram retrying an update whose answer it did not see.
             let j = rng.below(i as u64) as usize;
-            deliver(
-                &http,
-                &hook_url,
-                &reply(j as i64 + 1, notes[j % MACHINES], &token(j)),
-            )
-            .await;
+            deliver(&w, &reply(j as i64 + 1, notes[j % MACHINES], &token(j))).await;
             replays += 1;
         }
         paced.await;

@@ -1,16 +1,13 @@
 //! The foundation's end-to-end checks: the real Worker on workerd answers real HTTP, guards
 //! its API with the key, and keeps Durable Object state across a restart.
 
+use ccr_e2e::json_of;
 use ccr_e2e::telegram::{BotApi, Fault};
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::worker::{Worker, TEST_API_KEY, TEST_BOT_TOKEN};
-use serde_json::{json, Value};
+use reqwest::Method;
+use serde_json::json;
 use std::time::Duration;
-
-async fn json_of(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 #[tokio::test]
 async fn health_answers_ok() {
@@ -73,27 +70,11 @@ async fn sessions_need_the_api_key() {
 #[tokio::test]
 async fn state_survives_a_worker_restart() {
     let mut w = Worker::start_default().await.unwrap();
-    let register = json!({"sessionId": "sess-1", "machineId": "devbox", "label": "api"});
-    let resp = w
-        .http()
-        .post(w.url("/sessions/register"))
-        .header("X-API-Key", TEST_API_KEY)
-        .json(&register)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    w.register("sess-1", "devbox", Some("api")).await.unwrap();
 
     w.restart().await.unwrap();
 
-    let resp = w
-        .http()
-        .get(w.url("/sessions"))
-        .header("X-API-Key", TEST_API_KEY)
-        .send()
-        .await
-        .unwrap();
-    let body = json_of(resp).await;
+    let body = w.sessions().await.unwrap();
     let sessions = body["sessions"].as_array().unwrap();
     assert_eq!(sessions.len(), 1, "{body}");
     assert_eq!(sessions[0]["sessionId"], "sess-1");
@@ -106,9 +87,7 @@ async fn state_survives_a_worker_restart() {
 async fn bad_registrations_are_refused_and_change_nothing() {
     let w = Worker::start_default().await.unwrap();
     let post = |body: String| {
-        w.http()
-            .post(w.url("/sessions/register"))
-            .header("X-API-Key", TEST_API_KEY)
+        w.admin(Method::POST, "/sessions/register")
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -134,14 +113,7 @@ async fn bad_registrations_are_refused_and_change_nothing() {
             "{body}: {err}"
         );
     }
-    let list = w
-        .http()
-        .get(w.url("/sessions"))
-        .header("X-API-Key", TEST_API_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(json_of(list).await["sessions"], json!([]));
+    assert_eq!(w.sessions().await.unwrap()["sessions"], json!([]));
 }
 
 /// The Bot API stand-in answers like Telegram, records calls and fails on demand.

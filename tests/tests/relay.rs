@@ -2,8 +2,6 @@
 //! local HTTP server (axum) as the bridge's target.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -13,18 +11,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use ccr_e2e::bridge::Bridge;
+use ccr_e2e::json_of;
 use ccr_e2e::worker::{channel_token, Worker, TEST_RELAY_TOKEN};
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
 /// Generous: this runs on a slow shared machine. The relay's own wait is 25 s.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-async fn json_of(resp: reqwest::Response) -> Value {
-    let text = resp.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 // ---------------------------------------------------------------------------------------------
 // The target: a local HTTP server.
@@ -127,105 +121,6 @@ async fn id(Path(n): Path<String>) -> String {
     format!("response for {n}")
 }
 
-// ---------------------------------------------------------------------------------------------
-// The bridge: the real binary.
-
-/// A running `relay-bridge`. Dropping it kills it.
-struct Bridge {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl Bridge {
-    async fn start(worker: &Worker, target: &str, channel: Option<&str>, extra: &[&str]) -> Bridge {
-        Self::start_with_env(
-            worker,
-            target,
-            channel,
-            extra,
-            &[("NO_PROXY", "127.0.0.1,localhost")],
-        )
-        .await
-    }
-
-    async fn start_with_env(
-        worker: &Worker,
-        target: &str,
-        channel: Option<&str>,
-        extra: &[&str],
-        env: &[(&str, &str)],
-    ) -> Bridge {
-        let log_dir = std::env::temp_dir();
-        let log = log_dir.join(format!(
-            "relay-bridge-{}-{}.log",
-            std::process::id(),
-            ccr_e2e::ports::free_port()
-        ));
-        let token = match channel {
-            Some(c) => channel_token(c),
-            None => TEST_RELAY_TOKEN.to_owned(),
-        };
-        // Built off the runtime's thread: a blocked runtime would let pooled connections die
-        // unnoticed while cargo runs.
-        let bin = tokio::task::spawn_blocking(ccr_e2e::bins::relay_bridge)
-            .await
-            .unwrap();
-        let mut cmd = Command::new(bin);
-        cmd.arg("--relay-url")
-            .arg(worker.base_url())
-            .arg("--target")
-            .arg(target)
-            .args(extra)
-            .env("RELAY_TOKEN", token)
-            .env("RUST_LOG", "relay_bridge=debug")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
-        if let Some(c) = channel {
-            cmd.env("RELAY_CHANNEL", c);
-        }
-        let child = cmd.spawn().expect("starting relay-bridge");
-        Bridge {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill().await;
-        }
-    }
-
-    /// SIGTERM, then the exit status.
-    async fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("bridge running");
-        let pid = c.id().expect("bridge pid").to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        tokio::time::timeout(Duration::from_secs(60), c.wait())
-            .await
-            .expect("bridge exits after SIGTERM")
-            .unwrap()
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            let _ = c.start_kill();
-        }
-    }
-}
-
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -240,7 +135,7 @@ fn client() -> reqwest::Client {
 async fn requests_and_responses_cross_intact() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), None, &[]).await;
+    let bridge = Bridge::start(&w, &target.url(), None, &[]).await.unwrap();
     let http = client();
 
     let ping = http.get(w.url("/ping")).send().await.unwrap();
@@ -346,7 +241,7 @@ async fn slow_target_gives_504_then_result_and_absent_bridge_gives_504() {
     assert_eq!(result.status(), 404);
 
     // A target slower than the caller's wait: 504 with the id, then the answer at _result.
-    let bridge = Bridge::start(&w, &target.url(), None, &[]).await;
+    let bridge = Bridge::start(&w, &target.url(), None, &[]).await.unwrap();
     let resp = http
         .get(w.url("/proxy/slow?ms=29000"))
         .send()
@@ -398,7 +293,9 @@ async fn slow_target_gives_504_then_result_and_absent_bridge_gives_504() {
 async fn many_concurrent_callers_each_get_their_own_response() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), None, &["--concurrency", "16"]).await;
+    let bridge = Bridge::start(&w, &target.url(), None, &["--concurrency", "16"])
+        .await
+        .unwrap();
     let http = client();
 
     let calls = (0..100).map(|i| {
@@ -421,7 +318,9 @@ async fn many_concurrent_callers_each_get_their_own_response() {
     }
 
     // --concurrency bounds what the target sees at once, and requests do overlap up to it.
-    let gated = Bridge::start(&w, &target.url(), Some("gated"), &["--concurrency", "3"]).await;
+    let gated = Bridge::start(&w, &target.url(), Some("gated"), &["--concurrency", "3"])
+        .await
+        .unwrap();
     let calls = (0..12).map(|_| {
         let http = http.clone();
         let url = w.url("/relay/gated/gate");
@@ -450,7 +349,7 @@ async fn many_concurrent_callers_each_get_their_own_response() {
 async fn bridge_killed_and_restarted_mid_run() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let mut bridge = Bridge::start(&w, &target.url(), None, &[]).await;
+    let mut bridge = Bridge::start(&w, &target.url(), None, &[]).await.unwrap();
     let http = client();
 
     // Callers whose requests take a while at the target, so some are in the bridge when it dies.
@@ -467,7 +366,7 @@ async fn bridge_killed_and_restarted_mid_run() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     bridge.kill().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let bridge = Bridge::start(&w, &target.url(), None, &[]).await;
+    let bridge = Bridge::start(&w, &target.url(), None, &[]).await.unwrap();
 
     let mut answered = 0;
     for call in calls {
@@ -552,14 +451,16 @@ async fn named_channels_are_isolated_and_target_failures_are_502() {
     );
 
     // A bridge on "alpha" serves /relay/alpha/... and nothing else.
-    let bridge = Bridge::start(&w, &target.url(), Some("alpha"), &[]).await;
+    let bridge = Bridge::start(&w, &target.url(), Some("alpha"), &[])
+        .await
+        .unwrap();
     let resp = http.get(w.url("/relay/alpha/id/7")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
     assert_eq!(resp.text().await.unwrap(), "response for 7");
 
     // A bridge whose target is down answers 502 JSON.
     let dead = format!("http://127.0.0.1:{}", ccr_e2e::ports::free_port());
-    let down = Bridge::start(&w, &dead, Some("down"), &[]).await;
+    let down = Bridge::start(&w, &dead, Some("down"), &[]).await.unwrap();
     let resp = http.get(w.url("/relay/down/x")).send().await.unwrap();
     assert_eq!(resp.status(), 502, "bridge log:\n{}", down.log());
     let body = json_of(resp).await;
@@ -630,7 +531,7 @@ async fn a_seed_protocol_client_still_works_and_sigterm_drains() {
 
     // SIGTERM: the bridge finishes the request it holds, then exits 0.
     let target = Target::start().await;
-    let mut bridge = Bridge::start(&w, &target.url(), None, &[]).await;
+    let mut bridge = Bridge::start(&w, &target.url(), None, &[]).await.unwrap();
     let slow = {
         let http = http.clone();
         let url = w.url("/proxy/slow?ms=3000");
@@ -651,7 +552,7 @@ async fn a_seed_protocol_client_still_works_and_sigterm_drains() {
             tail(&w.log())
         )
     });
-    let exit = bridge.terminate().await;
+    let exit = bridge.terminate().await.unwrap();
     assert!(exit.success(), "exit {exit:?}; log:\n{}", bridge.log());
     assert_eq!(slow.await.unwrap(), (200, "slow 3000 done".to_string()));
 }
@@ -665,7 +566,7 @@ async fn public_key_and_queue_limit() {
     let opts = ccr_e2e::worker::WorkerOptions::default().secret("RELAY_PUBLIC_KEY", "public-key-1");
     let w = Worker::start(opts).await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), None, &[]).await;
+    let bridge = Bridge::start(&w, &target.url(), None, &[]).await.unwrap();
     let http = client();
 
     // With RELAY_PUBLIC_KEY set, public calls need it (header or query parameter, which is
@@ -820,7 +721,8 @@ async fn the_bridge_reaches_the_relay_through_the_environment_proxy() {
         &[],
         &[("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "")],
     )
-    .await;
+    .await
+    .unwrap();
     let resp = client().get(w.url("/proxy/id/p")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
     assert_eq!(resp.text().await.unwrap(), "response for p");

@@ -2,16 +2,15 @@
 //! SIGKILLed and restarted twice. Every caller must receive its own response or a clean
 //! 502/504 JSON error — never another caller's body. Prints the counts.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
 use ccr_e2e::bins::relay_bridge;
-use ccr_e2e::worker::{Worker, TEST_RELAY_TOKEN};
+use ccr_e2e::bridge::Bridge;
+use ccr_e2e::worker::Worker;
 use serde_json::Value;
-use tokio::process::{Child, Command};
 
 const CALLERS: usize = 200;
 
@@ -39,24 +38,16 @@ async fn start_target() -> String {
     format!("http://{addr}")
 }
 
-fn start_bridge(w: &Worker, target: &str) -> Child {
-    Command::new(relay_bridge())
-        .args([
-            "--relay-url",
-            &w.base_url(),
-            "--target",
-            target,
-            "--concurrency",
-            "64",
-        ])
-        .env("RELAY_TOKEN", TEST_RELAY_TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+async fn start_bridge(w: &Worker, target: &str) -> Bridge {
+    Bridge::start_with_env(
+        w,
+        target,
+        None,
+        &["--concurrency", "64"],
+        &[("RUST_LOG", "warn")],
+    )
+    .await
+    .unwrap()
 }
 
 #[derive(Debug, PartialEq)]
@@ -72,7 +63,7 @@ async fn every_caller_gets_its_own_answer_or_a_clean_error() {
     tokio::task::spawn_blocking(relay_bridge).await.unwrap();
     let w = Worker::start_default().await.unwrap();
     let target = start_target().await;
-    let mut bridge = start_bridge(&w, &target);
+    let mut bridge = start_bridge(&w, &target).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(0)
@@ -111,9 +102,9 @@ async fn every_caller_gets_its_own_answer_or_a_clean_error() {
 
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        bridge.kill().await.unwrap();
+        bridge.kill().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        bridge = start_bridge(&w, &target);
+        bridge = start_bridge(&w, &target).await;
     }
 
     let (mut own, mut e502, mut e504, mut wrong) = (0, 0, 0, vec![]);

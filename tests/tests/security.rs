@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use ccr_e2e::socket::TestSocket;
+use ccr_e2e::telegram::Update;
 use ccr_e2e::worker::{
     channel_token, machine_key, start_with_bot, Worker, WorkerOptions, TEST_API_KEY,
     TEST_BOT_TOKEN, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
@@ -40,19 +41,6 @@ fn presented(c: Cred) -> (Option<String>, Option<&'static str>) {
         Cred::ThisMachine => (Some(machine_key("devbox")), Some("devbox")),
         Cred::Admin => (Some(TEST_API_KEY.into()), None),
     }
-}
-
-/// Registers session `s-dev` on machine `devbox` with the admin key.
-async fn register_dev(w: &Worker) {
-    let resp = w
-        .http()
-        .post(w.url("/sessions/register"))
-        .header("x-api-key", TEST_API_KEY)
-        .json(&json!({"sessionId": "s-dev", "machineId": "devbox"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]
@@ -93,15 +81,9 @@ async fn credential_matrix() {
     for (path, method, body, want) in &table {
         for (i, cred) in CREDS.iter().enumerate() {
             // Each cell starts from the same state: s-dev registered to devbox.
-            register_dev(&w).await;
+            w.register("s-dev", "devbox", None).await.unwrap();
             let (key, machine) = presented(*cred);
-            let mut req = w.http().request(method.clone(), w.url(path));
-            if let Some(k) = &key {
-                req = req.bearer_auth(k);
-            }
-            if let Some(m) = machine {
-                req = req.header("x-ccr-machine-id", m);
-            }
+            let mut req = w.api_request(method.clone(), path, key.as_deref(), machine);
             if let Some(b) = body {
                 req = req.json(b);
             }
@@ -117,7 +99,7 @@ async fn credential_matrix() {
     for (i, cred) in CREDS.iter().enumerate() {
         let (key, _) = presented(*cred);
         let result = match &key {
-            Some(k) => TestSocket::connect(&w.ws_url(""), "devbox", k).await,
+            Some(k) => w.socket("devbox", k).await,
             None => TestSocket::connect_with(&w.ws_url(""), "devbox", None).await,
         };
         let got = match result {
@@ -139,13 +121,15 @@ async fn credential_matrix() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
     // A machine key may not act for another machine's session even naming its own machine.
-    register_dev(&w).await;
+    w.register("s-dev", "devbox", None).await.unwrap();
     let laptop = machine_key("laptop");
     let cross = w
-        .http()
-        .post(w.url("/notifications/send"))
-        .bearer_auth(&laptop)
-        .header("x-ccr-machine-id", "laptop")
+        .api_request(
+            reqwest::Method::POST,
+            "/notifications/send",
+            Some(&laptop),
+            Some("laptop"),
+        )
         .json(&json!({"sessionId": "s-dev", "text": "x"}))
         .send()
         .await
@@ -153,17 +137,14 @@ async fn credential_matrix() {
     assert_eq!(cross.status(), 403);
 
     // Webhook: right header + wrong path, wrong header + right path, both right.
-    let update = json!({"update_id": 1, "message": {"message_id": 1, "date": 1,
-        "chat": {"id": CHAT, "type": "private"}, "text": "/help"}});
+    let update = Update::message(1, CHAT).text("/help").json();
     for (path, header, want) in [
         ("wrong", TEST_WEBHOOK_SECRET, 401),
         (TEST_WEBHOOK_SECRET, "wrong", 401),
         (TEST_WEBHOOK_SECRET, TEST_WEBHOOK_SECRET, 200),
     ] {
         let got = w
-            .http()
-            .post(w.url(&format!("/webhook/telegram/{path}")))
-            .header("x-telegram-bot-api-secret-token", header)
+            .webhook_post(path, Some(header))
             .json(&update)
             .send()
             .await
@@ -174,7 +155,7 @@ async fn credential_matrix() {
 
     // No secret value in anything the Worker printed during the suite. One exception, by
     // design and asserted as such: wrangler's own access log prints request paths, and the
-    // webhook's path carries TELEGRAM_WEBHOOK_SECRET (DESIGN.md's `/webhook/telegram/{secret}`).
+    // webhook's path carries TELEGRAM_WEBHOOK_SECRET (the route is `/webhook/telegram/{secret}`).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let log = w.log();
     assert!(

@@ -9,9 +9,12 @@ use std::time::{Duration, Instant};
 
 use ccr_e2e::agent::binary;
 use ccr_e2e::ports::free_port;
-use ccr_e2e::telegram::{BotApi, Fault};
+use ccr_e2e::telegram::{Fault, Update};
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_WEBHOOK_SECRET};
+use ccr_e2e::worker::{
+    machine_key, start_with_bot, Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN,
+    TEST_WEBHOOK_SECRET,
+};
 use serde_json::{json, Value};
 use tokio::process::Command;
 
@@ -53,23 +56,11 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-fn machine_key(machine: &str) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TEST_API_KEY.as_bytes()).unwrap();
-    mac.update(machine.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
 #[tokio::test]
 async fn telegram_setup_sets_the_webhook_and_the_commands_and_never_prints_secrets() {
-    let bot = BotApi::start(TEST_BOT_TOKEN).await.unwrap();
-    let w = Worker::start(
-        WorkerOptions::default()
-            .var("TELEGRAM_API_BASE", bot.base_url())
-            .var("ALLOWED_CHAT_IDS", CHAT.to_string()),
-    )
-    .await
-    .unwrap();
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
     let home = tempfile::tempdir().unwrap();
     let api_base = bot.base_url();
     let setup = |token: &str, secret: Option<&str>| {
@@ -101,7 +92,7 @@ async fn telegram_setup_sets_the_webhook_and_the_commands_and_never_prints_secre
     let methods: Vec<&str> = calls.iter().map(|c| c.method.as_str()).collect();
     assert_eq!(methods, ["setWebhook", "setMyCommands"]);
     assert!(calls.iter().all(|c| c.token_ok));
-    let webhook_url = format!("{}/webhook/telegram/{TEST_WEBHOOK_SECRET}", w.base_url());
+    let webhook_url = w.webhook_url(TEST_WEBHOOK_SECRET);
     assert_eq!(
         calls[0].params,
         json!({
@@ -137,22 +128,10 @@ async fn telegram_setup_sets_the_webhook_and_the_commands_and_never_prints_secre
         "{stdout}"
     );
 
-    // The webhook it registered is the Worker's: an update sent there the way Telegram would
-    // send it is accepted and answered.
-    let update = json!({"update_id": 1, "message": {
-        "message_id": 5, "date": 1_700_000_000,
-        "chat": {"id": CHAT, "type": "private"},
-        "from": {"id": 77, "is_bot": false, "first_name": "Ada"},
-        "text": "/start"}});
+    // The webhook it registered is the Worker's (its URL and secret, asserted above): an
+    // update sent there the way Telegram would send it is accepted and answered.
     let resp = w
-        .http()
-        .post(calls[0].params["url"].as_str().unwrap())
-        .header(
-            "X-Telegram-Bot-Api-Secret-Token",
-            calls[0].params["secret_token"].as_str().unwrap(),
-        )
-        .json(&update)
-        .send()
+        .send_update(&Update::message(1, CHAT).text("/start"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -225,6 +204,16 @@ fn service_cmd(home: &Path, data: &Path, key: Option<&str>) -> Command {
     cmd
 }
 
+/// `install-service --platform <platform> --home <home>`.
+async fn install(home: &Path, data: &Path, key: Option<&str>, platform: &str) -> Output {
+    output(
+        service_cmd(home, data, key)
+            .args(["--platform", platform, "--home"])
+            .arg(home),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key() {
     let home = tempfile::tempdir().unwrap();
@@ -233,13 +222,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
     let key = "key-that-must-stay-private-42";
 
     // Linux: the systemd user unit.
-    let out = output(service_cmd(home.path(), &data, Some(key)).args([
-        "--platform",
-        "linux",
-        "--home",
-        home.path().to_str().unwrap(),
-    ]))
-    .await;
+    let out = install(home.path(), &data, Some(key), "linux").await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let unit_path = home.path().join(".config/systemd/user/ccr-agent.service");
@@ -289,13 +272,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
     // Again, with the settings now coming from the saved file alone: nothing changes.
     let modified = std::fs::metadata(&unit_path).unwrap().modified().unwrap();
     for key in [Some(key), None] {
-        let out = output(service_cmd(home.path(), &data, key).args([
-            "--platform",
-            "linux",
-            "--home",
-            home.path().to_str().unwrap(),
-        ]))
-        .await;
+        let out = install(home.path(), &data, key, "linux").await;
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(stdout.contains("already installed, unchanged"), "{stdout}");
@@ -308,13 +285,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
     }
 
     // macOS: the launchd agent.
-    let out = output(service_cmd(home.path(), &data, Some(key)).args([
-        "--platform",
-        "macos",
-        "--home",
-        home.path().to_str().unwrap(),
-    ]))
-    .await;
+    let out = install(home.path(), &data, Some(key), "macos").await;
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let plist_path = home.path().join("Library/LaunchAgents/dev.ccr.agent.plist");
@@ -364,13 +335,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
     {
         assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
     }
-    let out = output(service_cmd(home.path(), &data, Some(key)).args([
-        "--platform",
-        "macos",
-        "--home",
-        home.path().to_str().unwrap(),
-    ]))
-    .await;
+    let out = install(home.path(), &data, Some(key), "macos").await;
     assert!(text(&out).0.contains("already installed, unchanged"));
     assert_eq!(
         std::fs::read_to_string(&plist_path).unwrap(),

@@ -11,7 +11,6 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,18 +19,15 @@ use anyhow::{bail, Context};
 use axum::routing::get;
 use axum::Router;
 use ccr_e2e::agent::Agent;
-use ccr_e2e::telegram::BotApi;
+use ccr_e2e::bridge::Bridge;
+use ccr_e2e::telegram::Update;
 use ccr_e2e::tmux::Tmux;
-use ccr_e2e::worker::{
-    Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN, TEST_RELAY_TOKEN, TEST_WEBHOOK_SECRET,
-};
+use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
 use ccr_e2e::{wait_for, workspace_root};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
 
 const CHAT: i64 = 4242;
-const USER: i64 = 77;
 /// Caller counts for the relay comparison.
 const CALLERS: [usize; 3] = [1, 16, 64];
 /// Every wait in the bench is bounded, so it always stops by itself.
@@ -162,30 +158,6 @@ async fn start_target() -> anyhow::Result<(String, tokio::task::JoinHandle<()>)>
     Ok((format!("http://{addr}"), task))
 }
 
-fn start_bridge(
-    worker: &Worker,
-    target: &str,
-    concurrency: usize,
-    log: &Path,
-) -> anyhow::Result<Child> {
-    let mut cmd = Command::new(ccr_e2e::bins::relay_bridge());
-    cmd.arg("--relay-url")
-        .arg(worker.base_url())
-        .arg("--target")
-        .arg(target)
-        .arg("--concurrency")
-        .arg(concurrency.to_string())
-        .env("RELAY_TOKEN", TEST_RELAY_TOKEN)
-        .env("RUST_LOG", "warn")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env_remove("RELAY_CHANNEL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
-        .kill_on_drop(true);
-    cmd.spawn().context("starting relay-bridge")
-}
-
 /// Resident memory of `pid` in KiB, from `/proc/<pid>/status`.
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -228,25 +200,10 @@ impl RssPeak {
 // ---------------------------------------------------------------------------------------------
 // The router's side: webhook updates and the pane's recording.
 
-fn reply_update(update_id: i64, to: i64, text: &str) -> Value {
-    json!({"update_id": update_id, "message": {
-        "message_id": update_id + 10_000, "date": 1_700_000_000,
-        "chat": {"id": CHAT, "type": "private"},
-        "from": {"id": USER, "is_bot": false, "first_name": "Ada"},
-        "text": text,
-        "reply_to_message": {"message_id": to, "date": 1_700_000_000,
-            "chat": {"id": CHAT, "type": "private"},
-            "from": {"id": 1, "is_bot": true, "first_name": "CCR"}, "text": "notification"}
-    }})
-}
-
-async fn webhook(w: &Worker, update: &Value) -> anyhow::Result<()> {
+/// Telegram delivers a reply to message `to`.
+async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) -> anyhow::Result<()> {
     let status = w
-        .http()
-        .post(w.url(&format!("/webhook/telegram/{TEST_WEBHOOK_SECRET}")))
-        .header("X-Telegram-Bot-Api-Secret-Token", TEST_WEBHOOK_SECRET)
-        .json(update)
-        .send()
+        .send_update(&Update::reply(update_id, CHAT, to, text))
         .await?
         .status();
     if !status.is_success() {
@@ -386,16 +343,19 @@ async fn run() -> anyhow::Result<()> {
         agent_bin.display()
     );
 
-    let bot = BotApi::start(TEST_BOT_TOKEN).await?;
-    let opts = WorkerOptions::default()
-        .var("TELEGRAM_API_BASE", bot.base_url())
-        .var("ALLOWED_CHAT_IDS", CHAT.to_string());
-    let w = Worker::start(opts).await?;
+    let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT]).await?;
     let (target, _target_task) = start_target().await?;
-    let bridge_log = out_dir.join("relay-bridge.log");
     let max_callers = CALLERS.iter().copied().max().unwrap_or(1);
-    let mut bridge = start_bridge(&w, &target, max_callers, &bridge_log)?;
-    let bridge_pid = bridge.id().context("bridge pid")?;
+    let concurrency = max_callers.to_string();
+    let mut bridge = Bridge::start_with_env(
+        &w,
+        &target,
+        None,
+        &["--concurrency", &concurrency],
+        &[("RUST_LOG", "warn")],
+    )
+    .await?;
+    let bridge_pid = bridge.pid().context("bridge pid")?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(256)
@@ -408,7 +368,7 @@ async fn run() -> anyhow::Result<()> {
         one(http.get(&relay_url)).await.then_some(())
     })
     .await
-    .with_context(|| std::fs::read_to_string(&bridge_log).unwrap_or_default())?;
+    .with_context(|| bridge.log())?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let bridge_idle = rss_kib(bridge_pid).unwrap_or(0);
 
@@ -459,8 +419,7 @@ async fn run() -> anyhow::Result<()> {
             "relayOverDirectP50": r_direct, "relayOverHopP50": r_hop, "relayOverHopRps": r_tput,
         }));
     }
-    let _ = bridge.start_kill();
-    let _ = bridge.wait().await;
+    bridge.kill().await;
 
     // The router: webhook POST → the line in the pane, with no pause before Enter.
     eprintln!("bench: router, {replies} replies");
@@ -472,8 +431,10 @@ async fn run() -> anyhow::Result<()> {
         vec![("CCR_INJECT_DELAY_MS".into(), "0".into())],
     )?;
     agent.wait_connected(1, T).await?;
-    register_session(&agent, &tmux).await?;
-    let msg = notify(&w, "bench-sess").await?;
+    agent
+        .start_session(&tmux, &tmux.pane_id, "bench-sess", "/home/ada/bench")
+        .await?;
+    let msg = w.notify("bench-sess", "bench").await?.message_id;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let agent_pid = agent.pid().context("agent pid")?;
     let agent_idle = rss_kib(agent_pid).unwrap_or(0);
@@ -487,11 +448,7 @@ async fn run() -> anyhow::Result<()> {
         update_id += 1;
         let before = line_count(&record);
         let t0 = Instant::now();
-        webhook(
-            &w,
-            &reply_update(update_id, msg, &format!("bench reply {i}")),
-        )
-        .await?;
+        reply(&w, update_id, msg, &format!("bench reply {i}")).await?;
         let t_hook = Instant::now();
         let t_pane = until_lines(&record, before + 1, T).await?;
         if i >= warm_replies {
@@ -526,11 +483,7 @@ async fn run() -> anyhow::Result<()> {
         let before = line_count(&record);
         for k in 0..queued {
             update_id += 1;
-            webhook(
-                &w,
-                &reply_update(update_id, msg, &format!("queued {round}.{k}")),
-            )
-            .await?;
+            reply(&w, update_id, msg, &format!("queued {round}.{k}")).await?;
         }
         let t_spawn = Instant::now();
         agent.restart()?;
@@ -746,36 +699,4 @@ fn display(p: &Path) -> String {
         .unwrap_or_else(|_| p.to_owned())
         .display()
         .to_string()
-}
-
-/// Registers session `bench-sess` in the tmux pane the way Claude Code's hook does.
-async fn register_session(agent: &Agent, tmux: &Tmux) -> anyhow::Result<()> {
-    let input = json!({
-        "session_id": "bench-sess", "transcript_path": "/nonexistent.jsonl",
-        "cwd": "/home/ada/bench", "hook_event_name": "SessionStart",
-        "source": "startup", "permission_mode": "default"
-    });
-    let out = agent
-        .run_hook("session-start", &input, Some((tmux, &tmux.pane_id)))
-        .await?;
-    if !out.status.success() || !agent.hooks_log().contains("session registered") {
-        bail!("session-start hook failed: {out:?}\n{}", agent.hooks_log());
-    }
-    Ok(())
-}
-
-/// Sends a notification for `session`; returns its message id.
-async fn notify(w: &Worker, session: &str) -> anyhow::Result<i64> {
-    let body: Value = w
-        .http()
-        .post(w.url("/notifications/send"))
-        .bearer_auth(TEST_API_KEY)
-        .json(&json!({"sessionId": session, "text": "bench"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    body["messageId"]
-        .as_i64()
-        .with_context(|| format!("notification answer: {body}"))
 }
