@@ -10,14 +10,14 @@
 use std::time::{Duration, Instant};
 
 use ccr_e2e::socket::{Event, TestSocket};
-use ccr_e2e::telegram::BotApi;
+use ccr_e2e::telegram::{BotApi, Update};
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY, TEST_WEBHOOK_SECRET};
+use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
 use ccr_protocol::socket::{SocketMessage, PING_FRAME};
-use serde_json::{json, Value};
+use ccr_protocol::wire::{header, route};
+use reqwest::Method;
 
 const CHAT: i64 = 5151;
-const USER: i64 = 15;
 /// How long an idle spell lasts before the test looks at the instance id.
 const IDLE: Duration = Duration::from_secs(20);
 /// Idle spells tried before the test gives up on seeing an eviction.
@@ -27,16 +27,10 @@ const T: Duration = Duration::from_secs(30);
 
 /// The instance id of the RouterDO that answers now (this wakes or builds it).
 async fn instance(w: &Worker) -> String {
-    let resp = w
-        .http()
-        .get(w.url("/sessions"))
-        .header("x-api-key", TEST_API_KEY)
-        .send()
-        .await
-        .unwrap();
+    let resp = w.admin(Method::GET, route::SESSIONS).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.headers()
-        .get("x-ccr-instance")
+        .get(header::INSTANCE)
         .expect("GET /sessions names its instance")
         .to_str()
         .unwrap()
@@ -45,50 +39,16 @@ async fn instance(w: &Worker) -> String {
 
 /// Registers `session` on `machine` and sends it a notification; returns the message id.
 async fn session_with_notification(w: &Worker, session: &str, machine: &str) -> i64 {
-    let ok = w
-        .http()
-        .post(w.url("/sessions/register"))
-        .header("x-api-key", TEST_API_KEY)
-        .json(&json!({"sessionId": session, "machineId": machine, "label": "evict"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 200);
-    let note: Value = w
-        .http()
-        .post(w.url("/notifications/send"))
-        .header("x-api-key", TEST_API_KEY)
-        .json(&json!({"sessionId": session, "text": "done"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    note["messageId"].as_i64().expect("a message id")
+    w.register(session, machine, Some("evict")).await.unwrap();
+    w.notify(session, "done").await.unwrap().message_id
 }
 
-/// Telegram delivers a reply to message `to`.
-async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) {
-    let update = json!({"update_id": update_id, "message": {
-        "message_id": update_id + 10_000, "date": 1_700_000_000,
-        "chat": {"id": CHAT, "type": "private"},
-        "from": {"id": USER, "is_bot": false, "first_name": "Ada"},
-        "text": text,
-        "reply_to_message": {"message_id": to, "date": 1_700_000_000,
-            "chat": {"id": CHAT, "type": "private"},
-            "from": {"id": 1, "is_bot": true, "first_name": "CCR"}, "text": "done"}
-    }});
-    let status = w
-        .http()
-        .post(w.url(&format!("/webhook/telegram/{TEST_WEBHOOK_SECRET}")))
-        .header("X-Telegram-Bot-Api-Secret-Token", TEST_WEBHOOK_SECRET)
-        .json(&update)
-        .send()
-        .await
-        .unwrap()
-        .status();
+/// Telegram delivers a reply to message `to`; returns the reply's own message id.
+async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) -> i64 {
+    let update = Update::reply(update_id, CHAT, to, text);
+    let status = w.send_update(&update).await.unwrap().status();
     assert_eq!(status, 200);
+    update.json()["message"]["message_id"].as_i64().unwrap()
 }
 
 /// Keeps `sock` alive with pings only (every 5 s, as an agent would, if faster) for `idle`;
@@ -129,9 +89,7 @@ async fn an_evicted_router_still_delivers_to_its_open_socket() {
         .await
         .unwrap();
     let note = session_with_notification(&w, "s-evict", "evictbox").await;
-    let mut sock = TestSocket::connect(&w.ws_url(""), "evictbox", TEST_API_KEY)
-        .await
-        .unwrap();
+    let mut sock = w.socket("evictbox", TEST_API_KEY).await.unwrap();
 
     // Only pings for a while, then look: repeat until the object was rebuilt.
     let mut before = instance(&w).await;
@@ -152,7 +110,7 @@ async fn an_evicted_router_still_delivers_to_its_open_socket() {
     );
 
     // The rebuilt object finds the open socket by its tag and delivers the reply.
-    reply(&w, 900, note, "after the eviction").await;
+    let user_message = reply(&w, 900, note, "after the eviction").await;
     let (id, session, command) = sock.next_command(T).await.unwrap();
     assert_eq!(
         (session.as_str(), command.as_str()),
@@ -163,7 +121,7 @@ async fn an_evicted_router_still_delivers_to_its_open_socket() {
     })
     .await
     .unwrap();
-    wait_reaction(&bot, 900 + 10_000).await;
+    wait_reaction(&bot, user_message).await;
     sock.send(&SocketMessage::CommandResult {
         command_id: id,
         success: true,
@@ -183,11 +141,9 @@ async fn the_retry_alarm_fires_after_an_eviction() {
         .await
         .unwrap();
     let note = session_with_notification(&w, "s-alarm", "alarmbox").await;
-    let mut sock = TestSocket::connect(&w.ws_url(""), "alarmbox", TEST_API_KEY)
-        .await
-        .unwrap();
+    let mut sock = w.socket("alarmbox", TEST_API_KEY).await.unwrap();
 
-    reply(&w, 901, note, "never acked at first").await;
+    let user_message = reply(&w, 901, note, "never acked at first").await;
     let (first, _, _) = sock.next_command(T).await.unwrap();
     let before = instance(&w).await;
 
@@ -222,7 +178,7 @@ async fn the_retry_alarm_fires_after_an_eviction() {
     })
     .await
     .unwrap();
-    wait_reaction(&bot, 901 + 10_000).await;
+    wait_reaction(&bot, user_message).await;
     sock.send(&SocketMessage::CommandResult {
         command_id: first,
         success: true,
