@@ -1,6 +1,7 @@
 //! A plain WebSocket client speaking the machine protocol, for tests that play the agent's
 //! side by hand (the real agent has its own tests).
 
+use ccr_protocol::wire::{header, query, route, subprotocols};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -43,7 +44,7 @@ pub struct Refused {
 impl TestSocket {
     /// Opens `/ws?machineId=<machine>` with subprotocol `ccr, <key>`.
     pub async fn connect(ws_base: &str, machine: &str, key: &str) -> Result<TestSocket, Refused> {
-        Self::connect_with(ws_base, machine, Some(&format!("ccr, {key}"))).await
+        Self::connect_with(ws_base, machine, Some(&subprotocols(key))).await
     }
 
     /// Opens the socket with an arbitrary `Sec-WebSocket-Protocol` (or none).
@@ -52,14 +53,18 @@ impl TestSocket {
         machine: &str,
         protocol: Option<&str>,
     ) -> Result<TestSocket, Refused> {
-        let url = format!("{ws_base}/ws?machineId={machine}");
+        let url = format!(
+            "{ws_base}{}?{}={machine}",
+            route::MACHINE_SOCKET,
+            query::MACHINE_ID
+        );
         let mut req = url.into_client_request().map_err(|e| Refused {
             status: 0,
             body: e.to_string(),
         })?;
         if let Some(p) = protocol {
             if let Ok(v) = HeaderValue::from_str(p) {
-                req.headers_mut().insert("sec-websocket-protocol", v);
+                req.headers_mut().insert(header::WEBSOCKET_PROTOCOL, v);
             }
         }
         let fut = tokio_tungstenite::connect_async(req);
@@ -72,7 +77,7 @@ impl TestSocket {
                 ws,
                 protocol: resp
                     .headers()
-                    .get("sec-websocket-protocol")
+                    .get(header::WEBSOCKET_PROTOCOL)
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
             }),

@@ -1,5 +1,6 @@
 //! The real Worker under `wrangler dev`, one per test, on its own ports and state directory.
 
+use ccr_protocol::wire::{header, route};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -189,7 +190,7 @@ impl Worker {
 
     /// The Telegram webhook's URL with `path_secret` in its path.
     pub fn webhook_url(&self, path_secret: &str) -> String {
-        self.url(&format!("/webhook/telegram/{path_secret}"))
+        self.url(&route::webhook(path_secret))
     }
 
     /// A POST to the Telegram webhook with `path_secret` in the path and, when given, `header`
@@ -199,7 +200,7 @@ impl Worker {
     pub fn webhook_post(&self, path_secret: &str, header: Option<&str>) -> RequestBuilder {
         let req = self.http.post(self.webhook_url(path_secret));
         match header {
-            Some(h) => req.header("X-Telegram-Bot-Api-Secret-Token", h),
+            Some(h) => req.header(header::TELEGRAM_SECRET, h),
             None => req,
         }
     }
@@ -227,7 +228,7 @@ impl Worker {
             req = req.bearer_auth(k);
         }
         if let Some(m) = machine {
-            req = req.header("X-CCR-Machine-Id", m);
+            req = req.header(header::MACHINE_ID, m);
         }
         req
     }
@@ -268,7 +269,7 @@ impl Worker {
             body["label"] = json!(l);
         }
         let (status, answer) = self
-            .post_api("/sessions/register", TEST_API_KEY, &body)
+            .post_api(route::SESSIONS_REGISTER, TEST_API_KEY, &body)
             .await?;
         if status != 200 {
             bail!("registering {session} on {machine}: {status} {answer}");
@@ -281,7 +282,7 @@ impl Worker {
     pub async fn notify(&self, session: &str, text: &str) -> anyhow::Result<Notification> {
         let (status, answer) = self
             .post_api(
-                "/notifications/send",
+                route::NOTIFICATIONS_SEND,
                 TEST_API_KEY,
                 &json!({"sessionId": session, "text": text}),
             )
@@ -299,7 +300,7 @@ impl Worker {
 
     /// `GET /sessions` with the admin key: the JSON answer.
     pub async fn sessions(&self) -> anyhow::Result<Value> {
-        let resp = self.admin(Method::GET, "/sessions").send().await?;
+        let resp = self.admin(Method::GET, route::SESSIONS).send().await?;
         Ok(resp.json().await?)
     }
 
@@ -368,7 +369,7 @@ impl Worker {
             .spawn()
             .context("starting wrangler dev (run scripts/setup.sh first)")?;
         self.child = Some(child);
-        let health = self.url("/health");
+        let health = self.url(route::HEALTH);
         let ready = wait_for("the Worker's /health", Duration::from_secs(90), || {
             let http = self.http.clone();
             let health = health.clone();

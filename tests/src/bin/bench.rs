@@ -9,6 +9,7 @@
 //! `BENCH_WARMUP_SECS` (1), `BENCH_REPLIES` (200), `BENCH_ROUNDS` (5 reconnect rounds),
 //! `BENCH_QUEUED` (10 commands queued per round).
 
+use ccr_protocol::wire::route;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -363,7 +364,7 @@ async fn run() -> anyhow::Result<()> {
         .build()?;
     let relay_url = w.url("/proxy/bench");
     let direct_url = format!("{target}/bench");
-    let worker_url = w.url("/sessions");
+    let worker_url = w.url(route::SESSIONS);
     wait_for("the relay to answer", T, || async {
         one(http.get(&relay_url)).await.then_some(())
     })
