@@ -84,6 +84,14 @@ impl Config {
                 bail!("the {name} must be an http(s) URL, not {url}");
             }
         }
+        // The token travels with every poll: in clear text only to this machine itself.
+        if self.relay_url.scheme() == "http" && !is_loopback(&self.relay_url) {
+            bail!(
+                "the relay URL must be https:// (http:// only for a loopback address such as \
+                 127.0.0.1): the relay token would cross the network in clear text, not {}",
+                self.relay_url
+            );
+        }
         if self.token.expose().trim().is_empty() {
             bail!("the relay token is empty: set --token or RELAY_TOKEN");
         }
@@ -110,6 +118,16 @@ impl Config {
     }
 }
 
+/// Whether `url` names this machine: `localhost`, 127.0.0.0/8 or `[::1]`.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
 /// What each forwarding task shares.
 struct Shared {
     config: Config,
@@ -123,10 +141,12 @@ struct Shared {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     config.validate()?;
     // The relay is reached through whatever proxy the environment names (HTTPS_PROXY,
-    // NO_PROXY), trusting the system's CA store; the target is local: never proxied, and its
-    // redirects are the caller's business.
+    // NO_PROXY), trusting the system's CA store. It never follows a redirect: the token is in
+    // every request, and a redirect could carry it to another host. The target is local:
+    // never proxied, and its redirects are the caller's business.
     let relay = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("relay-bridge/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("building the relay HTTP client")?;
@@ -375,6 +395,35 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_relays_only_on_loopback() {
+        for ok in [
+            "http://127.0.0.1:8787",
+            "http://127.1.2.3/",
+            "http://localhost:8787",
+            "http://[::1]:8787",
+            "https://relay.example",
+        ] {
+            let mut c = config();
+            c.relay_url = Url::parse(ok).unwrap();
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://relay.example",
+            "http://10.0.0.5:8787",
+            "http://127.0.0.1.nip.io/",
+            "http://[::2]/",
+        ] {
+            let mut c = config();
+            c.relay_url = Url::parse(bad).unwrap();
+            let err = format!("{:#}", c.validate().unwrap_err());
+            assert!(
+                err.contains("https://") && err.contains("clear text"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn secrets_are_masked() {
         let c = config();
         let shown = format!("{c:?} {}", c.token);
@@ -431,6 +480,41 @@ mod run_tests {
         let n = hits.load(Ordering::SeqCst);
         // 0.25–0.5 s, then 0.5–1, 1–2, 2–4: a handful of attempts in 4 s, never a spin.
         assert!((2..=8).contains(&n), "{n} polls in 4 s");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_from_the_relay_is_never_followed() {
+        // Where the redirect points: it must never see a request (it would carry the token).
+        let (elsewhere, elsewhere_hits) = fake_relay("200 OK", "{\"requests\":[]}").await;
+        let location: &'static str =
+            Box::leak(format!("{}proxy/_poll", elsewhere).into_boxed_str());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let reply = format!(
+                        "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    let _ = sock.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+        run_for(relay, 3).await;
+        assert!(
+            hits.load(Ordering::SeqCst) >= 1,
+            "the bridge polled the relay"
+        );
+        assert_eq!(
+            elsewhere_hits.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
     }
 
     #[tokio::test]
