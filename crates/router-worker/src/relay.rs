@@ -484,11 +484,6 @@ impl BodyAt {
             BodyAt::Kv(n) => *n,
         }
     }
-
-    /// Whether there is no body.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A request waiting for a bridge.
@@ -561,11 +556,13 @@ pub struct ChannelState {
 
 impl ChannelState {
     /// Requests waiting for a bridge.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
 
     /// Requests a bridge holds.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }

@@ -1,7 +1,7 @@
 //! What the router does with a Telegram update: dedup, allow-lists, finding the session a
 //! reply belongs to, queueing the command, and the chat answers to send.
 //!
-//! Pure over the [`Sql`] trait: the binding applies the result (sends the Bot API calls,
+//! Pure over the [`Sql`] trait: the RouterDO applies the result (sends the Bot API calls,
 //! pushes queued commands to connected sockets).
 
 use ccr_protocol::api::ButtonAction;
@@ -36,19 +36,17 @@ pub struct Outcome {
     pub duplicate: bool,
     /// Bot API calls to make, in order.
     pub calls: Vec<BotCall>,
-    /// Commands queued by this update (the binding pushes those of connected machines).
+    /// Commands queued by this update (the RouterDO pushes those of connected machines).
     pub queued: Vec<queue::Queued>,
     /// One line for the log, without secrets or message text.
     pub log: String,
 }
 
-/// A reply-mapping row.
+/// A reply-mapping row (the queries already bound its chat).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Mapping {
     /// The session.
     pub session_id: String,
-    /// The chat the notification went to.
-    pub chat_id: i64,
 }
 
 /// Records that `message_id` in `chat_id` is about `session_id`, with its token.
@@ -78,7 +76,7 @@ pub fn record_message(
 fn by_reply(db: &impl Sql, chat_id: i64, message_id: i64) -> Result<Option<Mapping>, StoreError> {
     Ok(db
         .query::<Mapping>(
-            "SELECT session_id, chat_id FROM messages WHERE chat_id = ? AND message_id = ?",
+            "SELECT session_id FROM messages WHERE chat_id = ? AND message_id = ?",
             vec![chat_id.into(), message_id.into()],
         )?
         .into_iter()
@@ -89,7 +87,7 @@ fn by_reply(db: &impl Sql, chat_id: i64, message_id: i64) -> Result<Option<Mappi
 fn by_token(db: &impl Sql, token: &str, chat_id: i64) -> Result<Option<Mapping>, StoreError> {
     Ok(db
         .query::<Mapping>(
-            "SELECT session_id, chat_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
+            "SELECT session_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
             vec![token.into(), chat_id.into()],
         )?
         .into_iter()

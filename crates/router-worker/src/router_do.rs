@@ -12,17 +12,20 @@ use ccr_protocol::api::{
 };
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use ccr_protocol::{validate, COMMAND_TTL_MS, MAX_FRAME_BYTES};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::*;
 
 use crate::auth::Principal;
-use crate::binding::{error, json, now_ms, parse_json, setting, DoSql, PRINCIPAL_HEADER};
+use crate::binding::PRINCIPAL_HEADER;
+use crate::error::ApiError;
+use crate::http::{self, json, parse_json, setting, Reply};
 use crate::queue::{self, Queued};
 use crate::route::{route, Route};
 use crate::router::{self, Config};
-use crate::store;
+use crate::store::{self, Sql, SqlValue, StoreError};
 use crate::telegram::{self, escape_html, ApiOutcome, BotCall, Update};
 
 /// Longest total wait for Telegram's 429 `retry_after` within one request.
@@ -43,6 +46,46 @@ struct SocketInfo {
 
 fn machine_tag(machine_id: &str) -> String {
     format!("machine:{machine_id}")
+}
+
+/// The runtime's clock as the store keeps it (ms since the epoch).
+fn now_ms() -> i64 {
+    i64::try_from(http::now_ms()).unwrap_or(i64::MAX)
+}
+
+/// The Durable Object's SQLite behind the [`Sql`] trait.
+struct DoSql(SqlStorage);
+
+fn bind(params: Vec<SqlValue>) -> Vec<SqlStorageValue> {
+    params
+        .into_iter()
+        .map(|p| match p {
+            SqlValue::Null => SqlStorageValue::Null,
+            SqlValue::Int(i) => SqlStorageValue::Integer(i),
+            SqlValue::Text(t) => SqlStorageValue::String(t),
+        })
+        .collect()
+}
+
+impl Sql for DoSql {
+    fn exec(&self, sql: &str, params: Vec<SqlValue>) -> std::result::Result<(), StoreError> {
+        self.0
+            .exec(sql, bind(params))
+            .map(|_| ())
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    fn query<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> std::result::Result<Vec<T>, StoreError> {
+        // `to_array` rather than `one()`: `one()` on zero rows hangs the request.
+        self.0
+            .exec(sql, bind(params))
+            .and_then(|cursor| cursor.to_array::<T>())
+            .map_err(|e| StoreError(e.to_string()))
+    }
 }
 
 /// See the module docs.
@@ -204,7 +247,7 @@ impl RouterDO {
         }
     }
 
-    async fn handle_list(&self, principal: &Principal) -> Result<Response> {
+    async fn handle_list(&self, principal: &Principal) -> Reply {
         let scope = match principal {
             Principal::Admin => None,
             Principal::Machine(m) => Some(m.as_str()),
@@ -215,30 +258,28 @@ impl RouterDO {
         Ok(resp)
     }
 
-    async fn handle_register(&self, req: &mut Request, principal: &Principal) -> Result<Response> {
-        let body: RegisterSession = match parse_json(req).await? {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        if let Err(e) = validate::session_id(&body.session_id)
+    async fn handle_register(&self, req: &mut Request, principal: &Principal) -> Reply {
+        let body: RegisterSession = parse_json(req).await?;
+        validate::session_id(&body.session_id)
             .and_then(|_| validate::machine_id(&body.machine_id))
             .and_then(|_| body.label.as_deref().map_or(Ok(()), validate::label))
-        {
-            return error(400, e);
-        }
+            .map_err(|e| ApiError::new(400, e))?;
         if !principal.may_act_for(&body.machine_id) {
-            return error(
+            return Err(ApiError::new(
                 403,
                 format!(
                     "this key may not register sessions for machine {}",
                     body.machine_id
                 ),
-            );
+            ));
         }
         let db = self.db();
         if let Some(existing) = store::get_session(&db, &body.session_id)? {
             if !principal.may_act_for(&existing.machine_id) {
-                return error(403, "this session belongs to another machine");
+                return Err(ApiError::new(
+                    403,
+                    "this session belongs to another machine",
+                ));
             }
         }
         store::upsert_session(
@@ -251,24 +292,16 @@ impl RouterDO {
         json(200, &OkBody::default())
     }
 
-    async fn handle_unregister(
-        &self,
-        req: &mut Request,
-        principal: &Principal,
-    ) -> Result<Response> {
-        let body: UnregisterSession = match parse_json(req).await? {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        if let Err(e) = validate::session_id(&body.session_id) {
-            return error(400, e);
-        }
+    async fn handle_unregister(&self, req: &mut Request, principal: &Principal) -> Reply {
+        let body: UnregisterSession = parse_json(req).await?;
+        validate::session_id(&body.session_id).map_err(|e| ApiError::new(400, e))?;
         let db = self.db();
         match store::get_session(&db, &body.session_id)? {
-            None => error(404, "no such session"),
-            Some(s) if !principal.may_act_for(&s.machine_id) => {
-                error(403, "this session belongs to another machine")
-            }
+            None => Err(ApiError::new(404, "no such session")),
+            Some(s) if !principal.may_act_for(&s.machine_id) => Err(ApiError::new(
+                403,
+                "this session belongs to another machine",
+            )),
             Some(_) => {
                 store::delete_session(&db, &body.session_id)?;
                 json(200, &OkBody::default())
@@ -276,46 +309,52 @@ impl RouterDO {
         }
     }
 
-    async fn handle_notify(&self, req: &mut Request, principal: &Principal) -> Result<Response> {
-        let body: SendNotification = match parse_json(req).await? {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        if let Err(e) = validate::session_id(&body.session_id) {
-            return error(400, e);
-        }
+    async fn handle_notify(&self, req: &mut Request, principal: &Principal) -> Reply {
+        let body: SendNotification = parse_json(req).await?;
+        validate::session_id(&body.session_id).map_err(|e| ApiError::new(400, e))?;
         if body.text.trim().is_empty() {
-            return error(400, "text is empty");
+            return Err(ApiError::new(400, "text is empty"));
         }
         if body.text.len() > MAX_NOTIFICATION_BYTES {
-            return error(400, format!("text is over {MAX_NOTIFICATION_BYTES} bytes"));
+            return Err(ApiError::new(
+                400,
+                format!("text is over {MAX_NOTIFICATION_BYTES} bytes"),
+            ));
         }
         if body.reply_markup.as_ref().is_some_and(|m| !m.is_object()) {
-            return error(400, "replyMarkup must be a Telegram reply markup object");
+            return Err(ApiError::new(
+                400,
+                "replyMarkup must be a Telegram reply markup object",
+            ));
         }
         let cfg = self.config();
         let chat_id = match body.chat_id {
             Some(c) if cfg.allowed_chats.contains(&c) => c,
-            Some(c) => return error(403, format!("chat {c} is not in ALLOWED_CHAT_IDS")),
-            None => match cfg.allowed_chats.first() {
-                Some(c) => *c,
-                None => {
-                    return error(
-                        400,
-                        "no chatId given and ALLOWED_CHAT_IDS is empty: set it on the Worker",
-                    )
-                }
-            },
+            Some(c) => {
+                return Err(ApiError::new(
+                    403,
+                    format!("chat {c} is not in ALLOWED_CHAT_IDS"),
+                ))
+            }
+            None => cfg.allowed_chats.first().copied().ok_or_else(|| {
+                ApiError::new(
+                    400,
+                    "no chatId given and ALLOWED_CHAT_IDS is empty: set it on the Worker",
+                )
+            })?,
         };
         let db = self.db();
         let Some(session) = store::get_session(&db, &body.session_id)? else {
-            return error(
+            return Err(ApiError::new(
                 404,
                 "unknown session: register it first (POST /sessions/register)",
-            );
+            ));
         };
         if !principal.may_act_for(&session.machine_id) {
-            return error(403, "this session belongs to another machine");
+            return Err(ApiError::new(
+                403,
+                "this session belongs to another machine",
+            ));
         }
         let token = new_token()?;
         let label = session.label.as_deref().unwrap_or(&session.machine_id);
@@ -341,7 +380,7 @@ impl RouterDO {
             match self.bot(&call).await {
                 ApiOutcome::Ok(result) => {
                     let Some(id) = result.get("message_id").and_then(Value::as_i64) else {
-                        return error(502, "Telegram's answer had no message_id");
+                        return Err(ApiError::new(502, "Telegram's answer had no message_id"));
                     };
                     // Recorded as each part lands, so replies to sent parts route even if a
                     // later part fails.
@@ -356,23 +395,26 @@ impl RouterDO {
                     ids.push(id);
                 }
                 ApiOutcome::Failed(why) if ids.is_empty() => {
-                    return error(
+                    return Err(ApiError::new(
                         502,
                         format!("Telegram refused the message: {}", why_or(&why)),
-                    );
+                    ));
                 }
                 ApiOutcome::Failed(why) => {
-                    return error(
+                    return Err(ApiError::new(
                         502,
                         format!(
                             "Telegram refused part {} of {}: {why} (parts before it were sent)",
                             i + 1,
                             parts.len()
                         ),
-                    );
+                    ));
                 }
                 ApiOutcome::RetryAfter(secs) => {
-                    return error(502, format!("Telegram asks to retry after {secs} s"));
+                    return Err(ApiError::new(
+                        502,
+                        format!("Telegram asks to retry after {secs} s"),
+                    ));
                 }
             }
         }
@@ -389,11 +431,8 @@ impl RouterDO {
         )
     }
 
-    async fn handle_webhook(&self, req: &mut Request) -> Result<Response> {
-        let update: Update = match parse_json(req).await? {
-            Ok(u) => u,
-            Err(resp) => return Ok(resp),
-        };
+    async fn handle_webhook(&self, req: &mut Request) -> Reply {
+        let update: Update = parse_json(req).await?;
         let outcome = router::handle_update(&self.db(), &self.config(), &update, now_ms(), &|m| {
             self.online(m)
         })?;
@@ -414,15 +453,13 @@ impl RouterDO {
         json(200, &OkBody::default())
     }
 
-    async fn handle_socket(&self, req: &Request, principal: &Principal) -> Result<Response> {
-        let url = req.url()?;
-        let machine_id = url
-            .query_pairs()
-            .find(|(k, _)| k == "machineId")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default();
+    async fn handle_socket(&self, req: &Request, principal: &Principal) -> Reply {
+        let machine_id = http::query_param(req, "machineId")?.unwrap_or_default();
         if validate::machine_id(&machine_id).is_err() || !principal.may_act_for(&machine_id) {
-            return error(403, "this key may not connect as that machine");
+            return Err(ApiError::new(
+                403,
+                "this key may not connect as that machine",
+            ));
         }
         let tag = machine_tag(&machine_id);
         let previous = self.state.get_websockets_with_tag(&tag);
@@ -515,7 +552,7 @@ fn why_or(why: &str) -> &str {
 }
 
 /// A 12-character token for `/cmd` and callback data (60 bits of randomness).
-fn new_token() -> Result<String> {
+fn new_token() -> std::result::Result<String, ApiError> {
     const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("randomness: {e}")))?;
@@ -541,6 +578,31 @@ async fn bot_request(url: &str, params: &Value) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+impl RouterDO {
+    /// One request from the Worker, which has authenticated it.
+    async fn serve(&self, mut req: Request) -> Reply {
+        self.ensure_schema()?;
+        let principal = req
+            .headers()
+            .get(PRINCIPAL_HEADER)?
+            .as_deref()
+            .and_then(Principal::decode)
+            .ok_or_else(|| ApiError::new(401, "request reached the router without credentials"))?;
+        let method = req.method().to_string();
+        match route(&method, &req.path()) {
+            Route::ListSessions => self.handle_list(&principal).await,
+            Route::RegisterSession => self.handle_register(&mut req, &principal).await,
+            Route::UnregisterSession => self.handle_unregister(&mut req, &principal).await,
+            Route::SendNotification => self.handle_notify(&mut req, &principal).await,
+            Route::Webhook(_) if principal == Principal::Admin => {
+                self.handle_webhook(&mut req).await
+            }
+            Route::MachineSocket => self.handle_socket(&req, &principal).await,
+            _ => Err(ApiError::new(404, "no such router operation")),
+        }
+    }
+}
+
 impl DurableObject for RouterDO {
     fn new(state: State, env: Env) -> Self {
         // Keepalive pings are answered without waking the object.
@@ -556,29 +618,8 @@ impl DurableObject for RouterDO {
         }
     }
 
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
-        self.ensure_schema()?;
-        let principal = match req
-            .headers()
-            .get(PRINCIPAL_HEADER)?
-            .as_deref()
-            .and_then(Principal::decode)
-        {
-            Some(p) => p,
-            None => return error(401, "request reached the router without credentials"),
-        };
-        let method = req.method().to_string();
-        match route(&method, &req.path()) {
-            Route::ListSessions => self.handle_list(&principal).await,
-            Route::RegisterSession => self.handle_register(&mut req, &principal).await,
-            Route::UnregisterSession => self.handle_unregister(&mut req, &principal).await,
-            Route::SendNotification => self.handle_notify(&mut req, &principal).await,
-            Route::Webhook(_) if principal == Principal::Admin => {
-                self.handle_webhook(&mut req).await
-            }
-            Route::MachineSocket => self.handle_socket(&req, &principal).await,
-            _ => error(404, "no such router operation"),
-        }
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        http::finish(self.serve(req).await)
     }
 
     async fn alarm(&self) -> Result<Response> {
