@@ -8,6 +8,7 @@
 //!   `Retry-After` a refused request is answered with.
 //! - `schema`, `store`: the RouterDO's SQLite schema and session operations.
 //! - `router`: what a Telegram update does (dedup, allow-lists, reply routing, queueing).
+//! - `notify`: what `POST /notifications/send` does (chat, size, parts, buttons, mappings).
 //! - `queue`: the command queue: delivery, acks, retries, expiry.
 //! - `telegram`: Bot API types, HTML escaping and splitting, Bot API answers.
 //! - `relay`: the relay's routes, channel tokens, header rules, framing and queue
@@ -35,6 +36,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod error;
+pub(crate) mod notify;
 pub(crate) mod queue;
 pub(crate) mod relay;
 pub(crate) mod route;

@@ -1,14 +1,13 @@
 //! The RouterDO: one Durable Object holding an installation's sessions, reply mappings,
 //! command queue and update dedup, and every machine's hibernating socket.
 //!
-//! Thin by design: decisions are in `router`, `queue`, `store` and `telegram`; this file
-//! reads requests and socket events, calls them, and carries out what they return.
+//! Thin by design: decisions are in `router`, `notify`, `queue`, `store` and `telegram`;
+//! this file reads requests and socket events, calls them, and carries out what they return.
 
 use std::cell::Cell;
 
 use ccr_protocol::api::{
-    Buttons, NotificationSent, OkBody, RegisterSession, SendNotification, SessionList,
-    UnregisterSession,
+    OkBody, RegisterSession, SendNotification, SessionList, UnregisterSession,
 };
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use ccr_protocol::{validate, COMMAND_TTL_MS, MAX_FRAME_BYTES};
@@ -22,6 +21,7 @@ use crate::auth::Principal;
 use crate::binding::PRINCIPAL_HEADER;
 use crate::error::ApiError;
 use crate::http::{self, json, parse_json, setting, Reply};
+use crate::notify;
 use crate::queue::{self, Queued};
 use crate::route::{route, Route};
 use crate::router::{self, Config};
@@ -32,8 +32,6 @@ use crate::telegram::{self, escape_html, ApiOutcome, BotCall, Update};
 const MAX_RETRY_WAIT_SECS: u64 = 10;
 /// The retention sweep runs at least this often (ms).
 const SWEEP_EVERY_MS: i64 = 60 * 60 * 1000;
-/// Largest notification text accepted (bytes); longer texts are split into many messages.
-const MAX_NOTIFICATION_BYTES: usize = 32 * 1024;
 /// Commands pushed per flush (the rest follow as acks arrive and on the next alarm).
 const FLUSH_BATCH: i64 = 100;
 
@@ -311,124 +309,13 @@ impl RouterDO {
 
     async fn handle_notify(&self, req: &mut Request, principal: &Principal) -> Reply {
         let body: SendNotification = parse_json(req).await?;
-        validate::session_id(&body.session_id).map_err(|e| ApiError::new(400, e))?;
-        if body.text.trim().is_empty() {
-            return Err(ApiError::new(400, "text is empty"));
-        }
-        if body.text.len() > MAX_NOTIFICATION_BYTES {
-            return Err(ApiError::new(
-                400,
-                format!("text is over {MAX_NOTIFICATION_BYTES} bytes"),
-            ));
-        }
-        if body.reply_markup.as_ref().is_some_and(|m| !m.is_object()) {
-            return Err(ApiError::new(
-                400,
-                "replyMarkup must be a Telegram reply markup object",
-            ));
-        }
-        let cfg = self.config();
-        let chat_id = match body.chat_id {
-            Some(c) if cfg.allowed_chats.contains(&c) => c,
-            Some(c) => {
-                return Err(ApiError::new(
-                    403,
-                    format!("chat {c} is not in ALLOWED_CHAT_IDS"),
-                ))
-            }
-            None => cfg.allowed_chats.first().copied().ok_or_else(|| {
-                ApiError::new(
-                    400,
-                    "no chatId given and ALLOWED_CHAT_IDS is empty: set it on the Worker",
-                )
-            })?,
-        };
         let db = self.db();
-        let Some(session) = store::get_session(&db, &body.session_id)? else {
-            return Err(ApiError::new(
-                404,
-                "unknown session: register it first (POST /sessions/register)",
-            ));
-        };
-        if !principal.may_act_for(&session.machine_id) {
-            return Err(ApiError::new(
-                403,
-                "this session belongs to another machine",
-            ));
+        let mut plan = notify::prepare(&db, &self.config(), principal, &body, new_token)?;
+        for call in &plan.calls {
+            let outcome = self.bot(call).await;
+            plan.delivery.sent(&db, outcome, now_ms())?;
         }
-        let token = new_token()?;
-        let label = session.label.as_deref().unwrap_or(&session.machine_id);
-        let parts = telegram::format_notification(Some(label), &body.text);
-        let markup: Option<Value> = match (&body.reply_markup, &body.buttons) {
-            (Some(raw), _) => Some(raw.clone()),
-            (None, buttons) => {
-                let actions = buttons
-                    .as_ref()
-                    .map_or_else(|| Buttons::Enabled(true).actions(), Buttons::actions);
-                telegram::keyboard(&token, &actions)
-            }
-        };
-        let mut ids = Vec::with_capacity(parts.len());
-        let last = parts.len().saturating_sub(1);
-        for (i, part) in parts.iter().enumerate() {
-            let call = match (&markup, i == last) {
-                (Some(m), true) => {
-                    BotCall::send(chat_id, part, None).with_param("reply_markup", m.clone())
-                }
-                _ => BotCall::send(chat_id, part, None),
-            };
-            match self.bot(&call).await {
-                ApiOutcome::Ok(result) => {
-                    let Some(id) = result.get("message_id").and_then(Value::as_i64) else {
-                        return Err(ApiError::new(502, "Telegram's answer had no message_id"));
-                    };
-                    // Recorded as each part lands, so replies to sent parts route even if a
-                    // later part fails.
-                    router::record_message(
-                        &db,
-                        chat_id,
-                        id,
-                        &session.session_id,
-                        &token,
-                        now_ms(),
-                    )?;
-                    ids.push(id);
-                }
-                ApiOutcome::Failed(why) if ids.is_empty() => {
-                    return Err(ApiError::new(
-                        502,
-                        format!("Telegram refused the message: {}", why_or(&why)),
-                    ));
-                }
-                ApiOutcome::Failed(why) => {
-                    return Err(ApiError::new(
-                        502,
-                        format!(
-                            "Telegram refused part {} of {}: {why} (parts before it were sent)",
-                            i + 1,
-                            parts.len()
-                        ),
-                    ));
-                }
-                ApiOutcome::RetryAfter(secs) => {
-                    return Err(ApiError::new(
-                        502,
-                        format!("Telegram asks to retry after {secs} s"),
-                    ));
-                }
-            }
-        }
-        store::touch_session(&db, &session.session_id, now_ms())?;
-        let first = ids.first().copied().unwrap_or_default();
-        json(
-            200,
-            &NotificationSent {
-                ok: true,
-                message_ids: ids,
-                message_id: first,
-                token,
-            },
-        )
+        json(200, &plan.delivery.finish(&db, now_ms())?)
     }
 
     async fn handle_webhook(&self, req: &mut Request) -> Reply {
@@ -540,14 +427,6 @@ impl RouterDO {
             Err(e) => console_warn!("machine {machine}: {e}; ignored"),
         }
         Ok(())
-    }
-}
-
-fn why_or(why: &str) -> &str {
-    if why.is_empty() {
-        "no description"
-    } else {
-        why
     }
 }
 
