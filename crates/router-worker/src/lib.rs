@@ -7,10 +7,12 @@
 //! - `error`: `ApiError`, the one error type of every request path: the status, message and
 //!   `Retry-After` a refused request is answered with.
 //! - `schema`, `store`: the RouterDO's SQLite schema and session operations.
-//! - `router`: what a Telegram update does (dedup, allow-lists, reply routing, queueing).
+//! - `router`: what a Telegram update does (dedup, allow-lists, reply routing, queueing),
+//!   and the chat notices about commands a machine failed or never got.
 //! - `notify`: what `POST /notifications/send` does (chat, size, parts, buttons, mappings).
 //! - `queue`: the command queue: delivery, acks, retries, expiry.
-//! - `telegram`: Bot API types, HTML escaping and splitting, Bot API answers.
+//! - `telegram`: Bot API types, HTML escaping and splitting, Bot API URLs, answers and
+//!   429 retries.
 //! - `relay`: the relay's routes, channel tokens, header rules, framing and queue
 //!   bookkeeping.
 //!

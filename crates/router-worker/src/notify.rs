@@ -176,6 +176,16 @@ impl Delivery {
     }
 }
 
+/// A notification token from random bytes: one of 32 unambiguous characters per byte (12
+/// bytes: 60 bits). It names the notification in `/cmd` and in the buttons' callback data.
+pub(crate) fn token_from(random: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    random
+        .iter()
+        .map(|b| char::from(ALPHABET.get(usize::from(b % 32)).copied().unwrap_or(b'a')))
+        .collect()
+}
+
 fn why_or(why: &str) -> &str {
     if why.is_empty() {
         "no description"
@@ -506,6 +516,19 @@ mod tests {
             || Err(ApiError::Store(StoreError("no randomness".into()))),
         );
         assert!(matches!(failing, Err(ApiError::Store(_))));
+    }
+
+    #[test]
+    fn tokens() {
+        let t = token_from(&[0, 31, 32, 255, 8, 9, 10, 11, 12, 13, 14, 15]);
+        assert_eq!(t, "a9a9ijkmnpqr");
+        let all: Vec<u8> = (0..=255).collect();
+        let t = token_from(&all);
+        assert_eq!(t.len(), 256);
+        assert!(t
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || ('2'..='9').contains(&c)));
+        assert!(!t.contains(['l', 'o', '0', '1']));
     }
 
     #[test]

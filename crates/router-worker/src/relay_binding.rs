@@ -324,31 +324,7 @@ impl RelayDO {
         match outcome {
             Ok(answer) => answer_response(answer),
             Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
-            Err(Some(())) => {
-                let secs = relay::CALLER_WAIT_MS / 1000;
-                match cancelled {
-                    Cancelled::WasQueued(_) | Cancelled::Nothing => json(
-                        504,
-                        &json!({
-                            "ok": false,
-                            "error": format!("no relay bridge took this request within {secs} s; is relay-bridge running for this channel?"),
-                            "id": id,
-                        }),
-                    ),
-                    Cancelled::InFlight => {
-                        let result_path = format!("{prefix}/_result/{id}");
-                        json(
-                            504,
-                            &json!({
-                                "ok": false,
-                                "error": format!("the bridge has not answered within {secs} s; its answer will be kept for {} s at {result_path}", relay::RESULT_TTL_SECS),
-                                "id": id,
-                                "resultPath": result_path,
-                            }),
-                        )
-                    }
-                }
-            }
+            Err(Some(())) => json(504, &relay::unanswered_body(&id, prefix, &cancelled)),
         }
     }
 
@@ -440,17 +416,7 @@ impl RelayDO {
                 None => Err(ApiError::new(400, "no response in the body")),
             };
         }
-        let all_ok = results.iter().all(|(_, r)| r.is_ok());
-        let items: Vec<serde_json::Value> = results
-            .into_iter()
-            .map(|(id, r)| match r {
-                Ok(()) => json!({"id": id, "ok": true}),
-                Err((status, message)) => {
-                    json!({"id": id, "ok": false, "status": status, "error": message})
-                }
-            })
-            .collect();
-        json(200, &json!({"ok": all_ok, "results": items}))
+        json(200, &relay::batch_results(results))
     }
 
     /// Matches one response to its request; an [`ApiError::Answer`] is its refusal.

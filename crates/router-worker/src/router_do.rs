@@ -10,7 +10,7 @@ use ccr_protocol::api::{
     OkBody, RegisterSession, SendNotification, SessionList, UnregisterSession,
 };
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
-use ccr_protocol::{validate, COMMAND_TTL_MS, MAX_FRAME_BYTES};
+use ccr_protocol::{validate, MAX_FRAME_BYTES};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,7 +26,7 @@ use crate::queue::{self, Queued};
 use crate::route::{route, Route};
 use crate::router::{self, Config};
 use crate::store::{self, Sql, SqlValue, StoreError};
-use crate::telegram::{self, escape_html, ApiOutcome, BotCall, Update};
+use crate::telegram::{self, ApiOutcome, BotCall, Retry, Update};
 
 /// Longest total wait for Telegram's 429 `retry_after` within one request.
 const MAX_RETRY_WAIT_SECS: u64 = 10;
@@ -119,19 +119,14 @@ impl RouterDO {
     }
 
     fn command_ttl_ms(&self) -> i64 {
-        setting(&self.env, "COMMAND_TTL_SECS")
-            .trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|s| *s > 0)
-            .map_or(COMMAND_TTL_MS, |s| s * 1000)
+        queue::ttl_ms(&setting(&self.env, "COMMAND_TTL_SECS"))
     }
 
     fn config(&self) -> Config {
-        Config {
-            allowed_chats: telegram::parse_id_list(&setting(&self.env, "ALLOWED_CHAT_IDS")),
-            allowed_users: telegram::parse_id_list(&setting(&self.env, "ALLOWED_USER_IDS")),
-        }
+        Config::from_settings(
+            &setting(&self.env, "ALLOWED_CHAT_IDS"),
+            &setting(&self.env, "ALLOWED_USER_IDS"),
+        )
     }
 
     /// The machine's current socket: the most recently connected one.
@@ -203,35 +198,27 @@ impl RouterDO {
 
     /// Calls the Bot API, waiting out 429s up to [`MAX_RETRY_WAIT_SECS`] in total.
     async fn bot(&self, call: &BotCall) -> ApiOutcome {
-        let base = setting(&self.env, "TELEGRAM_API_BASE");
-        let base = if base.is_empty() {
-            "https://api.telegram.org".to_owned()
-        } else {
-            base.trim_end_matches('/').to_owned()
-        };
-        let token = setting(&self.env, "TELEGRAM_BOT_TOKEN");
-        if token.is_empty() {
-            return ApiOutcome::Failed("the Worker has no TELEGRAM_BOT_TOKEN configured".into());
-        }
         // The URL holds the token: it is never logged.
-        let url = format!("{base}/bot{token}/{}", call.method);
+        let url = match telegram::api_url(
+            &setting(&self.env, "TELEGRAM_API_BASE"),
+            &setting(&self.env, "TELEGRAM_BOT_TOKEN"),
+            call.method,
+        ) {
+            Ok(url) => url,
+            Err(outcome) => return outcome,
+        };
         let mut waited = 0;
         loop {
             let outcome = match bot_request(&url, &call.params).await {
                 Ok((status, body)) => telegram::read_answer(status, &body),
                 Err(e) => ApiOutcome::Failed(format!("cannot reach Telegram: {e}")),
             };
-            match outcome {
-                ApiOutcome::RetryAfter(secs) if waited + secs <= MAX_RETRY_WAIT_SECS => {
-                    waited += secs.max(1);
-                    Delay::from(std::time::Duration::from_secs(secs.max(1))).await;
+            match telegram::retry(outcome, waited, MAX_RETRY_WAIT_SECS) {
+                Retry::Wait(secs) => {
+                    waited += secs;
+                    Delay::from(std::time::Duration::from_secs(secs)).await;
                 }
-                ApiOutcome::RetryAfter(secs) => {
-                    return ApiOutcome::Failed(format!(
-                        "Too Many Requests: Telegram asks to retry after {secs} s"
-                    ))
-                }
-                other => return other,
+                Retry::Done(outcome) => return outcome,
             }
         }
     }
@@ -407,15 +394,8 @@ impl RouterDO {
                     let label = store::get_session(&db, &q.session_id)?
                         .and_then(|s| s.label)
                         .unwrap_or_else(|| machine.clone());
-                    let reason = error.unwrap_or_else(|| "no reason given".into());
-                    let text = format!(
-                        "⚠️ Could not type into <b>{}</b> on {}: {}",
-                        escape_html(&label),
-                        escape_html(&machine),
-                        escape_html(&reason)
-                    );
-                    self.bot_all(&[BotCall::send(q.chat_id, &text, q.source_message_id)])
-                        .await;
+                    let notice = router::command_failed(&q, &label, &machine, error.as_deref());
+                    self.bot_all(&[notice]).await;
                 }
             }
             Ok(SocketMessage::Ping) => {
@@ -432,13 +412,9 @@ impl RouterDO {
 
 /// A 12-character token for `/cmd` and callback data (60 bits of randomness).
 fn new_token() -> std::result::Result<String, ApiError> {
-    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("randomness: {e}")))?;
-    Ok(bytes
-        .iter()
-        .map(|b| char::from(ALPHABET.get(usize::from(b % 32)).copied().unwrap_or(b'a')))
-        .collect())
+    Ok(notify::token_from(&bytes))
 }
 
 /// POSTs JSON to the Bot API; returns status and body text.
@@ -507,14 +483,7 @@ impl DurableObject for RouterDO {
         let db = self.db();
         let dead = queue::expire(&db, now, self.command_ttl_ms())?;
         for q in &dead {
-            let preview: String = q.command.chars().take(80).collect();
-            let text = format!(
-                "⚠️ Not delivered: <code>{}</code> waited too long for {} to come online and was dropped. Send it again when the machine is back.",
-                escape_html(if preview.is_empty() { "(Enter)" } else { &preview }),
-                escape_html(&q.machine_id)
-            );
-            self.bot_all(&[BotCall::send(q.chat_id, &text, q.source_message_id)])
-                .await;
+            self.bot_all(&[router::not_delivered(q)]).await;
         }
         // Retry due sends on every connected machine.
         let mut machines: Vec<String> = self
