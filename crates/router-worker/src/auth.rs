@@ -63,6 +63,15 @@ pub enum AuthError {
     NotConfigured,
 }
 
+/// Whether a Telegram webhook call carries the configured secret both in its path and in
+/// its `X-Telegram-Bot-Api-Secret-Token` header; nothing passes while none is configured.
+pub fn webhook_allowed(configured: &str, path_secret: &str, header: &str) -> bool {
+    // Evaluate both comparisons (no short circuit), so timing says nothing about which failed.
+    let path_ok = ct_eq(path_secret, configured);
+    let header_ok = ct_eq(header, configured);
+    !configured.is_empty() && (path_ok & header_ok)
+}
+
 /// Lowercase hex HMAC-SHA256(key, message): machine keys and relay channel tokens.
 pub fn derive_key(secret: &str, message: &str) -> String {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
@@ -128,6 +137,15 @@ pub fn authenticate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn webhook_needs_the_secret_twice() {
+        assert!(webhook_allowed("s3cret", "s3cret", "s3cret"));
+        assert!(!webhook_allowed("s3cret", "s3cret", ""));
+        assert!(!webhook_allowed("s3cret", "nope", "s3cret"));
+        assert!(!webhook_allowed("s3cret", "s3cre", "s3cret"));
+        assert!(!webhook_allowed("", "", ""), "unconfigured lets nobody in");
+    }
 
     #[test]
     fn hmac_matches_rfc4231_case_2() {

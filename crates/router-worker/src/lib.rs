@@ -1,15 +1,28 @@
 //! The CCR Worker: the Telegram router and the HTTP relay, on Cloudflare Workers.
 //!
-//! Layout:
-//! - [`auth`]: API keys, machine-scoped keys, constant-time checks (pure).
-//! - [`route`]: which handler a method + path goes to (pure).
-//! - [`schema`], [`store`]: the RouterDO's SQLite schema and operations, tested natively on
-//!   rusqlite through the [`store::Sql`] trait.
-//! - `binding` (wasm32 only): the thin workers-rs layer: the fetch entry point and the
-//!   RouterDO Durable Object, which call into the modules above.
-//! - [`relay`]: the relay's routes, channel tokens, header rules, framing and queue
-//!   bookkeeping (pure); `relay_binding` (wasm32 only): its Worker side and `RelayDO`, one
-//!   Durable Object per channel.
+//! Layout. Pure modules (no workers-rs types; tested natively, storage on rusqlite through
+//! [`store::Sql`]):
+//! - `auth`: API keys, machine-scoped keys, constant-time checks.
+//! - `route`: which handler a method + path goes to.
+//! - `error`: `ApiError`, the one error type of every request path: the status, message and
+//!   `Retry-After` a refused request is answered with.
+//! - `schema`, `store`: the RouterDO's SQLite schema and session operations.
+//! - `router`: what a Telegram update does (dedup, allow-lists, reply routing, queueing),
+//!   and the chat notices about commands a machine failed or never got.
+//! - `notify`: what `POST /notifications/send` does (chat, size, parts, buttons, mappings).
+//! - `queue`: the command queue: delivery, acks, retries, expiry.
+//! - `telegram`: Bot API types, HTML escaping and splitting, Bot API URLs, answers and
+//!   429 retries.
+//! - `relay`: the relay's routes, channel tokens, header rules, framing and queue
+//!   bookkeeping.
+//!
+//! The Worker shell (wasm32 only), which only translates between workers-rs and the above:
+//! - `http`: the HTTP helpers every binding uses (JSON answers, `ApiError` → response, clock,
+//!   settings, headers, bounded bodies, requests to Durable Objects).
+//! - `binding`: the fetch entry point: routing, authentication, forwarding to the RouterDO.
+//! - `router_do`: the RouterDO Durable Object: sessions, notifications, the webhook, machine
+//!   sockets, alarms.
+//! - `relay_binding`: the relay's Worker side and `RelayDO`, one Durable Object per channel.
 #![cfg_attr(
     test,
     allow(
@@ -19,18 +32,25 @@
         clippy::indexing_slicing
     )
 )]
+// The pure modules' callers are the wasm32 shell, absent from native builds (tests included),
+// so unused code is reported by the wasm32 build only.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
-pub mod auth;
-pub mod queue;
-pub mod relay;
-pub mod route;
-pub mod router;
-pub mod schema;
-pub mod store;
-pub mod telegram;
+pub(crate) mod auth;
+pub(crate) mod error;
+pub(crate) mod notify;
+pub(crate) mod queue;
+pub(crate) mod relay;
+pub(crate) mod route;
+pub(crate) mod router;
+pub(crate) mod schema;
+pub(crate) mod store;
+pub(crate) mod telegram;
 
 #[cfg(target_arch = "wasm32")]
 mod binding;
+#[cfg(target_arch = "wasm32")]
+mod http;
 #[cfg(target_arch = "wasm32")]
 mod relay_binding;
 #[cfg(target_arch = "wasm32")]

@@ -5,6 +5,7 @@
 //! (1 s doubling to a 5 min cap) while the machine is connected; everything unacked is sent
 //! again, oldest first, when the machine connects.
 
+use ccr_protocol::COMMAND_TTL_MS;
 use serde::Deserialize;
 
 use crate::store::{Sql, StoreError};
@@ -20,6 +21,17 @@ pub const MAX_UNACKED_PER_MACHINE: i64 = 200;
 pub fn backoff_ms(attempts: i64) -> i64 {
     let exp = attempts.clamp(1, 20) - 1;
     (BACKOFF_BASE_MS << exp).min(BACKOFF_CAP_MS)
+}
+
+/// How long an undelivered command waits (ms): the `COMMAND_TTL_SECS` setting when it is a
+/// positive whole number of seconds, else [`COMMAND_TTL_MS`].
+pub fn ttl_ms(setting: &str) -> i64 {
+    setting
+        .trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .map_or(COMMAND_TTL_MS, |s| s.saturating_mul(1000))
 }
 
 /// A command to queue.
@@ -277,6 +289,17 @@ pub fn prune(db: &impl Sql, now: i64) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_setting() {
+        assert_eq!(ttl_ms(""), COMMAND_TTL_MS);
+        assert_eq!(ttl_ms(" 90 "), 90_000);
+        assert_eq!(ttl_ms("0"), COMMAND_TTL_MS);
+        assert_eq!(ttl_ms("-5"), COMMAND_TTL_MS);
+        assert_eq!(ttl_ms("1.5"), COMMAND_TTL_MS);
+        assert_eq!(ttl_ms("ten"), COMMAND_TTL_MS);
+        assert_eq!(ttl_ms(&i64::MAX.to_string()), i64::MAX);
+    }
     use crate::store::testing::MemDb;
 
     fn cmd(id: &str, machine: &str) -> NewCommand {

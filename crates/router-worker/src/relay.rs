@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use ccr_protocol::{validate, MAX_RELAY_BODY_BYTES, MAX_RELAY_WAIT_SECS};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 use crate::auth::{ct_eq, derive_key};
 
@@ -484,11 +485,6 @@ impl BodyAt {
             BodyAt::Kv(n) => *n,
         }
     }
-
-    /// Whether there is no body.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A request waiting for a bridge.
@@ -547,6 +543,47 @@ pub enum Cancelled {
     Nothing,
 }
 
+/// The 504 body for a caller whose request no bridge answered within [`CALLER_WAIT_MS`];
+/// where the request was (`cancelled`) says whether its answer will be kept at `_result`.
+pub fn unanswered_body(id: &str, prefix: &str, cancelled: &Cancelled) -> Value {
+    let secs = CALLER_WAIT_MS / 1000;
+    match cancelled {
+        Cancelled::WasQueued(_) | Cancelled::Nothing => json!({
+            "ok": false,
+            "error": format!("no relay bridge took this request within {secs} s; is relay-bridge running for this channel?"),
+            "id": id,
+        }),
+        Cancelled::InFlight => {
+            let result_path = format!("{prefix}/_result/{id}");
+            json!({
+                "ok": false,
+                "error": format!("the bridge has not answered within {secs} s; its answer will be kept for {RESULT_TTL_SECS} s at {result_path}"),
+                "id": id,
+                "resultPath": result_path,
+            })
+        }
+    }
+}
+
+/// One bridge response's outcome: accepted, or refused with a status and message.
+pub type Accepted = Result<(), (u16, String)>;
+
+/// The answer to a batch of bridge responses: `ok` only when every one was accepted, and
+/// each one's outcome by id.
+pub fn batch_results(results: Vec<(String, Accepted)>) -> Value {
+    let all_ok = results.iter().all(|(_, r)| r.is_ok());
+    let items: Vec<Value> = results
+        .into_iter()
+        .map(|(id, r)| match r {
+            Ok(()) => json!({"id": id, "ok": true}),
+            Err((status, message)) => {
+                json!({"id": id, "ok": false, "status": status, "error": message})
+            }
+        })
+        .collect();
+    json!({"ok": all_ok, "results": items})
+}
+
 /// One channel's queue, in-flight set and recent answers. Time is passed in (ms).
 #[derive(Debug, Default)]
 pub struct ChannelState {
@@ -561,11 +598,13 @@ pub struct ChannelState {
 
 impl ChannelState {
     /// Requests waiting for a bridge.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
 
     /// Requests a bridge holds.
+    #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
@@ -1022,5 +1061,47 @@ mod tests {
         assert!(valid_id("0123456789abcdef0123456789abcdef"));
         assert!(!valid_id("0123456789ABCDEF0123456789abcdef"));
         assert!(!valid_id("../x"));
+    }
+
+    #[test]
+    fn unanswered_callers_learn_where_their_request_is() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let secs = CALLER_WAIT_MS / 1000;
+        for gone in [Cancelled::Nothing, Cancelled::WasQueued(BodyAt::Empty)] {
+            assert_eq!(
+                unanswered_body(id, "/relay/ch", &gone),
+                json!({"ok": false, "id": id, "error": format!(
+                    "no relay bridge took this request within {secs} s; is relay-bridge running for this channel?"
+                )})
+            );
+        }
+        let held = unanswered_body(id, "/relay/ch", &Cancelled::InFlight);
+        assert_eq!(held["ok"], false);
+        assert_eq!(held["resultPath"], format!("/relay/ch/_result/{id}"));
+        assert_eq!(
+            held["error"],
+            format!(
+                "the bridge has not answered within {secs} s; its answer will be kept for {RESULT_TTL_SECS} s at /relay/ch/_result/{id}"
+            )
+        );
+    }
+
+    #[test]
+    fn batch_results_report_each_response() {
+        assert_eq!(
+            batch_results(vec![("a".into(), Ok(())), ("b".into(), Ok(()))]),
+            json!({"ok": true, "results": [{"id": "a", "ok": true}, {"id": "b", "ok": true}]})
+        );
+        assert_eq!(
+            batch_results(vec![
+                ("a".into(), Ok(())),
+                ("b".into(), Err((409, "dup".into())))
+            ]),
+            json!({"ok": false, "results": [
+                {"id": "a", "ok": true},
+                {"id": "b", "ok": false, "status": 409, "error": "dup"},
+            ]})
+        );
+        assert_eq!(batch_results(vec![]), json!({"ok": true, "results": []}));
     }
 }

@@ -7,21 +7,23 @@
 //! enqueue fires. Bodies too big to keep in memory, and responses whose caller stopped waiting,
 //! go to the `RELAY` KV namespace with a TTL, read and written only by this object (KV is
 //! eventually consistent between locations, so it never carries a signal). No `RefCell` borrow
-//! lives across an `.await`, and nothing here panics (see WORKERS-RS.md).
+//! lives across an `.await`, and nothing here panics: a panic in a Durable Object hangs the
+//! request and resets every object in the isolate.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use ccr_protocol::api::{ErrorBody, OkBody};
+use ccr_protocol::api::OkBody;
 use ccr_protocol::relay::{PollBatch, RespondBody};
 use ccr_protocol::MAX_RELAY_BODY_BYTES;
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
-use serde::Serialize;
 use serde_json::json;
 use worker::*;
 
+use crate::error::ApiError;
+use crate::http::{self, header, json, now_ms, read_body, setting, Reply};
 use crate::relay::{
     self, Answer, BodyAt, Cancelled, Channel, DoCall, Queued, RelayRoute, RequestMeta,
     RespondError, ResponseHead,
@@ -34,72 +36,21 @@ const KV_BINDING: &str = "RELAY";
 /// Worker → object calls go to this URL; only the body matters.
 const INTERNAL_URL: &str = "https://relay.internal/call";
 
-fn json_with<T: Serialize>(status: u16, body: &T) -> Result<Response> {
-    Ok(Response::from_json(body)?.with_status(status))
-}
-
-fn error(status: u16, message: impl Into<String>) -> Result<Response> {
-    json_with(status, &ErrorBody::new(message))
-}
-
-/// An error that tells the client when to try again.
-fn busy(status: u16, message: impl Into<String>) -> Result<Response> {
-    let resp = error(status, message)?;
-    resp.headers()
-        .set("retry-after", &relay::RETRY_AFTER_SECS.to_string())?;
-    Ok(resp)
-}
-
-fn now_ms() -> u64 {
-    Date::now().as_millis()
-}
-
-/// A secret or var as a string; absent = empty.
-fn setting(env: &Env, name: &str) -> String {
-    env.secret(name)
-        .map(|s| s.to_string())
-        .or_else(|_| env.var(name).map(|v| v.to_string()))
-        .unwrap_or_default()
-}
-
-fn header(req: &Request, name: &str) -> Option<String> {
-    req.headers().get(name).ok().flatten()
-}
-
-/// Reads a body up to `limit` bytes; `Err` is the 413 answer.
-async fn read_body(
-    req: &mut Request,
-    limit: usize,
-) -> Result<std::result::Result<Vec<u8>, Response>> {
-    let too_big = || error(413, format!("body over {limit} bytes"));
-    let declared = header(req, "content-length").and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Ok(Err(too_big()?));
-    }
-    let bytes = req.bytes().await?;
-    if bytes.len() > limit {
-        return Ok(Err(too_big()?));
-    }
-    Ok(Ok(bytes))
-}
-
 /// The Worker side of every relay path (`crate::relay::is_relay_path`).
-pub async fn handle(mut req: Request, env: &Env) -> Result<Response> {
+pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
     let path = req.path();
     let method = req.method().to_string();
-    let Some(route) = relay::parse_route(&method, &path) else {
-        return error(404, format!("no route for {method} {path}"));
-    };
+    let route =
+        relay::parse_route(&method, &path).ok_or_else(|| ApiError::no_route(&method, &path))?;
     let relay_token = setting(env, "RELAY_TOKEN");
     let query = req.url()?.query().unwrap_or_default().to_owned();
     match route {
-        RelayRoute::Ping => Response::ok("ok"),
-        RelayRoute::MethodNotAllowed(allowed) => error(
-            405,
-            format!("{method} is not allowed on {path}; use {allowed}"),
-        ),
-        RelayRoute::NoChannel => error(404, "name a channel: /relay/{channel}/..."),
-        RelayRoute::BadChannel(name) => error(
+        RelayRoute::Ping => Ok(Response::ok("ok")?),
+        RelayRoute::MethodNotAllowed(allowed) => {
+            Err(ApiError::method_not_allowed(&method, &path, allowed))
+        }
+        RelayRoute::NoChannel => Err(ApiError::new(404, "name a channel: /relay/{channel}/...")),
+        RelayRoute::BadChannel(name) => Err(ApiError::new(
             400,
             format!(
                 "invalid channel {name:?}: {}",
@@ -107,15 +58,10 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response> {
                     .err()
                     .unwrap_or_default()
             ),
-        ),
+        )),
         RelayRoute::Poll(channel) => {
-            if let Some(refused) = bridge_refusal(&req, &relay_token, &channel)? {
-                return Ok(refused);
-            }
-            let wait_ms = match relay::poll_wait_ms(&query) {
-                Ok(ms) => ms,
-                Err(e) => return error(400, e),
-            };
+            check_bridge(&req, &relay_token, &channel)?;
+            let wait_ms = relay::poll_wait_ms(&query).map_err(|e| ApiError::new(400, e))?;
             let call = DoCall::Poll {
                 channel: channel.key(),
                 wait_ms,
@@ -124,13 +70,8 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response> {
             call_channel(env, &channel, &call, &[]).await
         }
         RelayRoute::Respond(channel) => {
-            if let Some(refused) = bridge_refusal(&req, &relay_token, &channel)? {
-                return Ok(refused);
-            }
-            let body = match read_body(&mut req, relay::MAX_RESPOND_BYTES).await? {
-                Ok(b) => b,
-                Err(resp) => return Ok(resp),
-            };
+            check_bridge(&req, &relay_token, &channel)?;
+            let body = read_body(&mut req, relay::MAX_RESPOND_BYTES).await?;
             let call = DoCall::Respond {
                 channel: channel.key(),
             };
@@ -138,11 +79,9 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response> {
         }
         RelayRoute::Result { channel, id } => {
             let (_, key_param) = relay::take_query_param(&query, relay::PUBLIC_KEY_PARAM);
-            if let Some(refused) = public_refusal(&req, env, &relay_token, key_param)? {
-                return Ok(refused);
-            }
+            check_public(&req, env, &relay_token, key_param)?;
             if !relay::valid_id(&id) {
-                return error(404, "no such relay request id");
+                return Err(ApiError::new(404, "no such relay request id"));
             }
             let call = DoCall::Result {
                 channel: channel.key(),
@@ -152,13 +91,8 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response> {
         }
         RelayRoute::Public { channel, path } => {
             let (query, key_param) = relay::take_query_param(&query, relay::PUBLIC_KEY_PARAM);
-            if let Some(refused) = public_refusal(&req, env, &relay_token, key_param)? {
-                return Ok(refused);
-            }
-            let body = match read_body(&mut req, MAX_RELAY_BODY_BYTES).await? {
-                Ok(b) => b,
-                Err(resp) => return Ok(resp),
-            };
+            check_public(&req, env, &relay_token, key_param)?;
+            let body = read_body(&mut req, MAX_RELAY_BODY_BYTES).await?;
             let headers = req
                 .headers()
                 .entries()
@@ -177,66 +111,63 @@ pub async fn handle(mut req: Request, env: &Env) -> Result<Response> {
     }
 }
 
-/// The 401/503 answer for a bridge whose token is not this channel's, if any.
-fn bridge_refusal(req: &Request, relay_token: &str, channel: &Channel) -> Result<Option<Response>> {
+/// A bridge must present this channel's token (401, or 503 while the Worker has none).
+fn check_bridge(req: &Request, relay_token: &str, channel: &Channel) -> Result<(), ApiError> {
     let presented = relay::TOKEN_HEADERS
         .iter()
         .find_map(|name| header(req, name).filter(|v| !v.trim().is_empty()));
-    match relay::check_token(relay_token, channel, presented.as_deref()) {
-        Ok(()) => Ok(None),
-        Err(e @ relay::TokenError::NotConfigured) => Ok(Some(error(503, e.to_string())?)),
-        Err(e) => Ok(Some(error(401, e.to_string())?)),
-    }
+    Ok(relay::check_token(
+        relay_token,
+        channel,
+        presented.as_deref(),
+    )?)
 }
 
-/// The 401/503 answer for a public caller, if any: the relay must be configured, and
-/// `RELAY_PUBLIC_KEY`, when set, presented.
-fn public_refusal(
+/// A public caller needs a configured relay (else 503) and `RELAY_PUBLIC_KEY`, when set,
+/// presented (else 401).
+fn check_public(
     req: &Request,
     env: &Env,
     relay_token: &str,
     key_param: Option<String>,
-) -> Result<Option<Response>> {
+) -> Result<(), ApiError> {
     if relay_token.is_empty() {
-        return Ok(Some(error(
+        return Err(ApiError::new(
             503,
             "the relay is not configured: the Worker has no RELAY_TOKEN",
-        )?));
+        ));
     }
     let public_key = setting(env, "RELAY_PUBLIC_KEY");
     let presented = header(req, relay::PUBLIC_KEY_HEADER).or(key_param);
     if relay::check_public_key(&public_key, presented.as_deref()) {
-        Ok(None)
+        Ok(())
     } else {
-        Ok(Some(error(
+        Err(ApiError::new(
             401,
             "this relay needs its public key: send X-Relay-Key",
-        )?))
+        ))
     }
 }
 
 /// Sends one framed call to `channel`'s object and returns its answer.
-async fn call_channel(
-    env: &Env,
-    channel: &Channel,
-    call: &DoCall,
-    payload: &[u8],
-) -> Result<Response> {
+async fn call_channel(env: &Env, channel: &Channel, call: &DoCall, payload: &[u8]) -> Reply {
     let head = serde_json::to_vec(call)?;
     let body = relay::frame(&head, payload);
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_body(Some(js_sys::Uint8Array::from(body.as_slice()).into()));
-    let inner = Request::new_with_init(INTERNAL_URL, &init)?;
+    let inner = http::internal_request(
+        INTERNAL_URL,
+        Method::Post,
+        Headers::new(),
+        Some(body.as_slice()),
+    )?;
     let stub = env
         .durable_object(RELAY_DO_BINDING)?
         .id_from_name(&channel.key())?
         .get_stub()?;
-    stub.fetch_with_request(inner).await
+    Ok(stub.fetch_with_request(inner).await?)
 }
 
 /// The caller's response from a bridge's answer.
-fn answer_response(answer: Answer) -> Result<Response> {
+fn answer_response(answer: Answer) -> Reply {
     let headers = Headers::new();
     for (name, value) in &answer.head.headers {
         // A header the runtime refuses (bad name or value) is dropped, not fatal.
@@ -256,7 +187,7 @@ fn answer_response(answer: Answer) -> Result<Response> {
     }
 }
 
-fn random_id() -> Result<String> {
+fn random_id() -> std::result::Result<String, ApiError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("no randomness: {e}")))?;
     Ok(hex::encode(bytes))
@@ -333,16 +264,17 @@ impl RelayDO {
         prefix: &str,
         meta: RequestMeta,
         body: Vec<u8>,
-    ) -> Result<Response> {
+    ) -> Reply {
         let full = || {
-            busy(
+            Err(ApiError::busy(
                 503,
                 format!(
                     "{}; retry in {} s",
                     relay::QueueError::Full,
                     relay::RETRY_AFTER_SECS
                 ),
-            )
+                relay::RETRY_AFTER_SECS,
+            ))
         };
         if !self.channel.borrow().has_room() {
             return full();
@@ -391,36 +323,12 @@ impl RelayDO {
         let cancelled = guard.finish();
         match outcome {
             Ok(answer) => answer_response(answer),
-            Err(None) => error(502, "the relay lost track of this request"),
-            Err(Some(())) => {
-                let secs = relay::CALLER_WAIT_MS / 1000;
-                match cancelled {
-                    Cancelled::WasQueued(_) | Cancelled::Nothing => json_with(
-                        504,
-                        &json!({
-                            "ok": false,
-                            "error": format!("no relay bridge took this request within {secs} s; is relay-bridge running for this channel?"),
-                            "id": id,
-                        }),
-                    ),
-                    Cancelled::InFlight => {
-                        let result_path = format!("{prefix}/_result/{id}");
-                        json_with(
-                            504,
-                            &json!({
-                                "ok": false,
-                                "error": format!("the bridge has not answered within {secs} s; its answer will be kept for {} s at {result_path}", relay::RESULT_TTL_SECS),
-                                "id": id,
-                                "resultPath": result_path,
-                            }),
-                        )
-                    }
-                }
-            }
+            Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
+            Err(Some(())) => json(504, &relay::unanswered_body(&id, prefix, &cancelled)),
         }
     }
 
-    async fn handle_poll(&self, channel_key: &str, wait_ms: u64, max: usize) -> Result<Response> {
+    async fn handle_poll(&self, channel_key: &str, wait_ms: u64, max: usize) -> Reply {
         let deadline = now_ms().saturating_add(wait_ms);
         loop {
             let batch = self.channel.borrow_mut().take_batch(max, now_ms());
@@ -429,20 +337,21 @@ impl RelayDO {
             }
             let now = now_ms();
             if now >= deadline {
-                return json_with(200, &PollBatch { requests: vec![] });
+                return json(200, &PollBatch { requests: vec![] });
             }
             let rx = {
                 let mut polls = self.polls.borrow_mut();
                 polls.retain(|tx| !tx.is_canceled());
                 if polls.len() >= relay::MAX_WAITING_POLLS {
                     drop(polls);
-                    return busy(
+                    return Err(ApiError::busy(
                         429,
                         format!(
                             "{} long-polls already wait on this channel",
                             relay::MAX_WAITING_POLLS
                         ),
-                    );
+                        relay::RETRY_AFTER_SECS,
+                    ));
                 }
                 let (tx, rx) = oneshot::channel();
                 polls.push(tx);
@@ -454,7 +363,7 @@ impl RelayDO {
     }
 
     /// Builds the poll answer; a body lost from KV fails its caller instead.
-    async fn deliver(&self, channel_key: &str, batch: Vec<Queued>) -> Result<Response> {
+    async fn deliver(&self, channel_key: &str, batch: Vec<Queued>) -> Reply {
         let mut requests = Vec::with_capacity(batch.len());
         for item in batch {
             let body = match item.body {
@@ -475,61 +384,53 @@ impl RelayDO {
             };
             requests.push(relay::envelope(&item.meta, &item.id, &body));
         }
-        json_with(200, &PollBatch { requests })
+        json(200, &PollBatch { requests })
     }
 
-    async fn handle_respond(&self, channel_key: &str, payload: &[u8]) -> Result<Response> {
-        let body: RespondBody = match serde_json::from_slice(payload) {
-            Ok(b) => b,
-            Err(e) => {
-                return error(
-                    400,
-                    format!("invalid JSON body: {e}; expected {{id,status,headers,bodyBase64}}"),
-                )
-            }
-        };
+    async fn handle_respond(&self, channel_key: &str, payload: &[u8]) -> Reply {
+        let body: RespondBody = serde_json::from_slice(payload).map_err(|e| {
+            ApiError::new(
+                400,
+                format!("invalid JSON body: {e}; expected {{id,status,headers,bodyBase64}}"),
+            )
+        })?;
         let batch = matches!(body, RespondBody::Batch { .. });
         let responses = body.into_responses();
         let mut results = Vec::with_capacity(responses.len());
         for r in responses {
             let id = r.id.clone();
-            results.push((id, self.accept_one(channel_key, r).await?));
+            // A refused response is that item's answer; a failure underneath fails the call.
+            let result = match self.accept_one(channel_key, r).await {
+                Ok(()) => Ok(()),
+                Err(ApiError::Answer {
+                    status, message, ..
+                }) => Err((status, message)),
+                Err(e) => return Err(e),
+            };
+            results.push((id, result));
         }
         if !batch {
             return match results.into_iter().next() {
-                Some((_, Ok(()))) => json_with(200, &OkBody::default()),
-                Some((_, Err((status, message)))) => error(status, message),
-                None => error(400, "no response in the body"),
+                Some((_, Ok(()))) => json(200, &OkBody::default()),
+                Some((_, Err((status, message)))) => Err(ApiError::new(status, message)),
+                None => Err(ApiError::new(400, "no response in the body")),
             };
         }
-        let all_ok = results.iter().all(|(_, r)| r.is_ok());
-        let items: Vec<serde_json::Value> = results
-            .into_iter()
-            .map(|(id, r)| match r {
-                Ok(()) => json!({"id": id, "ok": true}),
-                Err((status, message)) => {
-                    json!({"id": id, "ok": false, "status": status, "error": message})
-                }
-            })
-            .collect();
-        json_with(200, &json!({"ok": all_ok, "results": items}))
+        json(200, &relay::batch_results(results))
     }
 
-    /// Matches one response to its request. `Ok(Err)` is this response's refusal.
+    /// Matches one response to its request; an [`ApiError::Answer`] is its refusal.
     async fn accept_one(
         &self,
         channel_key: &str,
         r: ccr_protocol::relay::RelayResponse,
-    ) -> Result<std::result::Result<(), (u16, String)>> {
-        let answer = match relay::decode_response(&r) {
-            Ok(a) => a,
-            Err(message) => return Ok(Err((400, message))),
-        };
+    ) -> std::result::Result<(), ApiError> {
+        let answer = relay::decode_response(&r).map_err(|message| ApiError::new(400, message))?;
         let accepted = self.channel.borrow_mut().accept_response(&r.id, now_ms());
         match accepted {
             Ok(()) => {}
             Err(RespondError::Duplicate) => {
-                return Ok(Err((409, RespondError::Duplicate.to_string())))
+                return Err(ApiError::new(409, RespondError::Duplicate.to_string()))
             }
             Err(RespondError::Unknown) => {
                 // After the object restarted, only KV remembers an answered id.
@@ -542,12 +443,11 @@ impl RelayDO {
                         .ok()
                         .flatten()
                         .is_some();
-                let e = if stored {
-                    (409, RespondError::Duplicate.to_string())
+                return Err(if stored {
+                    ApiError::new(409, RespondError::Duplicate.to_string())
                 } else {
-                    (404, format!("{}: {}", RespondError::Unknown, r.id))
-                };
-                return Ok(Err(e));
+                    ApiError::new(404, format!("{}: {}", RespondError::Unknown, r.id))
+                });
             }
         }
         let tx = self.callers.borrow_mut().remove(&r.id);
@@ -567,10 +467,10 @@ impl RelayDO {
                 .execute()
                 .await?;
         }
-        Ok(Ok(()))
+        Ok(())
     }
 
-    async fn handle_result(&self, channel_key: &str, id: &str) -> Result<Response> {
+    async fn handle_result(&self, channel_key: &str, id: &str) -> Reply {
         let stored = self
             .kv()?
             .get(&relay::response_key(channel_key, id))
@@ -587,12 +487,12 @@ impl RelayDO {
             });
             return match parsed {
                 Some(answer) => answer_response(answer),
-                None => error(500, "the stored response is unreadable"),
+                None => Err(ApiError::new(500, "the stored response is unreadable")),
             };
         }
         let pending = self.channel.borrow().is_in_flight(id);
         if pending {
-            let resp = json_with(
+            let resp = json(
                 202,
                 &json!({"ok": false, "pending": true, "id": id,
                         "error": "the bridge has not answered this request yet"}),
@@ -601,35 +501,22 @@ impl RelayDO {
                 .set("retry-after", &relay::RETRY_AFTER_SECS.to_string())?;
             return Ok(resp);
         }
-        error(
+        Err(ApiError::new(
             404,
             format!(
                 "no result for {id}: it never reached a bridge, or its {} s are over",
                 relay::RESULT_TTL_SECS
             ),
-        )
-    }
-}
-
-impl DurableObject for RelayDO {
-    fn new(_state: State, env: Env) -> Self {
-        Self {
-            env,
-            channel: RefCell::new(relay::ChannelState::default()),
-            callers: RefCell::new(HashMap::new()),
-            polls: RefCell::new(Vec::new()),
-        }
+        ))
     }
 
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
+    /// One framed call from the Worker.
+    async fn serve(&self, mut req: Request) -> Reply {
         let bytes = req.bytes().await?;
-        let Some((head, payload)) = relay::unframe(&bytes) else {
-            return error(400, "malformed relay call");
-        };
-        let call: DoCall = match serde_json::from_slice(head) {
-            Ok(c) => c,
-            Err(e) => return error(400, format!("malformed relay call: {e}")),
-        };
+        let (head, payload) =
+            relay::unframe(&bytes).ok_or_else(|| ApiError::new(400, "malformed relay call"))?;
+        let call: DoCall = serde_json::from_slice(head)
+            .map_err(|e| ApiError::new(400, format!("malformed relay call: {e}")))?;
         self.channel.borrow_mut().sweep(now_ms());
         match call {
             DoCall::Public {
@@ -657,6 +544,21 @@ impl DurableObject for RelayDO {
             DoCall::Respond { channel } => self.handle_respond(&channel, payload).await,
             DoCall::Result { channel, id } => self.handle_result(&channel, &id).await,
         }
+    }
+}
+
+impl DurableObject for RelayDO {
+    fn new(_state: State, env: Env) -> Self {
+        Self {
+            env,
+            channel: RefCell::new(relay::ChannelState::default()),
+            callers: RefCell::new(HashMap::new()),
+            polls: RefCell::new(Vec::new()),
+        }
+    }
+
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        http::finish(self.serve(req).await)
     }
 
     async fn alarm(&self) -> Result<Response> {

@@ -1,7 +1,7 @@
 //! What the router does with a Telegram update: dedup, allow-lists, finding the session a
 //! reply belongs to, queueing the command, and the chat answers to send.
 //!
-//! Pure over the [`Sql`] trait: the binding applies the result (sends the Bot API calls,
+//! Pure over the [`Sql`] trait: the RouterDO applies the result (sends the Bot API calls,
 //! pushes queued commands to connected sockets).
 
 use ccr_protocol::api::ButtonAction;
@@ -22,6 +22,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// From the `ALLOWED_CHAT_IDS` and `ALLOWED_USER_IDS` settings (comma-separated ids).
+    pub fn from_settings(chats: &str, users: &str) -> Self {
+        Config {
+            allowed_chats: telegram::parse_id_list(chats),
+            allowed_users: telegram::parse_id_list(users),
+        }
+    }
+
     fn allows(&self, chat: i64, user: Option<i64>) -> bool {
         self.allowed_chats.contains(&chat)
             && (self.allowed_users.is_empty()
@@ -36,19 +44,44 @@ pub struct Outcome {
     pub duplicate: bool,
     /// Bot API calls to make, in order.
     pub calls: Vec<BotCall>,
-    /// Commands queued by this update (the binding pushes those of connected machines).
+    /// Commands queued by this update (the RouterDO pushes those of connected machines).
     pub queued: Vec<queue::Queued>,
     /// One line for the log, without secrets or message text.
     pub log: String,
 }
 
-/// A reply-mapping row.
+/// The chat notice for a command its machine reported it could not type.
+pub fn command_failed(
+    q: &queue::Queued,
+    label: &str,
+    machine: &str,
+    reason: Option<&str>,
+) -> BotCall {
+    let text = format!(
+        "⚠️ Could not type into <b>{}</b> on {}: {}",
+        escape_html(label),
+        escape_html(machine),
+        escape_html(reason.unwrap_or("no reason given"))
+    );
+    BotCall::send(q.chat_id, &text, q.source_message_id)
+}
+
+/// The chat notice for a command dropped because its machine stayed offline too long.
+pub fn not_delivered(q: &queue::Queued) -> BotCall {
+    let preview: String = q.command.chars().take(80).collect();
+    let text = format!(
+        "⚠️ Not delivered: <code>{}</code> waited too long for {} to come online and was dropped. Send it again when the machine is back.",
+        escape_html(if preview.is_empty() { "(Enter)" } else { &preview }),
+        escape_html(&q.machine_id)
+    );
+    BotCall::send(q.chat_id, &text, q.source_message_id)
+}
+
+/// A reply-mapping row (the queries already bound its chat).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Mapping {
     /// The session.
     pub session_id: String,
-    /// The chat the notification went to.
-    pub chat_id: i64,
 }
 
 /// Records that `message_id` in `chat_id` is about `session_id`, with its token.
@@ -78,7 +111,7 @@ pub fn record_message(
 fn by_reply(db: &impl Sql, chat_id: i64, message_id: i64) -> Result<Option<Mapping>, StoreError> {
     Ok(db
         .query::<Mapping>(
-            "SELECT session_id, chat_id FROM messages WHERE chat_id = ? AND message_id = ?",
+            "SELECT session_id FROM messages WHERE chat_id = ? AND message_id = ?",
             vec![chat_id.into(), message_id.into()],
         )?
         .into_iter()
@@ -89,7 +122,7 @@ fn by_reply(db: &impl Sql, chat_id: i64, message_id: i64) -> Result<Option<Mappi
 fn by_token(db: &impl Sql, token: &str, chat_id: i64) -> Result<Option<Mapping>, StoreError> {
     Ok(db
         .query::<Mapping>(
-            "SELECT session_id, chat_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
+            "SELECT session_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
             vec![token.into(), chat_id.into()],
         )?
         .into_iter()
@@ -583,6 +616,69 @@ mod tests {
                 "{needle}"
             );
         }
+    }
+
+    #[test]
+    fn settings() {
+        let c = Config::from_settings("42, -100123,x", "");
+        assert_eq!(c.allowed_chats, vec![42, -100123]);
+        assert!(c.allowed_users.is_empty());
+        assert!(c.allows(42, None) && !c.allows(7, None));
+        let c = Config::from_settings("42", "7");
+        assert!(c.allows(42, Some(7)) && !c.allows(42, Some(8)) && !c.allows(42, None));
+    }
+
+    fn queued(command: &str, source: Option<i64>) -> queue::Queued {
+        queue::Queued {
+            command_id: "tg-1".into(),
+            session_id: "s1".into(),
+            machine_id: "dev<box>".into(),
+            chat_id: 42,
+            source_message_id: source,
+            command: command.into(),
+            state: "failed".into(),
+            attempts: 1,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn machine_notices() {
+        let failed = command_failed(
+            &queued("ls", Some(9)),
+            "api & co",
+            "dev<box>",
+            Some("pane <gone>"),
+        );
+        assert_eq!(failed.method, "sendMessage");
+        assert_eq!(failed.params["chat_id"], 42);
+        assert_eq!(
+            failed.params["text"],
+            "⚠️ Could not type into <b>api &amp; co</b> on dev&lt;box&gt;: pane &lt;gone&gt;"
+        );
+        assert_eq!(failed.params["reply_parameters"]["message_id"], 9);
+        let no_reason = command_failed(&queued("ls", None), "api", "m", None);
+        assert!(no_reason.params["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(": no reason given"));
+        assert!(no_reason.params.get("reply_parameters").is_none());
+
+        let long = "é".repeat(100) + "<";
+        let dropped = not_delivered(&queued(&long, Some(3)));
+        assert_eq!(
+            dropped.params["text"],
+            format!(
+                "⚠️ Not delivered: <code>{}</code> waited too long for dev&lt;box&gt; to come online and was dropped. Send it again when the machine is back.",
+                "é".repeat(80)
+            )
+        );
+        assert_eq!(dropped.params["reply_parameters"]["message_id"], 3);
+        let enter = not_delivered(&queued("", None));
+        assert!(enter.params["text"]
+            .as_str()
+            .unwrap()
+            .contains("<code>(Enter)</code>"));
     }
 
     #[test]

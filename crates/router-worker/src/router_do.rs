@@ -1,36 +1,37 @@
 //! The RouterDO: one Durable Object holding an installation's sessions, reply mappings,
 //! command queue and update dedup, and every machine's hibernating socket.
 //!
-//! Thin by design: decisions are in `router`, `queue`, `store` and `telegram`; this file
-//! reads requests and socket events, calls them, and carries out what they return.
+//! Thin by design: decisions are in `router`, `notify`, `queue`, `store` and `telegram`;
+//! this file reads requests and socket events, calls them, and carries out what they return.
 
 use std::cell::Cell;
 
 use ccr_protocol::api::{
-    Buttons, NotificationSent, OkBody, RegisterSession, SendNotification, SessionList,
-    UnregisterSession,
+    OkBody, RegisterSession, SendNotification, SessionList, UnregisterSession,
 };
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
-use ccr_protocol::{validate, COMMAND_TTL_MS, MAX_FRAME_BYTES};
+use ccr_protocol::{validate, MAX_FRAME_BYTES};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::*;
 
 use crate::auth::Principal;
-use crate::binding::{error, json, now_ms, parse_json, setting, DoSql, PRINCIPAL_HEADER};
+use crate::binding::PRINCIPAL_HEADER;
+use crate::error::ApiError;
+use crate::http::{self, json, parse_json, setting, Reply};
+use crate::notify;
 use crate::queue::{self, Queued};
 use crate::route::{route, Route};
 use crate::router::{self, Config};
-use crate::store;
-use crate::telegram::{self, escape_html, ApiOutcome, BotCall, Update};
+use crate::store::{self, Sql, SqlValue, StoreError};
+use crate::telegram::{self, ApiOutcome, BotCall, Retry, Update};
 
 /// Longest total wait for Telegram's 429 `retry_after` within one request.
 const MAX_RETRY_WAIT_SECS: u64 = 10;
 /// The retention sweep runs at least this often (ms).
 const SWEEP_EVERY_MS: i64 = 60 * 60 * 1000;
-/// Largest notification text accepted (bytes); longer texts are split into many messages.
-const MAX_NOTIFICATION_BYTES: usize = 32 * 1024;
 /// Commands pushed per flush (the rest follow as acks arrive and on the next alarm).
 const FLUSH_BATCH: i64 = 100;
 
@@ -43,6 +44,46 @@ struct SocketInfo {
 
 fn machine_tag(machine_id: &str) -> String {
     format!("machine:{machine_id}")
+}
+
+/// The runtime's clock as the store keeps it (ms since the epoch).
+fn now_ms() -> i64 {
+    i64::try_from(http::now_ms()).unwrap_or(i64::MAX)
+}
+
+/// The Durable Object's SQLite behind the [`Sql`] trait.
+struct DoSql(SqlStorage);
+
+fn bind(params: Vec<SqlValue>) -> Vec<SqlStorageValue> {
+    params
+        .into_iter()
+        .map(|p| match p {
+            SqlValue::Null => SqlStorageValue::Null,
+            SqlValue::Int(i) => SqlStorageValue::Integer(i),
+            SqlValue::Text(t) => SqlStorageValue::String(t),
+        })
+        .collect()
+}
+
+impl Sql for DoSql {
+    fn exec(&self, sql: &str, params: Vec<SqlValue>) -> std::result::Result<(), StoreError> {
+        self.0
+            .exec(sql, bind(params))
+            .map(|_| ())
+            .map_err(|e| StoreError(e.to_string()))
+    }
+
+    fn query<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> std::result::Result<Vec<T>, StoreError> {
+        // `to_array` rather than `one()`: `one()` on zero rows hangs the request.
+        self.0
+            .exec(sql, bind(params))
+            .and_then(|cursor| cursor.to_array::<T>())
+            .map_err(|e| StoreError(e.to_string()))
+    }
 }
 
 /// See the module docs.
@@ -78,19 +119,14 @@ impl RouterDO {
     }
 
     fn command_ttl_ms(&self) -> i64 {
-        setting(&self.env, "COMMAND_TTL_SECS")
-            .trim()
-            .parse::<i64>()
-            .ok()
-            .filter(|s| *s > 0)
-            .map_or(COMMAND_TTL_MS, |s| s * 1000)
+        queue::ttl_ms(&setting(&self.env, "COMMAND_TTL_SECS"))
     }
 
     fn config(&self) -> Config {
-        Config {
-            allowed_chats: telegram::parse_id_list(&setting(&self.env, "ALLOWED_CHAT_IDS")),
-            allowed_users: telegram::parse_id_list(&setting(&self.env, "ALLOWED_USER_IDS")),
-        }
+        Config::from_settings(
+            &setting(&self.env, "ALLOWED_CHAT_IDS"),
+            &setting(&self.env, "ALLOWED_USER_IDS"),
+        )
     }
 
     /// The machine's current socket: the most recently connected one.
@@ -163,35 +199,27 @@ impl RouterDO {
 
     /// Calls the Bot API, waiting out 429s up to [`MAX_RETRY_WAIT_SECS`] in total.
     async fn bot(&self, call: &BotCall) -> ApiOutcome {
-        let base = setting(&self.env, "TELEGRAM_API_BASE");
-        let base = if base.is_empty() {
-            "https://api.telegram.org".to_owned()
-        } else {
-            base.trim_end_matches('/').to_owned()
-        };
-        let token = setting(&self.env, "TELEGRAM_BOT_TOKEN");
-        if token.is_empty() {
-            return ApiOutcome::Failed("the Worker has no TELEGRAM_BOT_TOKEN configured".into());
-        }
         // The URL holds the token: it is never logged.
-        let url = format!("{base}/bot{token}/{}", call.method);
+        let url = match telegram::api_url(
+            &setting(&self.env, "TELEGRAM_API_BASE"),
+            &setting(&self.env, "TELEGRAM_BOT_TOKEN"),
+            call.method,
+        ) {
+            Ok(url) => url,
+            Err(outcome) => return outcome,
+        };
         let mut waited = 0;
         loop {
             let outcome = match bot_request(&url, &call.params).await {
                 Ok((status, body)) => telegram::read_answer(status, &body),
                 Err(e) => ApiOutcome::Failed(format!("cannot reach Telegram: {e}")),
             };
-            match outcome {
-                ApiOutcome::RetryAfter(secs) if waited + secs <= MAX_RETRY_WAIT_SECS => {
-                    waited += secs.max(1);
-                    Delay::from(std::time::Duration::from_secs(secs.max(1))).await;
+            match telegram::retry(outcome, waited, MAX_RETRY_WAIT_SECS) {
+                Retry::Wait(secs) => {
+                    waited += secs;
+                    Delay::from(std::time::Duration::from_secs(secs)).await;
                 }
-                ApiOutcome::RetryAfter(secs) => {
-                    return ApiOutcome::Failed(format!(
-                        "Too Many Requests: Telegram asks to retry after {secs} s"
-                    ))
-                }
-                other => return other,
+                Retry::Done(outcome) => return outcome,
             }
         }
     }
@@ -205,7 +233,7 @@ impl RouterDO {
         }
     }
 
-    async fn handle_list(&self, principal: &Principal) -> Result<Response> {
+    async fn handle_list(&self, principal: &Principal) -> Reply {
         let scope = match principal {
             Principal::Admin => None,
             Principal::Machine(m) => Some(m.as_str()),
@@ -216,30 +244,28 @@ impl RouterDO {
         Ok(resp)
     }
 
-    async fn handle_register(&self, req: &mut Request, principal: &Principal) -> Result<Response> {
-        let body: RegisterSession = match parse_json(req).await? {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        if let Err(e) = validate::session_id(&body.session_id)
+    async fn handle_register(&self, req: &mut Request, principal: &Principal) -> Reply {
+        let body: RegisterSession = parse_json(req).await?;
+        validate::session_id(&body.session_id)
             .and_then(|_| validate::machine_id(&body.machine_id))
             .and_then(|_| body.label.as_deref().map_or(Ok(()), validate::label))
-        {
-            return error(400, e);
-        }
+            .map_err(|e| ApiError::new(400, e))?;
         if !principal.may_act_for(&body.machine_id) {
-            return error(
+            return Err(ApiError::new(
                 403,
                 format!(
                     "this key may not register sessions for machine {}",
                     body.machine_id
                 ),
-            );
+            ));
         }
         let db = self.db();
         if let Some(existing) = store::get_session(&db, &body.session_id)? {
             if !principal.may_act_for(&existing.machine_id) {
-                return error(403, "this session belongs to another machine");
+                return Err(ApiError::new(
+                    403,
+                    "this session belongs to another machine",
+                ));
             }
         }
         store::upsert_session(
@@ -252,24 +278,16 @@ impl RouterDO {
         json(200, &OkBody::default())
     }
 
-    async fn handle_unregister(
-        &self,
-        req: &mut Request,
-        principal: &Principal,
-    ) -> Result<Response> {
-        let body: UnregisterSession = match parse_json(req).await? {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        if let Err(e) = validate::session_id(&body.session_id) {
-            return error(400, e);
-        }
+    async fn handle_unregister(&self, req: &mut Request, principal: &Principal) -> Reply {
+        let body: UnregisterSession = parse_json(req).await?;
+        validate::session_id(&body.session_id).map_err(|e| ApiError::new(400, e))?;
         let db = self.db();
         match store::get_session(&db, &body.session_id)? {
-            None => error(404, "no such session"),
-            Some(s) if !principal.may_act_for(&s.machine_id) => {
-                error(403, "this session belongs to another machine")
-            }
+            None => Err(ApiError::new(404, "no such session")),
+            Some(s) if !principal.may_act_for(&s.machine_id) => Err(ApiError::new(
+                403,
+                "this session belongs to another machine",
+            )),
             Some(_) => {
                 store::delete_session(&db, &body.session_id)?;
                 json(200, &OkBody::default())
@@ -277,124 +295,19 @@ impl RouterDO {
         }
     }
 
-    async fn handle_notify(&self, req: &mut Request, principal: &Principal) -> Result<Response> {
-        let body: SendNotification = match parse_json(req).await? {
-            Ok(b) => b,
-            Err(resp) => return Ok(resp),
-        };
-        if let Err(e) = validate::session_id(&body.session_id) {
-            return error(400, e);
-        }
-        if body.text.trim().is_empty() {
-            return error(400, "text is empty");
-        }
-        if body.text.len() > MAX_NOTIFICATION_BYTES {
-            return error(400, format!("text is over {MAX_NOTIFICATION_BYTES} bytes"));
-        }
-        if body.reply_markup.as_ref().is_some_and(|m| !m.is_object()) {
-            return error(400, "replyMarkup must be a Telegram reply markup object");
-        }
-        let cfg = self.config();
-        let chat_id = match body.chat_id {
-            Some(c) if cfg.allowed_chats.contains(&c) => c,
-            Some(c) => return error(403, format!("chat {c} is not in ALLOWED_CHAT_IDS")),
-            None => match cfg.allowed_chats.first() {
-                Some(c) => *c,
-                None => {
-                    return error(
-                        400,
-                        "no chatId given and ALLOWED_CHAT_IDS is empty: set it on the Worker",
-                    )
-                }
-            },
-        };
+    async fn handle_notify(&self, req: &mut Request, principal: &Principal) -> Reply {
+        let body: SendNotification = parse_json(req).await?;
         let db = self.db();
-        let Some(session) = store::get_session(&db, &body.session_id)? else {
-            return error(
-                404,
-                "unknown session: register it first (POST /sessions/register)",
-            );
-        };
-        if !principal.may_act_for(&session.machine_id) {
-            return error(403, "this session belongs to another machine");
+        let mut plan = notify::prepare(&db, &self.config(), principal, &body, new_token)?;
+        for call in &plan.calls {
+            let outcome = self.bot(call).await;
+            plan.delivery.sent(&db, outcome, now_ms())?;
         }
-        let token = new_token()?;
-        let label = session.label.as_deref().unwrap_or(&session.machine_id);
-        let parts = telegram::format_notification(Some(label), &body.text);
-        let markup: Option<Value> = match (&body.reply_markup, &body.buttons) {
-            (Some(raw), _) => Some(raw.clone()),
-            (None, buttons) => {
-                let actions = buttons
-                    .as_ref()
-                    .map_or_else(|| Buttons::Enabled(true).actions(), Buttons::actions);
-                telegram::keyboard(&token, &actions)
-            }
-        };
-        let mut ids = Vec::with_capacity(parts.len());
-        let last = parts.len().saturating_sub(1);
-        for (i, part) in parts.iter().enumerate() {
-            let call = match (&markup, i == last) {
-                (Some(m), true) => {
-                    BotCall::send(chat_id, part, None).with_param("reply_markup", m.clone())
-                }
-                _ => BotCall::send(chat_id, part, None),
-            };
-            match self.bot(&call).await {
-                ApiOutcome::Ok(result) => {
-                    let Some(id) = result.get("message_id").and_then(Value::as_i64) else {
-                        return error(502, "Telegram's answer had no message_id");
-                    };
-                    // Recorded as each part lands, so replies to sent parts route even if a
-                    // later part fails.
-                    router::record_message(
-                        &db,
-                        chat_id,
-                        id,
-                        &session.session_id,
-                        &token,
-                        now_ms(),
-                    )?;
-                    ids.push(id);
-                }
-                ApiOutcome::Failed(why) if ids.is_empty() => {
-                    return error(
-                        502,
-                        format!("Telegram refused the message: {}", why_or(&why)),
-                    );
-                }
-                ApiOutcome::Failed(why) => {
-                    return error(
-                        502,
-                        format!(
-                            "Telegram refused part {} of {}: {why} (parts before it were sent)",
-                            i + 1,
-                            parts.len()
-                        ),
-                    );
-                }
-                ApiOutcome::RetryAfter(secs) => {
-                    return error(502, format!("Telegram asks to retry after {secs} s"));
-                }
-            }
-        }
-        store::touch_session(&db, &session.session_id, now_ms())?;
-        let first = ids.first().copied().unwrap_or_default();
-        json(
-            200,
-            &NotificationSent {
-                ok: true,
-                message_ids: ids,
-                message_id: first,
-                token,
-            },
-        )
+        json(200, &plan.delivery.finish(&db, now_ms())?)
     }
 
-    async fn handle_webhook(&self, req: &mut Request) -> Result<Response> {
-        let update: Update = match parse_json(req).await? {
-            Ok(u) => u,
-            Err(resp) => return Ok(resp),
-        };
+    async fn handle_webhook(&self, req: &mut Request) -> Reply {
+        let update: Update = parse_json(req).await?;
         let outcome = router::handle_update(&self.db(), &self.config(), &update, now_ms(), &|m| {
             self.online(m)
         })?;
@@ -415,15 +328,13 @@ impl RouterDO {
         json(200, &OkBody::default())
     }
 
-    async fn handle_socket(&self, req: &Request, principal: &Principal) -> Result<Response> {
-        let url = req.url()?;
-        let machine_id = url
-            .query_pairs()
-            .find(|(k, _)| k == "machineId")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default();
+    async fn handle_socket(&self, req: &Request, principal: &Principal) -> Reply {
+        let machine_id = http::query_param(req, "machineId")?.unwrap_or_default();
         if validate::machine_id(&machine_id).is_err() || !principal.may_act_for(&machine_id) {
-            return error(403, "this key may not connect as that machine");
+            return Err(ApiError::new(
+                403,
+                "this key may not connect as that machine",
+            ));
         }
         let tag = machine_tag(&machine_id);
         let previous = self.state.get_websockets_with_tag(&tag);
@@ -484,15 +395,8 @@ impl RouterDO {
                     let label = store::get_session(&db, &q.session_id)?
                         .and_then(|s| s.label)
                         .unwrap_or_else(|| machine.clone());
-                    let reason = error.unwrap_or_else(|| "no reason given".into());
-                    let text = format!(
-                        "⚠️ Could not type into <b>{}</b> on {}: {}",
-                        escape_html(&label),
-                        escape_html(&machine),
-                        escape_html(&reason)
-                    );
-                    self.bot_all(&[BotCall::send(q.chat_id, &text, q.source_message_id)])
-                        .await;
+                    let notice = router::command_failed(&q, &label, &machine, error.as_deref());
+                    self.bot_all(&[notice]).await;
                 }
             }
             Ok(SocketMessage::Ping) => {
@@ -507,23 +411,11 @@ impl RouterDO {
     }
 }
 
-fn why_or(why: &str) -> &str {
-    if why.is_empty() {
-        "no description"
-    } else {
-        why
-    }
-}
-
 /// A 12-character token for `/cmd` and callback data (60 bits of randomness).
-fn new_token() -> Result<String> {
-    const ALPHABET: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+fn new_token() -> std::result::Result<String, ApiError> {
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("randomness: {e}")))?;
-    Ok(bytes
-        .iter()
-        .map(|b| char::from(ALPHABET.get(usize::from(b % 32)).copied().unwrap_or(b'a')))
-        .collect())
+    Ok(notify::token_from(&bytes))
 }
 
 /// POSTs JSON to the Bot API; returns status and body text.
@@ -542,6 +434,31 @@ async fn bot_request(url: &str, params: &Value) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
+impl RouterDO {
+    /// One request from the Worker, which has authenticated it.
+    async fn serve(&self, mut req: Request) -> Reply {
+        self.ensure_schema()?;
+        let principal = req
+            .headers()
+            .get(PRINCIPAL_HEADER)?
+            .as_deref()
+            .and_then(Principal::decode)
+            .ok_or_else(|| ApiError::new(401, "request reached the router without credentials"))?;
+        let method = req.method().to_string();
+        match route(&method, &req.path()) {
+            Route::ListSessions => self.handle_list(&principal).await,
+            Route::RegisterSession => self.handle_register(&mut req, &principal).await,
+            Route::UnregisterSession => self.handle_unregister(&mut req, &principal).await,
+            Route::SendNotification => self.handle_notify(&mut req, &principal).await,
+            Route::Webhook(_) if principal == Principal::Admin => {
+                self.handle_webhook(&mut req).await
+            }
+            Route::MachineSocket => self.handle_socket(&req, &principal).await,
+            _ => Err(ApiError::new(404, "no such router operation")),
+        }
+    }
+}
+
 impl DurableObject for RouterDO {
     fn new(state: State, env: Env) -> Self {
         // Keepalive pings are answered without waking the object.
@@ -557,29 +474,8 @@ impl DurableObject for RouterDO {
         }
     }
 
-    async fn fetch(&self, mut req: Request) -> Result<Response> {
-        self.ensure_schema()?;
-        let principal = match req
-            .headers()
-            .get(PRINCIPAL_HEADER)?
-            .as_deref()
-            .and_then(Principal::decode)
-        {
-            Some(p) => p,
-            None => return error(401, "request reached the router without credentials"),
-        };
-        let method = req.method().to_string();
-        match route(&method, &req.path()) {
-            Route::ListSessions => self.handle_list(&principal).await,
-            Route::RegisterSession => self.handle_register(&mut req, &principal).await,
-            Route::UnregisterSession => self.handle_unregister(&mut req, &principal).await,
-            Route::SendNotification => self.handle_notify(&mut req, &principal).await,
-            Route::Webhook(_) if principal == Principal::Admin => {
-                self.handle_webhook(&mut req).await
-            }
-            Route::MachineSocket => self.handle_socket(&req, &principal).await,
-            _ => error(404, "no such router operation"),
-        }
+    async fn fetch(&self, req: Request) -> Result<Response> {
+        http::finish(self.serve(req).await)
     }
 
     async fn alarm(&self) -> Result<Response> {
@@ -588,14 +484,7 @@ impl DurableObject for RouterDO {
         let db = self.db();
         let dead = queue::expire(&db, now, self.command_ttl_ms())?;
         for q in &dead {
-            let preview: String = q.command.chars().take(80).collect();
-            let text = format!(
-                "⚠️ Not delivered: <code>{}</code> waited too long for {} to come online and was dropped. Send it again when the machine is back.",
-                escape_html(if preview.is_empty() { "(Enter)" } else { &preview }),
-                escape_html(&q.machine_id)
-            );
-            self.bot_all(&[BotCall::send(q.chat_id, &text, q.source_message_id)])
-                .await;
+            self.bot_all(&[router::not_delivered(q)]).await;
         }
         // Retry due sends on every connected machine.
         let mut machines: Vec<String> = self

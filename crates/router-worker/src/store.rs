@@ -1,6 +1,6 @@
 //! The RouterDO's storage operations, written against a small [`Sql`] trait.
 //!
-//! On the edge the trait is the Durable Object's SQLite (`binding.rs`); in native tests it
+//! On the edge the trait is the Durable Object's SQLite (`router_do`); in native tests it
 //! is rusqlite on an in-memory database, so every statement here runs against real SQLite
 //! in `cargo test`.
 

@@ -247,6 +247,45 @@ pub enum ApiOutcome {
     Failed(String),
 }
 
+/// The Bot API URL of `method` (it holds the token: never log it); an empty `base` is
+/// Telegram's own. Without a token there is nothing to call.
+pub fn api_url(base: &str, token: &str, method: &str) -> Result<String, ApiOutcome> {
+    if token.is_empty() {
+        return Err(ApiOutcome::Failed(
+            "the Worker has no TELEGRAM_BOT_TOKEN configured".into(),
+        ));
+    }
+    let base = if base.is_empty() {
+        "https://api.telegram.org"
+    } else {
+        base.trim_end_matches('/')
+    };
+    Ok(format!("{base}/bot{token}/{method}"))
+}
+
+/// What to do with a Bot API answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Retry {
+    /// Wait this many seconds, then call again.
+    Wait(u64),
+    /// This is the call's outcome.
+    Done(ApiOutcome),
+}
+
+/// A 429 is waited out while the waits of one call stay within `budget` seconds in total
+/// (`waited` so far); past it, the call fails. Any other answer is final.
+pub fn retry(outcome: ApiOutcome, waited: u64, budget: u64) -> Retry {
+    match outcome {
+        ApiOutcome::RetryAfter(secs) if waited.checked_add(secs).is_some_and(|t| t <= budget) => {
+            Retry::Wait(secs.max(1))
+        }
+        ApiOutcome::RetryAfter(secs) => Retry::Done(ApiOutcome::Failed(format!(
+            "Too Many Requests: Telegram asks to retry after {secs} s"
+        ))),
+        other => Retry::Done(other),
+    }
+}
+
 /// The answer body of a Bot API call.
 #[derive(Debug, Deserialize)]
 struct ApiAnswer {
@@ -480,6 +519,45 @@ mod tests {
             ApiOutcome::Failed("Bad Request: chat not found".into())
         );
         assert!(matches!(read_answer(502, "<html>"), ApiOutcome::Failed(_)));
+    }
+
+    #[test]
+    fn api_urls() {
+        assert_eq!(
+            api_url("", "123:abc", "sendMessage"),
+            Ok("https://api.telegram.org/bot123:abc/sendMessage".into())
+        );
+        assert_eq!(
+            api_url("http://127.0.0.1:9/", "t", "getMe"),
+            Ok("http://127.0.0.1:9/bott/getMe".into())
+        );
+        assert_eq!(
+            api_url("", "", "getMe"),
+            Err(ApiOutcome::Failed(
+                "the Worker has no TELEGRAM_BOT_TOKEN configured".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn retries_stay_within_the_budget() {
+        assert_eq!(retry(ApiOutcome::RetryAfter(3), 0, 10), Retry::Wait(3));
+        assert_eq!(retry(ApiOutcome::RetryAfter(0), 0, 10), Retry::Wait(1));
+        assert_eq!(retry(ApiOutcome::RetryAfter(4), 6, 10), Retry::Wait(4));
+        assert_eq!(
+            retry(ApiOutcome::RetryAfter(5), 6, 10),
+            Retry::Done(ApiOutcome::Failed(
+                "Too Many Requests: Telegram asks to retry after 5 s".into()
+            ))
+        );
+        assert!(matches!(
+            retry(ApiOutcome::RetryAfter(u64::MAX), 1, 10),
+            Retry::Done(ApiOutcome::Failed(_))
+        ));
+        let ok = ApiOutcome::Ok(json!({"message_id": 1}));
+        assert_eq!(retry(ok.clone(), 10, 10), Retry::Done(ok));
+        let failed = ApiOutcome::Failed("Bad Request".into());
+        assert_eq!(retry(failed.clone(), 0, 10), Retry::Done(failed));
     }
 
     #[test]
