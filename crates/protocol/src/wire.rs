@@ -81,6 +81,10 @@ pub mod header {
     pub const HOST: &str = "host";
     /// Standard: the encodings a caller accepts.
     pub const ACCEPT_ENCODING: &str = "accept-encoding";
+    /// Standard: the protocol a request asks to switch to (`websocket`).
+    pub const UPGRADE: &str = "upgrade";
+    /// The [`UPGRADE`] value of a WebSocket handshake.
+    pub const WEBSOCKET: &str = "websocket";
     /// The media type of every JSON body.
     pub const JSON: &str = "application/json";
 }
@@ -116,17 +120,23 @@ pub mod close {
 
 /// The Telegram bot's commands and the updates its webhook asks for.
 pub mod bot {
-    /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker's help
-    /// text and `ccr-agent telegram setup` both come from this list.
+    /// `/start`: how to use the bot, and the chat's id.
+    pub const START: &str = "start";
+    /// `/help`: the same as `/start`.
+    pub const HELP: &str = "help";
+    /// `/sessions`: the sessions, their machines and who is online.
+    pub const SESSIONS: &str = "sessions";
+    /// `/cmd TOKEN text`: text for the session a token names.
+    pub const CMD: &str = "cmd";
+
+    /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker parses
+    /// these names and `ccr-agent telegram setup` registers this list.
     pub const COMMANDS: [(&str, &str); 4] = [
-        ("start", "How to use this bot, and this chat's id"),
-        ("help", "How to reply to Claude from here"),
+        (START, "How to use this bot, and this chat's id"),
+        (HELP, "How to reply to Claude from here"),
+        (SESSIONS, "List sessions, their machines and who is online"),
         (
-            "sessions",
-            "List sessions, their machines and who is online",
-        ),
-        (
-            "cmd",
+            CMD,
             "/cmd TOKEN text: send text to a notification's session",
         ),
     ];
@@ -165,6 +175,7 @@ mod tests {
             header::RETRY_AFTER,
             header::HOST,
             header::ACCEPT_ENCODING,
+            header::UPGRADE,
         ] {
             assert_eq!(name, name.to_ascii_lowercase());
         }

@@ -4,12 +4,10 @@
 //! id); it acts only for its own machine, which the caller names (the `/ws` query's
 //! `machineId`, or the `X-CCR-Machine-Id` header on HTTP routes).
 
+use ccr_protocol::wire::SUBPROTOCOL;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
-
-/// The header a machine-scoped caller names its machine in.
-pub const MACHINE_HEADER: &str = "x-ccr-machine-id";
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +105,7 @@ pub fn presented_key<'a>(
 /// The key in a `Sec-WebSocket-Protocol` list `ccr, <key>`.
 pub fn subprotocol_key(header: Option<&str>) -> Option<&str> {
     let mut parts = header?.split(',').map(str::trim);
-    if parts.next()? != "ccr" {
+    if parts.next()? != SUBPROTOCOL {
         return None;
     }
     parts.next().filter(|k| !k.is_empty())

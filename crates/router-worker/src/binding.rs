@@ -4,6 +4,7 @@
 //! Everything that decides something lives in the pure modules; this file reads requests,
 //! calls them, and writes responses through the shell (`http`).
 
+use ccr_protocol::wire;
 use ccr_protocol::{validate, MAX_API_BODY_BYTES};
 use worker::{console_error, event, Context, Env, Headers, Method, Request, Response, Stub};
 
@@ -16,9 +17,10 @@ use crate::route::{route, Route};
 const ROUTER_BINDING: &str = "ROUTER";
 /// The one RouterDO instance: all sessions of an installation live together.
 const ROUTER_NAME: &str = "router";
-/// Worker → RouterDO: who the Worker authenticated. Set only by the Worker, never trusted
-/// from outside (the DO is reachable only through the Worker).
-pub(crate) const PRINCIPAL_HEADER: &str = "x-ccr-principal";
+/// The base of the Worker → RouterDO requests (the host is never resolved).
+const ROUTER_URL: &str = "https://router.internal";
+/// The headers of a JSON body passed on to the RouterDO.
+const JSON_BODY: &[(&str, &str)] = &[(wire::header::CONTENT_TYPE, wire::header::JSON)];
 
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response> {
@@ -60,9 +62,9 @@ async fn handle(req: Request, env: &Env) -> Reply {
 
 /// Checks the API key of an HTTP request (401, or 503 while the Worker has none).
 fn authenticate_http(req: &Request, env: &Env) -> Result<Principal, ApiError> {
-    let x_api_key = header(req, "x-api-key");
-    let authorization = header(req, "authorization");
-    let machine = header(req, auth::MACHINE_HEADER);
+    let x_api_key = header(req, wire::header::API_KEY);
+    let authorization = header(req, wire::header::AUTHORIZATION);
+    let machine = header(req, wire::header::MACHINE_ID);
     let presented = auth::presented_key(x_api_key.as_deref(), authorization.as_deref());
     let admin_key = setting(env, "CCR_API_KEY");
     Ok(auth::authenticate(
@@ -78,16 +80,18 @@ fn router_headers(principal: &Principal, extra: &[(&str, &str)]) -> worker::Resu
     for (name, value) in extra {
         headers.set(name, value)?;
     }
-    headers.set(PRINCIPAL_HEADER, &principal.encode())?;
+    // Who the Worker authenticated. Set only here, never trusted from outside: the DO is
+    // reachable only through the Worker.
+    headers.set(wire::header::PRINCIPAL, &principal.encode())?;
     Ok(headers)
 }
 
 /// Passes an authenticated API request to the RouterDO with the principal attached.
 async fn forward_to_router(mut req: Request, env: &Env, principal: &Principal) -> Reply {
     let body = read_body(&mut req, MAX_API_BODY_BYTES).await?;
-    let headers = router_headers(principal, &[("content-type", "application/json")])?;
+    let headers = router_headers(principal, JSON_BODY)?;
     let inner = http::internal_request(
-        &format!("https://router.internal{}", req.path()),
+        &format!("{ROUTER_URL}{}", req.path()),
         req.method(),
         headers,
         Some(body.as_slice()).filter(|b| !b.is_empty()),
@@ -108,15 +112,15 @@ async fn handle_webhook(mut req: Request, env: &Env, path_secret: &str) -> Reply
     let configured = setting(env, "TELEGRAM_WEBHOOK_SECRET");
     let header = req
         .headers()
-        .get("x-telegram-bot-api-secret-token")?
+        .get(wire::header::TELEGRAM_SECRET)?
         .unwrap_or_default();
     if !auth::webhook_allowed(&configured, path_secret, &header) {
         return Err(ApiError::new(401, "webhook secret mismatch"));
     }
     let body = read_body(&mut req, MAX_API_BODY_BYTES).await?;
-    let headers = router_headers(&Principal::Admin, &[("content-type", "application/json")])?;
+    let headers = router_headers(&Principal::Admin, JSON_BODY)?;
     let inner = http::internal_request(
-        "https://router.internal/webhook/telegram/verified",
+        &format!("{ROUTER_URL}{}", wire::route::webhook("verified")),
         Method::Post,
         headers,
         Some(body.as_slice()),
@@ -127,26 +131,36 @@ async fn handle_webhook(mut req: Request, env: &Env, path_secret: &str) -> Reply
 /// `/ws?machineId=X`: authenticates (subprotocol `ccr, <key>` or the API-key headers) and
 /// hands the upgrade to the RouterDO, which accepts it for hibernation.
 async fn handle_socket(req: Request, env: &Env) -> Reply {
-    let machine = http::query_param(&req, "machineId")?.unwrap_or_default();
-    validate::machine_id(&machine).map_err(|e| ApiError::new(400, format!("?machineId=: {e}")))?;
-    let protocols = header(&req, "sec-websocket-protocol");
-    let x_api_key = header(&req, "x-api-key");
-    let authorization = header(&req, "authorization");
+    let machine = http::query_param(&req, wire::query::MACHINE_ID)?.unwrap_or_default();
+    validate::machine_id(&machine)
+        .map_err(|e| ApiError::new(400, format!("?{}=: {e}", wire::query::MACHINE_ID)))?;
+    let protocols = header(&req, wire::header::WEBSOCKET_PROTOCOL);
+    let x_api_key = header(&req, wire::header::API_KEY);
+    let authorization = header(&req, wire::header::AUTHORIZATION);
     let presented = auth::subprotocol_key(protocols.as_deref())
         .or_else(|| auth::presented_key(x_api_key.as_deref(), authorization.as_deref()));
     let admin_key = setting(env, "CCR_API_KEY");
     let principal = auth::authenticate(&admin_key, presented, Some(&machine))?;
-    if !header(&req, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+    if !header(&req, wire::header::UPGRADE)
+        .is_some_and(|u| u.eq_ignore_ascii_case(wire::header::WEBSOCKET))
+    {
         return Err(ApiError::new(426, "expected a WebSocket upgrade"));
     }
     let subprotocol: &[(&str, &str)] = if protocols.is_some() {
-        &[("upgrade", "websocket"), ("sec-websocket-protocol", "ccr")]
+        &[
+            (wire::header::UPGRADE, wire::header::WEBSOCKET),
+            (wire::header::WEBSOCKET_PROTOCOL, wire::SUBPROTOCOL),
+        ]
     } else {
-        &[("upgrade", "websocket")]
+        &[(wire::header::UPGRADE, wire::header::WEBSOCKET)]
     };
     let headers = router_headers(&principal, subprotocol)?;
     let inner = http::internal_request(
-        &format!("https://router.internal/ws?machineId={machine}"),
+        &format!(
+            "{ROUTER_URL}{}?{}={machine}",
+            wire::route::MACHINE_SOCKET,
+            wire::query::MACHINE_ID
+        ),
         Method::Get,
         headers,
         None,

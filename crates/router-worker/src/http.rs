@@ -7,6 +7,7 @@
 //! request and resets every object in the isolate.
 
 use ccr_protocol::api::ErrorBody;
+use ccr_protocol::wire;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use worker::{Date, Env, Error, Headers, Method, Request, RequestInit, Response};
@@ -53,7 +54,8 @@ pub(crate) fn finish(reply: Reply) -> worker::Result<Response> {
         }) => {
             let resp = Response::from_json(&ErrorBody::new(message))?.with_status(status);
             if let Some(secs) = retry_after {
-                resp.headers().set("retry-after", &secs.to_string())?;
+                resp.headers()
+                    .set(wire::header::RETRY_AFTER, &secs.to_string())?;
             }
             Ok(resp)
         }
@@ -97,7 +99,7 @@ pub(crate) fn query_param(req: &Request, name: &str) -> worker::Result<Option<St
 /// Reads the body up to `limit` bytes; over it is a 413 (refused early when the declared
 /// length already says so).
 pub(crate) async fn read_body(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let declared = header(req, "content-length").and_then(|v| v.parse::<usize>().ok());
+    let declared = header(req, wire::header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::too_large(limit));
     }

@@ -5,6 +5,8 @@
 //!
 //! The waiting itself (oneshot channels, timers, KV) lives in `relay_binding`.
 
+use ccr_protocol::relay::forward_response_header;
+use ccr_protocol::wire::{header, query as wire_query, route};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use ccr_protocol::{validate, MAX_RELAY_BODY_BYTES, MAX_RELAY_WAIT_SECS};
@@ -45,12 +47,8 @@ pub const CALLER_WAIT_MS: u64 = MAX_RELAY_WAIT_SECS * 1000;
 /// Seconds a refused caller or bridge is told to wait (`Retry-After`).
 pub const RETRY_AFTER_SECS: u32 = 1;
 
-/// The header a bridge sends its token in; `x-token` (the seed's bridge) also works.
-pub const TOKEN_HEADERS: [&str; 2] = ["x-relay-token", "x-token"];
-/// The header a public caller sends `RELAY_PUBLIC_KEY` in, when one is configured.
-pub const PUBLIC_KEY_HEADER: &str = "x-relay-key";
-/// The query parameter a public caller may send `RELAY_PUBLIC_KEY` in instead (a browser link).
-pub const PUBLIC_KEY_PARAM: &str = "_relay_key";
+/// The headers a bridge may send its token in: ours, and the seed's bridge's.
+pub const TOKEN_HEADERS: [&str; 2] = [header::RELAY_TOKEN, header::RELAY_TOKEN_SEED];
 
 /// A relay channel: the default one behind `/proxy`, or a named one behind `/relay/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +72,8 @@ impl Channel {
     /// The public URL prefix: `/proxy` or `/relay/{name}`.
     pub fn prefix(&self) -> String {
         match self {
-            Channel::Default => "/proxy".into(),
-            Channel::Named(name) => format!("/relay/{name}"),
+            Channel::Default => route::PROXY.into(),
+            Channel::Named(name) => route::relay_channel(name),
         }
     }
 
@@ -121,10 +119,12 @@ pub enum RelayRoute {
 
 /// Whether a path belongs to the relay (`/ping`, `/proxy[/...]`, `/relay[/...]`).
 pub fn is_relay_path(path: &str) -> bool {
-    path == "/ping"
-        || path == "/ping/"
-        || under(path, "/proxy").is_some()
-        || under(path, "/relay").is_some()
+    is_ping(path) || under(path, route::PROXY).is_some() || under(path, route::RELAY).is_some()
+}
+
+/// `/ping`, with or without a trailing `/`.
+fn is_ping(path: &str) -> bool {
+    path.strip_suffix('/').unwrap_or(path) == route::RELAY_PING
 }
 
 /// The rest of `path` below `prefix` when `prefix` is a whole leading segment run.
@@ -135,17 +135,17 @@ fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
 
 /// Routes a relay request; `None` when the path is not the relay's.
 pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
-    if path == "/ping" || path == "/ping/" {
+    if is_ping(path) {
         return Some(if method == "GET" || method == "HEAD" {
             RelayRoute::Ping
         } else {
             RelayRoute::MethodNotAllowed("GET")
         });
     }
-    let (channel, rest) = if let Some(rest) = under(path, "/proxy") {
+    let (channel, rest) = if let Some(rest) = under(path, route::PROXY) {
         (Channel::Default, rest)
     } else {
-        let rest = under(path, "/relay")?;
+        let rest = under(path, route::RELAY)?;
         let rest = rest.strip_prefix('/').unwrap_or(rest);
         let (name, rest) = match rest.find('/') {
             Some(i) => rest.split_at(i),
@@ -166,10 +166,14 @@ pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
             RelayRoute::MethodNotAllowed(allowed)
         }
     };
-    Some(match rest {
-        "/_poll" => want("GET", RelayRoute::Poll(channel)),
-        "/_respond" => want("POST", RelayRoute::Respond(channel)),
-        _ => match rest.strip_prefix("/_result/") {
+    let op = rest.strip_prefix('/').unwrap_or(rest);
+    Some(match op {
+        route::POLL => want("GET", RelayRoute::Poll(channel)),
+        route::RESPOND => want("POST", RelayRoute::Respond(channel)),
+        _ => match op
+            .strip_prefix(route::RESULT)
+            .and_then(|r| r.strip_prefix('/'))
+        {
             Some(id) if !id.is_empty() && !id.contains('/') => want(
                 "GET",
                 RelayRoute::Result {
@@ -228,24 +232,6 @@ pub fn check_public_key(public_key: &str, presented: Option<&str>) -> bool {
     public_key.is_empty() || presented.is_some_and(|p| ct_eq(p.trim(), public_key))
 }
 
-/// Whether a caller's header is forwarded to the bridge: not hop-by-hop, not one that names
-/// this hop (`host`, `content-length`, Cloudflare's `cf-*`), not the relay's own credentials.
-pub fn forward_request_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    !(ccr_protocol::relay::is_hop_by_hop(&name)
-        || name == "host"
-        || name == "content-length"
-        || name == "cdn-loop"
-        || name.starts_with("cf-")
-        || name == PUBLIC_KEY_HEADER
-        || TOKEN_HEADERS.contains(&name.as_str()))
-}
-
-/// Whether a bridge's response header is given to the caller (the runtime sets the length).
-pub fn forward_response_header(name: &str) -> bool {
-    !(ccr_protocol::relay::is_hop_by_hop(name) || name.eq_ignore_ascii_case("content-length"))
-}
-
 /// Removes `name=...` pairs from a query string; returns the rest and the first value.
 pub fn take_query_param(query: &str, name: &str) -> (String, Option<String>) {
     let mut value = None;
@@ -278,7 +264,7 @@ pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 /// `_poll?wait=<s>` in ms: absent → 0 (the seed's bridge expects an answer at once), capped
 /// at 25 s; fractions allowed. Anything but a non-negative number is refused.
 pub fn poll_wait_ms(query: &str) -> Result<u64, String> {
-    let Some(raw) = query_param(query, "wait") else {
+    let Some(raw) = query_param(query, wire_query::WAIT) else {
         return Ok(0);
     };
     match raw.parse::<f64>() {
@@ -292,7 +278,7 @@ pub fn poll_wait_ms(query: &str) -> Result<u64, String> {
 
 /// `_poll?max=<n>`: how many requests the bridge can take now, 1..=[`MAX_POLL_BATCH`].
 pub fn poll_max(query: &str) -> usize {
-    query_param(query, "max")
+    query_param(query, wire_query::MAX)
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(MAX_POLL_BATCH, |n| n.clamp(1, MAX_POLL_BATCH))
 }
@@ -408,9 +394,9 @@ pub fn decode_response(r: &ccr_protocol::relay::RelayResponse) -> Result<Answer,
         .collect();
     let has_content_type = headers
         .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        .any(|(k, _)| k.eq_ignore_ascii_case(header::CONTENT_TYPE));
     if let (Some(ct), false) = (&r.content_type, has_content_type) {
-        headers.push(("content-type".into(), ct.clone()));
+        headers.push((header::CONTENT_TYPE.into(), ct.clone()));
     }
     let body = if null_body_status(r.status) {
         Vec::new()
@@ -432,7 +418,7 @@ pub fn bad_gateway(message: &str) -> Answer {
     Answer {
         head: ResponseHead {
             status: 502,
-            headers: vec![("content-type".into(), "application/json".into())],
+            headers: vec![(header::CONTENT_TYPE.into(), header::JSON.into())],
         },
         body,
     }
@@ -842,10 +828,10 @@ mod tests {
             "X-Relay-Key",
             "x-token",
         ] {
-            assert!(!forward_request_header(h), "{h}");
+            assert!(!ccr_protocol::relay::forward_request_header(h), "{h}");
         }
         for h in ["content-type", "authorization", "x-custom", "cookie"] {
-            assert!(forward_request_header(h), "{h}");
+            assert!(ccr_protocol::relay::forward_request_header(h), "{h}");
         }
         assert!(!forward_response_header("transfer-encoding"));
         assert!(forward_response_header("set-cookie"));
@@ -854,7 +840,7 @@ mod tests {
     #[test]
     fn query_handling() {
         assert_eq!(
-            take_query_param("a=1&_relay_key=k&b=2", PUBLIC_KEY_PARAM),
+            take_query_param("a=1&_relay_key=k&b=2", wire_query::RELAY_KEY),
             ("a=1&b=2".into(), Some("k".into()))
         );
         assert_eq!(take_query_param("", "x"), (String::new(), None));

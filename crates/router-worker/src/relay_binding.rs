@@ -10,6 +10,7 @@
 //! lives across an `.await`, and nothing here panics: a panic in a Durable Object hangs the
 //! request and resets every object in the isolate.
 
+use ccr_protocol::wire;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -78,7 +79,7 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
             call_channel(env, &channel, &call, &body).await
         }
         RelayRoute::Result { channel, id } => {
-            let (_, key_param) = relay::take_query_param(&query, relay::PUBLIC_KEY_PARAM);
+            let (_, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
             check_public(&req, env, &relay_token, key_param)?;
             if !relay::valid_id(&id) {
                 return Err(ApiError::new(404, "no such relay request id"));
@@ -90,13 +91,13 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
             call_channel(env, &channel, &call, &[]).await
         }
         RelayRoute::Public { channel, path } => {
-            let (query, key_param) = relay::take_query_param(&query, relay::PUBLIC_KEY_PARAM);
+            let (query, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
             check_public(&req, env, &relay_token, key_param)?;
             let body = read_body(&mut req, MAX_RELAY_BODY_BYTES).await?;
             let headers = req
                 .headers()
                 .entries()
-                .filter(|(k, _)| relay::forward_request_header(k))
+                .filter(|(k, _)| ccr_protocol::relay::forward_request_header(k))
                 .collect();
             let call = DoCall::Public {
                 channel: channel.key(),
@@ -138,7 +139,7 @@ fn check_public(
         ));
     }
     let public_key = setting(env, "RELAY_PUBLIC_KEY");
-    let presented = header(req, relay::PUBLIC_KEY_HEADER).or(key_param);
+    let presented = header(req, wire::header::RELAY_KEY).or(key_param);
     if relay::check_public_key(&public_key, presented.as_deref()) {
         Ok(())
     } else {
@@ -497,8 +498,10 @@ impl RelayDO {
                 &json!({"ok": false, "pending": true, "id": id,
                         "error": "the bridge has not answered this request yet"}),
             )?;
-            resp.headers()
-                .set("retry-after", &relay::RETRY_AFTER_SECS.to_string())?;
+            resp.headers().set(
+                wire::header::RETRY_AFTER,
+                &relay::RETRY_AFTER_SECS.to_string(),
+            )?;
             return Ok(resp);
         }
         Err(ApiError::new(

@@ -1,5 +1,7 @@
 //! Which handler a request goes to, decided from its method and whole path segments.
 
+use ccr_protocol::wire::route;
+
 /// A request's destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -23,18 +25,26 @@ pub enum Route {
     NotFound,
 }
 
-/// Routes `method` + `path` (path without query).
+/// Routes `method` + `path` (path without query). Empty segments (a trailing or doubled `/`)
+/// are ignored, so only whole segments match.
 pub fn route(method: &str, path: &str) -> Route {
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (route, allowed) = match segments.as_slice() {
-        ["health"] => (Route::Health, "GET"),
-        ["sessions"] => (Route::ListSessions, "GET"),
-        ["sessions", "register"] => (Route::RegisterSession, "POST"),
-        ["sessions", "unregister"] => (Route::UnregisterSession, "POST"),
-        ["notifications", "send"] => (Route::SendNotification, "POST"),
-        ["webhook", "telegram", secret] => (Route::Webhook((*secret).to_owned()), "POST"),
-        ["ws"] => (Route::MachineSocket, "GET"),
-        _ => return Route::NotFound,
+    let path = format!("/{}", segments.join("/"));
+    let webhook_secret = path
+        .strip_prefix(route::WEBHOOK_TELEGRAM)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|secret| !secret.contains('/'));
+    let (route, allowed) = match path.as_str() {
+        route::HEALTH => (Route::Health, "GET"),
+        route::SESSIONS => (Route::ListSessions, "GET"),
+        route::SESSIONS_REGISTER => (Route::RegisterSession, "POST"),
+        route::SESSIONS_UNREGISTER => (Route::UnregisterSession, "POST"),
+        route::NOTIFICATIONS_SEND => (Route::SendNotification, "POST"),
+        route::MACHINE_SOCKET => (Route::MachineSocket, "GET"),
+        _ => match webhook_secret {
+            Some(secret) => (Route::Webhook(secret.to_owned()), "POST"),
+            None => return Route::NotFound,
+        },
     };
     let head_ok = allowed == "GET" && method == "HEAD";
     if method == allowed || head_ok {

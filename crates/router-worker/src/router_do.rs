@@ -4,6 +4,7 @@
 //! Thin by design: decisions are in `router`, `notify`, `queue`, `store` and `telegram`;
 //! this file reads requests and socket events, calls them, and carries out what they return.
 
+use ccr_protocol::wire;
 use std::cell::Cell;
 
 use ccr_protocol::api::{
@@ -18,7 +19,6 @@ use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::*;
 
 use crate::auth::Principal;
-use crate::binding::PRINCIPAL_HEADER;
 use crate::error::ApiError;
 use crate::http::{self, json, parse_json, setting, Reply};
 use crate::notify;
@@ -240,7 +240,8 @@ impl RouterDO {
         };
         let sessions = store::list_sessions(&self.db(), scope, |m| self.online(m))?;
         let mut resp = json(200, &SessionList { ok: true, sessions })?;
-        resp.headers_mut().set("x-ccr-instance", &self.instance)?;
+        resp.headers_mut()
+            .set(wire::header::INSTANCE, &self.instance)?;
         Ok(resp)
     }
 
@@ -329,7 +330,7 @@ impl RouterDO {
     }
 
     async fn handle_socket(&self, req: &Request, principal: &Principal) -> Reply {
-        let machine_id = http::query_param(req, "machineId")?.unwrap_or_default();
+        let machine_id = http::query_param(req, wire::query::MACHINE_ID)?.unwrap_or_default();
         if validate::machine_id(&machine_id).is_err() || !principal.may_act_for(&machine_id) {
             return Err(ApiError::new(
                 403,
@@ -346,7 +347,7 @@ impl RouterDO {
         })?;
         for old in previous {
             let _ = old.close(
-                Some(4000),
+                Some(wire::close::REPLACED),
                 Some("replaced by a newer connection for this machine"),
             );
         }
@@ -354,8 +355,13 @@ impl RouterDO {
         console_log!("machine {machine_id} connected; {flushed} queued command(s) sent");
         self.arm_alarm().await?;
         let mut resp = Response::from_websocket(pair.client)?;
-        if req.headers().get("sec-websocket-protocol")?.is_some() {
-            resp.headers_mut().set("sec-websocket-protocol", "ccr")?;
+        if req
+            .headers()
+            .get(wire::header::WEBSOCKET_PROTOCOL)?
+            .is_some()
+        {
+            resp.headers_mut()
+                .set(wire::header::WEBSOCKET_PROTOCOL, wire::SUBPROTOCOL)?;
         }
         Ok(resp)
     }
@@ -421,7 +427,7 @@ fn new_token() -> std::result::Result<String, ApiError> {
 /// POSTs JSON to the Bot API; returns status and body text.
 async fn bot_request(url: &str, params: &Value) -> Result<(u16, String)> {
     let headers = Headers::new();
-    headers.set("content-type", "application/json")?;
+    headers.set(wire::header::CONTENT_TYPE, wire::header::JSON)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
@@ -440,7 +446,7 @@ impl RouterDO {
         self.ensure_schema()?;
         let principal = req
             .headers()
-            .get(PRINCIPAL_HEADER)?
+            .get(wire::header::PRINCIPAL)?
             .as_deref()
             .and_then(Principal::decode)
             .ok_or_else(|| ApiError::new(401, "request reached the router without credentials"))?;
@@ -512,7 +518,7 @@ impl DurableObject for RouterDO {
         self.ensure_schema()?;
         match message {
             WebSocketIncomingMessage::String(text) if text.len() > MAX_FRAME_BYTES => {
-                let _ = ws.close(Some(1009), Some("frame over 64 KiB"));
+                let _ = ws.close(Some(wire::close::TOO_BIG), Some("frame over 64 KiB"));
             }
             WebSocketIncomingMessage::String(text) => self.on_frame(&ws, &text).await?,
             WebSocketIncomingMessage::Binary(bytes) => {

@@ -4,6 +4,7 @@
 //! Updates are an envelope (`update_id`) plus the kinds we use; any other kind still parses
 //! (its fields are ignored), so a new Telegram update type never breaks the webhook.
 
+use ccr_protocol::wire::bot;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -107,9 +108,9 @@ fn bot_command(text: &str) -> Option<(&str, &str)> {
 /// Reads what a text message asks for.
 pub fn parse_text(text: &str) -> TextIntent {
     match bot_command(text) {
-        Some(("start" | "help", _)) => TextIntent::Help,
-        Some(("sessions", _)) => TextIntent::Sessions,
-        Some(("cmd", args)) => {
+        Some((c, _)) if c == bot::START || c == bot::HELP => TextIntent::Help,
+        Some((c, _)) if c == bot::SESSIONS => TextIntent::Sessions,
+        Some((c, args)) if c == bot::CMD => {
             let args = args.trim_start();
             let (token, text) = match args.find(char::is_whitespace) {
                 Some(i) => {
@@ -256,7 +257,7 @@ pub fn api_url(base: &str, token: &str, method: &str) -> Result<String, ApiOutco
         ));
     }
     let base = if base.is_empty() {
-        "https://api.telegram.org"
+        bot::DEFAULT_API_BASE
     } else {
         base.trim_end_matches('/')
     };
