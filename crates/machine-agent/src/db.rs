@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::Connection;
 
-/// Versioned migrations; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+/// Versioned migrations; `user_version` records how many ran. New ones go at the end;
+/// existing entries never change.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE IF NOT EXISTS inbox (
     command_id  TEXT PRIMARY KEY,
     session_id  TEXT NOT NULL,
@@ -38,7 +40,15 @@ CREATE TABLE IF NOT EXISTS status (
     value      TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
-"#];
+"#,
+    // Each command's expiry (ms, the Worker's `expiresAt`): a finished row is kept until then
+    // plus a margin (see `daemon::inbox`). Rows of an older agent get the protocol's TTL
+    // (`COMMAND_TTL_MS`, 24 h) from their arrival, what the Worker then used.
+    r#"
+ALTER TABLE inbox ADD COLUMN expires_at INTEGER;
+UPDATE inbox SET expires_at = received_at + 86400000 WHERE expires_at IS NULL;
+"#,
+];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them
 /// inline under the mutex.
