@@ -16,6 +16,7 @@ use std::time::Duration;
 use ccr_e2e::agent::Agent;
 use ccr_e2e::telegram::{BotApi, Update};
 use ccr_e2e::tmux::Tmux;
+use ccr_e2e::wait_for;
 use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -228,7 +229,20 @@ async fn a_command_that_reaches_the_agent_after_its_expiry_is_refused_and_report
     told(&bot, "Not delivered").await;
     // Now the held frames arrive, every one after the command's expiry.
     gate.down(true);
-    let refused = told(&bot, "after it expired").await;
+    let answer = wait_for("the agent's answer to the late command", T, || async {
+        let typed = tmux.lines();
+        if !typed.is_empty() {
+            return Some(Err(typed));
+        }
+        bot.calls_of("sendMessage")
+            .into_iter()
+            .filter_map(|c| c.params["text"].as_str().map(str::to_owned))
+            .find(|t| t.contains("after it expired"))
+            .map(Ok)
+    })
+    .await
+    .unwrap();
+    let refused = answer.unwrap_or_else(|typed| panic!("the expired command was typed: {typed:?}"));
     assert!(refused.contains("Could not type"), "{refused}");
     assert!(refused.contains("not typed"), "{refused}");
     agent
