@@ -78,8 +78,13 @@ impl Db {
         ensure_private_dir(data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
         let path = Self::path(data_dir);
-        open_private_file(&path, false)
-            .with_context(|| format!("creating the database {}", path.display()))?;
+        // An existing file we may not write (someone else's) is left to SQLite, which then
+        // opens it read-only or says why not.
+        if let Err(e) = open_private_file(&path, false) {
+            if !path.exists() {
+                return Err(e).with_context(|| format!("creating the database {}", path.display()));
+            }
+        }
         for suffix in ["-wal", "-shm", "-journal"] {
             let mut side = path.clone().into_os_string();
             side.push(suffix);
