@@ -305,6 +305,7 @@ async fn install_service_writes_a_unit_or_a_plist_idempotently_without_the_key()
          <key>RunAtLoad</key>\n  <true/>\n  \
          <key>KeepAlive</key>\n  <true/>\n  \
          <key>ThrottleInterval</key>\n  <integer>5</integer>\n  \
+         <key>Umask</key>\n  <integer>63</integer>\n  \
          <key>StandardOutPath</key>\n  <string>{log}</string>\n  \
          <key>StandardErrorPath</key>\n  <string>{log}</string>\n\
          </dict>\n\

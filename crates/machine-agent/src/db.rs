@@ -1,6 +1,15 @@
 //! The agent's one SQLite file: the inbox, the sessions the hooks recorded, and the daemon's
 //! status. The daemon and the hook processes open it at the same time, so it runs in WAL mode
 //! with a busy timeout; `synchronous=FULL` because an ack promises the row is on disk.
+//!
+//! The data directory is private whoever creates it first — the daemon, a hook, `status`,
+//! `doctor`, `install-service`: [`ensure_private_dir`] makes it 0700 and
+//! [`open_private_file`] makes its files 0600, whatever the process umask. Modes are set
+//! explicitly after creation rather than by changing the umask, which is process-wide (the
+//! daemon's other threads create files too) and needs `unsafe` or another dependency. The
+//! database file is created 0600 before SQLite opens it, and SQLite gives its `-wal`, `-shm`
+//! and `-journal` files the database file's mode, so they are 0600 from their first byte;
+//! files an older version left readable by others are tightened on open.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,8 +18,10 @@ use std::time::Duration;
 use anyhow::Context;
 use rusqlite::Connection;
 
-/// Versioned migrations; `user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+/// Versioned migrations; `user_version` records how many ran. New ones go at the end;
+/// existing entries never change.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE IF NOT EXISTS inbox (
     command_id  TEXT PRIMARY KEY,
     session_id  TEXT NOT NULL,
@@ -38,7 +49,15 @@ CREATE TABLE IF NOT EXISTS status (
     value      TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
-"#];
+"#,
+    // Each command's expiry (ms, the Worker's `expiresAt`): a finished row is kept until then
+    // plus a margin (see `daemon::inbox`). Rows of an older agent get the protocol's TTL
+    // (`COMMAND_TTL_MS`, 24 h) from their arrival, what the Worker then used.
+    r#"
+ALTER TABLE inbox ADD COLUMN expires_at INTEGER;
+UPDATE inbox SET expires_at = received_at + 86400000 WHERE expires_at IS NULL;
+"#,
+];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them
 /// inline under the mutex.
@@ -56,9 +75,21 @@ impl Db {
     /// Opens (creating the directory with mode 0700 and the schema) the database in
     /// `data_dir`.
     pub fn open(data_dir: &Path) -> anyhow::Result<Db> {
-        create_private_dir(data_dir)
+        ensure_private_dir(data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
         let path = Self::path(data_dir);
+        // An existing file we may not write (someone else's) is left to SQLite, which then
+        // opens it read-only or says why not.
+        if let Err(e) = open_private_file(&path, false) {
+            if !path.exists() {
+                return Err(e).with_context(|| format!("creating the database {}", path.display()));
+            }
+        }
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut side = path.clone().into_os_string();
+            side.push(suffix);
+            tighten(Path::new(&side), 0o600);
+        }
         let conn = Connection::open(&path)
             .with_context(|| format!("opening the database {}", path.display()))?;
         Self::setup(conn, true).with_context(|| format!("setting up {}", path.display()))
@@ -107,13 +138,100 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+/// Creates `dir` (and missing parents) with mode 0700 whatever the umask; an existing one that
+/// others may enter is tightened to 0700 (left as it is when that is not ours to change).
+pub(crate) fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
+    if !dir.is_dir() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    tighten(dir, 0o700);
+    Ok(())
+}
+
+/// Opens `path` for writing (appending when `append`), creating it with mode 0600 whatever the
+/// umask; an existing file with another mode is set to 0600 (when it is ours to change).
+pub(crate) fn open_private_file(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .append(append)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    // The mode at creation is filtered by the umask, and an existing file keeps its own.
+    if file.metadata()?.permissions().mode() & 0o777 != 0o600 {
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(file)
+}
+
+/// Sets `path`'s mode to `mode` when it exists with another one; failures (not our file) are
+/// left to `doctor` to report.
+fn tighten(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o777 != mode {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn set_mode(p: &Path, m: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    #[test]
+    fn modes_are_exact_whatever_was_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700);
+        set_mode(&dir, 0o755);
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+
+        let log = dir.join("hooks.log");
+        std::fs::write(&log, "old line\n").unwrap();
+        set_mode(&log, 0o644);
+        use std::io::Write;
+        open_private_file(&log, true)
+            .unwrap()
+            .write_all(b"new line\n")
+            .unwrap();
+        assert_eq!(mode(&log), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "old line\nnew line\n"
+        );
+    }
+
+    #[test]
+    fn the_database_and_its_sidecars_are_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        ensure_private_dir(&data).unwrap();
+        let db = Db::path(&data);
+        std::fs::write(&db, "").unwrap();
+        set_mode(&db, 0o644);
+        set_mode(&data, 0o755);
+        let _open = Db::open(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        for f in ["agent.sqlite", "agent.sqlite-wal", "agent.sqlite-shm"] {
+            assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+        }
+    }
 }

@@ -531,6 +531,7 @@ async fn a_command_typed_before_a_crash_gets_only_its_enter() {
                         command: format!("text of {id}"),
                         chat_id: "42".into(),
                     },
+                    None,
                     now_ms(),
                 )
                 .unwrap();
@@ -559,5 +560,70 @@ async fn a_command_typed_before_a_crash_gets_only_its_enter() {
     // Nothing typed again; one Enter for the typed one.
     assert!(typed(&rec).is_empty(), "{calls}");
     assert_eq!(calls.matches("send-keys -t %1 Enter").count(), 1, "{calls}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn a_command_that_arrives_expired_is_acked_reported_and_never_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, rec) = fake_tmux(dir.path());
+    record_session(dir.path());
+    let mut worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
+    let mut ws = worker.accept().await;
+    let frame = |id: &str, expires_at: i64| {
+        Message::text(
+            SocketMessage::Command {
+                command_id: id.into(),
+                session_id: "s1".into(),
+                command: format!("text of {id}"),
+                chat_id: "42".into(),
+                expires_at: Some(expires_at),
+            }
+            .encode(),
+        )
+    };
+
+    // Expired a minute ago: acked (so the Worker stops sending it), a failed result, no keys.
+    ws.send(frame("late", now_ms() - 60_000)).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::Ack {
+            command_id: "late".into()
+        }
+    );
+    match next_msg(&mut ws).await {
+        SocketMessage::CommandResult {
+            command_id,
+            success: false,
+            error: Some(e),
+        } => {
+            assert_eq!(command_id, "late");
+            assert!(e.contains("after it expired"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Sent again: a duplicate, acked and its result repeated, still never typed.
+    ws.send(frame("late", now_ms() - 60_000)).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, SocketMessage::Ack { .. }));
+    assert!(matches!(
+        next_msg(&mut ws).await,
+        SocketMessage::CommandResult { success: false, .. }
+    ));
+    // One still within its time runs as usual.
+    ws.send(frame("fresh", now_ms() + 60_000)).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, SocketMessage::Ack { .. }));
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::CommandResult {
+            command_id: "fresh".into(),
+            success: true,
+            error: None
+        }
+    );
+    let typed = typed(&rec);
+    assert_eq!(typed.len(), 1, "{typed:?}");
+    assert!(typed[0].contains("text of fresh"), "{typed:?}");
+    drop(ws);
     agent.stop().await;
 }

@@ -316,7 +316,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
             session_id,
             command,
             chat_id,
-            ..
+            expires_at,
         } => {
             let cmd = Command {
                 command_id,
@@ -324,7 +324,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 command,
                 chat_id,
             };
-            let receipt = match shared.inbox.store(&cmd, now_ms()) {
+            let receipt = match shared.inbox.store(&cmd, expires_at, now_ms()) {
                 Ok(r) => r,
                 Err(e) => {
                     // Not acked: the Worker delivers it again, by when the disk may be back.
@@ -343,6 +343,14 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                         warn!("recording the ack: {e}");
                     }
                     shared.commands_ready.notify_one();
+                }
+                Receipt::Expired => {
+                    warn!(
+                        command_id = %cmd.command_id,
+                        session_id = %cmd.session_id,
+                        "command arrived after it expired: acked, not typed, reported as failed"
+                    );
+                    shared.results_ready.notify_one();
                 }
                 Receipt::Duplicate(state) => {
                     info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");

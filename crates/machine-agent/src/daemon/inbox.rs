@@ -7,14 +7,35 @@
 //! id is typed twice, even across restarts. `typed` means the text is in the pane and only
 //! Enter is missing: a crash there is finished at start-up by pressing Enter. A command found
 //! `executing` at start-up may have been typed in part: it is finished as failed rather than
-//! typed again. Done rows keep their result until it has been sent, and are pruned after a day.
+//! typed again.
+//!
+//! Exactly once has no expiry date. Every command carries the moment the Worker stops
+//! sending it (`expires_at`, or received + [`COMMAND_TTL_MS`] from a Worker too old to say):
+//! - one that arrives at or after its expiry is refused — stored straight as `done` with a
+//!   failed result (the Worker has already reported it dead, or will), acked, never typed;
+//! - a finished row is kept until its expiry + [`RETENTION_MARGIN_MS`], and never before its
+//!   result was sent. Until the expiry a redelivery finds the row (a duplicate); after it a
+//!   redelivery is refused anyway, so a pruned id is never typed again either.
 
 use rusqlite::{params, OptionalExtension};
 
+use ccr_protocol::COMMAND_TTL_MS;
+
 use crate::db::Db;
 
-/// A done row is deleted this long after it finished (ms).
-pub(crate) const DONE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+/// A finished row is deleted this long after its command's expiry (ms), once its result was
+/// sent. The expiry is on the Worker's clock and the Worker stops resending only when its
+/// alarm runs; the hour covers a late alarm, a frame still in flight and a clock that differs
+/// from the Worker's or is stepped back (`doctor` flags more than five minutes). Past it a
+/// redelivery would be refused as expired anyway: the margin keeps the id's real result
+/// instead of a refusal, and guards against the agent's clock going back.
+pub(crate) const RETENTION_MARGIN_MS: i64 = 60 * 60 * 1000;
+
+/// When a command stops being delivered: what the Worker said, or, from a Worker too old to
+/// send `expires_at`, its arrival plus the protocol's time-to-live (the Worker's default).
+pub(crate) fn expiry(expires_at: Option<i64>, received_at: i64) -> i64 {
+    expires_at.unwrap_or_else(|| received_at.saturating_add(COMMAND_TTL_MS))
+}
 
 /// Where a command is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +96,9 @@ pub enum Receipt {
     New,
     /// Seen before, in this state: ack again, do not execute.
     Duplicate(State),
+    /// First time, but it arrived at or after its expiry: stored as done with a failed result
+    /// (ack it, send the result), never executed.
+    Expired,
 }
 
 /// The outcome of executing a command.
@@ -145,22 +169,41 @@ impl Inbox {
     }
 
     /// Stores a command unless its id is known; either way the caller acks it next.
-    pub fn store(&self, cmd: &Command, now: i64) -> rusqlite::Result<Receipt> {
+    /// `expires_at` is the Worker's (ms since the epoch; `None` from an older Worker). A new
+    /// command received at or after its expiry is stored already finished, as refused.
+    pub fn store(
+        &self,
+        cmd: &Command,
+        expires_at: Option<i64>,
+        now: i64,
+    ) -> rusqlite::Result<Receipt> {
+        let expires = expiry(expires_at, now);
+        // The Worker counts a command dead from its expiry on (inclusive), so does the agent.
+        let refused = (now >= expires).then(|| refusal(now - expires));
         self.db.with(|c| {
             let inserted = c.execute(
-                "INSERT INTO inbox (command_id, session_id, command, chat_id, state, \
-                 received_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'stored', ?5, ?5) \
+                "INSERT INTO inbox (command_id, session_id, command, chat_id, state, success, \
+                 error, result_sent, received_at, updated_at, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9) \
                  ON CONFLICT (command_id) DO NOTHING",
                 params![
                     cmd.command_id,
                     cmd.session_id,
                     cmd.command,
                     cmd.chat_id,
-                    now
+                    if refused.is_some() { "done" } else { "stored" },
+                    refused.as_ref().map(|_| false),
+                    refused,
+                    now,
+                    expires,
                 ],
             )?;
             if inserted == 1 {
-                return Ok(Receipt::New);
+                return Ok(if refused.is_some() {
+                    Receipt::Expired
+                } else {
+                    Receipt::New
+                });
             }
             let state: String = c.query_row(
                 "SELECT state FROM inbox WHERE command_id = ?1",
@@ -324,12 +367,15 @@ impl Inbox {
         })
     }
 
-    /// Deletes done rows older than `retention_ms`; returns how many.
-    pub(crate) fn prune(&self, now: i64, retention_ms: i64) -> rusqlite::Result<usize> {
+    /// Deletes finished rows whose result was sent and whose expiry is more than `margin_ms`
+    /// past (see [`RETENTION_MARGIN_MS`]); returns how many. Nothing else is ever deleted: a
+    /// command not yet run, and a result not yet sent, wait however long it takes.
+    pub(crate) fn prune(&self, now: i64, margin_ms: i64) -> rusqlite::Result<usize> {
         self.db.with(|c| {
             c.execute(
-                "DELETE FROM inbox WHERE state = 'done' AND updated_at < ?1",
-                [now - retention_ms],
+                "DELETE FROM inbox WHERE state = 'done' AND result_sent = 1 \
+                 AND COALESCE(expires_at, received_at + ?2) < ?1",
+                params![now.saturating_sub(margin_ms), COMMAND_TTL_MS],
             )
         })
     }
@@ -395,6 +441,25 @@ impl Inbox {
     }
 }
 
+/// The failed result of a command that arrived `late_ms` after its expiry.
+fn refusal(late_ms: i64) -> String {
+    format!(
+        "this command reached the machine {} after it expired (the Worker keeps a command only \
+         so long, e.g. while the machine is offline), so it was not typed; send it again if it \
+         still applies",
+        human_duration(late_ms)
+    )
+}
+
+fn human_duration(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,7 +480,7 @@ mod tests {
     #[test]
     fn a_command_walks_stored_acked_executing_done() {
         let ib = inbox();
-        assert_eq!(ib.store(&cmd("c1"), 1).unwrap(), Receipt::New);
+        assert_eq!(ib.store(&cmd("c1"), None, 1).unwrap(), Receipt::New);
         assert_eq!(ib.state("c1").unwrap(), Some(State::Stored));
         ib.mark_acked("c1", 2).unwrap();
         assert_eq!(ib.state("c1").unwrap(), Some(State::Acked));
@@ -436,17 +501,17 @@ mod tests {
     #[test]
     fn a_redelivered_command_is_acked_but_never_runs_twice() {
         let ib = inbox();
-        assert_eq!(ib.store(&cmd("c1"), 1).unwrap(), Receipt::New);
+        assert_eq!(ib.store(&cmd("c1"), None, 1).unwrap(), Receipt::New);
         // Redelivered before the ack went out.
         assert_eq!(
-            ib.store(&cmd("c1"), 2).unwrap(),
+            ib.store(&cmd("c1"), None, 2).unwrap(),
             Receipt::Duplicate(State::Stored)
         );
         ib.mark_acked("c1", 2).unwrap();
         assert!(ib.begin("c1", 3).unwrap());
         // Redelivered while running, and again after.
         assert_eq!(
-            ib.store(&cmd("c1"), 4).unwrap(),
+            ib.store(&cmd("c1"), None, 4).unwrap(),
             Receipt::Duplicate(State::Executing)
         );
         assert!(!ib.begin("c1", 4).unwrap());
@@ -455,7 +520,7 @@ mod tests {
         ib.resend_result("c1").unwrap();
         assert_eq!(ib.unsent_results(10).unwrap().len(), 1);
         assert_eq!(
-            ib.store(&cmd("c1"), 6).unwrap(),
+            ib.store(&cmd("c1"), None, 6).unwrap(),
             Receipt::Duplicate(State::Done)
         );
         // A late ack mark does not move a done command back.
@@ -470,10 +535,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let ib = Inbox::new(Db::open(dir.path()).unwrap());
-            ib.store(&cmd("b"), 10).unwrap();
-            ib.store(&cmd("a"), 11).unwrap();
+            ib.store(&cmd("b"), None, 10).unwrap();
+            ib.store(&cmd("a"), None, 11).unwrap();
             ib.mark_acked("a", 12).unwrap();
-            ib.store(&cmd("c"), 11).unwrap();
+            ib.store(&cmd("c"), None, 11).unwrap();
         }
         // A new process (the same file) sees the stored commands, oldest first.
         let ib = Inbox::new(Db::open(dir.path()).unwrap());
@@ -489,8 +554,8 @@ mod tests {
     #[test]
     fn interrupted_commands_fail_instead_of_running_again() {
         let ib = inbox();
-        ib.store(&cmd("c1"), 1).unwrap();
-        ib.store(&cmd("c2"), 2).unwrap();
+        ib.store(&cmd("c1"), None, 1).unwrap();
+        ib.store(&cmd("c2"), None, 2).unwrap();
         assert!(ib.begin("c1", 3).unwrap());
         // Crash here; at start-up:
         assert_eq!(ib.recover_interrupted(4).unwrap(), 1);
@@ -507,8 +572,8 @@ mod tests {
     #[test]
     fn typed_commands_only_miss_their_enter() {
         let ib = inbox();
-        ib.store(&cmd("c1"), 1).unwrap();
-        ib.store(&cmd("c2"), 2).unwrap();
+        ib.store(&cmd("c1"), None, 1).unwrap();
+        ib.store(&cmd("c2"), None, 2).unwrap();
         assert!(ib.begin("c1", 3).unwrap());
         ib.mark_typed("c1", 4).unwrap();
         assert_eq!(ib.state("c1").unwrap(), Some(State::Typed));
@@ -518,7 +583,7 @@ mod tests {
         assert!(!ib.begin("c1", 5).unwrap());
         assert_eq!(ib.runnable().unwrap(), vec![cmd("c2")]);
         assert_eq!(
-            ib.store(&cmd("c1"), 6).unwrap(),
+            ib.store(&cmd("c1"), None, 6).unwrap(),
             Receipt::Duplicate(State::Typed)
         );
         ib.finish("c1", &Outcome::ok(), 7).unwrap();
@@ -529,39 +594,192 @@ mod tests {
         assert_eq!(ib.state("c2").unwrap(), Some(State::Stored));
     }
 
-    #[test]
-    fn done_rows_are_pruned_after_retention_and_others_kept() {
-        let ib = inbox();
-        for (id, t) in [("old", 0), ("new", DONE_RETENTION_MS)] {
-            ib.store(&cmd(id), t).unwrap();
-            assert!(ib.begin(id, t).unwrap());
-            ib.finish(id, &Outcome::ok(), t).unwrap();
+    const HOUR: i64 = 60 * 60 * 1000;
+    const DAY: i64 = 24 * HOUR;
+
+    /// Stores, runs and finishes `id` at `t` with the Worker's expiry `expires_at`; the result
+    /// is sent when `sent`.
+    fn run_once(ib: &Inbox, id: &str, expires_at: Option<i64>, t: i64, sent: bool) {
+        assert_eq!(ib.store(&cmd(id), expires_at, t).unwrap(), Receipt::New);
+        ib.mark_acked(id, t).unwrap();
+        assert!(ib.begin(id, t).unwrap());
+        ib.finish(id, &Outcome::ok(), t).unwrap();
+        if sent {
+            ib.mark_result_sent(id).unwrap();
         }
-        ib.store(&cmd("waiting"), 0).unwrap();
-        let now = DONE_RETENTION_MS + 1;
-        assert_eq!(ib.prune(now, DONE_RETENTION_MS).unwrap(), 1);
-        assert_eq!(ib.state("old").unwrap(), None);
-        assert_eq!(ib.state("new").unwrap(), Some(State::Done));
+    }
+
+    /// The hourly prune at `now`, then a redelivery of `id` at `now`: the receipt.
+    fn prune_then_redeliver(ib: &Inbox, id: &str, expires_at: Option<i64>, now: i64) -> Receipt {
+        ib.prune(now, RETENTION_MARGIN_MS).unwrap();
+        ib.store(&cmd(id), expires_at, now).unwrap()
+    }
+
+    #[test]
+    fn a_redelivery_just_before_expiry_is_a_duplicate() {
+        let ib = inbox();
+        let expires = 10 * DAY; // a Worker whose COMMAND_TTL_SECS is ten days
+        run_once(&ib, "c1", Some(expires), 0, true);
+        let again = prune_then_redeliver(&ib, "c1", Some(expires), expires - 1);
+        assert_eq!(again, Receipt::Duplicate(State::Done));
+        assert!(!ib.begin("c1", expires - 1).unwrap());
+        assert!(ib.runnable().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_executed_id_outlives_the_old_fixed_day() {
+        // The old rule forgot a finished id a day after it finished, though the Worker may
+        // redeliver it until its own expiry, which can be later.
+        let ib = inbox();
+        let expires = 3 * DAY;
+        run_once(&ib, "c1", Some(expires), 0, true);
+        for now in [DAY + 1, 2 * DAY, expires - 1] {
+            assert_eq!(
+                prune_then_redeliver(&ib, "c1", Some(expires), now),
+                Receipt::Duplicate(State::Done),
+                "at {now}"
+            );
+        }
+        // Kept through the margin after the expiry…
+        assert_eq!(
+            prune_then_redeliver(&ib, "c1", Some(expires), expires + RETENTION_MARGIN_MS),
+            Receipt::Duplicate(State::Done)
+        );
+        // …then pruned; a redelivery after that is refused as expired, never run again.
+        let late = expires + RETENTION_MARGIN_MS + 1;
+        assert_eq!(ib.prune(late, RETENTION_MARGIN_MS).unwrap(), 1);
+        assert_eq!(ib.state("c1").unwrap(), None);
+        assert_eq!(
+            ib.store(&cmd("c1"), Some(expires), late).unwrap(),
+            Receipt::Expired
+        );
+        assert!(ib.runnable().unwrap().is_empty());
+        assert!(!ib.begin("c1", late).unwrap());
+    }
+
+    #[test]
+    fn an_expired_arrival_is_refused_and_reported() {
+        let ib = inbox();
+        let expires = 20_000;
+        for (id, at) in [
+            ("on-time", expires - 1),
+            ("at-expiry", expires),
+            ("late", expires + 90_000),
+        ] {
+            let receipt = ib.store(&cmd(id), Some(expires), at).unwrap();
+            if id == "on-time" {
+                assert_eq!(receipt, Receipt::New);
+            } else {
+                assert_eq!(receipt, Receipt::Expired, "{id}");
+                assert_eq!(ib.state(id).unwrap(), Some(State::Done));
+                assert!(!ib.begin(id, at).unwrap(), "{id} must never run");
+            }
+        }
+        assert_eq!(ib.runnable().unwrap(), vec![cmd("on-time")]);
+        let results = ib.unsent_results(10).unwrap();
+        let ids: Vec<&str> = results.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["at-expiry", "late"]);
+        for (_, outcome) in &results {
+            assert!(!outcome.success);
+            let error = outcome.error.as_deref().unwrap();
+            assert!(error.contains("after it expired"), "{error}");
+            assert!(error.contains("not typed"), "{error}");
+        }
+        assert!(results[1].1.error.as_deref().unwrap().contains("90s after"));
+        // The refused id is remembered like an executed one: a redelivery is a duplicate.
+        assert_eq!(
+            ib.store(&cmd("late"), Some(expires), expires + 100_000)
+                .unwrap(),
+            Receipt::Duplicate(State::Done)
+        );
+    }
+
+    #[test]
+    fn a_result_not_yet_sent_survives_every_prune() {
+        let ib = inbox();
+        run_once(&ib, "unsent", Some(HOUR), 0, false);
+        run_once(&ib, "sent", Some(HOUR), 0, true);
+        ib.store(&cmd("expired"), Some(HOUR), 2 * HOUR).unwrap();
+        ib.store(&cmd("waiting"), Some(HOUR), 0).unwrap();
+        let much_later = 400 * DAY;
+        assert_eq!(ib.prune(much_later, RETENTION_MARGIN_MS).unwrap(), 1);
+        assert_eq!(ib.state("sent").unwrap(), None);
+        assert_eq!(ib.state("unsent").unwrap(), Some(State::Done));
+        assert_eq!(ib.state("expired").unwrap(), Some(State::Done));
         // Never prune what has not run.
         assert_eq!(ib.state("waiting").unwrap(), Some(State::Stored));
-        // A pruned id that comes back after a day is new again (the Worker's TTL is a day).
+        let ids: Vec<String> = ib
+            .unsent_results(10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, ["unsent", "expired"]);
+        // Once sent, they go at the next prune.
+        ib.mark_result_sent("unsent").unwrap();
+        ib.mark_result_sent("expired").unwrap();
+        assert_eq!(ib.prune(much_later, RETENTION_MARGIN_MS).unwrap(), 2);
         assert_eq!(
             ib.counts().unwrap(),
             Counts {
                 stored: 1,
                 acked: 0,
                 executing: 0,
-                done: 1
+                done: 0
             }
         );
+    }
+
+    #[test]
+    fn without_an_expiry_the_protocol_ttl_counts_from_arrival() {
+        // An older Worker sends no expiresAt: never refused on arrival, remembered until
+        // arrival + COMMAND_TTL_MS + the margin.
+        let ib = inbox();
+        let received = 5 * DAY;
+        run_once(&ib, "c1", None, received, true);
+        let expiry = received + COMMAND_TTL_MS;
+        assert_eq!(
+            prune_then_redeliver(&ib, "c1", None, expiry + RETENTION_MARGIN_MS),
+            Receipt::Duplicate(State::Done)
+        );
+        assert_eq!(
+            ib.prune(expiry + RETENTION_MARGIN_MS + 1, RETENTION_MARGIN_MS)
+                .unwrap(),
+            1
+        );
+        assert_eq!(ib.store(&cmd("c2"), None, 100 * DAY).unwrap(), Receipt::New);
+        assert_eq!(super::expiry(None, 7), 7 + COMMAND_TTL_MS);
+        assert_eq!(super::expiry(Some(9), 7), 9);
+    }
+
+    #[test]
+    fn rows_of_an_older_agent_get_the_ttl_as_their_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The first schema only, with a finished row in it.
+            let c = rusqlite::Connection::open(Db::path(dir.path())).unwrap();
+            c.execute_batch(crate::db::MIGRATIONS[0]).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO inbox (command_id, session_id, command, chat_id, state, success, \
+                 result_sent, received_at, updated_at) VALUES ('old', 's1', 'x', '1', 'done', 1, \
+                 1, 1000, 2000)",
+                [],
+            )
+            .unwrap();
+        }
+        let ib = Inbox::new(Db::open(dir.path()).unwrap());
+        let kept_until = 1000 + COMMAND_TTL_MS + RETENTION_MARGIN_MS;
+        assert_eq!(ib.prune(kept_until, RETENTION_MARGIN_MS).unwrap(), 0);
+        assert_eq!(ib.prune(kept_until + 1, RETENTION_MARGIN_MS).unwrap(), 1);
     }
 
     #[test]
     fn last_command_reports_outcome() {
         let ib = inbox();
         assert_eq!(ib.last().unwrap(), None);
-        ib.store(&cmd("c1"), 1).unwrap();
-        ib.store(&cmd("c2"), 2).unwrap();
+        ib.store(&cmd("c1"), None, 1).unwrap();
+        ib.store(&cmd("c2"), None, 2).unwrap();
         assert!(ib.begin("c2", 3).unwrap());
         ib.finish("c2", &Outcome::failed("no pane"), 4).unwrap();
         let last = ib.last().unwrap().unwrap();

@@ -27,7 +27,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use connection::{run_socket, Shared};
-use inbox::{Command, Inbox, Outcome, DONE_RETENTION_MS};
+use inbox::{Command, Inbox, Outcome, RETENTION_MARGIN_MS};
 use inject::Injector;
 use sessions::Sessions;
 
@@ -222,9 +222,9 @@ async fn finish_typed(shared: &Shared, injector: &Injector) {
 
 fn prune(shared: &Shared) {
     let now = now_ms();
-    match shared.inbox.prune(now, DONE_RETENTION_MS) {
+    match shared.inbox.prune(now, RETENTION_MARGIN_MS) {
         Ok(0) => {}
-        Ok(n) => info!("pruned {n} finished command(s) older than a day"),
+        Ok(n) => info!("pruned {n} finished command(s) an hour past their expiry"),
         Err(e) => warn!("pruning the inbox: {e}"),
     }
     if let Err(e) = shared.sessions.prune(now, SESSION_RETENTION_MS) {

@@ -267,6 +267,7 @@ mod tests {
                     command: "x".into(),
                     chat_id: "1".into(),
                 },
+                None,
                 now,
             )
             .unwrap();

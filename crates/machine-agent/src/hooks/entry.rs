@@ -89,13 +89,11 @@ fn run_logged(raw: &RawSettings, event: HookEvent) {
     rt.shutdown_background();
 }
 
-/// Logs to `<data dir>/hooks.log`, or to stderr when that cannot be opened.
+/// Logs to `<data dir>/hooks.log`, or to stderr when that cannot be opened. A hook may be the
+/// first to create the data directory: it is made 0700 and the log 0600, whatever the umask.
 fn init_log(data_dir: &Path) {
-    let _ = std::fs::create_dir_all(data_dir);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(data_dir.join("hooks.log"));
+    let log = crate::db::ensure_private_dir(data_dir)
+        .and_then(|()| crate::db::open_private_file(&data_dir.join("hooks.log"), true));
     match log {
         Ok(file) => ccr_native::init_tracing(std::sync::Mutex::new(file), Some(false), "info"),
         Err(_) => ccr_native::init_tracing(std::io::stderr, None, "info"),

@@ -228,21 +228,17 @@ pub(crate) async fn run(common: &RawSettings, args: &Options) -> Report {
 }
 
 fn check_data_dir(dir: &Path) -> Outcome {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if !dir.is_dir() {
-        if let Err(e) = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-        {
-            return fail(
-                format!("cannot create {}: {e}", dir.display()),
-                "set CCR_DATA_DIR (or --data-dir) to a directory you can write",
-            );
-        }
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = crate::db::ensure_private_dir(dir) {
+        return fail(
+            format!("cannot create {}: {e}", dir.display()),
+            "set CCR_DATA_DIR (or --data-dir) to a directory you can write",
+        );
     }
     let probe = dir.join(format!(".doctor-{}", std::process::id()));
-    if let Err(e) = std::fs::write(&probe, b"ok") {
+    if let Err(e) = crate::db::open_private_file(&probe, false).and_then(|mut f| f.write_all(b"ok"))
+    {
         return fail(
             format!("cannot write in {}: {e}", dir.display()),
             format!(
@@ -252,6 +248,18 @@ fn check_data_dir(dir: &Path) -> Outcome {
         );
     }
     let _ = std::fs::remove_file(&probe);
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return fail(
+                format!(
+                    "{} holds the inbox, the log and the API key but has mode {mode:o}: others can enter it",
+                    dir.display()
+                ),
+                format!("chmod 700 {}", dir.display()),
+            );
+        }
+    }
     let settings = hook_config_path(dir);
     if let Ok(meta) = std::fs::metadata(&settings) {
         let mode = meta.permissions().mode() & 0o777;

@@ -183,6 +183,7 @@ pub(crate) fn launchd_plist(spec: &ServiceSpec) -> String {
         })
         .unwrap_or_default();
     let log = xml(&spec.data_dir.join("agent.log").to_string_lossy());
+    // `Umask` 63 = 0o077: launchd itself creates agent.log in the private data directory.
     format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" \
@@ -198,6 +199,7 @@ pub(crate) fn launchd_plist(spec: &ServiceSpec) -> String {
          <key>RunAtLoad</key>\n  <true/>\n  \
          <key>KeepAlive</key>\n  <true/>\n  \
          <key>ThrottleInterval</key>\n  <integer>5</integer>\n  \
+         <key>Umask</key>\n  <integer>63</integer>\n  \
          <key>StandardOutPath</key>\n  <string>{log}</string>\n  \
          <key>StandardErrorPath</key>\n  <string>{log}</string>\n\
          </dict>\n\
@@ -290,14 +292,9 @@ pub(crate) fn install(
     spec: &ServiceSpec,
     worker: &WorkerConfig,
 ) -> anyhow::Result<Installed> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    if !spec.data_dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&spec.data_dir)
-            .with_context(|| format!("creating {}", spec.data_dir.display()))?;
-    }
+    use std::os::unix::fs::PermissionsExt;
+    crate::db::ensure_private_dir(&spec.data_dir)
+        .with_context(|| format!("creating {}", spec.data_dir.display()))?;
     let settings_path = hook_config_path(&spec.data_dir);
     let saved = std::fs::read_to_string(&settings_path)
         .ok()
