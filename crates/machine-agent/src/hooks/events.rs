@@ -100,14 +100,15 @@ pub(super) async fn run_hook(
             info!(session_id = %input.session_id, pane = ?record.pane_id, "session registered");
         }
         HookEvent::Stop => {
-            sessions.upsert(&record)?;
             let api = api()?;
             if must_register {
                 // The start hook never ran here (e.g. hooks installed mid-session), or the
-                // pane was found gone and the session is back in a pane now.
+                // pane was found gone and the session is back in a pane now. Registered
+                // before the record clears "gone" here, so a failed call is retried next time.
                 api.register(&input.session_id, record.label.as_deref())
                     .await?;
             }
+            sessions.upsert(&record)?;
             let transcript = input
                 .transcript_path
                 .clone()
@@ -132,12 +133,12 @@ pub(super) async fn run_hook(
             info!(session_id = %input.session_id, message_id = sent.message_id, "stop notification sent");
         }
         HookEvent::Notification => {
-            sessions.upsert(&record)?;
             let api = api()?;
             if must_register {
                 api.register(&input.session_id, record.label.as_deref())
                     .await?;
             }
+            sessions.upsert(&record)?;
             let Some(message) = input.message.as_deref().filter(|m| !m.trim().is_empty()) else {
                 bail!("the Notification hook input has no message");
             };
