@@ -21,6 +21,8 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct Tmux {
     socket_name: String,
     dir: tempfile::TempDir,
+    /// The file the current server's pane records to.
+    record: PathBuf,
     /// The recording pane's id, e.g. `%0`.
     pub pane_id: String,
     /// The server's socket path (what `$TMUX` starts with inside the pane).
@@ -37,14 +39,22 @@ impl Tmux {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let record = dir.path().join("received.txt");
-        std::fs::write(&record, "")?;
         let mut t = Tmux {
             socket_name,
             dir,
+            record,
             pane_id: String::new(),
             socket_path: PathBuf::new(),
         };
-        t.tmux(&[
+        t.new_server()?;
+        Ok(t)
+    }
+
+    /// Starts the server and its recording pane (recording to `self.record`).
+    fn new_server(&mut self) -> anyhow::Result<()> {
+        let record = self.record.clone();
+        std::fs::write(&record, "")?;
+        self.tmux(&[
             "-f",
             "/dev/null",
             "new-session",
@@ -61,9 +71,34 @@ impl Tmux {
             "recorder",
             &record.to_string_lossy(),
         ])?;
-        t.pane_id = t.tmux(&["display-message", "-p", "-t", "main", "#{pane_id}"])?;
-        t.socket_path = PathBuf::from(t.tmux(&["display-message", "-p", "#{socket_path}"])?);
-        Ok(t)
+        self.pane_id = self.tmux(&["display-message", "-p", "-t", "main", "#{pane_id}"])?;
+        self.socket_path =
+            PathBuf::from(self.tmux(&["display-message", "-p", "#{socket_path}"])?);
+        Ok(())
+    }
+
+    /// What a reboot or `tmux kill-server` does: the server and every pane end, and a new
+    /// server starts on the same socket path — its pane gets the same `%N` id again. The new
+    /// pane records to a new file ([`Tmux::record_path`] from now on, [`Tmux::lines`]); the
+    /// old file stays where it was.
+    pub fn restart_server(&mut self) -> anyhow::Result<()> {
+        let pid = self.tmux(&["display-message", "-p", "#{pid}"])?;
+        self.tmux(&["kill-server"])?;
+        // `kill-server` answers before the server has exited; a client started meanwhile
+        // reaches the dying server ("server exited unexpectedly").
+        let exited = (0..200).any(|_| {
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if alive {
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            !alive
+        });
+        if !exited {
+            bail!("tmux server {pid} did not exit within 5 s of kill-server");
+        }
+        let n = std::fs::read_dir(self.dir.path())?.count();
+        self.record = self.dir.path().join(format!("received-{n}.txt"));
+        self.new_server()
     }
 
     /// The `-L` name of the server.
@@ -71,9 +106,12 @@ impl Tmux {
         &self.socket_name
     }
 
-    /// The value `$TMUX` has inside the pane (`<socket>,<pid>,<session>`).
+    /// The value `$TMUX` has inside the pane (`<socket>,<server pid>,<session>`).
     pub fn tmux_env(&self) -> String {
-        format!("{},0,0", self.socket_path.display())
+        let pid = self
+            .tmux(&["display-message", "-p", "#{pid}"])
+            .unwrap_or_else(|_| "0".into());
+        format!("{},{pid},0", self.socket_path.display())
     }
 
     /// Runs a tmux command on this server and returns its trimmed stdout.
@@ -96,7 +134,7 @@ impl Tmux {
 
     /// The file the pane records to.
     pub fn record_path(&self) -> PathBuf {
-        self.dir.path().join("received.txt")
+        self.record.clone()
     }
 
     /// Every line the pane has received so far.

@@ -57,6 +57,16 @@ CREATE TABLE IF NOT EXISTS status (
 ALTER TABLE inbox ADD COLUMN expires_at INTEGER;
 UPDATE inbox SET expires_at = received_at + 86400000 WHERE expires_at IS NULL;
 "#,
+    // A session's pane identity (checked before every injection), whether its pane was found
+    // gone (and whether the Worker was told), and whether its input line may hold the text of
+    // an interrupted command. Rows from before have no identity: unverifiable, never typed into.
+    r#"
+ALTER TABLE sessions ADD COLUMN pane_identity TEXT;
+ALTER TABLE sessions ADD COLUMN gone_at INTEGER;
+ALTER TABLE sessions ADD COLUMN gone_reason TEXT;
+ALTER TABLE sessions ADD COLUMN gone_reported INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE sessions ADD COLUMN input_dirty INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them
@@ -101,7 +111,7 @@ impl Db {
         Self::setup(Connection::open_in_memory()?, false)
     }
 
-    fn setup(conn: Connection, wal: bool) -> anyhow::Result<Db> {
+    fn setup(mut conn: Connection, wal: bool) -> anyhow::Result<Db> {
         conn.busy_timeout(Duration::from_secs(5))?;
         if wal {
             let _: String =
@@ -109,9 +119,16 @@ impl Db {
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
         let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            conn.execute_batch(sql)?;
-            conn.pragma_update(None, "user_version", i + 1)?;
+        if version < MIGRATIONS.len() {
+            // The daemon and a hook may open an old file at the same moment, and `ALTER TABLE`
+            // cannot run twice: migrate under the write lock, from the version read under it.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.execute_batch(sql)?;
+                tx.pragma_update(None, "user_version", i + 1)?;
+            }
+            tx.commit()?;
         }
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
@@ -233,5 +250,39 @@ mod tests {
         for f in ["agent.sqlite", "agent.sqlite-wal", "agent.sqlite-shm"] {
             assert_eq!(mode(&data.join(f)), 0o600, "{f}");
         }
+    }
+}
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    /// A file written by the first schema (sessions without pane identities) opens with the
+    /// new columns, its rows intact and unverifiable.
+    #[test]
+    fn an_old_file_migrates_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(Db::path(dir.path())).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO sessions (session_id, pane_id, tmux_socket, updated_at) \
+                 VALUES ('old', '%3', '/tmp/sock', 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(dir.path()).unwrap();
+        let sessions = crate::daemon::sessions::Sessions::new(db.clone());
+        let rec = sessions.get("old").unwrap().unwrap();
+        assert_eq!(rec.pane_id.as_deref(), Some("%3"));
+        assert_eq!(rec.identity, None);
+        assert_eq!(rec.gone, None);
+        assert!(!rec.input_dirty);
+        assert!(sessions.unreported_gone().unwrap().is_empty());
+        // Opening again (another process) runs nothing twice.
+        drop(db);
+        Db::open(dir.path()).unwrap();
     }
 }

@@ -37,6 +37,7 @@ mod setup;
 pub use app::{run as run_cli, AppError};
 pub use ccr_native::Secret;
 pub use daemon::inbox::{Command, Inbox, Receipt, State};
+pub use daemon::inject::PaneIdentity;
 pub use daemon::run;
 pub use daemon::sessions::{SessionRecord, Sessions};
 pub use daemon::status::report as status_report;

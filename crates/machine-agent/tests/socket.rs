@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use futures_util::{SinkExt, StreamExt};
-use machine_agent::{now_ms, Config, Db, Secret, SessionRecord, Sessions, Timing, WorkerConfig};
+use machine_agent::{
+    now_ms, Config, Db, PaneIdentity, Secret, SessionRecord, Sessions, Timing, WorkerConfig,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -147,7 +149,12 @@ fn command(id: &str, text: &str) -> Message {
     )
 }
 
-/// A `tmux` stand-in: records each call's arguments, answers `display-message` with `%1`.
+/// What the stand-in `tmux` answers a `display-message` with: pane `%1`'s identity (pane id,
+/// server pid, server start, pane pid — a pid that cannot exist, so no `/proc` entry).
+const FAKE_IDENTITY: &str = "%1 100 1700000000 4294967295";
+
+/// A `tmux` stand-in: records each call's arguments, answers `display-message` with
+/// [`FAKE_IDENTITY`].
 fn fake_tmux(dir: &Path) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     let rec = dir.join("tmux-calls.txt");
@@ -155,7 +162,7 @@ fn fake_tmux(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\ncase \"$*\" in *display-message*) echo '%1';; esac\n",
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{}'\ncase \"$*\" in *display-message*) echo '{FAKE_IDENTITY}';; esac\n",
             rec.display()
         ),
     )
@@ -236,6 +243,9 @@ fn record_session(data_dir: &Path) {
             label: Some("api".into()),
             transcript_path: None,
             updated_at: now_ms(),
+            identity: PaneIdentity::decode(&format!("{FAKE_IDENTITY} -")),
+            gone: None,
+            input_dirty: false,
         })
         .unwrap();
 }
@@ -626,4 +636,221 @@ async fn a_command_that_arrives_expired_is_acked_reported_and_never_typed() {
     assert!(typed[0].contains("text of fresh"), "{typed:?}");
     drop(ws);
     agent.stop().await;
+}
+
+/// The session's recorded pane `%1` now belongs to another tmux server (the stand-in answers
+/// with another server pid): nothing is typed, the Worker is told the session is gone, the
+/// result says how to go on, and a later command for it is refused without asking tmux.
+#[tokio::test]
+async fn a_reused_pane_id_is_never_typed_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmux, rec) = fake_tmux(dir.path());
+    record_session(dir.path());
+    let sessions = Sessions::new(Db::open(dir.path()).unwrap());
+    let mut old = sessions.get("s1").unwrap().unwrap();
+    old.identity = PaneIdentity::decode("%1 99 1600000000 4294967295 -");
+    sessions.upsert(&old).unwrap();
+    let mut worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
+    let mut ws = worker.accept().await;
+
+    ws.send(command("c1", "git push --force")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::Ack {
+            command_id: "c1".into()
+        }
+    );
+    match next_msg(&mut ws).await {
+        SocketMessage::SessionGone { session_id, reason } => {
+            assert_eq!(session_id, "s1");
+            assert!(reason.contains("tmux server was restarted"), "{reason}");
+        }
+        other => panic!("expected sessionGone, got {other:?}"),
+    }
+    match next_msg(&mut ws).await {
+        SocketMessage::CommandResult {
+            command_id,
+            success: false,
+            error: Some(why),
+        } => {
+            assert_eq!(command_id, "c1");
+            assert!(why.contains("pane is gone"), "{why}");
+            assert!(why.contains("start Claude Code again in tmux"), "{why}");
+        }
+        other => panic!("expected a failed result, got {other:?}"),
+    }
+    assert!(typed(&rec).is_empty());
+    let calls = std::fs::read_to_string(&rec).unwrap();
+    assert!(!calls.contains("send-keys"), "{calls}");
+
+    ws.send(command("c2", "y")).await.unwrap();
+    next_msg(&mut ws).await; // ack
+    assert!(matches!(
+        next_msg(&mut ws).await,
+        SocketMessage::CommandResult { success: false, .. }
+    ));
+    assert_eq!(
+        std::fs::read_to_string(&rec).unwrap().lines().count(),
+        calls.lines().count(),
+        "a gone session is refused without asking tmux again"
+    );
+    assert!(sessions.get("s1").unwrap().unwrap().gone.is_some());
+    agent.stop().await;
+}
+
+fn tmux_available() -> bool {
+    std::process::Command::new("tmux")
+        .arg("-V")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// The identity the session-start hook would record for `pane` (read the same way).
+fn real_identity(sock: &Path, pane: &str) -> PaneIdentity {
+    let out = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(sock)
+        .args([
+            "display-message",
+            "-p",
+            "-t",
+            pane,
+            "#{pane_id} #{pid} #{start_time} #{pane_pid}",
+        ])
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let pane_pid = answer.rsplit(' ').next().unwrap().to_owned();
+    let tpgid = std::fs::read_to_string(format!("/proc/{pane_pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.rsplit_once(')')?.1.to_owned();
+            rest.split_whitespace().nth(5).map(str::to_owned)
+        })
+        .filter(|g| g.parse::<i64>().is_ok_and(|g| g > 0))
+        .unwrap_or_else(|| "-".into());
+    PaneIdentity::decode(&format!("{answer} {tpgid}")).unwrap()
+}
+
+/// A kill while tmux was being handed a command's text: the text sits in the pane's input
+/// line and the command is left `executing`. After the restart, the next command must land
+/// alone on its line, not behind that text (a real tmux pane whose program records lines).
+#[tokio::test]
+async fn text_of_an_interrupted_command_is_cleared_before_the_next() {
+    use machine_agent::{Command, Inbox};
+    if !tmux_available() {
+        eprintln!("tmux not installed; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("tmux.sock");
+    let lines = dir.path().join("lines.txt");
+    std::fs::write(&lines, "").unwrap();
+    let recorder = r#"while IFS= read -r line; do printf '%s\n' "$line" >> "$1"; done"#;
+    let st = std::process::Command::new("tmux")
+        .arg("-S")
+        .arg(&sock)
+        .args([
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-x",
+            "200",
+            "-y",
+            "50",
+        ])
+        .args(["sh", "-c", recorder, "rec"])
+        .arg(&lines)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let tmux = |args: &[&str]| {
+        let st = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "tmux {args:?}");
+    };
+    let identity = real_identity(&sock, "%0");
+    Sessions::new(Db::open(dir.path()).unwrap())
+        .upsert(&SessionRecord {
+            session_id: "s1".into(),
+            pane_id: Some("%0".into()),
+            tmux_socket: Some(sock.clone()),
+            cwd: None,
+            label: Some("api".into()),
+            transcript_path: None,
+            updated_at: now_ms(),
+            identity: Some(identity),
+            gone: None,
+            input_dirty: false,
+        })
+        .unwrap();
+    {
+        // The previous run claimed `cut-1` and was killed while its tmux client was typing:
+        // the text arrived, no Enter, and the inbox still says `executing`.
+        let inbox = Inbox::new(Db::open(dir.path()).unwrap());
+        inbox
+            .store(
+                &Command {
+                    command_id: "cut-1".into(),
+                    session_id: "s1".into(),
+                    command: "first half of cut-1".into(),
+                    chat_id: "42".into(),
+                },
+                None,
+                now_ms(),
+            )
+            .unwrap();
+        assert!(inbox.begin("cut-1", now_ms()).unwrap());
+        tmux(&["send-keys", "-t", "%0", "-l", "--", "first half of"]);
+    }
+    let mut worker = FakeWorker::start().await;
+    let agent = Agent::start(config(worker.port, dir.path(), Path::new("tmux"), KEY));
+    let mut ws = worker.accept().await;
+    match next_msg(&mut ws).await {
+        SocketMessage::CommandResult {
+            command_id,
+            success: false,
+            ..
+        } => assert_eq!(command_id, "cut-1"),
+        other => panic!("expected cut-1's failure, got {other:?}"),
+    }
+    ws.send(command("next-2", "next command")).await.unwrap();
+    next_msg(&mut ws).await; // ack
+    assert_eq!(
+        next_msg(&mut ws).await,
+        SocketMessage::CommandResult {
+            command_id: "next-2".into(),
+            success: true,
+            error: None
+        }
+    );
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        got = std::fs::read_to_string(&lines)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        if !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, ["next command"]);
+    // The line is clean now: the command after it is not preceded by another Ctrl-U.
+    ws.send(command("next-3", "third")).await.unwrap();
+    next_msg(&mut ws).await; // ack
+    assert!(matches!(
+        next_msg(&mut ws).await,
+        SocketMessage::CommandResult { success: true, .. }
+    ));
+    agent.stop().await;
+    tmux(&["kill-server"]);
 }

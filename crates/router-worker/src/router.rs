@@ -66,6 +66,19 @@ pub fn command_failed(
     BotCall::send(q.chat_id, &text, q.source_message_id)
 }
 
+/// The answer to a reply for a session whose machine reported its pane gone: nothing is
+/// queued (the pane may now be a shell), and how to go on.
+pub fn pane_gone_text(label: &str, machine: &str, reason: Option<&str>) -> String {
+    format!(
+        "⚠️ Not sent: the tmux pane of <b>{}</b> on {} is gone{}. Start Claude Code again in \
+         tmux (<code>claude --continue</code> picks the conversation up); its next \
+         notification is the one to reply to.",
+        escape_html(label),
+        escape_html(machine),
+        reason.map_or_else(String::new, |r| format!(" ({})", escape_html(r)))
+    )
+}
+
 /// The chat notice for a command dropped because its machine stayed offline too long.
 pub fn not_delivered(q: &queue::Queued) -> BotCall {
     let preview: String = q.command.chars().take(80).collect();
@@ -171,7 +184,9 @@ fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String,
     }
     let mut text = String::from("<b>Sessions</b>\n");
     for s in sessions.iter().take(50) {
-        let state = if s.online {
+        let state = if s.gone {
+            "⛔ pane gone"
+        } else if s.online {
             "🟢 online"
         } else {
             "⚪ offline"
@@ -417,6 +432,14 @@ fn queue_command(
         .label
         .clone()
         .unwrap_or_else(|| session.machine_id.clone());
+    if session.gone_at.is_some() {
+        out.log = format!("update {update_id}: session's pane is gone; not queued");
+        return Ok(Queueing::Refused(pane_gone_text(
+            &label,
+            &session.machine_id,
+            session.gone_reason.as_deref(),
+        )));
+    }
     if command.len() > MAX_COMMAND_BYTES {
         out.log = format!("update {update_id}: command too long");
         return Ok(Queueing::Refused(format!(
@@ -679,6 +702,58 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("<code>(Enter)</code>"));
+    }
+
+    #[test]
+    fn a_reply_to_a_gone_session_is_answered_and_not_queued() {
+        let db = setup();
+        assert_eq!(
+            store::mark_session_gone(&db, "s1", "devbox", "pane %0 no longer exists", 3).unwrap(),
+            store::GoneReport::Marked
+        );
+        for online in [true, false] {
+            let out = handle_update(
+                &db,
+                &cfg(),
+                &reply_update(20 + i64::from(online), 42, 100, "git push --force"),
+                5,
+                &|_| online,
+            )
+            .unwrap();
+            assert!(out.queued.is_empty());
+            let text = out.calls[0].params["text"].as_str().unwrap();
+            assert!(
+                text.contains("pane of <b>api</b> on devbox is gone"),
+                "{text}"
+            );
+            assert!(text.contains("pane %0 no longer exists"), "{text}");
+            assert!(text.contains("Start Claude Code again in tmux"), "{text}");
+        }
+        assert_eq!(queue::unacked_count(&db, "devbox").unwrap(), 0);
+        let sessions = update(
+            json!({"update_id": 30, "message": {"message_id": 4, "chat": {"id": 42}, "from": {"id": 7}, "text": "/sessions"}}),
+        );
+        let out = handle_update(&db, &cfg(), &sessions, 5, &|_| true).unwrap();
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("pane gone"));
+        // A button press gets the same refusal as its toast.
+        let press = update(
+            json!({"update_id": 31, "callback_query": {"id": "cb", "from": {"id": 7},
+            "message": {"message_id": 100, "chat": {"id": 42}}, "data": "cmd:tok1:yes"}}),
+        );
+        let out = handle_update(&db, &cfg(), &press, 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("is gone"));
+        // Registered again (its SessionStart ran in a new pane): replies flow again.
+        store::upsert_session(&db, "s1", "devbox", None, 6).unwrap();
+        let out =
+            handle_update(&db, &cfg(), &reply_update(40, 42, 100, "ls"), 7, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
     }
 
     #[test]

@@ -405,6 +405,15 @@ impl RouterDO {
                     self.bot_all(&[notice]).await;
                 }
             }
+            Ok(SocketMessage::SessionGone { session_id, reason }) => {
+                // The chat already has the reason from the failed command's result; this only
+                // stops further replies from being queued for a pane that is gone.
+                let report =
+                    store::mark_session_gone(&self.db(), &session_id, &machine, &reason, now_ms())?;
+                console_log!(
+                    "machine {machine} reports the pane of session {session_id} gone: {report:?}"
+                );
+            }
             Ok(SocketMessage::Ping) => {
                 // Only reached when the frame differs from the exact auto-response bytes.
                 let _ = ws.send_with_str(PONG_FRAME);

@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         seen_at   INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS seen_updates_by_age ON seen_updates (seen_at)",
+], &[
+    // The session's machine reported its pane gone (`SessionGone`): replies are refused
+    // until the session registers again, which clears both.
+    "ALTER TABLE sessions ADD COLUMN gone_at INTEGER",
+    "ALTER TABLE sessions ADD COLUMN gone_reason TEXT",
 ]];
 
 /// Creates the version table itself; safe to run every time.

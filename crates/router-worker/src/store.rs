@@ -86,6 +86,7 @@ pub fn migrate(db: &impl Sql) -> Result<i64, StoreError> {
 }
 
 /// Inserts or updates a session; keeps `created_at`, and the label unless a new one is given.
+/// A registration means the session runs in a pane again: it is no longer gone.
 pub fn upsert_session(
     db: &impl Sql,
     session_id: &str,
@@ -99,7 +100,9 @@ pub fn upsert_session(
          ON CONFLICT (session_id) DO UPDATE SET
             machine_id = excluded.machine_id,
             label = COALESCE(excluded.label, sessions.label),
-            last_activity = excluded.last_activity",
+            last_activity = excluded.last_activity,
+            gone_at = NULL,
+            gone_reason = NULL",
         vec![
             session_id.into(),
             machine_id.into(),
@@ -129,17 +132,68 @@ pub struct SessionRow {
     pub label: Option<String>,
     /// Last activity (ms since epoch).
     pub last_activity: i64,
+    /// When its machine reported its pane gone; `None` while it is usable.
+    #[serde(default)]
+    pub gone_at: Option<i64>,
+    /// What the machine found, for a person.
+    #[serde(default)]
+    pub gone_reason: Option<String>,
 }
 
 /// Looks up one session.
 pub fn get_session(db: &impl Sql, session_id: &str) -> Result<Option<SessionRow>, StoreError> {
     Ok(db
         .query::<SessionRow>(
-            "SELECT session_id, machine_id, label, last_activity FROM sessions WHERE session_id = ?",
+            "SELECT session_id, machine_id, label, last_activity, gone_at, gone_reason
+             FROM sessions WHERE session_id = ?",
             vec![session_id.into()],
         )?
         .into_iter()
         .next())
+}
+
+/// What a machine's `SessionGone` report did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GoneReport {
+    /// The session is marked gone now.
+    Marked,
+    /// It was already gone; the first report's time and reason stay.
+    AlreadyGone,
+    /// No such session.
+    Unknown,
+    /// The session belongs to another machine: a machine speaks only for its own sessions.
+    NotOwner,
+}
+
+/// Marks `session_id` gone on the report of `machine_id`'s agent (its pane is gone or
+/// belongs to something else now), if that machine owns it.
+pub fn mark_session_gone(
+    db: &impl Sql,
+    session_id: &str,
+    machine_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<GoneReport, StoreError> {
+    let Some(session) = get_session(db, session_id)? else {
+        return Ok(GoneReport::Unknown);
+    };
+    if session.machine_id != machine_id {
+        return Ok(GoneReport::NotOwner);
+    }
+    if session.gone_at.is_some() {
+        return Ok(GoneReport::AlreadyGone);
+    }
+    let reason: String = reason.chars().take(500).collect();
+    db.exec(
+        "UPDATE sessions SET gone_at = ?, gone_reason = ? WHERE session_id = ? AND machine_id = ?",
+        vec![
+            now.into(),
+            reason.into(),
+            session_id.into(),
+            machine_id.into(),
+        ],
+    )?;
+    Ok(GoneReport::Marked)
 }
 
 /// Removes a session and its reply mappings; returns whether it existed.
@@ -165,20 +219,20 @@ pub fn list_sessions(
 ) -> Result<Vec<SessionInfo>, StoreError> {
     let rows = match machine {
         Some(m) => db.query::<SessionRow>(
-            "SELECT session_id, machine_id, label, last_activity FROM sessions
-             WHERE machine_id = ? ORDER BY last_activity DESC, session_id",
+            "SELECT session_id, machine_id, label, last_activity, gone_at, gone_reason
+             FROM sessions WHERE machine_id = ? ORDER BY last_activity DESC, session_id",
             vec![m.into()],
         )?,
         None => db.query::<SessionRow>(
-            "SELECT session_id, machine_id, label, last_activity FROM sessions
-             ORDER BY last_activity DESC, session_id",
+            "SELECT session_id, machine_id, label, last_activity, gone_at, gone_reason
+             FROM sessions ORDER BY last_activity DESC, session_id",
             vec![],
         )?,
     };
     Ok(rows
         .into_iter()
         .map(|r| SessionInfo {
-            gone: false,
+            gone: r.gone_at.is_some(),
             online: online(&r.machine_id),
             session_id: r.session_id,
             machine_id: r.machine_id,
@@ -324,5 +378,39 @@ mod tests {
             db.0.query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
                 .unwrap();
         assert_eq!(left, 0, "reply mappings go with their session");
+    }
+
+    #[test]
+    fn only_the_owning_machine_marks_a_session_gone_and_registering_clears_it() {
+        let db = MemDb::migrated();
+        upsert_session(&db, "s1", "devbox", Some("api"), 10).unwrap();
+        assert_eq!(
+            mark_session_gone(&db, "nope", "devbox", "x", 11).unwrap(),
+            GoneReport::Unknown
+        );
+        assert_eq!(
+            mark_session_gone(&db, "s1", "laptop", "x", 11).unwrap(),
+            GoneReport::NotOwner
+        );
+        assert!(!list_sessions(&db, None, |_| true).unwrap()[0].gone);
+        assert_eq!(
+            mark_session_gone(&db, "s1", "devbox", "tmux server restarted", 12).unwrap(),
+            GoneReport::Marked
+        );
+        assert_eq!(
+            mark_session_gone(&db, "s1", "devbox", "later", 13).unwrap(),
+            GoneReport::AlreadyGone
+        );
+        let s = get_session(&db, "s1").unwrap().unwrap();
+        assert_eq!(s.gone_at, Some(12));
+        assert_eq!(s.gone_reason.as_deref(), Some("tmux server restarted"));
+        let listed = list_sessions(&db, Some("devbox"), |_| true).unwrap();
+        assert!(listed[0].gone);
+        // Its SessionStart registers it again: usable.
+        upsert_session(&db, "s1", "devbox", None, 20).unwrap();
+        let s = get_session(&db, "s1").unwrap().unwrap();
+        assert_eq!((s.gone_at, s.gone_reason), (None, None));
+        assert!(!list_sessions(&db, None, |_| true).unwrap()[0].gone);
+        assert_eq!(s.label.as_deref(), Some("api"));
     }
 }

@@ -523,7 +523,7 @@ async fn run() -> anyhow::Result<()> {
         n: hook_only.len().to_string(),
     });
     rows.push(Row {
-        what: "floor: one `tmux display-message` client call (the agent makes 2 per command)"
+        what: "floor: one `tmux display-message` client call (the agent makes 3 per command: identity check, text, Enter)"
             .into(),
         callers: "1".into(),
         p50: format!("{:.2}", ms(&tmux_call, 0.5)),

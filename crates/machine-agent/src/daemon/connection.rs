@@ -369,6 +369,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
 }
 
 async fn flush_results(ws: &mut Ws, shared: &Shared) -> Result<(), String> {
+    flush_gone(ws, shared).await?;
     loop {
         let batch = match shared.inbox.unsent_results(RESULT_BATCH) {
             Ok(b) => b,
@@ -393,6 +394,25 @@ async fn flush_results(ws: &mut Ws, shared: &Shared) -> Result<(), String> {
             return Ok(());
         }
     }
+}
+
+/// Sessions whose pane the executor found gone, reported before the results that say so.
+async fn flush_gone(ws: &mut Ws, shared: &Shared) -> Result<(), String> {
+    let gone = shared.sessions.unreported_gone().unwrap_or_else(|e| {
+        warn!("reading gone sessions: {e}");
+        Vec::new()
+    });
+    for (session_id, reason) in gone {
+        let msg = SocketMessage::SessionGone {
+            session_id: session_id.clone(),
+            reason,
+        };
+        send(ws, msg.encode()).await?;
+        if let Err(e) = shared.sessions.mark_gone_reported(&session_id) {
+            warn!("recording a sent gone report: {e}");
+        }
+    }
+    Ok(())
 }
 
 async fn send(ws: &mut Ws, text: String) -> Result<(), String> {

@@ -2,6 +2,12 @@
 //! interpreted), a short pause, then Enter. tmux is run directly with an argument vector —
 //! no shell ever sees the command text — and with `-S <socket>`, so the daemon reaches a pane
 //! on any tmux server although it runs outside tmux.
+//!
+//! A pane id alone does not name a pane for long: every new tmux server on a socket path
+//! numbers its panes from `%0` again (after a reboot or `tmux kill-server`), so a recorded
+//! `%3` may now be somebody's shell. [`PaneIdentity`] is what the session-start hook records
+//! beside the id, and what the daemon reads again (one `display-message`) before every
+//! injection: a difference means the session's pane is gone, and nothing is typed.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,6 +30,130 @@ pub(crate) fn socket_from_tmux_env(tmux: &str) -> Option<PathBuf> {
     let mut parts = tmux.rsplitn(3, ',');
     let (_, _, path) = (parts.next()?, parts.next()?, parts.next()?);
     (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// What makes a pane the one a session was started in, beyond its reusable `%N` id: the
+/// tmux server's pid and start time (a new server on the same socket differs in both), the
+/// pid of the pane's first process (a new pane differs), and — where `/proc` exists — the
+/// foreground process group of the pane's terminal (Claude Code's, while it runs; the shell's
+/// once Claude has exited or been killed, although the pane itself lives on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaneIdentity {
+    /// `#{pane_id}`, e.g. `%3`.
+    pub pane_id: String,
+    /// `#{pid}`: the tmux server's pid.
+    pub server_pid: u32,
+    /// `#{start_time}`: when the server started (seconds since the epoch).
+    pub server_started: u64,
+    /// `#{pane_pid}`: the pane's first process.
+    pub pane_pid: u32,
+    /// The foreground process group of the pane's terminal (`tpgid` of the pane's first
+    /// process in `/proc`); `None` where there is no `/proc` (macOS).
+    pub foreground: Option<u32>,
+}
+
+/// The tmux format [`Injector::identity`] asks for; [`PaneIdentity::from_tmux`] reads it.
+const IDENTITY_FORMAT: &str = "#{pane_id} #{pid} #{start_time} #{pane_pid}";
+
+impl PaneIdentity {
+    /// Reads the answer to [`IDENTITY_FORMAT`] for `pane_id`. `None` when the pane is not
+    /// there: tmux answers a `display-message -t` for a missing pane with success and empty
+    /// fields, so the pane id in the answer is what proves the pane exists.
+    pub(crate) fn from_tmux(pane_id: &str, answer: &str) -> Option<(String, u32, u64, u32)> {
+        let mut f = answer.split_whitespace();
+        let (id, server_pid, started, pane_pid) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        if id != pane_id || f.next().is_some() {
+            return None;
+        }
+        Some((
+            id.to_owned(),
+            server_pid.parse().ok()?,
+            started.parse().ok()?,
+            pane_pid.parse().ok()?,
+        ))
+    }
+
+    /// The stored form: `%3 <server pid> <server start> <pane pid> <foreground|->`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            self.pane_id,
+            self.server_pid,
+            self.server_started,
+            self.pane_pid,
+            self.foreground
+                .map_or_else(|| "-".to_owned(), |g| g.to_string())
+        )
+    }
+
+    /// Reads [`PaneIdentity::encode`]'s form; `None` for anything else.
+    pub fn decode(s: &str) -> Option<PaneIdentity> {
+        let mut f = s.split(' ');
+        let identity = PaneIdentity {
+            pane_id: f.next().filter(|p| p.starts_with('%'))?.to_owned(),
+            server_pid: f.next()?.parse().ok()?,
+            server_started: f.next()?.parse().ok()?,
+            pane_pid: f.next()?.parse().ok()?,
+            foreground: match f.next()? {
+                "-" => None,
+                g => Some(g.parse().ok()?),
+            },
+        };
+        f.next().is_none().then_some(identity)
+    }
+
+    /// How `now` differs from this recorded identity, for a person; `None` when it is the
+    /// same pane with the same program in the foreground.
+    pub(crate) fn difference(&self, now: &PaneIdentity) -> Option<String> {
+        if self.pane_id != now.pane_id {
+            Some(format!("pane {} is now {}", self.pane_id, now.pane_id))
+        } else if self.server_pid != now.server_pid || self.server_started != now.server_started {
+            Some(format!(
+                "the tmux server was restarted (pid {} started at {}, now pid {} started at {}), \
+                 so {} is another pane",
+                self.server_pid,
+                self.server_started,
+                now.server_pid,
+                now.server_started,
+                now.pane_id
+            ))
+        } else if self.pane_pid != now.pane_pid {
+            Some(format!(
+                "{} was closed and its id reused by a new pane",
+                self.pane_id
+            ))
+        } else if self.foreground != now.foreground {
+            Some(format!(
+                "the program Claude Code ran as is no longer in the foreground of {} \
+                 (it exited or was killed; a shell may be there now)",
+                self.pane_id
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// The foreground process group of the terminal of process `pid` (`tpgid`, the 8th field of
+/// `/proc/<pid>/stat`); `None` without `/proc` or when the process is gone.
+pub(crate) fn foreground_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_tpgid(&stat)
+}
+
+fn parse_tpgid(stat: &str) -> Option<u32> {
+    // `pid (comm) state ppid pgrp session tty_nr tpgid ...`; comm may hold spaces and
+    // parentheses, so count from the last `)`.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let tpgid: i64 = rest.split_whitespace().nth(5)?.parse().ok()?;
+    u32::try_from(tpgid).ok().filter(|g| *g > 0)
+}
+
+/// The server pid in a `$TMUX` value (`<socket>,<server pid>,<session index>`).
+pub(crate) fn server_pid_from_tmux_env(tmux: &str) -> Option<u32> {
+    let mut parts = tmux.rsplitn(3, ',');
+    let (_, pid, _) = (parts.next()?, parts.next()?, parts.next()?);
+    pid.parse().ok().filter(|p| *p > 0)
 }
 
 /// Why a command could not be typed, in words a person understands.
@@ -64,6 +194,44 @@ impl Injector {
         }
     }
 
+    /// Reads `pane`'s identity now (one tmux call, plus a `/proc` read): PaneGone when the
+    /// pane does not exist, ServerGone when its server does not.
+    pub(crate) async fn identity(&self, pane: &Pane) -> Result<PaneIdentity, InjectError> {
+        let answer = self
+            .run(
+                pane,
+                &[
+                    "display-message",
+                    "-p",
+                    "-t",
+                    &pane.pane_id,
+                    IDENTITY_FORMAT,
+                ],
+            )
+            .await?;
+        let (pane_id, server_pid, server_started, pane_pid) =
+            PaneIdentity::from_tmux(&pane.pane_id, answer.trim())
+                .ok_or_else(|| InjectError::PaneGone(pane.pane_id.clone()))?;
+        Ok(PaneIdentity {
+            pane_id,
+            server_pid,
+            server_started,
+            pane_pid,
+            foreground: foreground_group(pane_pid),
+        })
+    }
+
+    /// Empties the input line of `pane` (Ctrl-U: kill to the start of the line in the tty's
+    /// cooked mode, readline, and Claude Code's prompt editor; unlike Escape or Ctrl-C it
+    /// never interrupts Claude). Used before typing into a pane whose input line may hold the
+    /// text of a command whose typing was interrupted, so the next command is not submitted
+    /// behind it.
+    pub(crate) async fn clear_input(&self, pane: &Pane) -> Result<(), InjectError> {
+        self.run(pane, &["send-keys", "-t", &pane.pane_id, "C-u"])
+            .await
+            .map(drop)
+    }
+
     /// Types `text` into `pane` and presses Enter; an empty text is Enter alone.
     #[cfg(test)]
     pub(crate) async fn type_into(&self, pane: &Pane, text: &str) -> Result<(), InjectError> {
@@ -79,9 +247,8 @@ impl Injector {
         text: &str,
         typed: impl FnOnce(),
     ) -> Result<(), InjectError> {
-        // A gone pane fails the first `send-keys -t` ("can't find pane" → PaneGone) before
-        // anything is typed, so no separate check: one tmux call fewer per command, a third
-        // of the agent's share of webhook → pane (docs/PERFORMANCE.md).
+        // The caller has checked the pane's identity (`identity`); a pane gone since fails
+        // the first `send-keys -t` ("can't find pane" → PaneGone) before anything is typed.
         if !text.is_empty() {
             self.run(pane, &["send-keys", "-t", &pane.pane_id, "-l", "--", text])
                 .await?;
@@ -169,6 +336,108 @@ mod tests {
         );
         assert_eq!(socket_from_tmux_env(""), None);
         assert_eq!(socket_from_tmux_env("nonsense"), None);
+    }
+
+    fn identity() -> PaneIdentity {
+        PaneIdentity {
+            pane_id: "%3".into(),
+            server_pid: 4242,
+            server_started: 1_700_000_000,
+            pane_pid: 4300,
+            foreground: Some(4310),
+        }
+    }
+
+    #[test]
+    fn identity_is_read_from_tmux_and_stored_losslessly() {
+        assert_eq!(
+            PaneIdentity::from_tmux("%3", "%3 4242 1700000000 4300"),
+            Some(("%3".into(), 4242, 1_700_000_000, 4300))
+        );
+        // tmux answers a missing pane with success and empty fields; or another pane.
+        for answer in [
+            "",
+            "   ",
+            "%4 4242 1700000000 4300",
+            "%3 x 1 2",
+            "%3 1 2",
+            "%3 1 2 3 4",
+        ] {
+            assert_eq!(PaneIdentity::from_tmux("%3", answer), None, "{answer:?}");
+        }
+        let id = identity();
+        assert_eq!(id.encode(), "%3 4242 1700000000 4300 4310");
+        assert_eq!(PaneIdentity::decode(&id.encode()), Some(id.clone()));
+        let mac = PaneIdentity {
+            foreground: None,
+            ..id
+        };
+        assert_eq!(mac.encode(), "%3 4242 1700000000 4300 -");
+        assert_eq!(PaneIdentity::decode(&mac.encode()), Some(mac));
+        for bad in [
+            "",
+            "%3",
+            "3 1 2 3 -",
+            "%3 1 2 3",
+            "%3 1 2 3 - x",
+            "%3 a 2 3 -",
+        ] {
+            assert_eq!(PaneIdentity::decode(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn any_difference_is_another_pane() {
+        let rec = identity();
+        assert_eq!(rec.difference(&identity()), None);
+        let new_server = PaneIdentity {
+            server_pid: 77,
+            ..identity()
+        };
+        assert!(rec
+            .difference(&new_server)
+            .unwrap()
+            .contains("tmux server was restarted"));
+        // Same pid by chance (after a reboot), but a later start.
+        let same_pid = PaneIdentity {
+            server_started: 1_800_000_000,
+            ..identity()
+        };
+        assert!(rec.difference(&same_pid).is_some());
+        let new_pane = PaneIdentity {
+            pane_pid: 9,
+            ..identity()
+        };
+        assert!(rec.difference(&new_pane).unwrap().contains("reused"));
+        let claude_gone = PaneIdentity {
+            foreground: Some(4300),
+            ..identity()
+        };
+        assert!(rec
+            .difference(&claude_gone)
+            .unwrap()
+            .contains("no longer in the foreground"));
+        let other = PaneIdentity {
+            pane_id: "%4".into(),
+            ..identity()
+        };
+        assert!(rec.difference(&other).is_some());
+    }
+
+    #[test]
+    fn tpgid_and_server_pid_are_parsed() {
+        let stat = "4300 (my (odd) sh) S 4242 4300 4300 34816 4310 4194304 316 0";
+        assert_eq!(parse_tpgid(stat), Some(4310));
+        assert_eq!(parse_tpgid("4300 (sh) S 1 2 3 0 -1 0"), None);
+        assert_eq!(parse_tpgid("garbage"), None);
+        assert_eq!(foreground_group(u32::MAX), None);
+        assert_eq!(
+            server_pid_from_tmux_env("/tmp/tmux-1000/default,1234,0"),
+            Some(1234)
+        );
+        assert_eq!(server_pid_from_tmux_env("/tmp/a,b/sock,99,2"), Some(99));
+        assert_eq!(server_pid_from_tmux_env("/tmp/sock,0,0"), None);
+        assert_eq!(server_pid_from_tmux_env("nonsense"), None);
     }
 
     fn pane() -> Pane {
@@ -273,10 +542,18 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(lines, vec![tricky.to_string(), String::new()]);
+        // The identity names this pane; a missing pane is PaneGone, not an empty identity.
+        let before = inj.identity(&pane).await.unwrap();
+        assert_eq!(before.pane_id, pane.pane_id);
+        assert_eq!(inj.identity(&pane).await.unwrap(), before);
         let gone = Pane {
             pane_id: "%999".into(),
             socket: Some(sock.clone()),
         };
+        assert_eq!(
+            inj.identity(&gone).await.unwrap_err(),
+            InjectError::PaneGone("%999".into())
+        );
         assert_eq!(
             inj.type_into(&gone, "x").await.unwrap_err(),
             InjectError::PaneGone("%999".into())
@@ -288,5 +565,25 @@ mod tests {
             .status();
         let err = inj.type_into(&pane, "x").await.unwrap_err();
         assert!(matches!(err, InjectError::ServerGone(_)), "{err:?}");
+        assert!(matches!(
+            inj.identity(&pane).await.unwrap_err(),
+            InjectError::ServerGone(_)
+        ));
+        // A new server on the same socket path has a pane with the same id: not the same pane.
+        let st = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(["-f", "/dev/null", "new-session", "-d", "sh"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let after = inj.identity(&pane).await.unwrap();
+        assert_eq!(after.pane_id, before.pane_id);
+        assert!(before.difference(&after).is_some(), "{before:?} {after:?}");
+        let _ = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .arg("kill-server")
+            .status();
     }
 }

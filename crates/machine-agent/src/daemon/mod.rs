@@ -28,8 +28,8 @@ use tracing::{info, warn};
 
 use connection::{run_socket, Shared};
 use inbox::{Command, Inbox, Outcome, RETENTION_MARGIN_MS};
-use inject::Injector;
-use sessions::Sessions;
+use inject::{InjectError, Injector, Pane};
+use sessions::{SessionRecord, Sessions};
 
 use crate::db::{now_ms, Db};
 use crate::settings::{write_hook_config, Config};
@@ -54,6 +54,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         commands_ready: Arc::new(Notify::new()),
         results_ready: Arc::new(Notify::new()),
     };
+    // Before the inbox finishes them: the panes of commands a kill interrupted while tmux was
+    // being handed their text get their input line cleared before the next command.
+    match shared.sessions.mark_interrupted_inputs_dirty() {
+        Ok(0) => {}
+        Ok(n) => warn!("{n} session(s) may hold the text of an interrupted command in their input line; it is cleared before their next command"),
+        Err(e) => warn!("marking interrupted input lines: {e}"),
+    }
     let interrupted = shared
         .inbox
         .recover_interrupted(now_ms())
@@ -154,17 +161,7 @@ async fn execute(shared: &Shared, injector: &Injector, cmd: &Command) {
                 "session {} is not running inside tmux, so there is no pane to type into",
                 cmd.session_id
             )),
-            Some(pane) => {
-                let typed = || {
-                    if let Err(e) = shared.inbox.mark_typed(&cmd.command_id, now_ms()) {
-                        warn!(command_id = %cmd.command_id, "recording typed text: {e}");
-                    }
-                };
-                match injector.type_with(&pane, &cmd.command, typed).await {
-                    Ok(()) => Outcome::ok(),
-                    Err(e) => Outcome::failed(e.to_string()),
-                }
-            }
+            Some(pane) => type_verified(shared, injector, cmd, &rec, &pane).await,
         },
     };
     if outcome.success {
@@ -183,6 +180,105 @@ async fn execute(shared: &Shared, injector: &Injector, cmd: &Command) {
     shared.results_ready.notify_one();
 }
 
+/// Types `cmd` into the session's pane once the pane is proven to be the session's: the
+/// identity check costs one tmux call per command, and is what keeps a reply to an old
+/// notification out of a shell that now has the pane's id.
+async fn type_verified(
+    shared: &Shared,
+    injector: &Injector,
+    cmd: &Command,
+    rec: &SessionRecord,
+    pane: &Pane,
+) -> Outcome {
+    if let Err(refused) = verify(shared, injector, rec, pane).await {
+        return refused;
+    }
+    if rec.input_dirty {
+        // The input line may hold (part of) a command whose typing was interrupted: typed
+        // after it, this one would be submitted as one line with it. Ctrl-U clears the line
+        // (see `Injector::clear_input`); the interrupted command was reported as failed.
+        if let Err(e) = injector.clear_input(pane).await {
+            return Outcome::failed(e.to_string());
+        }
+        if let Err(e) = shared.sessions.set_input_dirty(&rec.session_id, false) {
+            warn!(session_id = %rec.session_id, "recording a cleared input line: {e}");
+        }
+        info!(session_id = %rec.session_id, "cleared an input line left by an interrupted command");
+    }
+    let typed = || {
+        if let Err(e) = shared.inbox.mark_typed(&cmd.command_id, now_ms()) {
+            warn!(command_id = %cmd.command_id, "recording typed text: {e}");
+        }
+    };
+    match injector.type_with(pane, &cmd.command, typed).await {
+        Ok(()) => Outcome::ok(),
+        Err(e) => {
+            input_uncertain(shared, &rec.session_id, &e);
+            Outcome::failed(e.to_string())
+        }
+    }
+}
+
+/// After a failed `send-keys`, part of the text may be in the input line (a timeout, or the
+/// Enter after the text failing): clear it before the next command.
+fn input_uncertain(shared: &Shared, session_id: &str, e: &InjectError) {
+    if !matches!(e, InjectError::TmuxMissing) {
+        if let Err(e) = shared.sessions.set_input_dirty(session_id, true) {
+            warn!(session_id, "recording an uncertain input line: {e}");
+        }
+    }
+}
+
+/// `Ok` when `pane` is still the pane the session's hook recorded. Otherwise the refusal:
+/// a gone or different pane marks the session gone (reported to the Worker, which refuses
+/// further replies to it), an unverifiable one (no identity recorded) is refused alone.
+async fn verify(
+    shared: &Shared,
+    injector: &Injector,
+    rec: &SessionRecord,
+    pane: &Pane,
+) -> Result<(), Outcome> {
+    if let Some((_, reason)) = &rec.gone {
+        return Err(gone_outcome(reason));
+    }
+    let Some(recorded) = &rec.identity else {
+        return Err(Outcome::failed(format!(
+            "nothing was typed: the pane of this session ({}) was recorded without its \
+             identity (by an older ccr-agent, or tmux could not be asked), so the agent \
+             cannot tell whether it still belongs to Claude Code. Each notification records \
+             it again: reply to the session's next notification",
+            pane.pane_id
+        )));
+    };
+    let reason = match injector.identity(pane).await {
+        Ok(now) => match recorded.difference(&now) {
+            None => return Ok(()),
+            Some(difference) => difference,
+        },
+        Err(InjectError::PaneGone(p)) => format!("pane {p} no longer exists"),
+        Err(InjectError::ServerGone(s)) => format!("its tmux server ({s}) is no longer running"),
+        Err(e) => return Err(Outcome::failed(e.to_string())),
+    };
+    warn!(session_id = %rec.session_id, "the session's pane is gone: {reason}");
+    match shared
+        .sessions
+        .mark_gone(&rec.session_id, &reason, now_ms())
+    {
+        Ok(_) => shared.results_ready.notify_one(),
+        Err(e) => warn!(session_id = %rec.session_id, "recording a gone pane: {e}"),
+    }
+    Err(gone_outcome(&reason))
+}
+
+/// The failure a reply to a session whose pane is gone gets: what happened, and how to go on.
+fn gone_outcome(reason: &str) -> Outcome {
+    Outcome::failed(format!(
+        "the session's pane is gone ({reason}), so nothing was typed. To continue, start \
+         Claude Code again in tmux (claude --continue picks the conversation up); its next \
+         notification is the one to reply to"
+    ))
+}
+
 /// Commands a previous run typed but could not press Enter for: their text is in the pane,
 /// so Enter completes them (typing them again would duplicate the text).
 async fn finish_typed(shared: &Shared, injector: &Injector) {
@@ -196,9 +292,15 @@ async fn finish_typed(shared: &Shared, injector: &Injector) {
     for cmd in typed {
         let outcome = match shared.sessions.get(&cmd.session_id) {
             Ok(Some(rec)) => match rec.pane() {
-                Some(pane) => match injector.press_enter(&pane).await {
-                    Ok(()) => Outcome::ok(),
-                    Err(e) => Outcome::failed(e.to_string()),
+                Some(pane) => match verify(shared, injector, &rec, &pane).await {
+                    Err(refused) => refused,
+                    Ok(()) => match injector.press_enter(&pane).await {
+                        Ok(()) => Outcome::ok(),
+                        Err(e) => {
+                            input_uncertain(shared, &rec.session_id, &e);
+                            Outcome::failed(e.to_string())
+                        }
+                    },
                 },
                 None => Outcome::failed("the session's pane is no longer recorded"),
             },

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::inject::Pane;
+use super::inject::{Pane, PaneIdentity};
 use crate::db::Db;
 
 /// One session as recorded by its `session-start` hook.
@@ -26,6 +26,15 @@ pub struct SessionRecord {
     pub transcript_path: Option<String>,
     /// Last update (ms).
     pub updated_at: i64,
+    /// The pane's identity when a hook last ran in it; `None` = unverifiable (recorded by an
+    /// agent older than identities, or tmux could not be asked), so nothing is typed there.
+    pub identity: Option<PaneIdentity>,
+    /// When the daemon found the pane gone (and why): nothing is typed for the session until
+    /// a hook runs in it again.
+    pub gone: Option<(i64, String)>,
+    /// The input line may hold the text of a command whose typing was interrupted: clear it
+    /// before typing the next command.
+    pub input_dirty: bool,
 }
 
 impl SessionRecord {
@@ -52,13 +61,18 @@ impl Sessions {
 
     /// Inserts or replaces a session's record.
     pub fn upsert(&self, s: &SessionRecord) -> rusqlite::Result<()> {
+        // A hook ran for the session, in its pane: it is not gone (any more). The dirty flag is
+        // the daemon's and stays.
         self.db.with(|c| {
             c.execute(
                 "INSERT INTO sessions (session_id, pane_id, tmux_socket, cwd, label, \
-                 transcript_path, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 transcript_path, updated_at, pane_identity) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                  ON CONFLICT (session_id) DO UPDATE SET pane_id = excluded.pane_id, \
                  tmux_socket = excluded.tmux_socket, cwd = excluded.cwd, label = excluded.label, \
-                 transcript_path = excluded.transcript_path, updated_at = excluded.updated_at",
+                 transcript_path = excluded.transcript_path, updated_at = excluded.updated_at, \
+                 pane_identity = excluded.pane_identity, gone_at = NULL, gone_reason = NULL, \
+                 gone_reported = 1",
                 params![
                     s.session_id,
                     s.pane_id,
@@ -68,7 +82,8 @@ impl Sessions {
                     s.cwd,
                     s.label,
                     s.transcript_path,
-                    s.updated_at
+                    s.updated_at,
+                    s.identity.as_ref().map(PaneIdentity::encode),
                 ],
             )
             .map(drop)
@@ -76,11 +91,12 @@ impl Sessions {
     }
 
     /// One session.
-    pub(crate) fn get(&self, session_id: &str) -> rusqlite::Result<Option<SessionRecord>> {
+    pub fn get(&self, session_id: &str) -> rusqlite::Result<Option<SessionRecord>> {
         self.db.with(|c| {
             c.query_row(
                 "SELECT session_id, pane_id, tmux_socket, cwd, label, transcript_path, \
-                 updated_at FROM sessions WHERE session_id = ?1",
+                 updated_at, pane_identity, gone_at, gone_reason, input_dirty \
+                 FROM sessions WHERE session_id = ?1",
                 [session_id],
                 row,
             )
@@ -93,10 +109,77 @@ impl Sessions {
         self.db.with(|c| {
             let mut st = c.prepare(
                 "SELECT session_id, pane_id, tmux_socket, cwd, label, transcript_path, \
-                 updated_at FROM sessions ORDER BY updated_at DESC",
+                 updated_at, pane_identity, gone_at, gone_reason, input_dirty \
+                 FROM sessions ORDER BY updated_at DESC",
             )?;
             let rows = st.query_map([], row)?;
             rows.collect()
+        })
+    }
+
+    /// Records that the session's pane is gone (`reason` for a person) and queues the
+    /// report to the Worker; false when it was already marked.
+    pub(crate) fn mark_gone(
+        &self,
+        session_id: &str,
+        reason: &str,
+        now: i64,
+    ) -> rusqlite::Result<bool> {
+        self.db.with(|c| {
+            c.execute(
+                "UPDATE sessions SET gone_at = ?2, gone_reason = ?3, gone_reported = 0 \
+                 WHERE session_id = ?1 AND gone_at IS NULL",
+                params![session_id, now, reason],
+            )
+            .map(|n| n == 1)
+        })
+    }
+
+    /// Gone sessions whose report has not been handed to the socket: (session, reason).
+    pub(crate) fn unreported_gone(&self) -> rusqlite::Result<Vec<(String, String)>> {
+        self.db.with(|c| {
+            let mut st = c.prepare(
+                "SELECT session_id, COALESCE(gone_reason, '') FROM sessions \
+                 WHERE gone_at IS NOT NULL AND gone_reported = 0 ORDER BY gone_at",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// Records that a gone report was handed to the socket.
+    pub(crate) fn mark_gone_reported(&self, session_id: &str) -> rusqlite::Result<()> {
+        self.db.with(|c| {
+            c.execute(
+                "UPDATE sessions SET gone_reported = 1 WHERE session_id = ?1",
+                [session_id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Sets or clears the session's "input line may hold interrupted text" flag.
+    pub(crate) fn set_input_dirty(&self, session_id: &str, dirty: bool) -> rusqlite::Result<()> {
+        self.db.with(|c| {
+            c.execute(
+                "UPDATE sessions SET input_dirty = ?2 WHERE session_id = ?1",
+                params![session_id, dirty],
+            )
+            .map(drop)
+        })
+    }
+
+    /// At start-up, before the inbox finishes them as failed: the sessions of commands a
+    /// previous run left `executing` (killed while tmux was being handed the text, so part
+    /// or all of it may sit in the input line) get their input line cleared before the next
+    /// command. Returns how many sessions were marked.
+    pub(crate) fn mark_interrupted_inputs_dirty(&self) -> rusqlite::Result<usize> {
+        self.db.with(|c| {
+            c.execute(
+                "UPDATE sessions SET input_dirty = 1 WHERE input_dirty = 0 AND session_id IN \
+                 (SELECT session_id FROM inbox WHERE state = 'executing')",
+                [],
+            )
         })
     }
 
@@ -155,6 +238,15 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         label: r.get(4)?,
         transcript_path: r.get(5)?,
         updated_at: r.get(6)?,
+        identity: r
+            .get::<_, Option<String>>(7)?
+            .as_deref()
+            .and_then(PaneIdentity::decode),
+        gone: match (r.get::<_, Option<i64>>(8)?, r.get::<_, Option<String>>(9)?) {
+            (Some(at), reason) => Some((at, reason.unwrap_or_default())),
+            (None, _) => None,
+        },
+        input_dirty: r.get(10)?,
     })
 }
 
@@ -173,6 +265,9 @@ mod tests {
             label: Some("api".into()),
             transcript_path: None,
             updated_at: 1,
+            identity: PaneIdentity::decode("%1 10 1700000000 11 12"),
+            gone: None,
+            input_dirty: false,
         };
         s.upsert(&rec).unwrap();
         rec.pane_id = Some("%7".into());
@@ -191,5 +286,84 @@ mod tests {
             s.status("connection").unwrap(),
             Some(("connected".into(), 3))
         );
+    }
+
+    #[test]
+    fn a_gone_pane_is_recorded_reported_once_and_cleared_by_a_hook() {
+        let s = Sessions::new(Db::open_in_memory().unwrap());
+        let rec = SessionRecord {
+            session_id: "s1".into(),
+            pane_id: Some("%0".into()),
+            tmux_socket: Some("/tmp/sock".into()),
+            cwd: None,
+            label: None,
+            transcript_path: None,
+            updated_at: 1,
+            identity: PaneIdentity::decode("%0 10 1700000000 11 -"),
+            gone: None,
+            input_dirty: false,
+        };
+        s.upsert(&rec).unwrap();
+        assert!(s.unreported_gone().unwrap().is_empty());
+        assert!(s.mark_gone("s1", "tmux server restarted", 5).unwrap());
+        assert!(!s.mark_gone("s1", "again", 6).unwrap(), "marked once");
+        assert_eq!(
+            s.get("s1").unwrap().unwrap().gone,
+            Some((5, "tmux server restarted".into()))
+        );
+        assert_eq!(
+            s.unreported_gone().unwrap(),
+            vec![("s1".to_string(), "tmux server restarted".to_string())]
+        );
+        s.mark_gone_reported("s1").unwrap();
+        assert!(s.unreported_gone().unwrap().is_empty());
+        assert!(s.get("s1").unwrap().unwrap().gone.is_some());
+        // A hook ran in the session's (new) pane: not gone any more.
+        s.upsert(&rec).unwrap();
+        assert_eq!(s.get("s1").unwrap().unwrap().gone, None);
+        assert!(s.unreported_gone().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sessions_of_interrupted_commands_get_a_dirty_input_line() {
+        use crate::daemon::inbox::{Command, Inbox};
+        let db = Db::open_in_memory().unwrap();
+        let s = Sessions::new(db.clone());
+        let inbox = Inbox::new(db);
+        for id in ["s1", "s2"] {
+            s.upsert(&SessionRecord {
+                session_id: id.into(),
+                pane_id: Some("%0".into()),
+                tmux_socket: None,
+                cwd: None,
+                label: None,
+                transcript_path: None,
+                updated_at: 1,
+                identity: None,
+                gone: None,
+                input_dirty: false,
+            })
+            .unwrap();
+        }
+        let cmd = |id: &str, session: &str| Command {
+            command_id: id.into(),
+            session_id: session.into(),
+            command: "x".into(),
+            chat_id: "1".into(),
+        };
+        inbox.store(&cmd("c1", "s1"), None, 1).unwrap();
+        inbox.store(&cmd("c2", "s2"), None, 1).unwrap();
+        assert!(inbox.begin("c1", 2).unwrap());
+        // Killed while typing c1: at start-up s1's line is dirty, s2's is not.
+        assert_eq!(s.mark_interrupted_inputs_dirty().unwrap(), 1);
+        assert!(s.get("s1").unwrap().unwrap().input_dirty);
+        assert!(!s.get("s2").unwrap().unwrap().input_dirty);
+        // A hook's upsert keeps the flag; clearing the line clears it.
+        let mut rec = s.get("s1").unwrap().unwrap();
+        rec.input_dirty = false;
+        s.upsert(&rec).unwrap();
+        assert!(s.get("s1").unwrap().unwrap().input_dirty);
+        s.set_input_dirty("s1", false).unwrap();
+        assert!(!s.get("s1").unwrap().unwrap().input_dirty);
     }
 }

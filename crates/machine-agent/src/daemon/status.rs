@@ -215,11 +215,16 @@ pub fn report(data_dir: &Path) -> anyhow::Result<String> {
     let all = sessions.all()?;
     let _ = writeln!(out, "sessions:     {}", all.len());
     for s in all {
-        let pane = match (&s.pane_id, &s.tmux_socket) {
+        let mut pane = match (&s.pane_id, &s.tmux_socket) {
             (Some(p), Some(sock)) => format!("pane {p} on {}", sock.display()),
             (Some(p), None) => format!("pane {p}"),
             _ => "not in tmux".into(),
         };
+        if let Some((_, why)) = &s.gone {
+            pane.push_str(&format!(" (gone: {why})"));
+        } else if s.pane_id.is_some() && s.identity.is_none() {
+            pane.push_str(" (unverified: replies refused until its next notification)");
+        }
         let _ = writeln!(
             out,
             "  {}  {}  {}  {}",
@@ -282,6 +287,9 @@ mod tests {
                 label: Some("api".into()),
                 transcript_path: None,
                 updated_at: now,
+                identity: crate::daemon::inject::PaneIdentity::decode("%2 1 2 3 -"),
+                gone: None,
+                input_dirty: false,
             })
             .unwrap();
         let text = report(dir.path()).unwrap();

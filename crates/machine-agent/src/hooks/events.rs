@@ -11,7 +11,9 @@ use tracing::{info, warn};
 
 use super::api::WorkerApi;
 use super::event::HookEvent;
-use crate::daemon::inject::socket_from_tmux_env;
+use crate::daemon::inject::{
+    server_pid_from_tmux_env, socket_from_tmux_env, Injector, PaneIdentity,
+};
 use crate::daemon::sessions::{SessionRecord, Sessions};
 use crate::db::{now_ms, Db};
 use crate::settings::{hook_worker, RawSettings};
@@ -55,6 +57,11 @@ impl HookEnv {
             tmux_pane: var("TMUX_PANE"),
         }
     }
+
+    /// The pane Claude Code runs in (`$TMUX_PANE`), if it runs in tmux.
+    fn pane(&self) -> Option<&str> {
+        self.tmux_pane.as_deref().filter(|p| p.starts_with('%'))
+    }
 }
 
 /// Runs one hook event.
@@ -71,7 +78,13 @@ pub(super) async fn run_hook(
         .map_err(|e| anyhow::anyhow!("the hook input's session_id is invalid: {e}"))?;
     let sessions = Sessions::new(Db::open(data_dir)?);
     let known = sessions.get(&input.session_id)?;
-    let record = refresh_record(known.as_ref(), &input, env);
+    let mut record = refresh_record(known.as_ref(), &input, env);
+    if event != HookEvent::SessionEnd && env.pane().is_some() {
+        record.identity = identify(&record, env).await;
+    }
+    // Not registered with the Worker yet here, or reported gone to it: register (again),
+    // which clears the Worker's "gone".
+    let must_register = known.as_ref().is_none_or(|k| k.gone.is_some());
     let api = || -> anyhow::Result<WorkerApi> {
         let worker = hook_worker(args, data_dir).map_err(|e| {
             anyhow::anyhow!("{e} (or run the daemon once, which saves them for the hooks)")
@@ -87,13 +100,15 @@ pub(super) async fn run_hook(
             info!(session_id = %input.session_id, pane = ?record.pane_id, "session registered");
         }
         HookEvent::Stop => {
-            sessions.upsert(&record)?;
             let api = api()?;
-            if known.is_none() {
-                // The start hook never ran here (e.g. hooks installed mid-session).
+            if must_register {
+                // The start hook never ran here (e.g. hooks installed mid-session), or the
+                // pane was found gone and the session is back in a pane now. Registered
+                // before the record clears "gone" here, so a failed call is retried next time.
                 api.register(&input.session_id, record.label.as_deref())
                     .await?;
             }
+            sessions.upsert(&record)?;
             let transcript = input
                 .transcript_path
                 .clone()
@@ -118,12 +133,12 @@ pub(super) async fn run_hook(
             info!(session_id = %input.session_id, message_id = sent.message_id, "stop notification sent");
         }
         HookEvent::Notification => {
-            sessions.upsert(&record)?;
             let api = api()?;
-            if known.is_none() {
+            if must_register {
                 api.register(&input.session_id, record.label.as_deref())
                     .await?;
             }
+            sessions.upsert(&record)?;
             let Some(message) = input.message.as_deref().filter(|m| !m.trim().is_empty()) else {
                 bail!("the Notification hook input has no message");
             };
@@ -155,10 +170,15 @@ fn refresh_record(
         label: None,
         transcript_path: None,
         updated_at: 0,
+        identity: None,
+        gone: None,
+        input_dirty: false,
     });
-    if let Some(pane) = env.tmux_pane.as_deref().filter(|p| p.starts_with('%')) {
+    if let Some(pane) = env.pane() {
         rec.pane_id = Some(pane.to_owned());
         rec.tmux_socket = env.tmux.as_deref().and_then(socket_from_tmux_env);
+        // Read again by the caller (`identify`) from the pane as it is now.
+        rec.identity = None;
     }
     if let Some(cwd) = input.cwd.as_deref().filter(|c| !c.is_empty()) {
         rec.cwd = Some(cwd.to_owned());
@@ -169,6 +189,39 @@ fn refresh_record(
     }
     rec.updated_at = now_ms();
     rec
+}
+
+/// The identity of the session's pane as tmux reports it now (the hook runs inside it).
+/// `None` — and so nothing will be typed into the pane — when tmux cannot be asked, or
+/// when the server answering on the socket is not the one `$TMUX` names.
+async fn identify(rec: &SessionRecord, env: &HookEnv) -> Option<PaneIdentity> {
+    let pane = rec.pane()?;
+    let asked = tokio::time::timeout(
+        Duration::from_secs(2),
+        Injector::new("tmux", Duration::ZERO).identity(&pane),
+    )
+    .await;
+    let identity = match asked {
+        Ok(Ok(identity)) => identity,
+        Ok(Err(e)) => {
+            warn!("cannot read the identity of pane {}: {e}; replies to this session will be refused until a hook can", pane.pane_id);
+            return None;
+        }
+        Err(_) => {
+            warn!("tmux did not tell the identity of pane {} in time; replies to this session will be refused until a hook can", pane.pane_id);
+            return None;
+        }
+    };
+    match env.tmux.as_deref().and_then(server_pid_from_tmux_env) {
+        Some(pid) if pid != identity.server_pid => {
+            warn!(
+                "$TMUX names tmux server pid {pid} but pid {} answers on its socket; not recording pane {}",
+                identity.server_pid, pane.pane_id
+            );
+            None
+        }
+        _ => Some(identity),
+    }
 }
 
 /// The label of a working directory: its last component, valid as a label.
@@ -244,6 +297,9 @@ mod tests {
             label: Some("api".into()),
             transcript_path: None,
             updated_at: 0,
+            identity: None,
+            gone: None,
+            input_dirty: false,
         };
         assert_eq!(stop_text(&rec, Some("done")), "✅ api (/w/api)\n\ndone");
         let long = "é".repeat(MAX_TEXT_CHARS + 5);
