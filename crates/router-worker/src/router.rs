@@ -188,8 +188,21 @@ fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String,
     Ok(text)
 }
 
-/// Handles one update. Every effect on storage happens inside this call, synchronously.
-pub fn handle_update(
+/// Handles one update. Every write it makes (the dedup row, the queued command, the session's
+/// activity) commits as one transaction, or none does: a failure answers 5xx with nothing
+/// recorded, so Telegram's retry of the update is handled afresh instead of being taken for
+/// a duplicate.
+pub fn handle_update<D: Sql>(
+    db: &D,
+    cfg: &Config,
+    update: &Update,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<Outcome, StoreError> {
+    db.transaction(|db| decide(db, cfg, update, now, online))
+}
+
+fn decide(
     db: &impl Sql,
     cfg: &Config,
     update: &Update,
@@ -679,6 +692,60 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("<code>(Enter)</code>"));
+    }
+
+    /// Fails the first `INSERT INTO command_queue`, as a full disk or a storage hiccup would.
+    struct FailQueueOnce<'a> {
+        db: &'a MemDb,
+        armed: std::cell::Cell<bool>,
+    }
+
+    impl Sql for FailQueueOnce<'_> {
+        fn exec(&self, sql: &str, params: Vec<store::SqlValue>) -> Result<(), StoreError> {
+            if sql.contains("INSERT INTO command_queue") && self.armed.replace(false) {
+                return Err(StoreError("injected: queue insert failed".into()));
+            }
+            self.db.exec(sql, params)
+        }
+        fn query<T: serde::de::DeserializeOwned>(
+            &self,
+            sql: &str,
+            params: Vec<store::SqlValue>,
+        ) -> Result<Vec<T>, StoreError> {
+            self.db.query(sql, params)
+        }
+        fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+        where
+            F: FnOnce(&Self) -> Result<T, StoreError>,
+        {
+            self.db.transaction(|_| work(self))
+        }
+    }
+
+    #[test]
+    fn a_failed_queue_insert_records_nothing_and_the_retry_queues() {
+        let db = setup();
+        let flaky = FailQueueOnce {
+            db: &db,
+            armed: std::cell::Cell::new(true),
+        };
+        let first = handle_update(&flaky, &cfg(), &reply_update(21, 42, 100, "ls"), 5, &|_| {
+            true
+        });
+        assert!(first.is_err(), "the webhook answers 5xx");
+        let seen: i64 =
+            db.0.query_row("SELECT count(*) FROM seen_updates", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(seen, 0, "the update id was not recorded");
+        // Telegram retries the same update: it is not a duplicate, and the command queues.
+        let retry = handle_update(&flaky, &cfg(), &reply_update(21, 42, 100, "ls"), 6, &|_| {
+            true
+        })
+        .unwrap();
+        assert!(!retry.duplicate);
+        assert_eq!(retry.queued.len(), 1);
+        assert_eq!(retry.queued[0].command, "ls");
+        assert_eq!(queue::unacked_count(&db, "devbox").unwrap(), 1);
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn now_ms() -> i64 {
 }
 
 /// The Durable Object's SQLite behind the [`Sql`] trait.
-struct DoSql(SqlStorage);
+struct DoSql(SqlStorage, Storage);
 
 fn bind(params: Vec<SqlValue>) -> Vec<SqlStorageValue> {
     params
@@ -66,6 +66,54 @@ fn bind(params: Vec<SqlValue>) -> Vec<SqlStorageValue> {
 }
 
 impl Sql for DoSql {
+    fn transaction<T, F>(&self, work: F) -> std::result::Result<T, StoreError>
+    where
+        F: FnOnce(&Self) -> std::result::Result<T, StoreError>,
+    {
+        use worker::js_sys::{Function, Reflect};
+        use worker::wasm_bindgen::closure::ScopedClosure;
+        use worker::wasm_bindgen::{JsCast, JsValue};
+
+        // workers-rs 0.8.7 binds only the asynchronous `transaction`; `transactionSync` runs
+        // its callback at once and rolls every write back when the callback throws. The
+        // callback is a scoped closure: it borrows `work` for the length of the call only.
+        let raw = self.1.as_raw();
+        let sync = Reflect::get(raw, &JsValue::from_str("transactionSync"))
+            .ok()
+            .and_then(|f| f.dyn_into::<Function>().ok())
+            .ok_or_else(|| StoreError("storage.transactionSync is not available".into()))?;
+        let mut work = Some(work);
+        let mut result: Option<std::result::Result<T, StoreError>> = None;
+        let mut body = || -> std::result::Result<JsValue, JsValue> {
+            let r = match work.take() {
+                Some(w) => w(self),
+                None => Err(StoreError("transaction body called twice".into())),
+            };
+            let failed = r.is_err();
+            result = Some(r);
+            if failed {
+                // Throwing is how `transactionSync` is told to roll back.
+                Err(JsValue::from_str("rolled back"))
+            } else {
+                Ok(JsValue::UNDEFINED)
+            }
+        };
+        let called = {
+            let closure =
+                ScopedClosure::<dyn FnMut() -> std::result::Result<JsValue, JsValue>>::borrow_mut_assert_unwind_safe(
+                    &mut body,
+                );
+            sync.call1(raw, closure.as_ref())
+        };
+        match (result, called) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(_)) => Ok(v),
+            (Some(Ok(_)), Err(e)) => Err(StoreError(format!("commit failed: {e:?}"))),
+            (None, Err(e)) => Err(StoreError(format!("transaction failed: {e:?}"))),
+            (None, Ok(_)) => Err(StoreError("transaction body never ran".into())),
+        }
+    }
+
     fn exec(&self, sql: &str, params: Vec<SqlValue>) -> std::result::Result<(), StoreError> {
         self.0
             .exec(sql, bind(params))
@@ -100,7 +148,8 @@ pub struct RouterDO {
 
 impl RouterDO {
     fn db(&self) -> DoSql {
-        DoSql(self.state.storage().sql())
+        let storage = self.state.storage();
+        DoSql(storage.sql(), storage)
     }
 
     fn ensure_schema(&self) -> Result<()> {

@@ -57,6 +57,14 @@ pub trait Sql {
         sql: &str,
         params: Vec<SqlValue>,
     ) -> Result<Vec<T>, StoreError>;
+    /// Runs `work` as one transaction: every write it made commits when it returns `Ok`, and
+    /// none does when it returns `Err` (or a statement fails). On the edge this is the Durable
+    /// Object's `transactionSync` (SQL `BEGIN` is refused there); natively, a real SQLite
+    /// transaction. Not nested.
+    fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        Self: Sized,
+        F: FnOnce(&Self) -> Result<T, StoreError>;
 }
 
 /// Brings the schema to the latest version; returns the version it found.
@@ -219,6 +227,19 @@ pub(crate) mod testing {
     }
 
     impl Sql for MemDb {
+        fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+        where
+            F: FnOnce(&Self) -> Result<T, StoreError>,
+        {
+            let tx = self
+                .0
+                .unchecked_transaction()
+                .map_err(|e| StoreError(e.to_string()))?;
+            let value = work(self)?; // dropping `tx` on the error path rolls back
+            tx.commit().map_err(|e| StoreError(e.to_string()))?;
+            Ok(value)
+        }
+
         fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<(), StoreError> {
             self.0
                 .execute(sql, rusqlite::params_from_iter(to_sql(params)))
