@@ -260,6 +260,7 @@ fn decide(
                         online: false,
                     } => format!("Queued: {machine} is offline"),
                     Queueing::Refused(why) => why,
+                    Queueing::AlreadyHandled => "Already done.".into(),
                 };
                 out.calls
                     .insert(0, BotCall::answer_callback(&cb.id, &toast));
@@ -397,15 +398,20 @@ fn handle_message(
                 ),
             );
         }
-        Queueing::Queued { online: true, .. } => {}
+        Queueing::Queued { online: true, .. } | Queueing::AlreadyHandled => {}
         Queueing::Refused(why) => reply(out, &why),
     }
     Ok(())
 }
 
 enum Queueing {
-    Queued { machine: String, online: bool },
+    Queued {
+        machine: String,
+        online: bool,
+    },
     Refused(String),
+    /// The command of this update id exists and is finished: a late replay; nothing to say.
+    AlreadyHandled,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -455,11 +461,22 @@ fn queue_command(
         source_message_id,
         command: command.to_owned(),
     };
-    queue::enqueue(db, &new, now)?;
-    store::touch_session(db, &session.session_id, now)?;
-    if let Some(q) = queue::get(db, &new.command_id)? {
-        out.queued.push(q);
+    let created = queue::enqueue(db, &new, now)?;
+    let existing = queue::get(db, &new.command_id)?;
+    // Only a row this update created, or one still unacked, may be pushed: an update
+    // replayed after its dedup row was pruned must not run a finished command again.
+    match existing {
+        Some(q) if created || q.is_unacked() => out.queued.push(q),
+        Some(q) => {
+            out.log = format!(
+                "update {update_id}: {} already {}; not pushed again",
+                q.command_id, q.state
+            );
+            return Ok(Queueing::AlreadyHandled);
+        }
+        None => {}
     }
+    store::touch_session(db, &session.session_id, now)?;
     let is_online = online(&session.machine_id);
     out.log = format!(
         "update {update_id}: queued {} for machine {} ({})",
@@ -746,6 +763,84 @@ mod tests {
         assert_eq!(retry.queued.len(), 1);
         assert_eq!(retry.queued[0].command, "ls");
         assert_eq!(queue::unacked_count(&db, "devbox").unwrap(), 1);
+    }
+
+    const DAY: i64 = 24 * 60 * 60 * 1000;
+
+    fn finish(db: &MemDb, command_id: &str, at: i64) {
+        queue::ack(db, command_id, "devbox", at).unwrap().unwrap();
+        queue::complete(db, command_id, "devbox", true, None, at)
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_late_replay_of_a_finished_command_is_not_pushed_again() {
+        let db = setup();
+        let first =
+            handle_update(&db, &cfg(), &reply_update(31, 42, 100, "ls"), 0, &|_| false).unwrap();
+        assert_eq!(first.queued.len(), 1);
+        finish(&db, "tg-31", DAY);
+        // The dedup row is gone (its window passed); Telegram replays the update.
+        db.exec("DELETE FROM seen_updates", vec![]).unwrap();
+        let replay = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(31, 42, 100, "ls"),
+            8 * DAY,
+            &|_| false,
+        )
+        .unwrap();
+        assert!(
+            replay.queued.is_empty(),
+            "a finished command is never pushed again"
+        );
+        assert!(replay.calls.is_empty(), "and nothing is said about it");
+        assert_eq!(queue::get(&db, "tg-31").unwrap().unwrap().state, "done");
+
+        // A replay of a command still unacked may push it again (the agent dedups by id).
+        handle_update(&db, &cfg(), &reply_update(32, 42, 100, "pwd"), DAY, &|_| {
+            true
+        })
+        .unwrap();
+        db.exec("DELETE FROM seen_updates", vec![]).unwrap();
+        let unacked = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(32, 42, 100, "pwd"),
+            2 * DAY,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(unacked.queued.len(), 1);
+        assert_eq!(unacked.queued[0].command_id, "tg-32");
+    }
+
+    #[test]
+    fn retention_keeps_the_dedup_row_while_its_command_row_lives() {
+        let db = setup();
+        handle_update(&db, &cfg(), &reply_update(41, 42, 100, "ls"), 0, &|_| false).unwrap();
+        // The machine came back late: acked and done on day 6.
+        finish(&db, "tg-41", 6 * DAY);
+        // Day 8: the dedup row is over 7 days old, but its command row is not: both stay.
+        queue::prune(&db, 8 * DAY).unwrap();
+        assert!(queue::get(&db, "tg-41").unwrap().is_some());
+        let replay = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(41, 42, 100, "ls"),
+            8 * DAY,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(replay.duplicate && replay.queued.is_empty());
+        // Day 14: the command row goes, and its dedup row with it.
+        queue::prune(&db, 14 * DAY).unwrap();
+        assert!(queue::get(&db, "tg-41").unwrap().is_none());
+        let seen: i64 =
+            db.0.query_row("SELECT count(*) FROM seen_updates", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(seen, 0);
     }
 
     #[test]
