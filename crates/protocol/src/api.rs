@@ -205,6 +205,53 @@ pub struct NotificationSent {
     pub token: String,
 }
 
+/// `POST /notifications/send` answer (status 202) when Telegram could not take the message
+/// yet (unreachable, failing, or rate-limiting): it is stored in the Worker's outbox and
+/// sent, in order with the chat's other messages, as soon as Telegram answers; replies to it
+/// route once it is sent. The 200 answer ([`NotificationSent`]) is unchanged when it went
+/// out at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationQueued {
+    /// Always `true`.
+    pub ok: bool,
+    /// Always `true`: the message waits in the outbox.
+    pub queued: bool,
+    /// The notification's id: its token (the `token` of a 200 answer), also what `/cmd` and
+    /// the buttons carry and what the Worker's log names.
+    pub id: String,
+}
+
+impl NotificationQueued {
+    /// A queued answer for the notification `id`.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            queued: true,
+            id: id.into(),
+        }
+    }
+}
+
+/// `GET /outbox` answer (admin key): the Bot API calls waiting for Telegram and what became
+/// of the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxStatus {
+    /// Always `true`.
+    pub ok: bool,
+    /// Calls stored and not yet accepted by Telegram.
+    pub pending: i64,
+    /// Calls Telegram accepted after they were stored (at once or on a retry), since the
+    /// object was created.
+    pub sent: i64,
+    /// Calls dropped since the object was created: refused for good by Telegram (400/403),
+    /// older than the outbox's age limit, or not stored because the outbox was full.
+    pub dropped: i64,
+    /// When the next retry is due (ms since the Unix epoch), if any call waits.
+    #[serde(default)]
+    pub next_attempt_at: Option<i64>,
+}
+
 /// Accepts a chat id as a JSON number or a numeric string (the original clients send both).
 fn chat_id_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     #[derive(Deserialize)]
@@ -310,6 +357,28 @@ mod tests {
                 message_ids: vec![7, 8],
                 message_id: 7,
                 token: "abc".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn notification_queued_shape() {
+        roundtrip(
+            json!({"ok":true,"queued":true,"id":"abc"}),
+            NotificationQueued::new("abc"),
+        );
+    }
+
+    #[test]
+    fn outbox_status_shape() {
+        roundtrip(
+            json!({"ok":true,"pending":2,"sent":5,"dropped":1,"nextAttemptAt":1700}),
+            OutboxStatus {
+                ok: true,
+                pending: 2,
+                sent: 5,
+                dropped: 1,
+                next_attempt_at: Some(1700),
             },
         );
     }

@@ -39,6 +39,7 @@
 pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod notify;
+pub(crate) mod outbox;
 pub(crate) mod queue;
 pub(crate) mod relay;
 pub(crate) mod route;

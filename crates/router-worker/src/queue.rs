@@ -237,7 +237,8 @@ pub fn expire(db: &impl Sql, now: i64, ttl_ms: i64) -> Result<Vec<Queued>, Store
 }
 
 /// When the alarm must next run: the earliest retry of a connected machine, the earliest
-/// expiry, or `fallback` (the daily retention sweep), whichever is first.
+/// expiry, the outbox's earliest due call (`outbox::next_due`), or `fallback` (the
+/// retention sweep), whichever is first.
 pub fn next_wake(
     db: &impl Sql,
     ttl_ms: i64,
@@ -255,7 +256,7 @@ pub fn next_wake(
          FROM command_queue WHERE state IN ('pending', 'sent') GROUP BY machine_id",
         vec![],
     )?;
-    let mut wake = fallback;
+    let mut wake = crate::outbox::next_due(db)?.map_or(fallback, |due| due.min(fallback));
     for r in rows {
         wake = wake.min(r.oldest + ttl_ms);
         if online(&r.machine_id) {
@@ -428,6 +429,10 @@ mod tests {
             1_600
         );
         assert_eq!(next_wake(&db, 10_000, |_| false, 9_999).unwrap(), 9_999);
+        // A call waiting in the outbox wakes the alarm when it is due.
+        let call = crate::telegram::BotCall::send(42, "x", None);
+        crate::outbox::add_or_drop(&db, &[call], 7_000).unwrap();
+        assert_eq!(next_wake(&db, 10_000, |_| false, 9_999).unwrap(), 7_000);
         // A late ack of a dead command still counts as delivered.
         assert!(ack(&db, "old", "off", 2_000).unwrap().is_some());
     }

@@ -17,6 +17,8 @@ pub enum Route {
     Webhook(String),
     /// `GET /ws?machineId=X` (WebSocket upgrade).
     MachineSocket,
+    /// `GET /outbox`.
+    Outbox,
     /// A known path with the wrong method; carries the allowed one.
     MethodNotAllowed(&'static str),
     /// No such route.
@@ -34,6 +36,7 @@ pub fn route(method: &str, path: &str) -> Route {
         ["notifications", "send"] => (Route::SendNotification, "POST"),
         ["webhook", "telegram", secret] => (Route::Webhook((*secret).to_owned()), "POST"),
         ["ws"] => (Route::MachineSocket, "GET"),
+        ["outbox"] => (Route::Outbox, "GET"),
         _ => return Route::NotFound,
     };
     let head_ok = allowed == "GET" && method == "HEAD";
@@ -53,6 +56,8 @@ mod tests {
         assert_eq!(route("GET", "/health"), Route::Health);
         assert_eq!(route("GET", "/health/"), Route::Health);
         assert_eq!(route("GET", "/sessions"), Route::ListSessions);
+        assert_eq!(route("GET", "/outbox"), Route::Outbox);
+        assert_eq!(route("POST", "/outbox"), Route::MethodNotAllowed("GET"));
         assert_eq!(route("POST", "/sessions/register"), Route::RegisterSession);
         assert_eq!(
             route("POST", "/sessions/unregister"),

@@ -8,6 +8,7 @@ use ccr_protocol::api::ButtonAction;
 use ccr_protocol::MAX_COMMAND_BYTES;
 use serde::Deserialize;
 
+use crate::outbox;
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{self, Sql, StoreError};
 use crate::telegram::{self, escape_html, BotCall, Message, TextIntent, Update};
@@ -189,9 +190,10 @@ fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String,
 }
 
 /// Handles one update. Every write it makes (the dedup row, the queued command, the session's
-/// activity) commits as one transaction, or none does: a failure answers 5xx with nothing
-/// recorded, so Telegram's retry of the update is handled afresh instead of being taken for
-/// a duplicate.
+/// activity, the chat answers in the outbox) commits as one transaction, or none does: a
+/// failure answers 5xx with nothing recorded, so Telegram's retry of the update is handled
+/// afresh instead of being taken for a duplicate. The RouterDO then sends the answers'
+/// lanes (`outbox`) and pushes the queued commands.
 pub fn handle_update<D: Sql>(
     db: &D,
     cfg: &Config,
@@ -199,7 +201,14 @@ pub fn handle_update<D: Sql>(
     now: i64,
     online: &dyn Fn(&str) -> bool,
 ) -> Result<Outcome, StoreError> {
-    db.transaction(|db| decide(db, cfg, update, now, online))
+    db.transaction(|db| {
+        let mut out = decide(db, cfg, update, now, online)?;
+        for dropped in outbox::add_or_drop(db, &out.calls, now)? {
+            out.log.push_str("; ");
+            out.log.push_str(&dropped);
+        }
+        Ok(out)
+    })
 }
 
 fn decide(
@@ -546,6 +555,9 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("devbox is offline"));
+        // The answer is in the outbox, stored with the update, waiting to be sent.
+        let head = outbox::head(&db, "chat:42", 5, true).unwrap().unwrap();
+        assert_eq!(head.params(), out.calls[0].params);
     }
 
     #[test]
