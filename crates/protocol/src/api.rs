@@ -79,13 +79,29 @@ pub struct SessionInfo {
     pub gone: bool,
 }
 
+/// Most sessions one machine may have registered at once; registering one more is refused.
+pub const MAX_SESSIONS_PER_MACHINE: usize = 1_000;
+
+/// Most sessions one `GET /sessions` answer lists (the most recently active ones): one
+/// machine's cap, so a machine key always sees all of its own sessions.
+pub const MAX_LISTED_SESSIONS: usize = MAX_SESSIONS_PER_MACHINE;
+
 /// `GET /sessions` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionList {
     /// Always `true`.
     pub ok: bool,
-    /// Every registered session, most recently active first.
+    /// The registered sessions the caller may see, most recently active first, at most
+    /// [`MAX_LISTED_SESSIONS`].
     pub sessions: Vec<SessionInfo>,
+    /// `true` when more sessions exist than were listed; absent otherwise (so the answer of
+    /// an installation under the cap is what it always was).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The default reply buttons a notification carries.
@@ -397,6 +413,15 @@ mod tests {
                     online: false,
                     gone: false,
                 }],
+                truncated: false,
+            },
+        );
+        roundtrip(
+            json!({"ok":true,"sessions":[],"truncated":true}),
+            SessionList {
+                ok: true,
+                sessions: vec![],
+                truncated: true,
             },
         );
     }

@@ -163,27 +163,51 @@ pub fn help_text(chat_id: i64) -> String {
     )
 }
 
+/// Most sessions the bot's `/sessions` answer lists (the most recently active).
+const BOT_LISTED_SESSIONS: usize = 20;
+/// The list stops before its text would pass this many UTF-16 units (under Telegram's 4096,
+/// with room for the last line).
+const BOT_LIST_BUDGET: usize = 3_500;
+
 fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String, StoreError> {
-    let sessions = store::list_sessions(db, None, online)?;
+    let listing = store::session_listing(db, None, online)?;
+    let sessions = listing.sessions;
     if sessions.is_empty() {
         return Ok(
             "No sessions registered yet. Start Claude Code on a machine running ccr-agent.".into(),
         );
     }
     let mut text = String::from("<b>Sessions</b>\n");
-    for s in sessions.iter().take(50) {
+    let mut shown = 0;
+    for s in &sessions {
         let state = if s.online {
             "🟢 online"
         } else {
             "⚪ offline"
         };
         let label = s.label.as_deref().unwrap_or("(no label)");
-        text.push_str(&format!(
+        let line = format!(
             "• {} — {} {} <code>{}</code>\n",
             escape_html(label),
             escape_html(&s.machine_id),
             state,
             escape_html(&s.session_id.chars().take(12).collect::<String>())
+        );
+        let units = text.encode_utf16().count() + line.encode_utf16().count();
+        if shown == BOT_LISTED_SESSIONS || units > BOT_LIST_BUDGET {
+            break;
+        }
+        text.push_str(&line);
+        shown += 1;
+    }
+    if shown < sessions.len() || listing.truncated {
+        let more = if listing.truncated {
+            "more".to_owned()
+        } else {
+            (sessions.len() - shown).to_string()
+        };
+        text.push_str(&format!(
+            "… and {more} not shown (the most recently active come first)."
         ));
     }
     Ok(text)
@@ -658,6 +682,22 @@ mod tests {
                 "{needle}"
             );
         }
+    }
+
+    #[test]
+    fn the_sessions_list_fits_one_message() {
+        let db = setup();
+        for i in 0..100 {
+            let label = "<&>".repeat(33);
+            store::upsert_session(&db, &format!("s-{i:03}"), "devbox", Some(&label), 10 + i)
+                .unwrap();
+        }
+        let text = sessions_text(&db, &|_| true).unwrap();
+        assert!(text.encode_utf16().count() <= ccr_protocol::TELEGRAM_MAX_TEXT);
+        assert!(text.contains("<code>s-099</code>"), "the most recent first");
+        assert!(text.ends_with("not shown (the most recently active come first)."));
+        let lines = text.lines().filter(|l| l.starts_with('•')).count();
+        assert!((1..=BOT_LISTED_SESSIONS).contains(&lines), "{lines}");
     }
 
     #[test]

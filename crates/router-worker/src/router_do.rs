@@ -7,9 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 
-use ccr_protocol::api::{
-    OkBody, RegisterSession, SendNotification, SessionList, UnregisterSession,
-};
+use ccr_protocol::api::{OkBody, RegisterSession, SendNotification, UnregisterSession};
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use ccr_protocol::{validate, MAX_FRAME_BYTES};
 use serde::de::DeserializeOwned;
@@ -370,8 +368,8 @@ impl RouterDO {
             Principal::Admin => None,
             Principal::Machine(m) => Some(m.as_str()),
         };
-        let sessions = store::list_sessions(&self.db(), scope, |m| self.online(m))?;
-        let mut resp = json(200, &SessionList { ok: true, sessions })?;
+        let listing = store::session_listing(&self.db(), scope, |m| self.online(m))?;
+        let mut resp = json(200, &listing)?;
         resp.headers_mut().set(header::INSTANCE, &self.instance)?;
         Ok(resp)
     }
@@ -399,6 +397,9 @@ impl RouterDO {
                     "this session belongs to another machine",
                 ));
             }
+        }
+        if let Some(why) = store::no_room_for_session(&db, &body.session_id, &body.machine_id)? {
+            return Err(ApiError::new(409, why));
         }
         store::upsert_session(
             &db,
