@@ -248,6 +248,17 @@ impl NotificationQueued {
     }
 }
 
+/// Either success answer of `POST /notifications/send`, as a client reads it: 200
+/// [`NotificationSent`] or 202 [`NotificationQueued`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NotificationAnswer {
+    /// Sent at once.
+    Sent(NotificationSent),
+    /// Waiting in the Worker's outbox for Telegram.
+    Queued(NotificationQueued),
+}
+
 /// `GET /outbox` answer (admin key): the Bot API calls waiting for Telegram and what became
 /// of the others.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -382,6 +393,20 @@ mod tests {
         roundtrip(
             json!({"ok":true,"queued":true,"id":"abc"}),
             NotificationQueued::new("abc"),
+        );
+    }
+
+    #[test]
+    fn a_client_reads_either_notification_answer() {
+        let sent: NotificationAnswer =
+            serde_json::from_value(json!({"ok":true,"messageIds":[7],"messageId":7,"token":"t"}))
+                .unwrap();
+        assert!(matches!(sent, NotificationAnswer::Sent(s) if s.message_id == 7));
+        let queued: NotificationAnswer =
+            serde_json::from_value(json!({"ok":true,"queued":true,"id":"t"})).unwrap();
+        assert_eq!(
+            queued,
+            NotificationAnswer::Queued(NotificationQueued::new("t"))
         );
     }
 
