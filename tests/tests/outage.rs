@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use ccr_e2e::socket::TestSocket;
 use ccr_e2e::telegram::{BotApi, Update};
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{machine_key, start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
+use ccr_e2e::worker::{
+    machine_key, start_with_bot, Worker, WorkerOptions, TEST_API_KEY, TEST_BOT_TOKEN,
+};
 use ccr_protocol::socket::SocketMessage;
 use ccr_protocol::wire::route;
 use reqwest::Method;
@@ -196,6 +198,15 @@ async fn nothing_is_lost_while_telegram_is_down() {
     w.send_update(&cmd).await.unwrap();
     let (_, command) = next_new(&mut sock).await;
     assert_eq!(command, "pwd");
+
+    // Failed calls were logged, and never with the bot token (a runtime's fetch error may
+    // quote the URL).
+    let log = w.log();
+    assert!(log.contains("not sent yet"), "the failures are logged");
+    assert!(
+        !log.contains(TEST_BOT_TOKEN),
+        "the bot token leaked into the log"
+    );
 
     println!(
         "outage figures: {NOTES} notifications sent during a {:.1} s outage ({} calls the stand-in answered 500 \

@@ -269,12 +269,11 @@ impl RouterDO {
 
     /// Calls the Bot API, waiting out 429s up to [`MAX_RETRY_WAIT_SECS`] in total.
     async fn bot(&self, method: &str, params: &Value) -> ApiOutcome {
-        // The URL holds the token: it is never logged.
-        let url = match telegram::api_url(
-            &setting(&self.env, "TELEGRAM_API_BASE"),
-            &setting(&self.env, "TELEGRAM_BOT_TOKEN"),
-            method,
-        ) {
+        // The URL holds the token: it is never logged (nor stored: the outbox keeps the
+        // reason of a failed call).
+        let token = setting(&self.env, "TELEGRAM_BOT_TOKEN");
+        let url = match telegram::api_url(&setting(&self.env, "TELEGRAM_API_BASE"), &token, method)
+        {
             Ok(url) => url,
             Err(outcome) => return outcome,
         };
@@ -282,7 +281,7 @@ impl RouterDO {
         loop {
             let outcome = match bot_request(&url, params).await {
                 Ok((status, body)) => telegram::read_answer(status, &body),
-                Err(e) => ApiOutcome::Failed(format!("cannot reach Telegram: {e}")),
+                Err(e) => ApiOutcome::Failed(telegram::unreachable(&e.to_string(), &token)),
             };
             match telegram::retry(outcome, waited, MAX_RETRY_WAIT_SECS) {
                 Retry::Wait(secs) => {

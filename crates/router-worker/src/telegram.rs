@@ -279,6 +279,17 @@ pub fn api_url(base: &str, token: &str, method: &str) -> Result<String, ApiOutco
     Ok(format!("{base}/bot{token}/{method}"))
 }
 
+/// The reason a Bot API call could not be made, from the runtime's error, with the bot token
+/// (which a runtime may quote from the URL) blotted out.
+pub fn unreachable(error: &str, token: &str) -> String {
+    let error = if token.is_empty() {
+        error.to_owned()
+    } else {
+        error.replace(token, "<token>")
+    };
+    format!("cannot reach Telegram: {error}")
+}
+
 /// What to do with a Bot API answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Retry {
@@ -552,6 +563,18 @@ mod tests {
             ApiOutcome::Failed("Internal Server Error".into())
         );
         assert!(matches!(read_answer(502, "<html>"), ApiOutcome::Failed(_)));
+    }
+
+    #[test]
+    fn unreachable_never_quotes_the_token() {
+        assert_eq!(
+            unreachable(
+                "fetch to https://x/bot1:SECRET/sendMessage failed",
+                "1:SECRET"
+            ),
+            "cannot reach Telegram: fetch to https://x/bot<token>/sendMessage failed"
+        );
+        assert_eq!(unreachable("refused", ""), "cannot reach Telegram: refused");
     }
 
     #[test]
