@@ -35,6 +35,8 @@ const MAX_RETRY_WAIT_SECS: u64 = 10;
 const SWEEP_EVERY_MS: i64 = 60 * 60 * 1000;
 /// Commands pushed per flush (the rest follow as acks arrive and on the next alarm).
 const FLUSH_BATCH: i64 = 100;
+/// The alarm's shortest delay (ms).
+const MIN_ALARM_MS: i64 = 250;
 /// Longest a notification waits for another request that is sending its chat's outbox lane
 /// before it is answered 202 (ms).
 const LANE_WAIT_MS: i64 = 10_000;
@@ -260,7 +262,9 @@ impl RouterDO {
             |m| self.online(m),
             now + SWEEP_EVERY_MS,
         )?;
-        let offset = (wake - now).max(0) as u64;
+        // Never sooner than MIN_ALARM_MS: something due that cannot go now (an outbox lane
+        // another request is sending, a socket refusing a push) must not spin the alarm.
+        let offset = (wake - now).max(MIN_ALARM_MS) as u64;
         self.state
             .storage()
             .set_alarm(std::time::Duration::from_millis(offset))
