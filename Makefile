@@ -41,6 +41,7 @@ test: build lint unit e2e
 
 lint: setup
 	cargo fmt --all -- --check
+	python3 scripts/check-imports.py crates/*/src tests/src
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	cargo clippy -p router-worker --target wasm32-unknown-unknown --locked -- -D warnings
 

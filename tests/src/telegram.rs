@@ -1,5 +1,11 @@
 //! A local stand-in for Telegram's Bot API: answers like Telegram, records every call, and
-//! fails on demand.
+//! fails on demand — one call at a time ([`BotApi::fail_next`]) or as a whole outage: not
+//! listening at all ([`BotApi::stop_listening`]: connections refused), listening but
+//! answering every call 500 ([`BotApi::answer_500s`]), then back ([`BotApi::come_back`]).
+//!
+//! The server listens on an internal port; the address the Worker is given is a small TCP
+//! gate in front of it, which is what stops listening (and cuts the open connections, so a
+//! pooled keep-alive connection cannot outlive the outage).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,6 +30,10 @@ pub struct Call {
     pub params: Value,
     /// Whether the token in the path was the expected one.
     pub token_ok: bool,
+    /// Whether it was answered `ok: true`.
+    pub ok: bool,
+    /// The id of the message a successful `sendMessage` made.
+    pub message_id: Option<i64>,
 }
 
 /// A failure to answer with, once.
@@ -45,6 +55,8 @@ struct Inner {
     calls: Vec<Call>,
     faults: VecDeque<(String, Fault)>,
     next_message_id: i64,
+    /// Every call is answered 500 while set.
+    all_500: bool,
 }
 
 /// The stand-in server. Dropping it stops the server.
@@ -53,6 +65,32 @@ pub struct BotApi {
     token: String,
     inner: Arc<Mutex<Inner>>,
     task: JoinHandle<()>,
+    internal: SocketAddr,
+    gate: Mutex<Option<JoinHandle<()>>>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+/// Forwards every connection on `listener` to `internal` until `cut` changes.
+fn spawn_gate(
+    listener: tokio::net::TcpListener,
+    internal: SocketAddr,
+    cut: &tokio::sync::watch::Sender<u64>,
+) -> JoinHandle<()> {
+    let cut = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut cut = cut.subscribe();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(internal).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut.changed() => {}
+                }
+            });
+        }
+    })
 }
 
 type Shared = (String, Arc<Mutex<Inner>>);
@@ -65,7 +103,7 @@ impl BotApi {
             ..Default::default()
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let internal = listener.local_addr()?;
         let state: Shared = (token.to_owned(), inner.clone());
         let app = Router::new()
             .route("/{bot}/{method}", any(handle))
@@ -73,12 +111,62 @@ impl BotApi {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = public.local_addr()?;
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let gate = spawn_gate(public, internal, &cut);
         Ok(BotApi {
             addr,
             token: token.to_owned(),
             inner,
             task,
+            internal,
+            gate: Mutex::new(Some(gate)),
+            cut,
         })
+    }
+
+    /// Telegram unreachable: stops listening (connections are refused) and cuts every open
+    /// connection. [`BotApi::come_back`] listens again on the same address.
+    pub async fn stop_listening(&self) {
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(gate) = gate {
+            gate.abort();
+            let _ = gate.await; // the listener is closed once the task is gone
+        }
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    /// Telegram failing: listening again (if it stopped) but answering every call 500.
+    pub async fn answer_500s(&self) -> anyhow::Result<()> {
+        self.lock().all_500 = true;
+        self.listen().await
+    }
+
+    /// Telegram back: listening and answering normally.
+    pub async fn come_back(&self) -> anyhow::Result<()> {
+        self.lock().all_500 = false;
+        self.listen().await
+    }
+
+    async fn listen(&self) -> anyhow::Result<()> {
+        if self
+            .gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
+            return Ok(());
+        }
+        let listener = crate::wait_for(
+            "the Bot API stand-in's port to be free again",
+            Duration::from_secs(10),
+            || async { tokio::net::TcpListener::bind(self.addr).await.ok() },
+        )
+        .await?;
+        let gate = spawn_gate(listener, self.internal, &self.cut);
+        *self.gate.lock().unwrap_or_else(|p| p.into_inner()) = Some(gate);
+        Ok(())
     }
 
     /// The base to give the Worker as `TELEGRAM_API_BASE`.
@@ -141,6 +229,10 @@ impl BotApi {
 impl Drop for BotApi {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(gate) = self.gate.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            gate.abort();
+        }
+        self.cut.send_modify(|g| *g += 1);
     }
 }
 
@@ -180,15 +272,23 @@ async fn handle(
 ) -> Response {
     let params = parse_params(&headers, query.as_deref(), &body);
     let token_ok = bot.strip_prefix("bot") == Some(token.as_str());
-    let fault = {
+    let (fault, index) = {
         let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
         g.calls.push(Call {
             method: method.clone(),
             params: params.clone(),
             token_ok,
+            ok: false,
+            message_id: None,
         });
-        let pos = g.faults.iter().position(|(m, _)| *m == method);
-        pos.and_then(|i| g.faults.remove(i)).map(|(_, f)| f)
+        let index = g.calls.len() - 1;
+        let fault = if g.all_500 {
+            Some(Fault::Internal)
+        } else {
+            let pos = g.faults.iter().position(|(m, _)| *m == method);
+            pos.and_then(|i| g.faults.remove(i)).map(|(_, f)| f)
+        };
+        (fault, index)
     };
     if !token_ok {
         return telegram_error(StatusCode::UNAUTHORIZED, "Unauthorized", None);
@@ -219,6 +319,11 @@ async fn handle(
         None => {}
     }
     let ok = |result: Value| {
+        let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(call) = g.calls.get_mut(index) {
+            call.ok = true;
+            call.message_id = result.get("message_id").and_then(Value::as_i64);
+        }
         (StatusCode::OK, Json(json!({"ok": true, "result": result}))).into_response()
     };
     match method.as_str() {

@@ -252,37 +252,3 @@ mod tests {
         }
     }
 }
-
-#[cfg(test)]
-mod migration_tests {
-    use super::*;
-
-    /// A file written by the first schema (sessions without pane identities) opens with the
-    /// new columns, its rows intact and unverifiable.
-    #[test]
-    fn an_old_file_migrates_and_keeps_its_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let conn = Connection::open(Db::path(dir.path())).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.pragma_update(None, "user_version", 1).unwrap();
-            conn.execute(
-                "INSERT INTO sessions (session_id, pane_id, tmux_socket, updated_at) \
-                 VALUES ('old', '%3', '/tmp/sock', 1)",
-                [],
-            )
-            .unwrap();
-        }
-        let db = Db::open(dir.path()).unwrap();
-        let sessions = crate::daemon::sessions::Sessions::new(db.clone());
-        let rec = sessions.get("old").unwrap().unwrap();
-        assert_eq!(rec.pane_id.as_deref(), Some("%3"));
-        assert_eq!(rec.identity, None);
-        assert_eq!(rec.gone, None);
-        assert!(!rec.input_dirty);
-        assert!(sessions.unreported_gone().unwrap().is_empty());
-        // Opening again (another process) runs nothing twice.
-        drop(db);
-        Db::open(dir.path()).unwrap();
-    }
-}

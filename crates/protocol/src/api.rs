@@ -79,13 +79,29 @@ pub struct SessionInfo {
     pub gone: bool,
 }
 
+/// Most sessions one machine may have registered at once; registering one more is refused.
+pub const MAX_SESSIONS_PER_MACHINE: usize = 1_000;
+
+/// Most sessions one `GET /sessions` answer lists (the most recently active ones): one
+/// machine's cap, so a machine key always sees all of its own sessions.
+pub const MAX_LISTED_SESSIONS: usize = MAX_SESSIONS_PER_MACHINE;
+
 /// `GET /sessions` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionList {
     /// Always `true`.
     pub ok: bool,
-    /// Every registered session, most recently active first.
+    /// The registered sessions the caller may see, most recently active first, at most
+    /// [`MAX_LISTED_SESSIONS`].
     pub sessions: Vec<SessionInfo>,
+    /// `true` when more sessions exist than were listed; absent otherwise (so the answer of
+    /// an installation under the cap is what it always was).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The default reply buttons a notification carries.
@@ -205,6 +221,64 @@ pub struct NotificationSent {
     pub token: String,
 }
 
+/// `POST /notifications/send` answer (status 202) when Telegram could not take the message
+/// yet (unreachable, failing, or rate-limiting): it is stored in the Worker's outbox and
+/// sent, in order with the chat's other messages, as soon as Telegram answers; replies to it
+/// route once it is sent. The 200 answer ([`NotificationSent`]) is unchanged when it went
+/// out at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationQueued {
+    /// Always `true`.
+    pub ok: bool,
+    /// Always `true`: the message waits in the outbox.
+    pub queued: bool,
+    /// The notification's id: its token (the `token` of a 200 answer), also what `/cmd` and
+    /// the buttons carry and what the Worker's log names.
+    pub id: String,
+}
+
+impl NotificationQueued {
+    /// A queued answer for the notification `id`.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            queued: true,
+            id: id.into(),
+        }
+    }
+}
+
+/// Either success answer of `POST /notifications/send`, as a client reads it: 200
+/// [`NotificationSent`] or 202 [`NotificationQueued`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NotificationAnswer {
+    /// Sent at once.
+    Sent(NotificationSent),
+    /// Waiting in the Worker's outbox for Telegram.
+    Queued(NotificationQueued),
+}
+
+/// `GET /outbox` answer (admin key): the Bot API calls waiting for Telegram and what became
+/// of the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxStatus {
+    /// Always `true`.
+    pub ok: bool,
+    /// Calls stored and not yet accepted by Telegram.
+    pub pending: i64,
+    /// Calls Telegram accepted after they were stored (at once or on a retry), since the
+    /// object was created.
+    pub sent: i64,
+    /// Calls dropped since the object was created: refused for good by Telegram (400/403),
+    /// older than the outbox's age limit, or not stored because the outbox was full.
+    pub dropped: i64,
+    /// When the next retry is due (ms since the Unix epoch), if any call waits.
+    #[serde(default)]
+    pub next_attempt_at: Option<i64>,
+}
+
 /// Accepts a chat id as a JSON number or a numeric string (the original clients send both).
 fn chat_id_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     #[derive(Deserialize)]
@@ -315,6 +389,42 @@ mod tests {
     }
 
     #[test]
+    fn notification_queued_shape() {
+        roundtrip(
+            json!({"ok":true,"queued":true,"id":"abc"}),
+            NotificationQueued::new("abc"),
+        );
+    }
+
+    #[test]
+    fn a_client_reads_either_notification_answer() {
+        let sent: NotificationAnswer =
+            serde_json::from_value(json!({"ok":true,"messageIds":[7],"messageId":7,"token":"t"}))
+                .unwrap();
+        assert!(matches!(sent, NotificationAnswer::Sent(s) if s.message_id == 7));
+        let queued: NotificationAnswer =
+            serde_json::from_value(json!({"ok":true,"queued":true,"id":"t"})).unwrap();
+        assert_eq!(
+            queued,
+            NotificationAnswer::Queued(NotificationQueued::new("t"))
+        );
+    }
+
+    #[test]
+    fn outbox_status_shape() {
+        roundtrip(
+            json!({"ok":true,"pending":2,"sent":5,"dropped":1,"nextAttemptAt":1700}),
+            OutboxStatus {
+                ok: true,
+                pending: 2,
+                sent: 5,
+                dropped: 1,
+                next_attempt_at: Some(1700),
+            },
+        );
+    }
+
+    #[test]
     fn session_list_shape() {
         roundtrip(
             json!({"ok":true,"sessions":[{"sessionId":"s","machineId":"m","label":null,"lastActivity":5,"online":false,"gone":false}]}),
@@ -328,6 +438,15 @@ mod tests {
                     online: false,
                     gone: false,
                 }],
+                truncated: false,
+            },
+        );
+        roundtrip(
+            json!({"ok":true,"sessions":[],"truncated":true}),
+            SessionList {
+                ok: true,
+                sessions: vec![],
+                truncated: true,
             },
         );
     }

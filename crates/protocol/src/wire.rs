@@ -20,6 +20,9 @@ pub mod route {
     pub const NOTIFICATIONS_SEND: &str = "/notifications/send";
     /// `POST {WEBHOOK_TELEGRAM}/{secret}`: Telegram's updates.
     pub const WEBHOOK_TELEGRAM: &str = "/webhook/telegram";
+    /// `GET` (admin key): the outbox of Bot API calls waiting for Telegram, and the counts of
+    /// calls sent and dropped.
+    pub const OUTBOX: &str = "/outbox";
     /// `GET` with an upgrade: a machine agent's socket (`?machineId=X`).
     pub const MACHINE_SOCKET: &str = "/ws";
     /// `GET`: relay health. No auth.

@@ -47,7 +47,8 @@ async fn handle(req: Request, env: &Env) -> Reply {
         Route::ListSessions
         | Route::RegisterSession
         | Route::UnregisterSession
-        | Route::SendNotification => {
+        | Route::SendNotification
+        | Route::Outbox => {
             let principal = authenticate_http(&req, env)?;
             forward_to_router(req, env, &principal).await
         }

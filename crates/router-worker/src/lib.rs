@@ -9,7 +9,9 @@
 //! - `schema`, `store`: the RouterDO's SQLite schema and session operations.
 //! - `router`: what a Telegram update does (dedup, allow-lists, reply routing, queueing),
 //!   and the chat notices about commands a machine failed or never got.
-//! - `notify`: what `POST /notifications/send` does (chat, size, parts, buttons, mappings).
+//! - `notify`: what `POST /notifications/send` does (chat, size, parts, buttons, its answer).
+//! - `outbox`: every Bot API call, stored before it is sent and retried until Telegram
+//!   answers: order per chat, backoff, `retry_after`, refusals, mappings on send, bounds.
 //! - `queue`: the command queue: delivery, acks, retries, expiry.
 //! - `telegram`: Bot API types, HTML escaping and splitting, Bot API URLs, answers and
 //!   429 retries.
@@ -39,6 +41,7 @@
 pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod notify;
+pub(crate) mod outbox;
 pub(crate) mod queue;
 pub(crate) mod relay;
 pub(crate) mod route;

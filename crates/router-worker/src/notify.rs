@@ -2,39 +2,52 @@
 //! escaping into parts, the buttons or raw markup, the reply mappings to record as each part
 //! lands, and the answer or the refusal.
 //!
-//! Pure over the [`Sql`] trait, so it runs on real SQLite in `cargo test`. The RouterDO only
-//! makes the Bot API calls of a [`Plan`] in order and reports each answer to its [`Delivery`].
+//! Pure over the [`Sql`] trait, so it runs on real SQLite in `cargo test`. The RouterDO
+//! [`store`]s a [`Plan`]'s calls in the outbox, sends its chat's lane at once, and answers
+//! with what became of the parts ([`answer`]): 200 when all were sent, 202 when some wait
+//! for Telegram, 502 when Telegram refused one for good.
 
-use ccr_protocol::api::{Buttons, NotificationSent, SendNotification};
+use ccr_protocol::api::{Buttons, NotificationQueued, NotificationSent, SendNotification};
 use ccr_protocol::validate;
 use serde_json::Value;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::router::{self, Config};
+use crate::outbox::{self, GroupState, Mapping};
+use crate::router::Config;
 use crate::store::{self, Sql};
-use crate::telegram::{self, ApiOutcome, BotCall};
+use crate::telegram::{self, BotCall};
 
 /// Largest notification text accepted (bytes); longer texts are split into many messages.
 pub(crate) const MAX_NOTIFICATION_BYTES: usize = 32 * 1024;
 
-/// A notification ready to go: the `sendMessage` calls, in order, and their bookkeeping.
+/// A notification ready to go: the `sendMessage` calls, in order, and whom they are about.
 #[derive(Debug)]
 pub(crate) struct Plan {
     /// One call per part; only the last carries the keyboard or the raw markup.
     pub(crate) calls: Vec<BotCall>,
-    /// Takes Telegram's answer to each call in turn.
-    pub(crate) delivery: Delivery,
+    /// The notification's token: its id in the outbox and in a 202 answer.
+    pub(crate) token: String,
+    session_id: String,
 }
 
-/// Where a notification's parts went so far.
-#[derive(Debug)]
-pub(crate) struct Delivery {
-    chat_id: i64,
-    session_id: String,
-    token: String,
-    parts: usize,
-    message_ids: Vec<i64>,
+impl Plan {
+    /// The outbox lane its parts go to (its chat's).
+    pub(crate) fn lane(&self) -> String {
+        self.calls
+            .first()
+            .map(|c| outbox::lane_of(c).0)
+            .unwrap_or_default()
+    }
+}
+
+/// What a notification is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// 200: every part was sent.
+    Sent(NotificationSent),
+    /// 202: some part waits in the outbox.
+    Queued(NotificationQueued),
 }
 
 /// Checks a notification and plans its calls. `new_token` is called only once the request
@@ -99,14 +112,9 @@ pub(crate) fn prepare(
         })
         .collect::<Vec<_>>();
     Ok(Plan {
-        delivery: Delivery {
-            chat_id,
-            session_id: session.session_id,
-            token,
-            parts: calls.len(),
-            message_ids: Vec::with_capacity(calls.len()),
-        },
         calls,
+        token,
+        session_id: session.session_id,
     })
 }
 
@@ -127,52 +135,52 @@ fn choose_chat(cfg: &Config, asked: Option<i64>) -> Result<i64, ApiError> {
     }
 }
 
-impl Delivery {
-    /// Telegram's answer to the next part. A sent part's reply mapping is recorded at once,
-    /// so replies to it route even if a later part fails; a failure is the 502 to answer.
-    pub(crate) fn sent(
-        &mut self,
-        db: &impl Sql,
-        outcome: ApiOutcome,
-        now: i64,
-    ) -> Result<(), ApiError> {
-        match outcome {
-            ApiOutcome::Ok(result) => {
-                let Some(id) = result.get("message_id").and_then(Value::as_i64) else {
-                    return Err(ApiError::new(502, "Telegram's answer had no message_id"));
-                };
-                router::record_message(db, self.chat_id, id, &self.session_id, &self.token, now)?;
-                self.message_ids.push(id);
-                Ok(())
-            }
-            ApiOutcome::Failed(why) if self.message_ids.is_empty() => Err(ApiError::new(
-                502,
-                format!("Telegram refused the message: {}", why_or(&why)),
-            )),
-            ApiOutcome::Failed(why) => Err(ApiError::new(
-                502,
-                format!(
-                    "Telegram refused part {} of {}: {why} (parts before it were sent)",
-                    self.message_ids.len() + 1,
-                    self.parts
-                ),
-            )),
-            ApiOutcome::RetryAfter(secs) => Err(ApiError::new(
-                502,
-                format!("Telegram asks to retry after {secs} s"),
-            )),
+/// Stores the plan's parts in the outbox, all or none, and marks the session active. 503
+/// (with `Retry-After`) when the outbox has no room for them.
+pub(crate) fn store(db: &impl Sql, plan: &Plan, now: i64) -> Result<(), ApiError> {
+    let mapping = Mapping {
+        session_id: plan.session_id.clone(),
+        token: plan.token.clone(),
+    };
+    db.transaction(|db| {
+        let added = outbox::add_notification(db, &plan.calls, &plan.token, &mapping, now)?;
+        if added.is_ok() {
+            store::touch_session(db, &plan.session_id, now)?;
         }
-    }
+        Ok(added)
+    })?
+    .map_err(|why| {
+        ApiError::busy(
+            503,
+            format!("notification not queued: {why}; try again later"),
+            60,
+        )
+    })
+}
 
-    /// Every part was sent: marks the session active and gives the answer.
-    pub(crate) fn finish(self, db: &impl Sql, now: i64) -> Result<NotificationSent, ApiError> {
-        store::touch_session(db, &self.session_id, now)?;
-        Ok(NotificationSent {
+/// The answer, from what became of the plan's parts once its lane was sent: 200 with the
+/// message ids when all went out, 202 when some wait for Telegram, 502 with Telegram's
+/// description when it refused one for good.
+pub(crate) fn answer(db: &impl Sql, plan: &Plan) -> Result<Answer, ApiError> {
+    match outbox::group_state(db, &plan.token)? {
+        GroupState::Sent(message_ids) => Ok(Answer::Sent(NotificationSent {
             ok: true,
-            message_id: self.message_ids.first().copied().unwrap_or_default(),
-            message_ids: self.message_ids,
-            token: self.token,
-        })
+            message_id: message_ids.first().copied().unwrap_or_default(),
+            message_ids,
+            token: plan.token.clone(),
+        })),
+        GroupState::Pending => Ok(Answer::Queued(NotificationQueued::new(plan.token.clone()))),
+        GroupState::Refused { part: 1, why, .. } => Err(ApiError::new(
+            502,
+            format!("Telegram refused the message: {}", why_or(&why)),
+        )),
+        GroupState::Refused { part, parts, why } => Err(ApiError::new(
+            502,
+            format!(
+                "Telegram refused part {part} of {parts}: {} (parts before it were sent)",
+                why_or(&why)
+            ),
+        )),
     }
 }
 
@@ -199,6 +207,7 @@ mod tests {
     use super::*;
     use crate::store::testing::MemDb;
     use crate::store::StoreError;
+    use crate::telegram::ApiOutcome;
     use ccr_protocol::TELEGRAM_MAX_TEXT;
     use serde_json::json;
 
@@ -407,7 +416,6 @@ mod tests {
                 "&amp;".repeat(MAX_NOTIFICATION_BYTES)
             )
         );
-        assert_eq!(p.delivery.parts, p.calls.len());
     }
 
     #[test]
@@ -531,11 +539,24 @@ mod tests {
         assert!(!t.contains(['l', 'o', '0', '1']));
     }
 
+    /// Stores the plan, sends its lane through `answers` (then "down" when they run out) as
+    /// the RouterDO does at once, and gives the answer.
+    fn deliver(db: &MemDb, p: &Plan, answers: Vec<ApiOutcome>) -> Result<Answer, ApiError> {
+        store(db, p, 100)?;
+        let mut answers = answers.into_iter();
+        outbox::testing::flush(db, &p.lane(), 100, true, |_| {
+            answers
+                .next()
+                .unwrap_or_else(|| ApiOutcome::Failed("cannot reach Telegram".into()))
+        });
+        answer(db, p)
+    }
+
     #[test]
-    fn delivery_records_each_part_and_answers() {
+    fn sent_at_once_records_each_part_and_answers_200() {
         let db = setup();
         let text = format!("{}\n{}", "a".repeat(3000), "b".repeat(3000));
-        let mut p = plan(
+        let p = plan(
             &db,
             &cfg(),
             &Principal::Admin,
@@ -543,17 +564,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.calls.len(), 2);
-        p.delivery.sent(&db, sent(7), 100).unwrap();
-        p.delivery.sent(&db, sent(8), 101).unwrap();
-        let answer = p.delivery.finish(&db, 102).unwrap();
+        assert_eq!(p.lane(), format!("chat:{OTHER}"));
+        let answer = deliver(&db, &p, vec![sent(7), sent(8)]).unwrap();
         assert_eq!(
             answer,
-            NotificationSent {
+            Answer::Sent(NotificationSent {
                 ok: true,
                 message_ids: vec![7, 8],
                 message_id: 7,
                 token: "tok123".into(),
-            }
+            })
         );
         assert_eq!(
             mappings(&db),
@@ -567,36 +587,69 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .last_activity,
-            102
+            100
+        );
+    }
+
+    #[test]
+    fn telegram_unreachable_or_rate_limiting_is_a_202_and_nothing_is_mapped_yet() {
+        let db = setup();
+        let note = json!({"sessionId": "s1", "text": "x"});
+        let p = plan(&db, &cfg(), &Principal::Admin, note.clone()).unwrap();
+        assert_eq!(
+            deliver(&db, &p, vec![]).unwrap(),
+            Answer::Queued(NotificationQueued::new("tok123"))
+        );
+        assert!(mappings(&db).is_empty());
+        // A 429 past the request's budget: queued as well, behind the first one.
+        let p2 = prepare(&db, &cfg(), &Principal::Admin, &body(note), || {
+            Ok("tok456".into())
+        })
+        .unwrap();
+        store(&db, &p2, 100).unwrap();
+        assert_eq!(
+            answer(&db, &p2).unwrap(),
+            Answer::Queued(NotificationQueued::new("tok456"))
+        );
+        // When Telegram is back the mappings appear as the parts go out.
+        let mut id = 0;
+        outbox::testing::flush(&db, &p.lane(), 60_000, false, |_| {
+            id += 1;
+            sent(id)
+        });
+        assert_eq!(
+            mappings(&db),
+            vec![
+                (CHAT, 1, "s1".into(), "tok123".into()),
+                (CHAT, 2, "s1".into(), "tok456".into())
+            ]
         );
     }
 
     /// Telegram's answers that fail the request: status and message.
     fn failure(db: &MemDb, text: &str, answers: Vec<ApiOutcome>) -> (u16, String) {
-        let mut p = plan(
+        // Every plan here has the same token: forget the previous one's parts.
+        db.exec("DELETE FROM outbox", vec![]).unwrap();
+        let p = plan(
             db,
             &cfg(),
             &Principal::Admin,
             json!({"sessionId": "s1", "text": text}),
         )
         .unwrap();
-        for outcome in answers {
-            if let Err(e) = p.delivery.sent(db, outcome, 5) {
-                let (status, body) = e.answer().unwrap();
-                return (status, body.error);
-            }
-        }
-        panic!("every part was sent");
+        let e = deliver(db, &p, answers).unwrap_err();
+        let (status, body) = e.answer().unwrap();
+        (status, body.error)
     }
 
     #[test]
-    fn telegram_failures_are_502s() {
+    fn telegram_refusals_are_502s() {
         let db = setup();
         assert_eq!(
             failure(
                 &db,
                 "x",
-                vec![ApiOutcome::Failed("Bad Request: chat not found".into())]
+                vec![ApiOutcome::Refused("Bad Request: chat not found".into())]
             ),
             (
                 502,
@@ -604,16 +657,15 @@ mod tests {
             )
         );
         assert_eq!(
-            failure(&db, "x", vec![ApiOutcome::Failed(String::new())]),
+            failure(&db, "x", vec![ApiOutcome::Refused(String::new())]),
             (502, "Telegram refused the message: no description".into())
         );
         assert_eq!(
             failure(&db, "x", vec![ApiOutcome::Ok(json!({"chat": {}}))]),
-            (502, "Telegram's answer had no message_id".into())
-        );
-        assert_eq!(
-            failure(&db, "x", vec![ApiOutcome::RetryAfter(3)]),
-            (502, "Telegram asks to retry after 3 s".into())
+            (
+                502,
+                "Telegram refused the message: Telegram's answer had no message_id".into()
+            )
         );
         assert!(mappings(&db).is_empty());
         // A later part failing names it; the parts before it stay routable.
@@ -622,7 +674,7 @@ mod tests {
             failure(
                 &db,
                 &long,
-                vec![sent(1), ApiOutcome::Failed("Forbidden: bot was blocked".into())]
+                vec![sent(1), ApiOutcome::Refused("Forbidden: bot was blocked".into())]
             ),
             (
                 502,
@@ -631,5 +683,31 @@ mod tests {
             )
         );
         assert_eq!(mappings(&db), vec![(CHAT, 1, "s1".into(), "tok123".into())]);
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_with_503() {
+        let db = setup();
+        let many: Vec<BotCall> = (0..outbox::MAX_PENDING_PER_CHAT)
+            .map(|i| BotCall::send(CHAT, &i.to_string(), None))
+            .collect();
+        outbox::add_or_drop(&db, &many, 0).unwrap();
+        let p = plan(
+            &db,
+            &cfg(),
+            &Principal::Admin,
+            json!({"sessionId": "s1", "text": "x"}),
+        )
+        .unwrap();
+        let e = store(&db, &p, 5).unwrap_err();
+        let (status, body) = e.answer().unwrap();
+        assert_eq!(status, 503);
+        assert!(
+            body.error
+                .starts_with("notification not queued: the outbox is full")
+                && body.error.contains("at most 1000 per chat"),
+            "{}",
+            body.error
+        );
     }
 }

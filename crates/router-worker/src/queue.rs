@@ -74,6 +74,13 @@ pub struct Queued {
     pub created_at: i64,
 }
 
+impl Queued {
+    /// Still waiting for the agent's ack (`pending` or `sent`): may be pushed (again).
+    pub fn is_unacked(&self) -> bool {
+        matches!(self.state.as_str(), "pending" | "sent")
+    }
+}
+
 const COLUMNS: &str = "command_id, session_id, machine_id, chat_id, source_message_id, command, \
                        state, attempts, created_at";
 
@@ -230,7 +237,8 @@ pub fn expire(db: &impl Sql, now: i64, ttl_ms: i64) -> Result<Vec<Queued>, Store
 }
 
 /// When the alarm must next run: the earliest retry of a connected machine, the earliest
-/// expiry, or `fallback` (the daily retention sweep), whichever is first.
+/// expiry, the outbox's earliest due call (`outbox::next_due`), or `fallback` (the
+/// retention sweep), whichever is first.
 pub fn next_wake(
     db: &impl Sql,
     ttl_ms: i64,
@@ -248,7 +256,7 @@ pub fn next_wake(
          FROM command_queue WHERE state IN ('pending', 'sent') GROUP BY machine_id",
         vec![],
     )?;
-    let mut wake = fallback;
+    let mut wake = crate::outbox::next_due(db)?.map_or(fallback, |due| due.min(fallback));
     for r in rows {
         wake = wake.min(r.oldest + ttl_ms);
         if online(&r.machine_id) {
@@ -258,8 +266,15 @@ pub fn next_wake(
     Ok(wake)
 }
 
-/// Retention: finished commands and dedup rows after 7 days, reply mappings after 7 days,
-/// sessions after 30 days without activity.
+/// Retention: finished commands after 7 days; dedup rows after 7 days but never before the
+/// command their update queued; reply mappings after 7 days; sessions after 30 days
+/// without activity.
+///
+/// The rule between `seen_updates` and `command_queue`: a command's id is `tg-<update_id>`,
+/// and an update's dedup row is pruned no earlier than that command's row. While either row
+/// is there, a replay of the update cannot run the command again: the dedup row answers
+/// "duplicate", and a finished command row is never pushed again (`router`). Deleting the
+/// command rows first, in the same sweep, keeps the order within one run too.
 pub fn prune(db: &impl Sql, now: i64) -> Result<(), StoreError> {
     const DAY: i64 = 24 * 60 * 60 * 1000;
     let week_ago = now - 7 * DAY;
@@ -268,7 +283,8 @@ pub fn prune(db: &impl Sql, now: i64) -> Result<(), StoreError> {
         vec![week_ago.into()],
     )?;
     db.exec(
-        "DELETE FROM seen_updates WHERE seen_at < ?",
+        "DELETE FROM seen_updates WHERE seen_at < ? AND NOT EXISTS
+            (SELECT 1 FROM command_queue WHERE command_id = 'tg-' || seen_updates.update_id)",
         vec![week_ago.into()],
     )?;
     db.exec(
@@ -413,6 +429,10 @@ mod tests {
             1_600
         );
         assert_eq!(next_wake(&db, 10_000, |_| false, 9_999).unwrap(), 9_999);
+        // A call waiting in the outbox wakes the alarm when it is due.
+        let call = crate::telegram::BotCall::send(42, "x", None);
+        crate::outbox::add_or_drop(&db, &[call], 7_000).unwrap();
+        assert_eq!(next_wake(&db, 10_000, |_| false, 9_999).unwrap(), 7_000);
         // A late ack of a dead command still counts as delivered.
         assert!(ack(&db, "old", "off", 2_000).unwrap().is_some());
     }

@@ -19,6 +19,8 @@ pub enum Route {
     Webhook(String),
     /// `GET /ws?machineId=X` (WebSocket upgrade).
     MachineSocket,
+    /// `GET /outbox`.
+    Outbox,
     /// A known path with the wrong method; carries the allowed one.
     MethodNotAllowed(&'static str),
     /// No such route.
@@ -41,6 +43,7 @@ pub fn route(method: &str, path: &str) -> Route {
         route::SESSIONS_UNREGISTER => (Route::UnregisterSession, "POST"),
         route::NOTIFICATIONS_SEND => (Route::SendNotification, "POST"),
         route::MACHINE_SOCKET => (Route::MachineSocket, "GET"),
+        route::OUTBOX => (Route::Outbox, "GET"),
         _ => match webhook_secret {
             Some(secret) => (Route::Webhook(secret.to_owned()), "POST"),
             None => return Route::NotFound,
@@ -63,6 +66,8 @@ mod tests {
         assert_eq!(route("GET", "/health"), Route::Health);
         assert_eq!(route("GET", "/health/"), Route::Health);
         assert_eq!(route("GET", "/sessions"), Route::ListSessions);
+        assert_eq!(route("GET", "/outbox"), Route::Outbox);
+        assert_eq!(route("POST", "/outbox"), Route::MethodNotAllowed("GET"));
         assert_eq!(route("POST", "/sessions/register"), Route::RegisterSession);
         assert_eq!(
             route("POST", "/sessions/unregister"),

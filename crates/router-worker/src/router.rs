@@ -8,6 +8,7 @@ use ccr_protocol::api::ButtonAction;
 use ccr_protocol::MAX_COMMAND_BYTES;
 use serde::Deserialize;
 
+use crate::outbox;
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{self, Sql, StoreError};
 use crate::telegram::{self, escape_html, BotCall, Message, TextIntent, Update};
@@ -97,30 +98,6 @@ pub struct Mapping {
     pub session_id: String,
 }
 
-/// Records that `message_id` in `chat_id` is about `session_id`, with its token.
-pub fn record_message(
-    db: &impl Sql,
-    chat_id: i64,
-    message_id: i64,
-    session_id: &str,
-    token: &str,
-    now: i64,
-) -> Result<(), StoreError> {
-    db.exec(
-        "INSERT INTO messages (chat_id, message_id, session_id, token, created_at)
-         VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (chat_id, message_id) DO UPDATE SET
-            session_id = excluded.session_id, token = excluded.token",
-        vec![
-            chat_id.into(),
-            message_id.into(),
-            session_id.into(),
-            token.into(),
-            now.into(),
-        ],
-    )
-}
-
 fn by_reply(db: &impl Sql, chat_id: i64, message_id: i64) -> Result<Option<Mapping>, StoreError> {
     Ok(db
         .query::<Mapping>(
@@ -175,15 +152,23 @@ pub fn help_text(chat_id: i64) -> String {
     )
 }
 
+/// Most sessions the bot's `/sessions` answer lists (the most recently active).
+const BOT_LISTED_SESSIONS: usize = 20;
+/// The list stops before its text would pass this many UTF-16 units (under Telegram's 4096,
+/// with room for the last line).
+const BOT_LIST_BUDGET: usize = 3_500;
+
 fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String, StoreError> {
-    let sessions = store::list_sessions(db, None, online)?;
+    let listing = store::session_listing(db, None, online)?;
+    let sessions = listing.sessions;
     if sessions.is_empty() {
         return Ok(
             "No sessions registered yet. Start Claude Code on a machine running ccr-agent.".into(),
         );
     }
     let mut text = String::from("<b>Sessions</b>\n");
-    for s in sessions.iter().take(50) {
+    let mut shown = 0;
+    for s in &sessions {
         let state = if s.gone {
             "⛔ pane gone"
         } else if s.online {
@@ -192,19 +177,56 @@ fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String,
             "⚪ offline"
         };
         let label = s.label.as_deref().unwrap_or("(no label)");
-        text.push_str(&format!(
+        let line = format!(
             "• {} — {} {} <code>{}</code>\n",
             escape_html(label),
             escape_html(&s.machine_id),
             state,
             escape_html(&s.session_id.chars().take(12).collect::<String>())
+        );
+        let units = text.encode_utf16().count() + line.encode_utf16().count();
+        if shown == BOT_LISTED_SESSIONS || units > BOT_LIST_BUDGET {
+            break;
+        }
+        text.push_str(&line);
+        shown += 1;
+    }
+    if shown < sessions.len() || listing.truncated {
+        let more = if listing.truncated {
+            "more".to_owned()
+        } else {
+            (sessions.len() - shown).to_string()
+        };
+        text.push_str(&format!(
+            "… and {more} not shown (the most recently active come first)."
         ));
     }
     Ok(text)
 }
 
-/// Handles one update. Every effect on storage happens inside this call, synchronously.
-pub fn handle_update(
+/// Handles one update. Every write it makes (the dedup row, the queued command, the session's
+/// activity, the chat answers in the outbox) commits as one transaction, or none does: a
+/// failure answers 5xx with nothing recorded, so Telegram's retry of the update is handled
+/// afresh instead of being taken for a duplicate. The RouterDO then sends the answers'
+/// lanes (`outbox`) and pushes the queued commands.
+pub fn handle_update<D: Sql>(
+    db: &D,
+    cfg: &Config,
+    update: &Update,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<Outcome, StoreError> {
+    db.transaction(|db| {
+        let mut out = decide(db, cfg, update, now, online)?;
+        for dropped in outbox::add_or_drop(db, &out.calls, now)? {
+            out.log.push_str("; ");
+            out.log.push_str(&dropped);
+        }
+        Ok(out)
+    })
+}
+
+fn decide(
     db: &impl Sql,
     cfg: &Config,
     update: &Update,
@@ -262,6 +284,7 @@ pub fn handle_update(
                         online: false,
                     } => format!("Queued: {machine} is offline"),
                     Queueing::Refused(why) => why,
+                    Queueing::AlreadyHandled => "Already done.".into(),
                 };
                 out.calls
                     .insert(0, BotCall::answer_callback(&cb.id, &toast));
@@ -399,15 +422,20 @@ fn handle_message(
                 ),
             );
         }
-        Queueing::Queued { online: true, .. } => {}
+        Queueing::Queued { online: true, .. } | Queueing::AlreadyHandled => {}
         Queueing::Refused(why) => reply(out, &why),
     }
     Ok(())
 }
 
 enum Queueing {
-    Queued { machine: String, online: bool },
+    Queued {
+        machine: String,
+        online: bool,
+    },
     Refused(String),
+    /// The command of this update id exists and is finished: a late replay; nothing to say.
+    AlreadyHandled,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -465,11 +493,22 @@ fn queue_command(
         source_message_id,
         command: command.to_owned(),
     };
-    queue::enqueue(db, &new, now)?;
-    store::touch_session(db, &session.session_id, now)?;
-    if let Some(q) = queue::get(db, &new.command_id)? {
-        out.queued.push(q);
+    let created = queue::enqueue(db, &new, now)?;
+    let existing = queue::get(db, &new.command_id)?;
+    // Only a row this update created, or one still unacked, may be pushed: an update
+    // replayed after its dedup row was pruned must not run a finished command again.
+    match existing {
+        Some(q) if created || q.is_unacked() => out.queued.push(q),
+        Some(q) => {
+            out.log = format!(
+                "update {update_id}: {} already {}; not pushed again",
+                q.command_id, q.state
+            );
+            return Ok(Queueing::AlreadyHandled);
+        }
+        None => {}
     }
+    store::touch_session(db, &session.session_id, now)?;
     let is_online = online(&session.machine_id);
     out.log = format!(
         "update {update_id}: queued {} for machine {} ({})",
@@ -499,7 +538,7 @@ mod tests {
     fn setup() -> MemDb {
         let db = MemDb::migrated();
         store::upsert_session(&db, "s1", "devbox", Some("api"), 0).unwrap();
-        record_message(&db, 42, 100, "s1", "tok1", 0).unwrap();
+        store::record_message(&db, 42, 100, "s1", "tok1", 0).unwrap();
         db
     }
 
@@ -539,6 +578,9 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("devbox is offline"));
+        // The answer is in the outbox, stored with the update, waiting to be sent.
+        let head = outbox::head(&db, "chat:42", 5, true).unwrap().unwrap();
+        assert_eq!(head.params(), out.calls[0].params);
     }
 
     #[test]
@@ -642,6 +684,22 @@ mod tests {
     }
 
     #[test]
+    fn the_sessions_list_fits_one_message() {
+        let db = setup();
+        for i in 0..100 {
+            let label = "<&>".repeat(33);
+            store::upsert_session(&db, &format!("s-{i:03}"), "devbox", Some(&label), 10 + i)
+                .unwrap();
+        }
+        let text = sessions_text(&db, &|_| true).unwrap();
+        assert!(text.encode_utf16().count() <= ccr_protocol::TELEGRAM_MAX_TEXT);
+        assert!(text.contains("<code>s-099</code>"), "the most recent first");
+        assert!(text.ends_with("not shown (the most recently active come first)."));
+        let lines = text.lines().filter(|l| l.starts_with('•')).count();
+        assert!((1..=BOT_LISTED_SESSIONS).contains(&lines), "{lines}");
+    }
+
+    #[test]
     fn settings() {
         let c = Config::from_settings("42, -100123,x", "");
         assert_eq!(c.allowed_chats, vec![42, -100123]);
@@ -702,6 +760,138 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("<code>(Enter)</code>"));
+    }
+
+    /// Fails the first `INSERT INTO command_queue`, as a full disk or a storage hiccup would.
+    struct FailQueueOnce<'a> {
+        db: &'a MemDb,
+        armed: std::cell::Cell<bool>,
+    }
+
+    impl Sql for FailQueueOnce<'_> {
+        fn exec(&self, sql: &str, params: Vec<store::SqlValue>) -> Result<(), StoreError> {
+            if sql.contains("INSERT INTO command_queue") && self.armed.replace(false) {
+                return Err(StoreError("injected: queue insert failed".into()));
+            }
+            self.db.exec(sql, params)
+        }
+        fn query<T: serde::de::DeserializeOwned>(
+            &self,
+            sql: &str,
+            params: Vec<store::SqlValue>,
+        ) -> Result<Vec<T>, StoreError> {
+            self.db.query(sql, params)
+        }
+        fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+        where
+            F: FnOnce(&Self) -> Result<T, StoreError>,
+        {
+            self.db.transaction(|_| work(self))
+        }
+    }
+
+    #[test]
+    fn a_failed_queue_insert_records_nothing_and_the_retry_queues() {
+        let db = setup();
+        let flaky = FailQueueOnce {
+            db: &db,
+            armed: std::cell::Cell::new(true),
+        };
+        let first = handle_update(&flaky, &cfg(), &reply_update(21, 42, 100, "ls"), 5, &|_| {
+            true
+        });
+        assert!(first.is_err(), "the webhook answers 5xx");
+        let seen: i64 =
+            db.0.query_row("SELECT count(*) FROM seen_updates", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(seen, 0, "the update id was not recorded");
+        // Telegram retries the same update: it is not a duplicate, and the command queues.
+        let retry = handle_update(&flaky, &cfg(), &reply_update(21, 42, 100, "ls"), 6, &|_| {
+            true
+        })
+        .unwrap();
+        assert!(!retry.duplicate);
+        assert_eq!(retry.queued.len(), 1);
+        assert_eq!(retry.queued[0].command, "ls");
+        assert_eq!(queue::unacked_count(&db, "devbox").unwrap(), 1);
+    }
+
+    const DAY: i64 = 24 * 60 * 60 * 1000;
+
+    fn finish(db: &MemDb, command_id: &str, at: i64) {
+        queue::ack(db, command_id, "devbox", at).unwrap().unwrap();
+        queue::complete(db, command_id, "devbox", true, None, at)
+            .unwrap()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_late_replay_of_a_finished_command_is_not_pushed_again() {
+        let db = setup();
+        let first =
+            handle_update(&db, &cfg(), &reply_update(31, 42, 100, "ls"), 0, &|_| false).unwrap();
+        assert_eq!(first.queued.len(), 1);
+        finish(&db, "tg-31", DAY);
+        // The dedup row is gone (its window passed); Telegram replays the update.
+        db.exec("DELETE FROM seen_updates", vec![]).unwrap();
+        let replay = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(31, 42, 100, "ls"),
+            8 * DAY,
+            &|_| false,
+        )
+        .unwrap();
+        assert!(
+            replay.queued.is_empty(),
+            "a finished command is never pushed again"
+        );
+        assert!(replay.calls.is_empty(), "and nothing is said about it");
+        assert_eq!(queue::get(&db, "tg-31").unwrap().unwrap().state, "done");
+
+        // A replay of a command still unacked may push it again (the agent dedups by id).
+        handle_update(&db, &cfg(), &reply_update(32, 42, 100, "pwd"), DAY, &|_| {
+            true
+        })
+        .unwrap();
+        db.exec("DELETE FROM seen_updates", vec![]).unwrap();
+        let unacked = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(32, 42, 100, "pwd"),
+            2 * DAY,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(unacked.queued.len(), 1);
+        assert_eq!(unacked.queued[0].command_id, "tg-32");
+    }
+
+    #[test]
+    fn retention_keeps_the_dedup_row_while_its_command_row_lives() {
+        let db = setup();
+        handle_update(&db, &cfg(), &reply_update(41, 42, 100, "ls"), 0, &|_| false).unwrap();
+        // The machine came back late: acked and done on day 6.
+        finish(&db, "tg-41", 6 * DAY);
+        // Day 8: the dedup row is over 7 days old, but its command row is not: both stay.
+        queue::prune(&db, 8 * DAY).unwrap();
+        assert!(queue::get(&db, "tg-41").unwrap().is_some());
+        let replay = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(41, 42, 100, "ls"),
+            8 * DAY,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(replay.duplicate && replay.queued.is_empty());
+        // Day 14: the command row goes, and its dedup row with it.
+        queue::prune(&db, 14 * DAY).unwrap();
+        assert!(queue::get(&db, "tg-41").unwrap().is_none());
+        let seen: i64 =
+            db.0.query_row("SELECT count(*) FROM seen_updates", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(seen, 0);
     }
 
     #[test]

@@ -5,11 +5,10 @@
 //! this file reads requests and socket events, calls them, and carries out what they return.
 
 use ccr_protocol::wire;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 
-use ccr_protocol::api::{
-    OkBody, RegisterSession, SendNotification, SessionList, UnregisterSession,
-};
+use ccr_protocol::api::{OkBody, RegisterSession, SendNotification, UnregisterSession};
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use ccr_protocol::{validate, MAX_FRAME_BYTES};
 use serde::de::DeserializeOwned;
@@ -21,7 +20,8 @@ use worker::*;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::{self, json, parse_json, setting, Reply};
-use crate::notify;
+use crate::notify::{self, Answer};
+use crate::outbox::{self, GroupState};
 use crate::queue::{self, Queued};
 use crate::route::{route, Route};
 use crate::router::{self, Config};
@@ -34,6 +34,11 @@ const MAX_RETRY_WAIT_SECS: u64 = 10;
 const SWEEP_EVERY_MS: i64 = 60 * 60 * 1000;
 /// Commands pushed per flush (the rest follow as acks arrive and on the next alarm).
 const FLUSH_BATCH: i64 = 100;
+/// The alarm's shortest delay (ms).
+const MIN_ALARM_MS: i64 = 250;
+/// Longest a notification waits for another request that is sending its chat's outbox lane
+/// before it is answered 202 (ms).
+const LANE_WAIT_MS: i64 = 10_000;
 
 /// What a machine socket carries across hibernation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,7 +57,7 @@ fn now_ms() -> i64 {
 }
 
 /// The Durable Object's SQLite behind the [`Sql`] trait.
-struct DoSql(SqlStorage);
+struct DoSql(SqlStorage, Storage);
 
 fn bind(params: Vec<SqlValue>) -> Vec<SqlStorageValue> {
     params
@@ -66,6 +71,54 @@ fn bind(params: Vec<SqlValue>) -> Vec<SqlStorageValue> {
 }
 
 impl Sql for DoSql {
+    fn transaction<T, F>(&self, work: F) -> std::result::Result<T, StoreError>
+    where
+        F: FnOnce(&Self) -> std::result::Result<T, StoreError>,
+    {
+        use worker::js_sys::{Function, Reflect};
+        use worker::wasm_bindgen::closure::ScopedClosure;
+        use worker::wasm_bindgen::{JsCast, JsValue};
+
+        // workers-rs 0.8.7 binds only the asynchronous `transaction`; `transactionSync` runs
+        // its callback at once and rolls every write back when the callback throws. The
+        // callback is a scoped closure: it borrows `work` for the length of the call only.
+        let raw = self.1.as_raw();
+        let sync = Reflect::get(raw, &JsValue::from_str("transactionSync"))
+            .ok()
+            .and_then(|f| f.dyn_into::<Function>().ok())
+            .ok_or_else(|| StoreError("storage.transactionSync is not available".into()))?;
+        let mut work = Some(work);
+        let mut result: Option<std::result::Result<T, StoreError>> = None;
+        let mut body = || -> std::result::Result<JsValue, JsValue> {
+            let r = match work.take() {
+                Some(w) => w(self),
+                None => Err(StoreError("transaction body called twice".into())),
+            };
+            let failed = r.is_err();
+            result = Some(r);
+            if failed {
+                // Throwing is how `transactionSync` is told to roll back.
+                Err(JsValue::from_str("rolled back"))
+            } else {
+                Ok(JsValue::UNDEFINED)
+            }
+        };
+        let called = {
+            let closure =
+                ScopedClosure::<dyn FnMut() -> std::result::Result<JsValue, JsValue>>::borrow_mut_assert_unwind_safe(
+                    &mut body,
+                );
+            sync.call1(raw, closure.as_ref())
+        };
+        match (result, called) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(_)) => Ok(v),
+            (Some(Ok(_)), Err(e)) => Err(StoreError(format!("commit failed: {e:?}"))),
+            (None, Err(e)) => Err(StoreError(format!("transaction failed: {e:?}"))),
+            (None, Ok(_)) => Err(StoreError("transaction body never ran".into())),
+        }
+    }
+
     fn exec(&self, sql: &str, params: Vec<SqlValue>) -> std::result::Result<(), StoreError> {
         self.0
             .exec(sql, bind(params))
@@ -96,11 +149,29 @@ pub struct RouterDO {
     /// Random per instance, memory only: `GET /sessions` shows it in `X-CCR-Instance`, so
     /// tests (and operators) can tell whether the object was reset, e.g. by a panic.
     instance: String,
+    /// Outbox lanes a request is sending now (memory only: a lane is sent by one request at a
+    /// time, so a call is never sent twice concurrently).
+    busy_lanes: RefCell<HashSet<String>>,
+}
+
+/// A lane held by one sender; released when dropped.
+struct LaneGuard<'a> {
+    lanes: &'a RefCell<HashSet<String>>,
+    lane: String,
+}
+
+impl Drop for LaneGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut lanes) = self.lanes.try_borrow_mut() {
+            lanes.remove(&self.lane);
+        }
+    }
 }
 
 impl RouterDO {
     fn db(&self) -> DoSql {
-        DoSql(self.state.storage().sql())
+        let storage = self.state.storage();
+        DoSql(storage.sql(), storage)
     }
 
     fn ensure_schema(&self) -> Result<()> {
@@ -190,7 +261,9 @@ impl RouterDO {
             |m| self.online(m),
             now + SWEEP_EVERY_MS,
         )?;
-        let offset = (wake - now).max(0) as u64;
+        // Never sooner than MIN_ALARM_MS: something due that cannot go now (an outbox lane
+        // another request is sending, a socket refusing a push) must not spin the alarm.
+        let offset = (wake - now).max(MIN_ALARM_MS) as u64;
         self.state
             .storage()
             .set_alarm(std::time::Duration::from_millis(offset))
@@ -198,21 +271,20 @@ impl RouterDO {
     }
 
     /// Calls the Bot API, waiting out 429s up to [`MAX_RETRY_WAIT_SECS`] in total.
-    async fn bot(&self, call: &BotCall) -> ApiOutcome {
-        // The URL holds the token: it is never logged.
-        let url = match telegram::api_url(
-            &setting(&self.env, "TELEGRAM_API_BASE"),
-            &setting(&self.env, "TELEGRAM_BOT_TOKEN"),
-            call.method,
-        ) {
+    async fn bot(&self, method: &str, params: &Value) -> ApiOutcome {
+        // The URL holds the token: it is never logged (nor stored: the outbox keeps the
+        // reason of a failed call).
+        let token = setting(&self.env, "TELEGRAM_BOT_TOKEN");
+        let url = match telegram::api_url(&setting(&self.env, "TELEGRAM_API_BASE"), &token, method)
+        {
             Ok(url) => url,
             Err(outcome) => return outcome,
         };
         let mut waited = 0;
         loop {
-            let outcome = match bot_request(&url, &call.params).await {
+            let outcome = match bot_request(&url, params).await {
                 Ok((status, body)) => telegram::read_answer(status, &body),
-                Err(e) => ApiOutcome::Failed(format!("cannot reach Telegram: {e}")),
+                Err(e) => ApiOutcome::Failed(telegram::unreachable(&e.to_string(), &token)),
             };
             match telegram::retry(outcome, waited, MAX_RETRY_WAIT_SECS) {
                 Retry::Wait(secs) => {
@@ -224,13 +296,73 @@ impl RouterDO {
         }
     }
 
-    /// Best-effort chat answers: logged on failure, never fatal.
-    async fn bot_all(&self, calls: &[BotCall]) {
-        for call in calls {
-            if let ApiOutcome::Failed(why) = self.bot(call).await {
-                console_warn!("Telegram {} failed: {why}", call.method);
+    fn lock_lane(&self, lane: &str) -> Option<LaneGuard<'_>> {
+        let mut lanes = self.busy_lanes.try_borrow_mut().ok()?;
+        lanes.insert(lane.to_owned()).then(|| LaneGuard {
+            lanes: &self.busy_lanes,
+            lane: lane.to_owned(),
+        })
+    }
+
+    /// Sends an outbox lane's calls in order until it is empty or blocked (`outbox`); `eager`
+    /// when a new call just arrived for it. False when another request is sending the lane
+    /// (it goes on to the end, so the new call is sent by it).
+    async fn send_lane(&self, lane: &str, eager: bool) -> Result<bool> {
+        let Some(_held) = self.lock_lane(lane) else {
+            return Ok(false);
+        };
+        while let Some(entry) = outbox::head(&self.db(), lane, now_ms(), eager)? {
+            let outcome = self.bot(&entry.method, &entry.params()).await;
+            let recorded = outbox::record(&self.db(), &entry, &outcome, now_ms())?;
+            match &recorded {
+                outbox::Recorded::Sent { .. } => {}
+                outbox::Recorded::Retry { at } => console_warn!(
+                    "Telegram {} in {lane} not sent yet ({}); retry in {} ms",
+                    entry.method,
+                    outcome.why(),
+                    at - now_ms()
+                ),
+                outbox::Recorded::Dropped { why, count } => console_warn!(
+                    "Telegram {} in {lane} dropped ({count} call(s)): {why}",
+                    entry.method
+                ),
+            }
+            if !recorded.lane_moves_on() {
+                break;
             }
         }
+        Ok(true)
+    }
+
+    /// Sends the lanes of calls just stored, then re-arms the alarm for what is left. Storage
+    /// already holds them: a failure here is logged and left to the alarm.
+    async fn send_stored(&self, calls: &[BotCall]) {
+        let mut lanes: Vec<String> = calls.iter().map(|c| outbox::lane_of(c).0).collect();
+        lanes.dedup();
+        for lane in lanes {
+            if let Err(e) = self.send_lane(&lane, true).await {
+                console_error!("sending the outbox lane {lane} failed: {e}");
+            }
+        }
+        if let Err(e) = self.arm_alarm().await {
+            console_error!("arming the alarm failed: {e}");
+        }
+    }
+
+    /// Stores chat answers and notices in the outbox and sends them.
+    async fn tell(&self, calls: &[BotCall]) -> Result<()> {
+        for dropped in outbox::add_or_drop(&self.db(), calls, now_ms())? {
+            console_warn!("{dropped}");
+        }
+        self.send_stored(calls).await;
+        Ok(())
+    }
+
+    async fn handle_outbox(&self, principal: &Principal) -> Reply {
+        if *principal != Principal::Admin {
+            return Err(ApiError::new(403, "only the admin key may read the outbox"));
+        }
+        json(200, &outbox::status(&self.db())?)
     }
 
     async fn handle_list(&self, principal: &Principal) -> Reply {
@@ -238,8 +370,8 @@ impl RouterDO {
             Principal::Admin => None,
             Principal::Machine(m) => Some(m.as_str()),
         };
-        let sessions = store::list_sessions(&self.db(), scope, |m| self.online(m))?;
-        let mut resp = json(200, &SessionList { ok: true, sessions })?;
+        let listing = store::session_listing(&self.db(), scope, |m| self.online(m))?;
+        let mut resp = json(200, &listing)?;
         resp.headers_mut()
             .set(wire::header::INSTANCE, &self.instance)?;
         Ok(resp)
@@ -268,6 +400,9 @@ impl RouterDO {
                     "this session belongs to another machine",
                 ));
             }
+        }
+        if let Some(why) = store::no_room_for_session(&db, &body.session_id, &body.machine_id)? {
+            return Err(ApiError::new(409, why));
         }
         store::upsert_session(
             &db,
@@ -298,13 +433,29 @@ impl RouterDO {
 
     async fn handle_notify(&self, req: &mut Request, principal: &Principal) -> Reply {
         let body: SendNotification = parse_json(req).await?;
-        let db = self.db();
-        let mut plan = notify::prepare(&db, &self.config(), principal, &body, new_token)?;
-        for call in &plan.calls {
-            let outcome = self.bot(call).await;
-            plan.delivery.sent(&db, outcome, now_ms())?;
+        let plan = notify::prepare(&self.db(), &self.config(), principal, &body, new_token)?;
+        notify::store(&self.db(), &plan, now_ms())?;
+        let lane = plan.lane();
+        let deadline = now_ms() + LANE_WAIT_MS;
+        // Send the chat's lane now; when another request is sending it, that one sends these
+        // parts too: wait for it (bounded), then try once more ourselves.
+        while !self.send_lane(&lane, true).await?
+            && now_ms() < deadline
+            && outbox::group_state(&self.db(), &plan.token)? == GroupState::Pending
+        {
+            Delay::from(std::time::Duration::from_millis(50)).await;
         }
-        json(200, &plan.delivery.finish(&db, now_ms())?)
+        self.arm_alarm().await?;
+        match notify::answer(&self.db(), &plan)? {
+            Answer::Sent(sent) => json(200, &sent),
+            Answer::Queued(queued) => {
+                console_log!(
+                    "notification {} queued: Telegram has not taken it yet",
+                    queued.id
+                );
+                json(202, &queued)
+            }
+        }
     }
 
     async fn handle_webhook(&self, req: &mut Request) -> Reply {
@@ -322,10 +473,10 @@ impl RouterDO {
                 self.push(&ws, q, now)?;
             }
         }
-        if !outcome.queued.is_empty() {
-            self.arm_alarm().await?;
+        if !outcome.queued.is_empty() || !outcome.calls.is_empty() {
+            // The answers are stored with the update; sending them cannot fail the update.
+            self.send_stored(&outcome.calls).await;
         }
-        self.bot_all(&outcome.calls).await;
         json(200, &OkBody::default())
     }
 
@@ -374,13 +525,26 @@ impl RouterDO {
         let machine = info.machine_id;
         match SocketMessage::decode(text) {
             Ok(SocketMessage::Ack { command_id }) => {
-                let acked = queue::ack(&self.db(), &command_id, &machine, now_ms())?;
-                if let Some(q) = acked {
-                    if let Some(msg) = q.source_message_id {
-                        self.bot_all(&[BotCall::react(q.chat_id, msg, "👍")]).await;
+                let now = now_ms();
+                // The ack and its reaction in the outbox commit together.
+                let (acked, reaction) = self.db().transaction(|db| {
+                    let acked = queue::ack(db, &command_id, &machine, now)?;
+                    let reaction: Vec<BotCall> = acked
+                        .iter()
+                        .filter_map(|q| {
+                            q.source_message_id
+                                .map(|m| BotCall::react(q.chat_id, m, "👍"))
+                        })
+                        .collect();
+                    for dropped in outbox::add_or_drop(db, &reaction, now)? {
+                        console_warn!("{dropped}");
                     }
+                    Ok((acked, reaction))
+                })?;
+                if acked.is_some() {
                     // The next command for this machine need not wait for the alarm.
                     self.flush_machine(&machine, Some(now_ms()))?;
+                    self.send_stored(&reaction).await;
                 }
             }
             Ok(SocketMessage::CommandResult {
@@ -402,7 +566,7 @@ impl RouterDO {
                         .and_then(|s| s.label)
                         .unwrap_or_else(|| machine.clone());
                     let notice = router::command_failed(&q, &label, &machine, error.as_deref());
-                    self.bot_all(&[notice]).await;
+                    self.tell(&[notice]).await?;
                 }
             }
             Ok(SocketMessage::SessionGone { session_id, reason }) => {
@@ -469,6 +633,7 @@ impl RouterDO {
                 self.handle_webhook(&mut req).await
             }
             Route::MachineSocket => self.handle_socket(&req, &principal).await,
+            Route::Outbox => self.handle_outbox(&principal).await,
             _ => Err(ApiError::new(404, "no such router operation")),
         }
     }
@@ -486,6 +651,7 @@ impl DurableObject for RouterDO {
             env,
             migrated: Cell::new(false),
             instance: new_token().unwrap_or_default(),
+            busy_lanes: RefCell::new(HashSet::new()),
         }
     }
 
@@ -497,9 +663,18 @@ impl DurableObject for RouterDO {
         self.ensure_schema()?;
         let now = now_ms();
         let db = self.db();
-        let dead = queue::expire(&db, now, self.command_ttl_ms())?;
-        for q in &dead {
-            self.bot_all(&[router::not_delivered(q)]).await;
+        // Expiry and its chat notices in the outbox commit together.
+        let ttl = self.command_ttl_ms();
+        db.transaction(|db| {
+            let dead = queue::expire(db, now, ttl)?;
+            let notices: Vec<BotCall> = dead.iter().map(router::not_delivered).collect();
+            for dropped in outbox::add_or_drop(db, &notices, now)? {
+                console_warn!("{dropped}");
+            }
+            Ok(())
+        })?;
+        for line in outbox::expire(&db, now)? {
+            console_warn!("{line}");
         }
         // Retry due sends on every connected machine.
         let mut machines: Vec<String> = self
@@ -514,7 +689,12 @@ impl DurableObject for RouterDO {
         for m in machines {
             self.flush_machine(&m, Some(now))?;
         }
+        // Retry the outbox's due lanes (a lane another request is sending is skipped).
+        for lane in outbox::due_lanes(&db, now)? {
+            self.send_lane(&lane, false).await?;
+        }
         queue::prune(&db, now)?;
+        outbox::prune(&db, now)?;
         self.arm_alarm().await?;
         Response::ok("")
     }

@@ -59,6 +59,40 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
     // until the session registers again, which clears both.
     "ALTER TABLE sessions ADD COLUMN gone_at INTEGER",
     "ALTER TABLE sessions ADD COLUMN gone_reason TEXT",
+],
+// The outbox: every Bot API call the router makes, stored before it is sent and retried
+// until Telegram answers (`outbox.rs`). `lane` keeps one chat's calls in order; a
+// notification's parts share `group_id` and record `map_session`/`map_token` as the reply
+// mapping once sent. Retention: pending until sent, refused for good, or 24 h old; sent
+// and dropped rows 1 day. `counters` holds the running totals `GET /outbox` shows.
+&[
+    "CREATE TABLE IF NOT EXISTS outbox (
+        id              INTEGER PRIMARY KEY,
+        lane            TEXT NOT NULL,
+        chat_id         INTEGER,
+        method          TEXT NOT NULL,
+        params          TEXT NOT NULL,
+        group_id        TEXT,
+        part            INTEGER NOT NULL DEFAULT 0,
+        parts           INTEGER NOT NULL DEFAULT 1,
+        map_session     TEXT,
+        map_token       TEXT,
+        state           TEXT NOT NULL CHECK (state IN ('pending', 'sent', 'dropped')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        held            INTEGER NOT NULL DEFAULT 0,
+        message_id      INTEGER,
+        last_error      TEXT,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS outbox_by_lane ON outbox (state, lane, id)",
+    "CREATE INDEX IF NOT EXISTS outbox_by_group ON outbox (group_id)",
+    "CREATE INDEX IF NOT EXISTS outbox_by_age ON outbox (state, updated_at)",
+    "CREATE TABLE IF NOT EXISTS counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    )",
 ]];
 
 /// Creates the version table itself; safe to run every time.

@@ -4,7 +4,7 @@
 //! is rusqlite on an in-memory database, so every statement here runs against real SQLite
 //! in `cargo test`.
 
-use ccr_protocol::api::SessionInfo;
+use ccr_protocol::api::{SessionInfo, SessionList, MAX_LISTED_SESSIONS, MAX_SESSIONS_PER_MACHINE};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -57,6 +57,14 @@ pub trait Sql {
         sql: &str,
         params: Vec<SqlValue>,
     ) -> Result<Vec<T>, StoreError>;
+    /// Runs `work` as one transaction: every write it made commits when it returns `Ok`, and
+    /// none does when it returns `Err` (or a statement fails). On the edge this is the Durable
+    /// Object's `transactionSync` (SQL `BEGIN` is refused there); natively, a real SQLite
+    /// transaction. Not nested.
+    fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        Self: Sized,
+        F: FnOnce(&Self) -> Result<T, StoreError>;
 }
 
 /// Brings the schema to the latest version; returns the version it found.
@@ -210,8 +218,53 @@ pub fn delete_session(db: &impl Sql, session_id: &str) -> Result<bool, StoreErro
     Ok(existed)
 }
 
+/// Why `session_id` may not be registered on `machine_id`, or `None` when it may: a machine
+/// has at most [`MAX_SESSIONS_PER_MACHINE`] sessions (re-registering one it has is fine).
+pub fn no_room_for_session(
+    db: &impl Sql,
+    session_id: &str,
+    machine_id: &str,
+) -> Result<Option<String>, StoreError> {
+    #[derive(Deserialize)]
+    struct N {
+        n: i64,
+    }
+    let others = db
+        .query::<N>(
+            "SELECT count(*) AS n FROM sessions WHERE machine_id = ? AND session_id != ?",
+            vec![machine_id.into(), session_id.into()],
+        )?
+        .first()
+        .map_or(0, |r| r.n);
+    Ok(
+        (usize::try_from(others).unwrap_or(usize::MAX) >= MAX_SESSIONS_PER_MACHINE).then(|| {
+            format!(
+                "machine {machine_id} already has {others} sessions, the most one machine may register ({MAX_SESSIONS_PER_MACHINE}); unregister some (POST /sessions/unregister) or let idle ones expire (30 days)"
+            )
+        }),
+    )
+}
+
+/// `GET /sessions`: [`list_sessions`] capped at [`MAX_LISTED_SESSIONS`], saying whether more
+/// exist.
+pub fn session_listing(
+    db: &impl Sql,
+    machine: Option<&str>,
+    online: impl Fn(&str) -> bool,
+) -> Result<SessionList, StoreError> {
+    let mut sessions = list_sessions(db, machine, online)?;
+    let truncated = sessions.len() > MAX_LISTED_SESSIONS;
+    sessions.truncate(MAX_LISTED_SESSIONS);
+    Ok(SessionList {
+        ok: true,
+        sessions,
+        truncated,
+    })
+}
+
 /// Lists sessions, most recently active first, optionally only one machine's; `online`
-/// says whether a machine's socket is connected now.
+/// says whether a machine's socket is connected now. At most [`MAX_LISTED_SESSIONS`] + 1 rows
+/// (one more than a listing shows, so a caller can tell that more exist).
 pub fn list_sessions(
     db: &impl Sql,
     machine: Option<&str>,
@@ -220,13 +273,13 @@ pub fn list_sessions(
     let rows = match machine {
         Some(m) => db.query::<SessionRow>(
             "SELECT session_id, machine_id, label, last_activity, gone_at, gone_reason
-             FROM sessions WHERE machine_id = ? ORDER BY last_activity DESC, session_id",
-            vec![m.into()],
+             FROM sessions WHERE machine_id = ? ORDER BY last_activity DESC, session_id LIMIT ?",
+            vec![m.into(), listing_limit()],
         )?,
         None => db.query::<SessionRow>(
             "SELECT session_id, machine_id, label, last_activity, gone_at, gone_reason
-             FROM sessions ORDER BY last_activity DESC, session_id",
-            vec![],
+             FROM sessions ORDER BY last_activity DESC, session_id LIMIT ?",
+            vec![listing_limit()],
         )?,
     };
     Ok(rows
@@ -240,6 +293,37 @@ pub fn list_sessions(
             last_activity: r.last_activity,
         })
         .collect())
+}
+
+fn listing_limit() -> SqlValue {
+    i64::try_from(MAX_LISTED_SESSIONS)
+        .unwrap_or(i64::MAX)
+        .saturating_add(1)
+        .into()
+}
+
+/// Records that `message_id` in `chat_id` is about `session_id`, with its token.
+pub fn record_message(
+    db: &impl Sql,
+    chat_id: i64,
+    message_id: i64,
+    session_id: &str,
+    token: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT INTO messages (chat_id, message_id, session_id, token, created_at)
+         VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (chat_id, message_id) DO UPDATE SET
+            session_id = excluded.session_id, token = excluded.token",
+        vec![
+            chat_id.into(),
+            message_id.into(),
+            session_id.into(),
+            token.into(),
+            now.into(),
+        ],
+    )
 }
 
 #[cfg(test)]
@@ -273,6 +357,19 @@ pub(crate) mod testing {
     }
 
     impl Sql for MemDb {
+        fn transaction<T, F>(&self, work: F) -> Result<T, StoreError>
+        where
+            F: FnOnce(&Self) -> Result<T, StoreError>,
+        {
+            let tx = self
+                .0
+                .unchecked_transaction()
+                .map_err(|e| StoreError(e.to_string()))?;
+            let value = work(self)?; // dropping `tx` on the error path rolls back
+            tx.commit().map_err(|e| StoreError(e.to_string()))?;
+            Ok(value)
+        }
+
         fn exec(&self, sql: &str, params: Vec<SqlValue>) -> Result<(), StoreError> {
             self.0
                 .execute(sql, rusqlite::params_from_iter(to_sql(params)))
@@ -412,5 +509,54 @@ mod tests {
         assert_eq!((s.gone_at, s.gone_reason), (None, None));
         assert!(!list_sessions(&db, None, |_| true).unwrap()[0].gone);
         assert_eq!(s.label.as_deref(), Some("api"));
+    }
+
+    #[test]
+    fn sessions_per_machine_are_capped() {
+        let db = MemDb::migrated();
+        db.exec(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+             INSERT INTO sessions (session_id, machine_id, created_at, last_activity)
+             SELECT 's' || i, 'devbox', i, i FROM n",
+            vec![i64::try_from(MAX_SESSIONS_PER_MACHINE).unwrap().into()],
+        )
+        .unwrap();
+        let why = no_room_for_session(&db, "new", "devbox").unwrap().unwrap();
+        assert!(
+            why.starts_with("machine devbox already has 1000 sessions, the most one machine may register (1000)"),
+            "{why}"
+        );
+        // Re-registering one it has is an update, not one more; other machines have room.
+        assert_eq!(no_room_for_session(&db, "s5", "devbox").unwrap(), None);
+        assert_eq!(no_room_for_session(&db, "new", "laptop").unwrap(), None);
+    }
+
+    #[test]
+    fn listings_are_capped_and_say_so() {
+        let db = MemDb::migrated();
+        let listed = i64::try_from(MAX_LISTED_SESSIONS).unwrap();
+        db.exec(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+             INSERT INTO sessions (session_id, machine_id, created_at, last_activity)
+             SELECT 's' || i, 'm' || (i % 3), i, i FROM n",
+            vec![listed.into()],
+        )
+        .unwrap();
+        let all = session_listing(&db, None, |_| false).unwrap();
+        assert_eq!(all.sessions.len(), MAX_LISTED_SESSIONS);
+        assert!(!all.truncated, "exactly at the cap: everything is listed");
+        upsert_session(&db, "newest", "m1", None, listed + 10).unwrap();
+        let all = session_listing(&db, None, |_| false).unwrap();
+        assert_eq!(all.sessions.len(), MAX_LISTED_SESSIONS);
+        assert!(all.truncated);
+        assert_eq!(
+            all.sessions[0].session_id, "newest",
+            "the most recent are kept"
+        );
+        let one = session_listing(&db, Some("m1"), |_| false).unwrap();
+        assert!(!one.truncated && one.sessions.len() < MAX_LISTED_SESSIONS);
+        // The serialized answer of an untruncated listing has no `truncated` field.
+        let json = serde_json::to_value(&one).unwrap();
+        assert!(json.get("truncated").is_none());
     }
 }

@@ -244,8 +244,24 @@ pub enum ApiOutcome {
     Ok(Value),
     /// 429: wait this many seconds.
     RetryAfter(u64),
-    /// Any other failure, with Telegram's description.
+    /// A failure worth retrying (Telegram unreachable, 5xx, an answer that is not JSON),
+    /// with Telegram's description or the reason.
     Failed(String),
+    /// Refused for good (400 Bad Request, 403 Forbidden): sending it again cannot succeed.
+    Refused(String),
+}
+
+impl ApiOutcome {
+    /// The description, for a log line or an error answer.
+    pub fn why(&self) -> String {
+        match self {
+            ApiOutcome::Ok(_) => "ok".into(),
+            ApiOutcome::RetryAfter(secs) => {
+                format!("Too Many Requests: Telegram asks to retry after {secs} s")
+            }
+            ApiOutcome::Failed(why) | ApiOutcome::Refused(why) => why.clone(),
+        }
+    }
 }
 
 /// The Bot API URL of `method` (it holds the token: never log it); an empty `base` is
@@ -264,6 +280,17 @@ pub fn api_url(base: &str, token: &str, method: &str) -> Result<String, ApiOutco
     Ok(format!("{base}/bot{token}/{method}"))
 }
 
+/// The reason a Bot API call could not be made, from the runtime's error, with the bot token
+/// (which a runtime may quote from the URL) blotted out.
+pub fn unreachable(error: &str, token: &str) -> String {
+    let error = if token.is_empty() {
+        error.to_owned()
+    } else {
+        error.replace(token, "<token>")
+    };
+    format!("cannot reach Telegram: {error}")
+}
+
 /// What to do with a Bot API answer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Retry {
@@ -274,15 +301,13 @@ pub enum Retry {
 }
 
 /// A 429 is waited out while the waits of one call stay within `budget` seconds in total
-/// (`waited` so far); past it, the call fails. Any other answer is final.
+/// (`waited` so far); past it, the 429 is the outcome (the outbox then holds the call until
+/// `retry_after` has passed). Any other answer is final.
 pub fn retry(outcome: ApiOutcome, waited: u64, budget: u64) -> Retry {
     match outcome {
         ApiOutcome::RetryAfter(secs) if waited.checked_add(secs).is_some_and(|t| t <= budget) => {
             Retry::Wait(secs.max(1))
         }
-        ApiOutcome::RetryAfter(secs) => Retry::Done(ApiOutcome::Failed(format!(
-            "Too Many Requests: Telegram asks to retry after {secs} s"
-        ))),
         other => Retry::Done(other),
     }
 }
@@ -295,6 +320,8 @@ struct ApiAnswer {
     result: Value,
     #[serde(default)]
     description: Option<String>,
+    #[serde(default)]
+    error_code: Option<i64>,
     #[serde(default)]
     parameters: Option<ApiParameters>,
 }
@@ -313,10 +340,13 @@ pub fn read_answer(status: u16, body: &str) -> ApiOutcome {
             if let Some(secs) = a.parameters.and_then(|p| p.retry_after) {
                 return ApiOutcome::RetryAfter(secs);
             }
-            ApiOutcome::Failed(
-                a.description
-                    .unwrap_or_else(|| format!("Telegram answered HTTP {status}")),
-            )
+            let why = a
+                .description
+                .unwrap_or_else(|| format!("Telegram answered HTTP {status}"));
+            match a.error_code.unwrap_or(i64::from(status)) {
+                400 | 403 => ApiOutcome::Refused(why),
+                _ => ApiOutcome::Failed(why),
+            }
         }
         Err(_) if status == 429 => ApiOutcome::RetryAfter(1),
         Err(_) => ApiOutcome::Failed(format!("Telegram answered HTTP {status} with no JSON")),
@@ -517,9 +547,35 @@ mod tests {
                 400,
                 r#"{"ok":false,"error_code":400,"description":"Bad Request: chat not found"}"#
             ),
-            ApiOutcome::Failed("Bad Request: chat not found".into())
+            ApiOutcome::Refused("Bad Request: chat not found".into())
+        );
+        assert_eq!(
+            read_answer(
+                403,
+                r#"{"ok":false,"error_code":403,"description":"Forbidden: bot was blocked by the user"}"#
+            ),
+            ApiOutcome::Refused("Forbidden: bot was blocked by the user".into())
+        );
+        assert_eq!(
+            read_answer(
+                500,
+                r#"{"ok":false,"error_code":500,"description":"Internal Server Error"}"#
+            ),
+            ApiOutcome::Failed("Internal Server Error".into())
         );
         assert!(matches!(read_answer(502, "<html>"), ApiOutcome::Failed(_)));
+    }
+
+    #[test]
+    fn unreachable_never_quotes_the_token() {
+        assert_eq!(
+            unreachable(
+                "fetch to https://x/bot1:SECRET/sendMessage failed",
+                "1:SECRET"
+            ),
+            "cannot reach Telegram: fetch to https://x/bot<token>/sendMessage failed"
+        );
+        assert_eq!(unreachable("refused", ""), "cannot reach Telegram: refused");
     }
 
     #[test]
@@ -547,14 +603,12 @@ mod tests {
         assert_eq!(retry(ApiOutcome::RetryAfter(4), 6, 10), Retry::Wait(4));
         assert_eq!(
             retry(ApiOutcome::RetryAfter(5), 6, 10),
-            Retry::Done(ApiOutcome::Failed(
-                "Too Many Requests: Telegram asks to retry after 5 s".into()
-            ))
+            Retry::Done(ApiOutcome::RetryAfter(5))
         );
-        assert!(matches!(
+        assert_eq!(
             retry(ApiOutcome::RetryAfter(u64::MAX), 1, 10),
-            Retry::Done(ApiOutcome::Failed(_))
-        ));
+            Retry::Done(ApiOutcome::RetryAfter(u64::MAX))
+        );
         let ok = ApiOutcome::Ok(json!({"message_id": 1}));
         assert_eq!(retry(ok.clone(), 10, 10), Retry::Done(ok));
         let failed = ApiOutcome::Failed("Bad Request".into());

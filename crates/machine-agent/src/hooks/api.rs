@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ccr_protocol::api::{
-    ErrorBody, NotificationSent, RegisterSession, SendNotification, UnregisterSession,
+    ErrorBody, NotificationAnswer, RegisterSession, SendNotification, UnregisterSession,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -56,12 +56,13 @@ impl WorkerApi {
             .map(drop)
     }
 
-    /// `POST /notifications/send`.
+    /// `POST /notifications/send`: sent at once, or queued in the Worker's outbox (202) while
+    /// Telegram cannot take it.
     pub(super) async fn notify(
         &self,
         session_id: &str,
         text: &str,
-    ) -> anyhow::Result<NotificationSent> {
+    ) -> anyhow::Result<NotificationAnswer> {
         let body = SendNotification {
             session_id: session_id.to_owned(),
             text: text.to_owned(),

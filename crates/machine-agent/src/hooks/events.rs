@@ -130,7 +130,7 @@ pub(super) async fn run_hook(
             };
             let message = stop_text(&record, text.as_deref());
             let sent = api.notify(&input.session_id, &message).await?;
-            info!(session_id = %input.session_id, message_id = sent.message_id, "stop notification sent");
+            log_sent(&input.session_id, &sent, "stop notification");
         }
         HookEvent::Notification => {
             let api = api()?;
@@ -144,7 +144,7 @@ pub(super) async fn run_hook(
             };
             let text = format!("🔔 {}: {}", heading(&record), message.trim());
             let sent = api.notify(&input.session_id, &text).await?;
-            info!(session_id = %input.session_id, message_id = sent.message_id, "notification sent");
+            log_sent(&input.session_id, &sent, "notification");
         }
         HookEvent::SessionEnd => {
             sessions.remove(&input.session_id)?;
@@ -257,6 +257,18 @@ fn stop_text(rec: &SessionRecord, text: Option<&str>) -> String {
         None => "(Claude finished without a text reply)".to_owned(),
     };
     format!("✅ {}\n\n{}", heading(rec), body)
+}
+
+/// One log line for a notification's answer.
+fn log_sent(session_id: &str, answer: &ccr_protocol::api::NotificationAnswer, what: &str) {
+    match answer {
+        ccr_protocol::api::NotificationAnswer::Sent(sent) => {
+            info!(session_id = %session_id, message_id = sent.message_id, "{what} sent");
+        }
+        ccr_protocol::api::NotificationAnswer::Queued(queued) => {
+            info!(session_id = %session_id, id = %queued.id, "{what} queued by the Worker: Telegram cannot take it yet");
+        }
+    }
 }
 
 #[cfg(test)]
