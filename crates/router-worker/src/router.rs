@@ -146,7 +146,8 @@ pub fn help_text(chat_id: i64) -> String {
         "<b>CCR</b> sends your Claude Code sessions' notifications here.\n\n\
          • <b>Reply</b> to a notification to type your reply into that session.\n\
          • Or use the buttons under it (Continue = Enter, Yes, No, Exit).\n\
-         • <code>/cmd TOKEN text</code> sends text to the session whose notification shows TOKEN.\n\
+         • <code>/cmd TOKEN text</code> sends text to a session without replying: /sessions \
+         shows each session's TOKEN (tap it to copy).\n\
          • /sessions lists sessions and whether their machines are online.\n\n\
          This chat's id is <code>{chat_id}</code> (put it in ALLOWED_CHAT_IDS)."
     )
@@ -158,7 +159,14 @@ const BOT_LISTED_SESSIONS: usize = 20;
 /// with room for the last line).
 const BOT_LIST_BUDGET: usize = 3_500;
 
-fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String, StoreError> {
+/// The bot's `/sessions` answer in `chat`: each session with its state and, when a
+/// notification of it was sent to this chat, the token `/cmd` takes (a token only works in
+/// the chat it was issued in).
+fn sessions_text(
+    db: &impl Sql,
+    chat: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<String, StoreError> {
     let listing = store::session_listing(db, None, online)?;
     let sessions = listing.sessions;
     if sessions.is_empty() {
@@ -177,8 +185,12 @@ fn sessions_text(db: &impl Sql, online: &dyn Fn(&str) -> bool) -> Result<String,
             "⚪ offline"
         };
         let label = s.label.as_deref().unwrap_or("(no label)");
+        let cmd = match store::latest_token(db, &s.session_id, chat)? {
+            Some(token) => format!(" · /cmd <code>{}</code>", escape_html(&token)),
+            None => String::new(),
+        };
         let line = format!(
-            "• {} — {} {} <code>{}</code>\n",
+            "• {} — {} {} <code>{}</code>{cmd}\n",
             escape_html(label),
             escape_html(&s.machine_id),
             state,
@@ -355,7 +367,7 @@ fn handle_message(
             return Ok(());
         }
         TextIntent::Sessions => {
-            let list = sessions_text(db, online)?;
+            let list = sessions_text(db, chat, online)?;
             reply(out, &list);
             out.log = format!("update {update_id}: sessions");
             return Ok(());
@@ -363,7 +375,7 @@ fn handle_message(
         TextIntent::CmdUsage => {
             reply(
                 out,
-                "Usage: <code>/cmd TOKEN text</code> (the token is shown on each notification).",
+                "Usage: <code>/cmd TOKEN text</code> (/sessions shows each session's TOKEN).",
             );
             out.log = format!("update {update_id}: /cmd without token");
             return Ok(());
@@ -684,6 +696,31 @@ mod tests {
     }
 
     #[test]
+    fn sessions_show_the_cmd_token_of_this_chat() {
+        let db = setup();
+        store::upsert_session(&db, "s2", "laptop", Some("web"), 10).unwrap();
+        store::record_message(&db, 42, 100, "s1", "tok-old", 1).unwrap();
+        store::record_message(&db, 42, 101, "s1", "tok-new", 2).unwrap();
+        store::record_message(&db, 43, 102, "s2", "tok-43", 3).unwrap();
+        let text = sessions_text(&db, 42, &|_| true).unwrap();
+        let line = |id: &str| {
+            text.lines()
+                .find(|l| l.contains(&format!("<code>{id}</code>")))
+                .unwrap_or_else(|| panic!("{id} in {text}"))
+                .to_owned()
+        };
+        assert!(line("s1").ends_with("/cmd <code>tok-new</code>"), "{text}");
+        // s2's only token was issued in chat 43: not usable here, so not shown here.
+        assert!(!line("s2").contains("/cmd"), "{text}");
+        // The token shown is the one /cmd takes in this chat.
+        let cmd = update(json!({"update_id": 30, "message": {"message_id": 30,
+            "chat": {"id": 42}, "from": {"id": 7}, "text": "/cmd tok-new ls"}}));
+        let out = handle_update(&db, &cfg(), &cmd, 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert!(help_text(42).contains("/sessions shows each session's TOKEN"));
+    }
+
+    #[test]
     fn the_sessions_list_fits_one_message() {
         let db = setup();
         for i in 0..100 {
@@ -691,7 +728,11 @@ mod tests {
             store::upsert_session(&db, &format!("s-{i:03}"), "devbox", Some(&label), 10 + i)
                 .unwrap();
         }
-        let text = sessions_text(&db, &|_| true).unwrap();
+        for i in 0..100 {
+            store::record_message(&db, 42, 1_000 + i, &format!("s-{i:03}"), "tok0123456ab", 5)
+                .unwrap();
+        }
+        let text = sessions_text(&db, 42, &|_| true).unwrap();
         assert!(text.encode_utf16().count() <= ccr_protocol::TELEGRAM_MAX_TEXT);
         assert!(text.contains("<code>s-099</code>"), "the most recent first");
         assert!(text.ends_with("not shown (the most recently active come first)."));

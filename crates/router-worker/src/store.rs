@@ -326,6 +326,24 @@ pub fn record_message(
     )
 }
 
+/// The most recent `/cmd` token of `session` issued in `chat` (tokens work only in the chat
+/// they were issued in), while its reply mapping is kept.
+pub fn latest_token(db: &impl Sql, session: &str, chat: i64) -> Result<Option<String>, StoreError> {
+    #[derive(Deserialize)]
+    struct Token {
+        token: String,
+    }
+    Ok(db
+        .query::<Token>(
+            "SELECT token FROM messages WHERE session_id = ? AND chat_id = ?
+             ORDER BY created_at DESC, message_id DESC LIMIT 1",
+            vec![session.into(), chat.into()],
+        )?
+        .into_iter()
+        .next()
+        .map(|t| t.token))
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! rusqlite behind the [`Sql`] trait, so store tests run on real SQLite.
