@@ -80,6 +80,17 @@ pub fn pane_gone_text(label: &str, machine: &str, reason: Option<&str>) -> Strin
     )
 }
 
+/// The 👍 on the user's message when its command was acked (`q` as it was before the ack). A
+/// command the chat was already told was not delivered (`dead`) gets none: its machine's
+/// result says what became of it.
+pub fn ack_reaction(q: &queue::Queued) -> Option<BotCall> {
+    if q.state == "dead" {
+        return None;
+    }
+    q.source_message_id
+        .map(|message| BotCall::react(q.chat_id, message, "👍"))
+}
+
 /// The chat notice for a command dropped because its machine stayed offline too long.
 pub fn not_delivered(q: &queue::Queued) -> BotCall {
     let preview: String = q.command.chars().take(80).collect();
@@ -693,6 +704,27 @@ mod tests {
                 "{needle}"
             );
         }
+    }
+
+    #[test]
+    fn an_ack_is_reacted_to_unless_the_chat_was_told_it_died() {
+        let db = setup();
+        let out =
+            handle_update(&db, &cfg(), &reply_update(40, 42, 100, "ls"), 5, &|_| true).unwrap();
+        let q = out.queued[0].clone();
+        let call = ack_reaction(&q).expect("a reaction");
+        assert_eq!(call.method, "setMessageReaction");
+        assert_eq!(call.params["message_id"], json!(40 + 1000));
+        let dead = queue::Queued {
+            state: "dead".into(),
+            ..q.clone()
+        };
+        assert!(ack_reaction(&dead).is_none());
+        let button = queue::Queued {
+            source_message_id: None,
+            ..q
+        };
+        assert!(ack_reaction(&button).is_none());
     }
 
     #[test]

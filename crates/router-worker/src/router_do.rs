@@ -529,13 +529,8 @@ impl RouterDO {
                 // The ack and its reaction in the outbox commit together.
                 let (acked, reaction) = self.db().transaction(|db| {
                     let acked = queue::ack(db, &command_id, &machine, now)?;
-                    let reaction: Vec<BotCall> = acked
-                        .iter()
-                        .filter_map(|q| {
-                            q.source_message_id
-                                .map(|m| BotCall::react(q.chat_id, m, "👍"))
-                        })
-                        .collect();
+                    let reaction: Vec<BotCall> =
+                        acked.iter().filter_map(router::ack_reaction).collect();
                     for dropped in outbox::add_or_drop(db, &reaction, now)? {
                         console_warn!("{dropped}");
                     }
