@@ -41,6 +41,13 @@ pub struct PollBatch {
     pub requests: Vec<RelayRequest>,
 }
 
+/// `POST {prefix}/_ack` body: the ids of requests a bridge received and is forwarding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckBody {
+    /// Request ids from poll answers.
+    pub ids: Vec<String>,
+}
+
 /// One response a bridge posts back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -174,6 +181,14 @@ mod tests {
         assert_eq!(serde_json::to_value(&r).unwrap(), literal);
         let batch: PollBatch = serde_json::from_value(json!({"requests":[literal]})).unwrap();
         assert_eq!(batch.requests.len(), 1);
+    }
+
+    #[test]
+    fn ack_shape() {
+        let literal = json!({"ids": ["a", "b"]});
+        let a: AckBody = serde_json::from_value(literal.clone()).unwrap();
+        assert_eq!(a.ids, ["a", "b"]);
+        assert_eq!(serde_json::to_value(&a).unwrap(), literal);
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub mod route {
     pub const RESPOND: &str = "_respond";
     /// A late answer: `GET {prefix}/_result/{id}`.
     pub const RESULT: &str = "_result";
+    /// Last segment of a bridge's confirmation of requests it received:
+    /// `POST {prefix}/_ack` with `{"ids":[...]}`.
+    pub const ACK: &str = "_ack";
 
     /// The webhook path for `secret`: `/webhook/telegram/{secret}`.
     pub fn webhook(secret: &str) -> String {
@@ -99,6 +102,10 @@ pub mod query {
     pub const WAIT: &str = "wait";
     /// `GET {prefix}/_poll?max=N`: the most requests one poll answer may carry.
     pub const MAX: &str = "max";
+    /// `GET {prefix}/_poll?ack=id,id`: the ids the bridge received from its previous polls
+    /// (comma-separated, maybe none). Its presence says the bridge confirms what it receives,
+    /// so what this poll hands out is leased until confirmed.
+    pub const ACK: &str = "ack";
 }
 
 /// The machine socket's subprotocol: an agent offers `ccr, <key>` and the Worker answers `ccr`.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ccr_protocol::relay::{PollBatch, RelayRequest, RelayResponse};
+use ccr_protocol::relay::{AckBody, PollBatch, RelayRequest, RelayResponse};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -30,6 +30,11 @@ use ccr_native::{Backoff, Jitter};
 /// An empty poll answer faster than this means the relay is not long-polling: wait a little
 /// before the next poll rather than spin.
 const MIN_EMPTY_POLL: Duration = Duration::from_millis(500);
+/// Attempts to confirm received requests on their own before giving up (the relay's lease is
+/// 2 s: a confirmation later than that is of little use).
+const ACK_ATTEMPTS: u32 = 2;
+/// How long one such confirmation may take.
+const ACK_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Attempts to post one response before giving up on it.
 const RESPOND_ATTEMPTS: u32 = 5;
 /// After a failed (or instantly empty) poll the bridge waits from about this long…
@@ -167,6 +172,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // lockstep yet none retries much sooner than its step.
     let mut backoff = Backoff::new(POLL_BACKOFF_BASE, POLL_BACKOFF_MAX, Jitter::UpperHalf);
     let mut shutdown = std::pin::pin!(shutdown);
+    // Ids received and not confirmed to the relay yet: they ride on the next poll
+    // (`?ack=`), or go at once on their own (`POST _ack`) when no poll can start right away.
+    // The relay gives a request it handed out to another poll unless this bridge confirms it
+    // within its lease, so a request held by a bridge that died is never lost.
+    let mut unconfirmed: Vec<String> = Vec::new();
+    let mut confirming: Vec<String> = Vec::new();
     info!(
         relay = %config.relay_endpoint(route::POLL),
         target = %config.target,
@@ -176,6 +187,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     loop {
         while tasks.try_join_next().is_some() {}
+        if !unconfirmed.is_empty() && permits.available_permits() == 0 {
+            let ids = std::mem::take(&mut unconfirmed);
+            let shared = shared.clone();
+            tasks.spawn(async move { post_ack(&shared, &ids).await });
+        }
         // Poll only with room to forward: the permit is taken before the poll.
         let first = tokio::select! {
             biased;
@@ -184,13 +200,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         };
         let max = 1 + permits.available_permits();
         let started = tokio::time::Instant::now();
+        confirming = std::mem::take(&mut unconfirmed);
         let polled = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            r = poll(&shared, max) => r,
+            r = poll(&shared, max, &confirming) => r,
         };
         match polled {
             Ok(requests) => {
+                confirming.clear();
                 // An empty answer that came back at once is no sign of health: keep backing off.
                 if requests.is_empty() && started.elapsed() < MIN_EMPTY_POLL {
                     drop(first);
@@ -204,6 +222,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     continue;
                 }
                 backoff.reset();
+                unconfirmed.extend(requests.iter().map(|r| r.id.clone()));
                 let mut first = Some(first);
                 for request in requests {
                     let permit = match first.take() {
@@ -219,6 +238,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
             Err(e) => {
                 drop(first);
+                // The failed poll may not have carried its confirmations: send them alone.
+                if !confirming.is_empty() {
+                    let ids = std::mem::take(&mut confirming);
+                    let shared = shared.clone();
+                    tasks.spawn(async move { post_ack(&shared, &ids).await });
+                }
                 let pause = backoff.next_delay(&mut rand::rng());
                 warn!("polling the relay failed: {e:#}; retrying in {pause:?}");
                 tokio::select! {
@@ -230,6 +255,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
 
+    // A poll cut short by the shutdown may not have carried its confirmations.
+    unconfirmed.append(&mut confirming);
+    if !unconfirmed.is_empty() {
+        post_ack(&shared, &unconfirmed).await;
+    }
     info!(
         in_flight = tasks.len(),
         "relay-bridge stopping: finishing in-flight requests"
@@ -249,16 +279,48 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// One long-poll: the requests the relay hands out (maybe none).
-async fn poll(shared: &Shared, max: usize) -> anyhow::Result<Vec<RelayRequest>> {
-    let cfg = &shared.config;
-    let url = format!(
-        "{}?{}={}&{}={max}",
+/// The long-poll URL: how long to wait, how many requests at most, and the ids this bridge
+/// confirms (the `ack` parameter is always present: it tells the relay that this bridge
+/// confirms what it receives).
+fn poll_url(cfg: &Config, max: usize, acks: &[String]) -> String {
+    format!(
+        "{}?{}={}&{}={max}&{}={}",
         cfg.relay_endpoint(route::POLL),
         query::WAIT,
         cfg.poll_wait.as_secs_f64(),
         query::MAX,
-    );
+        query::ACK,
+        acks.join(","),
+    )
+}
+
+/// Confirms `ids` on their own (`POST _ack`), when no poll will carry them soon. Best effort:
+/// a lost confirmation only lets the relay hand the request out again after its lease.
+async fn post_ack(shared: &Shared, ids: &[String]) {
+    let url = shared.config.relay_endpoint(route::ACK);
+    let body = AckBody { ids: ids.to_vec() };
+    for attempt in 1..=ACK_ATTEMPTS {
+        let sent = shared
+            .relay
+            .post(&url)
+            .header(header::RELAY_TOKEN, shared.config.token.expose())
+            .json(&body)
+            .timeout(ACK_TIMEOUT)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => warn!(attempt, "the relay refused a confirmation: {}", r.status()),
+            Err(e) => warn!(attempt, "confirming received requests failed: {e}"),
+        }
+    }
+}
+
+/// One long-poll: the requests the relay hands out (maybe none); `acks` are confirmed.
+async fn poll(shared: &Shared, max: usize, acks: &[String]) -> anyhow::Result<Vec<RelayRequest>> {
+    let cfg = &shared.config;
+    let url = poll_url(cfg, max, acks);
+    debug!(max, confirming = acks.len(), "polling");
     let resp = shared
         .relay
         .get(&url)
@@ -523,5 +585,169 @@ mod run_tests {
         run_for(url, 4).await;
         let n = hits.load(Ordering::SeqCst);
         assert!((2..=8).contains(&n), "{n} polls in 4 s");
+    }
+}
+
+#[cfg(test)]
+mod confirm_tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One request a scripted relay saw: its request line and body.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Seen {
+        pub(crate) line: String,
+        pub(crate) body: String,
+    }
+
+    /// Reads one HTTP/1.1 request (head and `content-length` body) from `sock`.
+    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Seen> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(Seen {
+            line: head.lines().next().unwrap_or_default().to_owned(),
+            body: String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string(),
+        })
+    }
+
+    /// A relay stand-in: `script` gives (delay, JSON body) for each request it sees, in
+    /// order; every request is recorded.
+    pub(crate) async fn scripted_relay(
+        script: impl Fn(&Seen, usize) -> (Duration, String) + Send + Sync + 'static,
+    ) -> (Url, Arc<Mutex<Vec<Seen>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let script = Arc::new(script);
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let log = log.clone();
+                let script = script.clone();
+                tokio::spawn(async move {
+                    while let Some(req) = read_request(&mut sock).await {
+                        let n = {
+                            let mut l = log.lock().unwrap();
+                            l.push(req.clone());
+                            l.len() - 1
+                        };
+                        let (delay, body) = script(&req, n);
+                        tokio::time::sleep(delay).await;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if sock.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    pub(crate) const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    /// A poll answer handing out one request with `id`.
+    pub(crate) fn handing_out(id: &str) -> String {
+        format!(r#"{{"requests":[{{"id":"{id}","method":"GET","path":"/x"}}]}}"#)
+    }
+
+    /// Runs a bridge against `relay` (target: a closed port, so every answer is a 502) until
+    /// `done` holds for what the relay saw, or 10 s.
+    pub(crate) async fn run_until(
+        relay: Url,
+        concurrency: usize,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        done: impl Fn(&[Seen]) -> bool,
+    ) {
+        let mut config = Config::new(
+            relay,
+            Secret::new("tok"),
+            Url::parse("http://127.0.0.1:9").unwrap(),
+        );
+        config.concurrency = concurrency;
+        let stop = async move {
+            for _ in 0..200 {
+                if done(&seen.lock().unwrap()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), run(config, stop))
+            .await
+            .expect("run returns soon after shutdown")
+            .expect("relay errors never end run");
+    }
+
+    #[tokio::test]
+    async fn received_requests_are_confirmed_on_the_next_poll() {
+        let (url, seen) = scripted_relay(|req, n| match (n, req.line.contains("/_poll")) {
+            (0, _) => (Duration::ZERO, handing_out(ID)),
+            (_, true) => (Duration::from_millis(600), r#"{"requests":[]}"#.into()),
+            (_, false) => (Duration::ZERO, r#"{"ok":true}"#.into()),
+        })
+        .await;
+        let confirmed = |s: &[Seen]| {
+            s.iter()
+                .skip(1)
+                .any(|r| r.line.contains("/_poll") && r.line.contains(&format!("ack={ID}")))
+        };
+        run_until(url, 4, seen.clone(), confirmed).await;
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].line.contains("ack= "), "{:?}", seen[0]);
+        assert!(confirmed(&seen), "{seen:?}");
+        // A slot was free, so the very next request is the poll that carries it.
+        assert!(
+            seen[1].line.contains("/_poll") && seen[1].line.contains(ID),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_slot_free_the_confirmation_goes_alone() {
+        // One slot, taken by the request: no poll can start until it is answered, so the
+        // confirmation must not wait for one.
+        let (url, seen) = scripted_relay(|req, n| match (n, req.line.contains("/_poll")) {
+            (0, _) => (Duration::ZERO, handing_out(ID)),
+            (_, true) => (Duration::from_millis(600), r#"{"requests":[]}"#.into()),
+            (_, false) => (Duration::ZERO, r#"{"ok":true}"#.into()),
+        })
+        .await;
+        let acked = |s: &[Seen]| {
+            s.iter()
+                .any(|r| r.line.contains("/_ack") && r.body == format!(r#"{{"ids":["{ID}"]}}"#))
+        };
+        run_until(url, 1, seen.clone(), acked).await;
+        assert!(acked(&seen.lock().unwrap()), "{:?}", seen.lock().unwrap());
     }
 }

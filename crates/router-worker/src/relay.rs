@@ -44,6 +44,15 @@ pub const REQUEST_BODY_TTL_SECS: u64 = 120;
 pub const MAX_RESPOND_BYTES: usize = MAX_RELAY_BODY_BYTES / 3 * 4 + 2 * 1024 * 1024;
 /// How long a public caller waits for its answer.
 pub const CALLER_WAIT_MS: u64 = MAX_RELAY_WAIT_SECS * 1000;
+/// How long a request handed to a confirming bridge's poll stays leased: unless the bridge
+/// confirms it within this time (`_poll?ack=` or `POST _ack`, which a live bridge sends within
+/// one round trip of receiving it, however slow its target), it goes back to the front of the
+/// queue for the next poll.
+pub const LEASE_MS: u64 = 2_000;
+/// Most ids one confirmation names.
+pub const MAX_ACK_IDS: usize = 4 * MAX_POLL_BATCH;
+/// Largest `POST _ack` body: [`MAX_ACK_IDS`] quoted ids and some room.
+pub const MAX_ACK_BODY_BYTES: usize = MAX_ACK_IDS * 40 + 1024;
 /// Seconds a refused caller or bridge is told to wait (`Retry-After`).
 pub const RETRY_AFTER_SECS: u32 = 1;
 
@@ -102,6 +111,8 @@ pub enum RelayRoute {
     Poll(Channel),
     /// `POST {prefix}/_respond`.
     Respond(Channel),
+    /// `POST {prefix}/_ack`.
+    Ack(Channel),
     /// `GET {prefix}/_result/{id}`.
     Result {
         /// The channel.
@@ -170,6 +181,7 @@ pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
     Some(match op {
         route::POLL => want("GET", RelayRoute::Poll(channel)),
         route::RESPOND => want("POST", RelayRoute::Respond(channel)),
+        route::ACK => want("POST", RelayRoute::Ack(channel)),
         _ => match op
             .strip_prefix(route::RESULT)
             .and_then(|r| r.strip_prefix('/'))
@@ -283,6 +295,20 @@ pub fn poll_max(query: &str) -> usize {
         .map_or(MAX_POLL_BATCH, |n| n.clamp(1, MAX_POLL_BATCH))
 }
 
+/// `_poll?ack=id,id`: `None` when absent (a seed-protocol bridge, which never confirms: what
+/// it receives is its own at once); else the ids it confirms, valid ones only, at most
+/// [`MAX_ACK_IDS`].
+pub fn poll_acks(query: &str) -> Option<Vec<String>> {
+    let raw = query_param(query, wire_query::ACK)?;
+    Some(
+        raw.split(',')
+            .filter(|id| valid_id(id))
+            .take(MAX_ACK_IDS)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 /// A Worker → channel object call; travels framed ([`frame`]) with its payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
@@ -310,6 +336,15 @@ pub enum DoCall {
         wait_ms: u64,
         /// Most requests to hand out.
         max: usize,
+        /// `None`: a bridge that never confirms (its requests are handed over for good);
+        /// else the ids it confirms now, and what this poll hands out is leased.
+        #[serde(default)]
+        ack: Option<Vec<String>>,
+    },
+    /// A bridge's confirmation of requests it received; the payload is the `_ack` body.
+    Ack {
+        /// [`Channel::key`].
+        channel: String,
     },
     /// A bridge's responses; the payload is the `_respond` JSON body.
     Respond {
@@ -574,6 +609,12 @@ pub fn batch_results(results: Vec<(String, Accepted)>) -> Value {
 #[derive(Debug, Default)]
 pub struct ChannelState {
     queue: VecDeque<Queued>,
+    /// Handed to a confirming bridge and not confirmed yet: id → (lease end, the request, to
+    /// queue again when the lease ends).
+    leased: HashMap<String, (u64, Queued)>,
+    /// Queued again after their lease ended: a bridge had them, so its late confirmation or
+    /// answer still takes them back.
+    returned: HashSet<String>,
     /// id → when it may no longer be answered.
     in_flight: HashMap<String, u64>,
     /// Answered ids, oldest first, with until when a second response is a duplicate.
@@ -593,6 +634,12 @@ impl ChannelState {
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Requests handed out and not confirmed yet.
+    #[cfg(test)]
+    pub fn leased(&self) -> usize {
+        self.leased.len()
     }
 
     /// Whether a body of `len` bytes should stay in memory.
@@ -618,8 +665,9 @@ impl ChannelState {
     }
 
     /// Hands out up to `max` requests (and about [`POLL_BATCH_BYTES`] of bodies, at least one
-    /// request) in arrival order; they are in flight from `now`.
-    pub fn take_batch(&mut self, max: usize, now: u64) -> Vec<Queued> {
+    /// request) in arrival order; they are in flight from `now`. `leased`: the poll is a
+    /// confirming bridge's, so each stays leased for [`LEASE_MS`] (see [`Self::confirm`]).
+    pub fn take_batch(&mut self, max: usize, now: u64, leased: bool) -> Vec<Queued> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while out.len() < max {
@@ -634,25 +682,95 @@ impl ChannelState {
                 break;
             };
             bytes = bytes.saturating_add(next_len);
-            if let BodyAt::Inline(b) = &item.body {
-                self.inline_bytes = self.inline_bytes.saturating_sub(b.len());
-            }
+            self.returned.remove(&item.id);
             self.in_flight
                 .insert(item.id.clone(), now + RESULT_TTL_SECS * 1000);
+            if leased {
+                // Its inline body stays counted: the lease keeps it until confirmed.
+                self.leased.insert(
+                    item.id.clone(),
+                    (now.saturating_add(LEASE_MS), item.clone()),
+                );
+            } else {
+                self.release(&item.body);
+            }
             out.push(item);
         }
         out
     }
 
+    /// Stops counting an inline body that left the object.
+    fn release(&mut self, body: &BodyAt) {
+        if let BodyAt::Inline(b) = body {
+            self.inline_bytes = self.inline_bytes.saturating_sub(b.len());
+        }
+    }
+
+    /// Removes `id` from the queue (it was there again after a lease ended).
+    fn unqueue(&mut self, id: &str) -> Option<Queued> {
+        let pos = self.queue.iter().position(|q| q.id == id)?;
+        let item = self.queue.remove(pos)?;
+        self.returned.remove(id);
+        self.release(&item.body);
+        Some(item)
+    }
+
+    /// Takes `id` back out of the queue if it is there only because its lease ended.
+    fn take_back(&mut self, id: &str) -> bool {
+        self.returned.contains(id) && self.unqueue(id).is_some()
+    }
+
+    /// A bridge confirms it received `ids` (a new poll or `_ack`): their leases end, and a
+    /// request whose lease had already ended and that is queued again is taken back out, in
+    /// flight for this bridge. Unknown or already confirmed ids are ignored.
+    pub fn confirm(&mut self, ids: &[String], now: u64) {
+        for id in ids {
+            if let Some((_, item)) = self.leased.remove(id) {
+                self.release(&item.body);
+            } else if self.take_back(id) {
+                self.in_flight
+                    .insert(id.clone(), now + RESULT_TTL_SECS * 1000);
+            }
+        }
+    }
+
+    /// Leases that ended unconfirmed at `now`: their requests go back to the front of the
+    /// queue, oldest hand-over first. Returns whether any did.
+    pub fn expire_leases(&mut self, now: u64) -> bool {
+        let mut ended: Vec<(u64, String)> = self
+            .leased
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(id, (until, _))| (*until, id.clone()))
+            .collect();
+        if ended.is_empty() {
+            return false;
+        }
+        // Pushed to the front newest first, so the oldest ends up first.
+        ended.sort();
+        for (_, id) in ended.into_iter().rev() {
+            if let Some((_, item)) = self.leased.remove(&id) {
+                self.in_flight.remove(&id);
+                self.returned.insert(id);
+                self.queue.push_front(item);
+            }
+        }
+        true
+    }
+
+    /// When the earliest lease ends.
+    pub fn next_lease_end(&self) -> Option<u64> {
+        self.leased.values().map(|(until, _)| *until).min()
+    }
+
     /// The caller of `id` stopped waiting: drop it if no bridge has it yet.
     pub fn cancel(&mut self, id: &str) -> Cancelled {
-        if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
-            if let Some(item) = self.queue.remove(pos) {
-                if let BodyAt::Inline(b) = &item.body {
-                    self.inline_bytes = self.inline_bytes.saturating_sub(b.len());
-                }
-                return Cancelled::WasQueued(item.body);
-            }
+        if let Some(item) = self.unqueue(id) {
+            return Cancelled::WasQueued(item.body);
+        }
+        if let Some((_, item)) = self.leased.remove(id) {
+            // A bridge may hold it: its answer will still be kept.
+            self.release(&item.body);
         }
         if self.in_flight.contains_key(id) {
             Cancelled::InFlight
@@ -666,12 +784,16 @@ impl ChannelState {
         self.in_flight.contains_key(id)
     }
 
-    /// Records a bridge's response for `id`: only an in-flight id, only once.
+    /// Records a bridge's response for `id`: only an id handed out (in flight, or queued again
+    /// after its lease ended: the answer is the confirmation), only once.
     pub fn accept_response(&mut self, id: &str, now: u64) -> Result<(), RespondError> {
         if self.answered_ids.contains(id) {
             return Err(RespondError::Duplicate);
         }
-        if self.in_flight.remove(id).is_none() {
+        if let Some((_, item)) = self.leased.remove(id) {
+            self.release(&item.body);
+        }
+        if self.in_flight.remove(id).is_none() && !self.take_back(id) {
             return Err(RespondError::Unknown);
         }
         self.answered
@@ -684,6 +806,9 @@ impl ChannelState {
     /// A request handed out could not be delivered (its body was lost): forget it.
     pub fn drop_in_flight(&mut self, id: &str) {
         self.in_flight.remove(id);
+        if let Some((_, item)) = self.leased.remove(id) {
+            self.release(&item.body);
+        }
     }
 
     /// Forgets in-flight ids and answers older than [`RESULT_TTL_SECS`].
@@ -767,6 +892,14 @@ mod tests {
                 channel: named("alpha"),
                 path: "/_pollx?".into()
             })
+        );
+        assert_eq!(
+            parse_route("POST", "/relay/alpha/_ack"),
+            Some(Ack(named("alpha")))
+        );
+        assert_eq!(
+            parse_route("GET", "/proxy/_ack"),
+            Some(MethodNotAllowed("POST"))
         );
         assert_eq!(parse_route("GET", "/relay"), Some(NoChannel));
         assert_eq!(parse_route("GET", "/relay/"), Some(NoChannel));
@@ -852,6 +985,18 @@ mod tests {
         assert!(poll_wait_ms("wait=-1").is_err());
         assert!(poll_wait_ms("wait=nan").is_err());
         assert!(poll_wait_ms("wait=abc").is_err());
+        let (a, b) = ("0".repeat(32), "1".repeat(32));
+        assert_eq!(poll_acks("wait=1"), None);
+        assert_eq!(poll_acks("ack="), Some(vec![]));
+        assert_eq!(
+            poll_acks(&format!("ack={a},../x,{b}&max=2")),
+            Some(vec![a.clone(), b])
+        );
+        let many = vec![a; MAX_ACK_IDS + 5].join(",");
+        assert_eq!(
+            poll_acks(&format!("ack={many}")).map(|v| v.len()),
+            Some(MAX_ACK_IDS)
+        );
         assert_eq!(poll_max("max=3"), 3);
         assert_eq!(poll_max("max=0"), 1);
         assert_eq!(poll_max("max=100000"), MAX_POLL_BATCH);
@@ -873,11 +1018,12 @@ mod tests {
             channel: "default".into(),
             wait_ms: 1000,
             max: 4,
+            ack: None,
         };
         let text = serde_json::to_string(&call).unwrap();
         assert_eq!(
             text,
-            r#"{"op":"poll","channel":"default","wait_ms":1000,"max":4}"#
+            r#"{"op":"poll","channel":"default","wait_ms":1000,"max":4,"ack":null}"#
         );
         assert_eq!(serde_json::from_str::<DoCall>(&text).unwrap(), call);
     }
@@ -955,7 +1101,7 @@ mod tests {
             ch.enqueue(item("over", BodyAt::Empty)),
             Err(QueueError::Full)
         );
-        assert_eq!(ch.take_batch(10, 0).len(), 10);
+        assert_eq!(ch.take_batch(10, 0, false).len(), 10);
         assert!(ch.enqueue(item("now-fits", BodyAt::Empty)).is_ok());
     }
 
@@ -967,17 +1113,17 @@ mod tests {
         ch.enqueue(item("c", BodyAt::Inline(vec![1; 10]))).unwrap();
         ch.enqueue(item("d", BodyAt::Empty)).unwrap();
         // A body as big as the budget still goes out, alone.
-        let first = ch.take_batch(10, 0);
+        let first = ch.take_batch(10, 0, false);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].id, "a");
-        let next = ch.take_batch(2, 0);
+        let next = ch.take_batch(2, 0, false);
         assert_eq!(
             next.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(),
             ["b", "c"]
         );
         assert_eq!(ch.queued(), 1);
         assert_eq!(ch.in_flight(), 3);
-        assert!(ch.take_batch(10, 0).len() == 1 && ch.take_batch(10, 0).is_empty());
+        assert!(ch.take_batch(10, 0, false).len() == 1 && ch.take_batch(10, 0, false).is_empty());
     }
 
     #[test]
@@ -996,7 +1142,7 @@ mod tests {
             Cancelled::WasQueued(BodyAt::Inline(_))
         ));
         assert!(ch.keep_inline(per));
-        ch.take_batch(MAX_POLL_BATCH, 0);
+        ch.take_batch(MAX_POLL_BATCH, 0, false);
         assert!(ch.keep_inline(per));
     }
 
@@ -1007,7 +1153,7 @@ mod tests {
         ch.enqueue(item("b", BodyAt::Empty)).unwrap();
         // Not yet handed out: unknown to a bridge.
         assert_eq!(ch.accept_response("a", 0), Err(RespondError::Unknown));
-        ch.take_batch(1, 0);
+        ch.take_batch(1, 0, false);
         assert!(ch.is_in_flight("a"));
         assert_eq!(ch.accept_response("a", 1), Ok(()));
         assert_eq!(ch.accept_response("a", 2), Err(RespondError::Duplicate));
@@ -1016,7 +1162,7 @@ mod tests {
         assert_eq!(ch.cancel("b"), Cancelled::WasQueued(BodyAt::Empty));
         assert_eq!(ch.queued(), 0);
         ch.enqueue(item("c", BodyAt::Empty)).unwrap();
-        ch.take_batch(1, 0);
+        ch.take_batch(1, 0, false);
         assert_eq!(ch.cancel("c"), Cancelled::InFlight);
         assert_eq!(ch.cancel("a"), Cancelled::Nothing);
         // Everything expires after the result TTL.
@@ -1027,11 +1173,75 @@ mod tests {
     }
 
     #[test]
+    fn an_unconfirmed_lease_goes_back_to_the_front_of_the_queue() {
+        let mut ch = ChannelState::default();
+        ch.enqueue(item("a", BodyAt::Inline(vec![1; 10]))).unwrap();
+        ch.enqueue(item("b", BodyAt::Empty)).unwrap();
+        ch.enqueue(item("c", BodyAt::Empty)).unwrap();
+        // A confirming bridge's poll takes a and b; nobody confirms them.
+        let got = ch.take_batch(2, 1_000, true);
+        assert_eq!(got.len(), 2);
+        assert_eq!((ch.leased(), ch.in_flight(), ch.queued()), (2, 2, 1));
+        assert_eq!(ch.next_lease_end(), Some(1_000 + LEASE_MS));
+        // The leased inline body is still held (and counted) for a second hand-over.
+        assert!(!ch.keep_inline(INLINE_TOTAL_BYTES - 5));
+        assert!(!ch.expire_leases(1_000 + LEASE_MS - 1));
+        assert!(ch.expire_leases(1_000 + LEASE_MS));
+        assert_eq!((ch.leased(), ch.in_flight(), ch.queued()), (0, 0, 3));
+        // Back in front, in their order, before c; the next poll (another bridge) gets them.
+        let again = ch.take_batch(10, 5_000, true);
+        assert_eq!(
+            again.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(again[0].body, BodyAt::Inline(vec![1; 10]));
+        // Confirmed in time: the lease ends for good and the body is no longer counted.
+        ch.confirm(&["a".into(), "b".into(), "c".into(), "zzz".into()], 5_500);
+        assert_eq!((ch.leased(), ch.in_flight()), (0, 3));
+        assert!(ch.keep_inline(INLINE_TOTAL_BYTES.min(INLINE_BODY_BYTES)));
+        assert!(!ch.expire_leases(60_000));
+        assert_eq!(ch.accept_response("a", 6_000), Ok(()));
+    }
+
+    #[test]
+    fn a_late_confirmation_or_answer_takes_a_request_back_from_the_queue() {
+        let mut ch = ChannelState::default();
+        ch.enqueue(item("a", BodyAt::Empty)).unwrap();
+        ch.enqueue(item("b", BodyAt::Empty)).unwrap();
+        ch.take_batch(2, 0, true);
+        assert!(ch.expire_leases(LEASE_MS));
+        assert_eq!(ch.queued(), 2);
+        // The bridge was alive but slow: its confirmation of a, or its answer to b, arrives
+        // before another poll took them. Neither runs a second time.
+        ch.confirm(&["a".into()], LEASE_MS + 1);
+        assert_eq!(ch.accept_response("b", LEASE_MS + 2), Ok(()));
+        assert_eq!((ch.queued(), ch.in_flight(), ch.leased()), (0, 1, 0));
+        assert!(ch.take_batch(10, LEASE_MS + 3, true).is_empty());
+        assert_eq!(ch.accept_response("a", LEASE_MS + 4), Ok(()));
+    }
+
+    #[test]
+    fn seed_polls_and_cancelled_callers_hold_no_lease() {
+        let mut ch = ChannelState::default();
+        ch.enqueue(item("a", BodyAt::Inline(vec![0; 8]))).unwrap();
+        ch.take_batch(1, 0, false);
+        assert_eq!((ch.leased(), ch.in_flight()), (0, 1));
+        assert!(!ch.expire_leases(u64::MAX / 2));
+        assert!(ch.keep_inline(INLINE_TOTAL_BYTES.min(INLINE_BODY_BYTES)));
+        ch.enqueue(item("b", BodyAt::Inline(vec![0; 8]))).unwrap();
+        ch.take_batch(1, 0, true);
+        assert_eq!(ch.cancel("b"), Cancelled::InFlight);
+        assert_eq!(ch.leased(), 0);
+        assert!(!ch.expire_leases(u64::MAX / 2));
+        assert_eq!(ch.inline_bytes, 0);
+    }
+
+    #[test]
     fn answered_ids_are_bounded() {
         let mut ch = ChannelState::default();
         for i in 0..MAX_ANSWERED + 5 {
             ch.enqueue(item(&i.to_string(), BodyAt::Empty)).unwrap();
-            ch.take_batch(1, 0);
+            ch.take_batch(1, 0, false);
             ch.accept_response(&i.to_string(), 0).unwrap();
         }
         assert_eq!(ch.answered.len(), MAX_ANSWERED);

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ccr_protocol::api::OkBody;
-use ccr_protocol::relay::{PollBatch, RespondBody};
+use ccr_protocol::relay::{AckBody, PollBatch, RespondBody};
 use ccr_protocol::MAX_RELAY_BODY_BYTES;
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
@@ -67,8 +67,17 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
                 channel: channel.key(),
                 wait_ms,
                 max: relay::poll_max(&query),
+                ack: relay::poll_acks(&query),
             };
             call_channel(env, &channel, &call, &[]).await
+        }
+        RelayRoute::Ack(channel) => {
+            check_bridge(&req, &relay_token, &channel)?;
+            let body = read_body(&mut req, relay::MAX_ACK_BODY_BYTES).await?;
+            let call = DoCall::Ack {
+                channel: channel.key(),
+            };
+            call_channel(env, &channel, &call, &body).await
         }
         RelayRoute::Respond(channel) => {
             check_bridge(&req, &relay_token, &channel)?;
@@ -244,9 +253,13 @@ impl RelayDO {
         }
     }
 
+    /// Wakes every waiting long-poll, newest first: the runtime runs them in the order they
+    /// were woken, and the newest poll is the likeliest to come from a bridge that is alive (a
+    /// bridge polls again as soon as it has received; a poll left over from a bridge that died
+    /// is older than every poll of its successor).
     fn wake_polls(&self) {
         let waiting = std::mem::take(&mut *self.polls.borrow_mut());
-        for tx in waiting {
+        for tx in waiting.into_iter().rev() {
             let _ = tx.send(());
         }
     }
@@ -329,17 +342,44 @@ impl RelayDO {
         }
     }
 
-    async fn handle_poll(&self, channel_key: &str, wait_ms: u64, max: usize) -> Reply {
+    /// A long-poll. A confirming bridge's (`ack` is `Some`) first confirms what it received
+    /// before, and what it is handed now stays leased ([`relay::LEASE_MS`]); a seed-protocol
+    /// bridge's is handed over for good. A waiting poll also wakes when a lease ends, to pick
+    /// the request up again.
+    async fn handle_poll(
+        &self,
+        channel_key: &str,
+        wait_ms: u64,
+        max: usize,
+        ack: Option<Vec<String>>,
+    ) -> Reply {
+        let leased = ack.is_some();
+        if let Some(ids) = ack {
+            self.channel.borrow_mut().confirm(&ids, now_ms());
+        }
         let deadline = now_ms().saturating_add(wait_ms);
         loop {
-            let batch = self.channel.borrow_mut().take_batch(max, now_ms());
+            let batch = {
+                let mut ch = self.channel.borrow_mut();
+                ch.expire_leases(now_ms());
+                ch.take_batch(max, now_ms(), leased)
+            };
             if !batch.is_empty() {
+                if leased {
+                    // The other waiting polls re-arm their timers for this lease's end.
+                    self.wake_polls();
+                }
                 return self.deliver(channel_key, batch).await;
             }
             let now = now_ms();
             if now >= deadline {
                 return json(200, &PollBatch { requests: vec![] });
             }
+            let wake_at = self
+                .channel
+                .borrow()
+                .next_lease_end()
+                .map_or(deadline, |end| end.max(now + 1).min(deadline));
             let rx = {
                 let mut polls = self.polls.borrow_mut();
                 polls.retain(|tx| !tx.is_canceled());
@@ -358,7 +398,7 @@ impl RelayDO {
                 polls.push(tx);
                 rx
             };
-            let timer = std::pin::pin!(Delay::from(Duration::from_millis(deadline - now)));
+            let timer = std::pin::pin!(Delay::from(Duration::from_millis(wake_at - now)));
             let _ = select(rx, timer).await;
         }
     }
@@ -386,6 +426,18 @@ impl RelayDO {
             requests.push(relay::envelope(&item.meta, &item.id, &body));
         }
         json(200, &PollBatch { requests })
+    }
+
+    async fn handle_ack(&self, payload: &[u8]) -> Reply {
+        let body: AckBody = serde_json::from_slice(payload).map_err(|e| {
+            ApiError::new(
+                400,
+                format!("invalid JSON body: {e}; expected {{\"ids\":[...]}}"),
+            )
+        })?;
+        let ids: Vec<String> = body.ids.into_iter().take(relay::MAX_ACK_IDS).collect();
+        self.channel.borrow_mut().confirm(&ids, now_ms());
+        json(200, &OkBody::default())
     }
 
     async fn handle_respond(&self, channel_key: &str, payload: &[u8]) -> Reply {
@@ -543,7 +595,9 @@ impl RelayDO {
                 channel,
                 wait_ms,
                 max,
-            } => self.handle_poll(&channel, wait_ms, max).await,
+                ack,
+            } => self.handle_poll(&channel, wait_ms, max, ack).await,
+            DoCall::Ack { .. } => self.handle_ack(payload).await,
             DoCall::Respond { channel } => self.handle_respond(&channel, payload).await,
             DoCall::Result { channel, id } => self.handle_result(&channel, &id).await,
         }
