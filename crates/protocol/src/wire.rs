@@ -61,6 +61,9 @@ pub mod header {
     pub const MACHINE_ID: &str = "x-ccr-machine-id";
     /// Which RouterDO instance answered (an id that changes when the object is rebuilt).
     pub const INSTANCE: &str = "x-ccr-instance";
+    /// Which relay channel object (RelayDO) instance answered: random per instance, so a
+    /// change shows that the object was rebuilt (and its waiting callers lost).
+    pub const RELAY_INSTANCE: &str = "x-ccr-relay-instance";
     /// Inside the Worker only: the authenticated principal the entry point hands the RouterDO.
     /// Stripped from every incoming request first, so a caller can never set it.
     pub const PRINCIPAL: &str = "x-ccr-principal";

@@ -327,6 +327,11 @@ pub enum DoCall {
         query: String,
         /// Forwarded headers.
         headers: Vec<(String, String)>,
+        /// Set when the Worker already stored the body in KV (bodies over
+        /// [`INLINE_BODY_BYTES`]): the request's id and the body's length; the payload is then
+        /// empty, so the object never holds a large request body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stored: Option<StoredBody>,
     },
     /// A bridge's long-poll.
     Poll {
@@ -369,6 +374,28 @@ pub fn frame(head: &[u8], payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(head);
     out.extend_from_slice(payload);
     out
+}
+
+/// A request body the Worker put in KV under [`request_body_key`] before calling the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBody {
+    /// The request id (its KV key's last part).
+    pub id: String,
+    /// The body's length in bytes.
+    pub len: usize,
+}
+
+/// Whether the Worker stores a request body in KV itself instead of sending it to the object.
+pub fn store_before_call(len: usize) -> bool {
+    len > INLINE_BODY_BYTES
+}
+
+/// Like [`unframe`], but takes the framed bytes and gives the payload back in the same
+/// allocation (the head is copied out): nothing holds a second copy of a large payload.
+pub fn unframe_owned(mut bytes: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let head = unframe(&bytes)?.0.to_vec();
+    bytes.drain(..4 + head.len());
+    Some((head, bytes))
 }
 
 /// Splits what [`frame`] wrote into head and payload; `None` when malformed.
@@ -1012,6 +1039,12 @@ mod tests {
         );
         let empty = frame(b"", b"");
         assert_eq!(unframe(&empty), Some((&b""[..], &b""[..])));
+        assert_eq!(
+            unframe_owned(f.clone()),
+            Some((b"{\"a\":1}".to_vec(), vec![0u8, 1, 2, 255]))
+        );
+        assert_eq!(unframe_owned(vec![0, 0, 0, 9, b'x']), None);
+        assert!(store_before_call(INLINE_BODY_BYTES + 1) && !store_before_call(INLINE_BODY_BYTES));
         assert_eq!(unframe(&[0, 0]), None);
         assert_eq!(unframe(&[0, 0, 0, 9, b'x']), None);
         let call = DoCall::Poll {

@@ -20,11 +20,12 @@ use ccr_protocol::relay::{AckBody, PollBatch, RespondBody};
 use ccr_protocol::MAX_RELAY_BODY_BYTES;
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
+use futures_util::StreamExt;
 use serde_json::json;
 use worker::*;
 
 use crate::error::ApiError;
-use crate::http::{self, header, json, now_ms, read_body, setting, Reply};
+use crate::http::{self, header, json, now_ms, setting, Reply};
 use crate::relay::{
     self, Answer, BodyAt, Cancelled, Channel, DoCall, Queued, RelayRoute, RequestMeta,
     RespondError, ResponseHead,
@@ -69,23 +70,23 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
                 max: relay::poll_max(&query),
                 ack: relay::poll_acks(&query),
             };
-            call_channel(env, &channel, &call, &[]).await
+            call_channel(env, &channel, &call, Vec::new()).await
         }
         RelayRoute::Ack(channel) => {
             check_bridge(&req, &relay_token, &channel)?;
-            let body = read_body(&mut req, relay::MAX_ACK_BODY_BYTES).await?;
+            let body = read_limited(&mut req, relay::MAX_ACK_BODY_BYTES).await?;
             let call = DoCall::Ack {
                 channel: channel.key(),
             };
-            call_channel(env, &channel, &call, &body).await
+            call_channel(env, &channel, &call, body).await
         }
         RelayRoute::Respond(channel) => {
             check_bridge(&req, &relay_token, &channel)?;
-            let body = read_body(&mut req, relay::MAX_RESPOND_BYTES).await?;
+            let body = read_limited(&mut req, relay::MAX_RESPOND_BYTES).await?;
             let call = DoCall::Respond {
                 channel: channel.key(),
             };
-            call_channel(env, &channel, &call, &body).await
+            call_channel(env, &channel, &call, body).await
         }
         RelayRoute::Result { channel, id } => {
             let (_, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
@@ -97,17 +98,32 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
                 channel: channel.key(),
                 id,
             };
-            call_channel(env, &channel, &call, &[]).await
+            call_channel(env, &channel, &call, Vec::new()).await
         }
         RelayRoute::Public { channel, path } => {
             let (query, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
             check_public(&req, env, &relay_token, key_param)?;
-            let body = read_body(&mut req, MAX_RELAY_BODY_BYTES).await?;
             let headers = req
                 .headers()
                 .entries()
                 .filter(|(k, _)| ccr_protocol::relay::forward_request_header(k))
                 .collect();
+            let mut body = read_limited(&mut req, MAX_RELAY_BODY_BYTES).await?;
+            // A large body goes to KV from here, and only its key to the channel's object:
+            // the object, shared by every caller of the channel, never holds it.
+            let stored = if relay::store_before_call(body.len()) {
+                let id = random_id()?;
+                let len = body.len();
+                env.kv(KV_BINDING)?
+                    .put_bytes(&relay::request_body_key(&channel.key(), &id), &body)?
+                    .expiration_ttl(relay::REQUEST_BODY_TTL_SECS)
+                    .execute()
+                    .await?;
+                body = Vec::new();
+                Some(relay::StoredBody { id, len })
+            } else {
+                None
+            };
             let call = DoCall::Public {
                 channel: channel.key(),
                 prefix: channel.prefix(),
@@ -115,10 +131,42 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
                 path,
                 query,
                 headers,
+                stored,
             };
-            call_channel(env, &channel, &call, &body).await
+            call_channel(env, &channel, &call, body).await
         }
     }
+}
+
+/// Reads a relay body chunk by chunk and stops at `limit`: 413 as soon as the declared length
+/// or the bytes read so far exceed it, so a chunked upload is refused before it ends and never
+/// read whole. A body shorter than its declared length (the caller gave up) is a 400, never
+/// relayed truncated.
+async fn read_limited(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared =
+        header(req, wire::header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    // No body at all (a GET) is an empty one.
+    let Ok(mut stream) = req.stream() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if out.len().saturating_add(chunk.len()) > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    if declared.is_some_and(|n| n != out.len()) {
+        return Err(ApiError::new(
+            400,
+            "the body ended before its declared Content-Length",
+        ));
+    }
+    Ok(out)
 }
 
 /// A bridge must present this channel's token (401, or 503 while the Worker has none).
@@ -159,16 +207,19 @@ fn check_public(
     }
 }
 
-/// Sends one framed call to `channel`'s object and returns its answer.
-async fn call_channel(env: &Env, channel: &Channel, call: &DoCall, payload: &[u8]) -> Reply {
+/// Sends one framed call to `channel`'s object and returns its answer. The payload is
+/// consumed: once the runtime has its copy, no Rust copy waits with the call.
+async fn call_channel(env: &Env, channel: &Channel, call: &DoCall, payload: Vec<u8>) -> Reply {
     let head = serde_json::to_vec(call)?;
-    let body = relay::frame(&head, payload);
+    let body = relay::frame(&head, &payload);
+    drop(payload);
     let inner = http::internal_request(
         INTERNAL_URL,
         Method::Post,
         Headers::new(),
         Some(body.as_slice()),
     )?;
+    drop(body);
     let stub = env
         .durable_object(RELAY_DO_BINDING)?
         .id_from_name(&channel.key())?
@@ -212,6 +263,9 @@ pub struct RelayDO {
     callers: RefCell<HashMap<String, oneshot::Sender<Answer>>>,
     /// Waiting long-polls; fired (all of them) when a request is queued.
     polls: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Random per instance, memory only: every answer carries it in `X-CCR-Relay-Instance`,
+    /// so a rebuilt object (its waiting callers lost) shows.
+    instance: String,
 }
 
 /// Removes a caller's bookkeeping if its wait ends without an answer, including when the
@@ -272,12 +326,15 @@ impl RelayDO {
         }
     }
 
+    /// A public request: `body` is its bytes, or empty with `stored` when the Worker already
+    /// put them in KV.
     async fn handle_public(
         &self,
         channel_key: &str,
         prefix: &str,
         meta: RequestMeta,
         body: Vec<u8>,
+        stored: Option<relay::StoredBody>,
     ) -> Reply {
         let full = || {
             Err(ApiError::busy(
@@ -293,9 +350,15 @@ impl RelayDO {
         if !self.channel.borrow().has_room() {
             return full();
         }
-        let id = random_id()?;
+        let (id, body_at) = match stored {
+            Some(s) if relay::valid_id(&s.id) => (s.id, Some(BodyAt::Kv(s.len))),
+            Some(_) => return Err(ApiError::new(400, "malformed relay call: bad id")),
+            None => (random_id()?, None),
+        };
         let len = body.len();
-        let body_at = if body.is_empty() {
+        let body_at = if let Some(at) = body_at {
+            at
+        } else if body.is_empty() {
             BodyAt::Empty
         } else if self.channel.borrow().keep_inline(len) {
             BodyAt::Inline(body)
@@ -305,6 +368,7 @@ impl RelayDO {
                 .expiration_ttl(relay::REQUEST_BODY_TTL_SECS)
                 .execute()
                 .await?;
+            drop(body);
             BodyAt::Kv(len)
         };
         let (tx, rx) = oneshot::channel();
@@ -440,13 +504,15 @@ impl RelayDO {
         json(200, &OkBody::default())
     }
 
-    async fn handle_respond(&self, channel_key: &str, payload: &[u8]) -> Reply {
-        let body: RespondBody = serde_json::from_slice(payload).map_err(|e| {
+    async fn handle_respond(&self, channel_key: &str, payload: Vec<u8>) -> Reply {
+        let body: RespondBody = serde_json::from_slice(&payload).map_err(|e| {
             ApiError::new(
                 400,
                 format!("invalid JSON body: {e}; expected {{id,status,headers,bodyBase64}}"),
             )
         })?;
+        // Parsed: the raw JSON is not kept while the answers are handed on.
+        drop(payload);
         let batch = matches!(body, RespondBody::Batch { .. });
         let responses = body.into_responses();
         let mut results = Vec::with_capacity(responses.len());
@@ -567,10 +633,10 @@ impl RelayDO {
 
     /// One framed call from the Worker.
     async fn serve(&self, mut req: Request) -> Reply {
-        let bytes = req.bytes().await?;
-        let (head, payload) =
-            relay::unframe(&bytes).ok_or_else(|| ApiError::new(400, "malformed relay call"))?;
-        let call: DoCall = serde_json::from_slice(head)
+        // The payload keeps the call's own allocation: no second copy of it waits below.
+        let (head, payload) = relay::unframe_owned(req.bytes().await?)
+            .ok_or_else(|| ApiError::new(400, "malformed relay call"))?;
+        let call: DoCall = serde_json::from_slice(&head)
             .map_err(|e| ApiError::new(400, format!("malformed relay call: {e}")))?;
         self.channel.borrow_mut().sweep(now_ms());
         match call {
@@ -581,6 +647,7 @@ impl RelayDO {
                 path,
                 query,
                 headers,
+                stored,
             } => {
                 let meta = RequestMeta {
                     method,
@@ -588,7 +655,7 @@ impl RelayDO {
                     query,
                     headers,
                 };
-                self.handle_public(&channel, &prefix, meta, payload.to_vec())
+                self.handle_public(&channel, &prefix, meta, payload, stored)
                     .await
             }
             DoCall::Poll {
@@ -597,7 +664,7 @@ impl RelayDO {
                 max,
                 ack,
             } => self.handle_poll(&channel, wait_ms, max, ack).await,
-            DoCall::Ack { .. } => self.handle_ack(payload).await,
+            DoCall::Ack { .. } => self.handle_ack(&payload).await,
             DoCall::Respond { channel } => self.handle_respond(&channel, payload).await,
             DoCall::Result { channel, id } => self.handle_result(&channel, &id).await,
         }
@@ -611,11 +678,17 @@ impl DurableObject for RelayDO {
             channel: RefCell::new(relay::ChannelState::default()),
             callers: RefCell::new(HashMap::new()),
             polls: RefCell::new(Vec::new()),
+            instance: random_id().unwrap_or_default(),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        http::finish(self.serve(req).await)
+        let resp = http::finish(self.serve(req).await)?;
+        // Best effort: a response whose headers are immutable simply goes without it.
+        let _ = resp
+            .headers()
+            .set(wire::header::RELAY_INSTANCE, &self.instance);
+        Ok(resp)
     }
 
     async fn alarm(&self) -> Result<Response> {
