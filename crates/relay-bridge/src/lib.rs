@@ -7,7 +7,10 @@
 //!   environment — with [`run`], the crate's whole public surface.
 //! - [`run`]: the poll loop, with its backpressure (a semaphore taken before each poll), its
 //!   backoff after relay errors (`ccr-native`'s [`Backoff`], upper-half jitter) and its
-//!   shutdown (stop polling, finish in-flight requests within a bound).
+//!   shutdown (stop polling, finish in-flight requests within a bound); the confirmations of
+//!   received requests (`ack=` on the next poll, or `POST _ack` when no slot is free).
+//! - `post_responses`: the responder, one task posting one `_respond` at a time; responses
+//!   that finish while a post is in flight go together in the next, as a batch.
 //! - `forward`: one request to the target and back into a response envelope.
 #![deny(missing_docs)]
 
@@ -19,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ccr_protocol::relay::{AckBody, PollBatch, RelayRequest, RelayResponse};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use ccr_protocol::relay::{AckBody, PollBatch, RelayRequest, RelayResponse, RespondBody};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -35,6 +38,11 @@ const MIN_EMPTY_POLL: Duration = Duration::from_millis(500);
 const ACK_ATTEMPTS: u32 = 2;
 /// How long one such confirmation may take.
 const ACK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Most responses one `_respond` carries.
+const MAX_RESPOND_BATCH: usize = 64;
+/// About the most body bytes one `_respond` carries (the relay takes up to one 10 MiB body as
+/// base64 plus 2 MiB; a bigger response goes alone).
+const RESPOND_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Attempts to post one response before giving up on it.
 const RESPOND_ATTEMPTS: u32 = 5;
 /// After a failed (or instantly empty) poll the bridge waits from about this long…
@@ -168,6 +176,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = JoinSet::new();
+    // One task posts every response; what finishes while a post is in flight goes in the next
+    // one, as a batch.
+    let (responses, outgoing) = mpsc::unbounded_channel();
+    let responder = tokio::spawn(post_responses(shared.clone(), outgoing));
     // Each delay is drawn from the upper half of its step, so many bridges do not retry in
     // lockstep yet none retries much sooner than its step.
     let mut backoff = Backoff::new(POLL_BACKOFF_BASE, POLL_BACKOFF_MAX, Jitter::UpperHalf);
@@ -233,7 +245,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                             .await
                             .context("the permit semaphore closed")?,
                     };
-                    tasks.spawn(handle_one(shared.clone(), request, permit));
+                    tasks.spawn(handle_one(
+                        shared.clone(),
+                        request,
+                        permit,
+                        responses.clone(),
+                    ));
                 }
             }
             Err(e) => {
@@ -264,7 +281,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         in_flight = tasks.len(),
         "relay-bridge stopping: finishing in-flight requests"
     );
-    let drained = tokio::time::timeout(config.drain_timeout, async {
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    let drained = tokio::time::timeout_at(deadline, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
@@ -274,6 +292,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             "in-flight requests did not finish within {:?}", config.drain_timeout
         );
         tasks.abort_all();
+    }
+    // Every response is queued for posting now: the responder ends once it posted them.
+    drop(responses);
+    if tokio::time::timeout_at(deadline, responder).await.is_err() {
+        warn!(
+            "responses were not all posted within {:?}",
+            config.drain_timeout
+        );
     }
     info!("relay-bridge stopped");
     Ok(())
@@ -346,8 +372,17 @@ async fn poll(shared: &Shared, max: usize, acks: &[String]) -> anyhow::Result<Ve
     Ok(batch.requests)
 }
 
-/// Forwards one request and posts its response; the permit is held until both are done.
-async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSemaphorePermit) {
+/// A response for the responder to post, and the slot it frees once posted.
+type Outgoing = (RelayResponse, OwnedSemaphorePermit);
+
+/// Forwards one request and hands its response to the responder; the permit goes with it and
+/// is held until the response is posted.
+async fn handle_one(
+    shared: Arc<Shared>,
+    request: RelayRequest,
+    permit: OwnedSemaphorePermit,
+    responses: mpsc::UnboundedSender<Outgoing>,
+) {
     let id = request.id.clone();
     debug!(%id, method = %request.method, path = %request.path, "forwarding");
     let started = tokio::time::Instant::now();
@@ -365,41 +400,121 @@ async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSe
         response.status,
         started.elapsed().as_millis()
     );
-    post_response(&shared, response).await;
+    if responses.send((response, permit)).is_err() {
+        warn!(%id, "the responder is gone: the response is dropped");
+    }
 }
 
-/// Posts a response, retrying transport errors and 5xx a few times with backoff.
-async fn post_response(shared: &Shared, response: RelayResponse) {
+/// Roughly how many bytes a response adds to a `_respond` body.
+fn response_size(r: &RelayResponse) -> usize {
+    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    r.body_base64.as_ref().map_or(0, String::len)
+        + r.body.as_ref().map_or(0, String::len)
+        + headers
+        + 128
+}
+
+/// Takes the responses that are ready now, after `first`: at most [`MAX_RESPOND_BATCH`] and
+/// about [`RESPOND_BATCH_BYTES`] (always `first`). One that does not fit is returned to
+/// start the next batch.
+fn take_batch(
+    first: Outgoing,
+    rx: &mut mpsc::UnboundedReceiver<Outgoing>,
+) -> (Vec<Outgoing>, Option<Outgoing>) {
+    let mut bytes = response_size(&first.0);
+    let mut batch = vec![first];
+    while batch.len() < MAX_RESPOND_BATCH {
+        let Ok(next) = rx.try_recv() else { break };
+        let size = response_size(&next.0);
+        if bytes.saturating_add(size) > RESPOND_BATCH_BYTES {
+            return (batch, Some(next));
+        }
+        bytes += size;
+        batch.push(next);
+    }
+    (batch, None)
+}
+
+/// The responder: posts responses one `_respond` at a time; the ones that finish while a post
+/// is in flight go together in the next (`{"responses":[...]}`), so a busy bridge costs the
+/// relay far fewer calls than it answers requests. Ends when every sender is gone and all is
+/// posted. Slots are freed as their responses are posted.
+async fn post_responses(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut carry = None;
+    loop {
+        let first = match carry.take() {
+            Some(next) => next,
+            None => match rx.recv().await {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let (batch, rest) = take_batch(first, &mut rx);
+        carry = rest;
+        let (responses, permits): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        post_response(&shared, responses).await;
+        drop(permits);
+    }
+}
+
+/// The `_respond` body: one response as itself (what every relay accepts), several as
+/// `{"responses":[...]}`.
+fn respond_body(mut responses: Vec<RelayResponse>) -> RespondBody {
+    if responses.len() == 1 {
+        if let Some(one) = responses.pop() {
+            return RespondBody::One(one);
+        }
+    }
+    RespondBody::Batch { responses }
+}
+
+/// Posts responses, retrying transport errors and 5xx a few times with backoff.
+async fn post_response(shared: &Shared, responses: Vec<RelayResponse>) {
     let url = shared.config.relay_endpoint(route::RESPOND);
+    let ids: Vec<String> = responses.iter().map(|r| r.id.clone()).collect();
+    let ids = ids.join(",");
+    let body = respond_body(responses);
+    let batch = matches!(body, RespondBody::Batch { .. });
     let mut backoff = Backoff::new(RESPOND_BACKOFF_BASE, RESPOND_BACKOFF_MAX, Jitter::UpperHalf);
     for attempt in 1..=RESPOND_ATTEMPTS {
         let sent = shared
             .relay
             .post(&url)
             .header(header::RELAY_TOKEN, shared.config.token.expose())
-            .json(&response)
+            .json(&body)
             .timeout(Duration::from_secs(60))
             .send()
             .await;
         let retry = match sent {
-            Ok(r) if r.status().is_success() => return,
+            Ok(r) if r.status().is_success() => {
+                if batch {
+                    // Each refused item (a duplicate, an id the relay forgot) is logged.
+                    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                    for item in answer["results"].as_array().into_iter().flatten() {
+                        if item["ok"] != true {
+                            warn!(id = %item["id"], "the relay refused the response: {}", item["error"]);
+                        }
+                    }
+                }
+                return;
+            }
             Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
                 format!("the relay answered {}", r.status())
             }
             Ok(r) => {
                 let status = r.status();
                 let text = r.text().await.unwrap_or_default();
-                warn!(id = %response.id, "the relay refused the response: {status}: {}", snippet(&text));
+                warn!(%ids, "the relay refused the response: {status}: {}", snippet(&text));
                 return;
             }
             Err(e) => format!("{:#}", anyhow::Error::new(e)),
         };
         if attempt == RESPOND_ATTEMPTS {
-            warn!(id = %response.id, "giving up posting the response: {retry}");
+            warn!(%ids, "giving up posting the response: {retry}");
             return;
         }
         let pause = backoff.next_delay(&mut rand::rng());
-        warn!(id = %response.id, "posting the response failed: {retry}; retrying in {pause:?}");
+        warn!(%ids, "posting the response failed: {retry}; retrying in {pause:?}");
         tokio::time::sleep(pause).await;
     }
 }
@@ -749,5 +864,62 @@ mod confirm_tests {
         };
         run_until(url, 1, seen.clone(), acked).await;
         assert!(acked(&seen.lock().unwrap()), "{:?}", seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn responses_that_finish_during_a_post_go_in_one_batch() {
+        // Five requests at once; the target is down, so all five 502s are ready at once. The
+        // relay takes 600 ms to answer a `_respond`: whatever finished meanwhile must go in
+        // one batch, not five posts.
+        let ids: Vec<String> = (0..5).map(|i| format!("{i:032x}")).collect();
+        let handed = format!(
+            r#"{{"requests":[{}]}}"#,
+            ids.iter()
+                .map(|id| format!(r#"{{"id":"{id}","method":"GET","path":"/x"}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let (url, seen) = scripted_relay(move |req, n| match (n, req.line.contains("/_poll")) {
+            (0, _) => (Duration::ZERO, handed.clone()),
+            (_, true) => (Duration::from_millis(600), r#"{"requests":[]}"#.into()),
+            (_, false) => (
+                Duration::from_millis(600),
+                r#"{"ok":true,"results":[]}"#.into(),
+            ),
+        })
+        .await;
+        let responds = |s: &[Seen]| -> Vec<Seen> {
+            s.iter()
+                .filter(|r| r.line.contains("/_respond"))
+                .cloned()
+                .collect()
+        };
+        let all_answered = {
+            let ids = ids.clone();
+            move |s: &[Seen]| {
+                let posted = responds(s);
+                ids.iter()
+                    .all(|id| posted.iter().any(|r| r.body.contains(id.as_str())))
+            }
+        };
+        run_until(url, 8, seen.clone(), all_answered.clone()).await;
+        let seen = seen.lock().unwrap();
+        assert!(all_answered(&seen), "{seen:?}");
+        let posted = responds(&seen);
+        // The first post may carry one or all; the rest came during it: at most two posts.
+        assert!(posted.len() <= 2, "{} posts: {posted:?}", posted.len());
+        assert!(
+            posted
+                .iter()
+                .any(|r| r.body.starts_with(r#"{"responses":["#)),
+            "{posted:?}"
+        );
+        for id in &ids {
+            let times = posted
+                .iter()
+                .filter(|r| r.body.contains(id.as_str()))
+                .count();
+            assert_eq!(times, 1, "{id} posted {times} times");
+        }
     }
 }
