@@ -43,7 +43,8 @@ impl Target {
             .route("/status/{code}", any(status))
             .route("/slow", get(slow))
             .route("/id/{n}", get(id))
-            .route("/gate", get(gate));
+            .route("/gate", get(gate))
+            .route("/scope", get(scope));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -115,6 +116,27 @@ async fn gate() -> &'static str {
     tokio::time::sleep(Duration::from_millis(400)).await;
     GATE_ACTIVE.fetch_sub(1, Ordering::SeqCst);
     "through the gate"
+}
+
+/// Tries to act outside its channel: cookies for `/` and another domain, a Service Worker
+/// scope over the whole origin, and says which `Referer` it saw.
+async fn scope(headers: HeaderMap) -> Response {
+    let referer = headers
+        .get("referer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut resp = referer.into_response();
+    let h = resp.headers_mut();
+    for cookie in [
+        "s=1; Path=/; HttpOnly",
+        "d=2; Domain=127.0.0.1; Path=/",
+        "n=3",
+    ] {
+        h.append("set-cookie", HeaderValue::from_static(cookie));
+    }
+    h.insert("service-worker-allowed", HeaderValue::from_static("/"));
+    resp
 }
 
 async fn id(Path(n): Path<String>) -> String {
@@ -342,6 +364,44 @@ async fn many_concurrent_callers_each_get_their_own_response() {
     assert!(
         (2..=3).contains(&peak),
         "peak concurrency at the target: {peak}"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_cannot_reach_past_its_prefix_in_a_browser() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    let bridge = Bridge::start(&w, &target.url(), Some("iso"), &[])
+        .await
+        .unwrap();
+    let referer = w.url("/relay/iso/page?_relay_key=secret-key&x=1");
+    let resp = client()
+        .get(w.url("/relay/iso/scope"))
+        .header("referer", &referer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    assert!(
+        resp.headers().get("service-worker-allowed").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    let cookies: Vec<_> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        cookies,
+        ["s=1; HttpOnly; Path=/relay/iso/", "n=3; Path=/relay/iso/"]
+    );
+    // The target saw the page it was called from, without the relay's key.
+    assert_eq!(
+        resp.text().await.unwrap(),
+        w.url("/relay/iso/page?x=1"),
+        "the relay key reached the target"
     );
 }
 

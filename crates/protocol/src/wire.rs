@@ -85,6 +85,16 @@ pub mod header {
     pub const RETRY_AFTER: &str = "retry-after";
     /// Standard: the host a request is for (names one hop: never forwarded).
     pub const HOST: &str = "host";
+    /// Standard: a response's cookie; the relay scopes it to the channel's prefix.
+    pub const SET_COOKIE: &str = "set-cookie";
+    /// Standard: the page a request came from; the relay removes its public key from it.
+    pub const REFERER: &str = "referer";
+    /// Standard: widens a Service Worker's scope; never relayed (a channel's worker could
+    /// otherwise control the whole origin).
+    pub const SERVICE_WORKER_ALLOWED: &str = "service-worker-allowed";
+    /// Standard: clears the origin's cookies and storage; never relayed (every channel shares
+    /// the origin).
+    pub const CLEAR_SITE_DATA: &str = "clear-site-data";
     /// Standard: the encodings a caller accepts.
     pub const ACCEPT_ENCODING: &str = "accept-encoding";
     /// Standard: the protocol a request asks to switch to (`websocket`).

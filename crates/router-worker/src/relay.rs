@@ -78,6 +78,16 @@ impl Channel {
         }
     }
 
+    /// The channel whose [`Channel::key`] is `key`.
+    pub fn from_key(key: &str) -> Option<Channel> {
+        if key == "default" {
+            return Some(Channel::Default);
+        }
+        let name = key.strip_prefix("c:")?;
+        validate::channel(name).ok()?;
+        Some(Channel::Named(name.to_owned()))
+    }
+
     /// The public URL prefix: `/proxy` or `/relay/{name}`.
     pub fn prefix(&self) -> String {
         match self {
@@ -431,10 +441,15 @@ pub fn null_body_status(status: u16) -> bool {
     matches!(status, 204 | 205 | 304)
 }
 
-/// Checks and decodes one bridge response. A status outside 200..=599 (the runtime refuses
-/// those) or an oversized body becomes the caller's 502; undecodable base64 is the bridge's
-/// error (`Err`).
-pub fn decode_response(r: &ccr_protocol::relay::RelayResponse) -> Result<Answer, String> {
+/// Checks and decodes one bridge response for the channel whose public prefix is `prefix`. A
+/// status outside 200..=599 (the runtime refuses those) or an oversized body becomes the
+/// caller's 502; undecodable base64 is the bridge's error (`Err`). Headers that would reach
+/// past the channel are dropped, and cookies are scoped to its prefix
+/// ([`ccr_protocol::relay::scope_set_cookie`]).
+pub fn decode_response(
+    r: &ccr_protocol::relay::RelayResponse,
+    prefix: &str,
+) -> Result<Answer, String> {
     let body = ccr_protocol::relay::decode_body(r.body_base64.as_deref(), r.body.as_deref())
         .map_err(|e| format!("response {}: bodyBase64 is not valid base64: {e}", r.id))?;
     if body.len() > MAX_RELAY_BODY_BYTES {
@@ -452,7 +467,13 @@ pub fn decode_response(r: &ccr_protocol::relay::RelayResponse) -> Result<Answer,
         .headers
         .iter()
         .filter(|(k, _)| forward_response_header(k))
-        .cloned()
+        .filter_map(|(k, v)| {
+            if k.eq_ignore_ascii_case(header::SET_COOKIE) {
+                ccr_protocol::relay::scope_set_cookie(v, prefix).map(|v| (k.clone(), v))
+            } else {
+                Some((k.clone(), v.clone()))
+            }
+        })
         .collect();
     let has_content_type = headers
         .iter()
@@ -1076,8 +1097,37 @@ mod tests {
     }
 
     #[test]
+    fn channels_come_back_from_their_keys() {
+        for ch in [Channel::Default, named("alpha")] {
+            assert_eq!(Channel::from_key(&ch.key()), Some(ch));
+        }
+        assert_eq!(Channel::from_key("c:Bad_Name"), None);
+        assert_eq!(Channel::from_key("alpha"), None);
+    }
+
+    #[test]
+    fn responses_stay_inside_their_channel() {
+        let mut r = response(200);
+        r.headers = vec![
+            ("Set-Cookie".into(), "a=1; Path=/".into()),
+            ("set-cookie".into(), "b=2; Domain=example.com".into()),
+            ("Service-Worker-Allowed".into(), "/".into()),
+            ("x-k".into(), "v".into()),
+        ];
+        let got = decode_response(&r, "/relay/a").unwrap();
+        assert_eq!(
+            got.head.headers,
+            vec![
+                ("Set-Cookie".to_string(), "a=1; Path=/relay/a/".to_string()),
+                ("x-k".into(), "v".into()),
+                ("content-type".into(), "text/plain".into()),
+            ]
+        );
+    }
+
+    #[test]
     fn responses_are_checked() {
-        let ok = decode_response(&response(201)).unwrap();
+        let ok = decode_response(&response(201), "/proxy").unwrap();
         assert_eq!(ok.head.status, 201);
         assert_eq!(ok.body, b"abc");
         assert_eq!(
@@ -1087,12 +1137,27 @@ mod tests {
                 ("content-type".into(), "text/plain".into())
             ]
         );
-        assert!(decode_response(&response(204)).unwrap().body.is_empty());
-        assert_eq!(decode_response(&response(101)).unwrap().head.status, 502);
-        assert_eq!(decode_response(&response(600)).unwrap().head.status, 502);
+        assert!(decode_response(&response(204), "/proxy")
+            .unwrap()
+            .body
+            .is_empty());
+        assert_eq!(
+            decode_response(&response(101), "/proxy")
+                .unwrap()
+                .head
+                .status,
+            502
+        );
+        assert_eq!(
+            decode_response(&response(600), "/proxy")
+                .unwrap()
+                .head
+                .status,
+            502
+        );
         let mut bad = response(200);
         bad.body_base64 = Some("!!!".into());
-        assert!(decode_response(&bad).is_err());
+        assert!(decode_response(&bad, "/proxy").is_err());
     }
 
     #[test]

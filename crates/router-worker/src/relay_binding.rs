@@ -107,6 +107,15 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
                 .headers()
                 .entries()
                 .filter(|(k, _)| ccr_protocol::relay::forward_request_header(k))
+                .map(|(k, v)| {
+                    // A page opened with the key in its link would hand it on in its Referer.
+                    if k.eq_ignore_ascii_case(wire::header::REFERER) {
+                        let v = ccr_protocol::relay::scrub_referer(&v);
+                        (k, v)
+                    } else {
+                        (k, v)
+                    }
+                })
                 .collect();
             let mut body = read_limited(&mut req, MAX_RELAY_BODY_BYTES).await?;
             // A large body goes to KV from here, and only its key to the channel's object:
@@ -544,7 +553,11 @@ impl RelayDO {
         channel_key: &str,
         r: ccr_protocol::relay::RelayResponse,
     ) -> std::result::Result<(), ApiError> {
-        let answer = relay::decode_response(&r).map_err(|message| ApiError::new(400, message))?;
+        let prefix = Channel::from_key(channel_key)
+            .map(|c| c.prefix())
+            .ok_or_else(|| ApiError::new(400, "malformed relay call: bad channel"))?;
+        let answer =
+            relay::decode_response(&r, &prefix).map_err(|message| ApiError::new(400, message))?;
         let accepted = self.channel.borrow_mut().accept_response(&r.id, now_ms());
         match accepted {
             Ok(()) => {}
