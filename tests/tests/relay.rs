@@ -13,7 +13,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use ccr_e2e::bridge::Bridge;
 use ccr_e2e::json_of;
-use ccr_e2e::worker::{channel_token, Worker, TEST_RELAY_TOKEN};
+use ccr_e2e::worker::{channel_token, Worker, WorkerOptions, TEST_RELAY_TOKEN};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -403,6 +403,60 @@ async fn a_channel_cannot_reach_past_its_prefix_in_a_browser() {
         w.url("/relay/iso/page?x=1"),
         "the relay key reached the target"
     );
+}
+
+#[tokio::test]
+async fn a_channel_on_its_own_host() {
+    let w = Worker::start(WorkerOptions::default().var("RELAY_HOST_SUFFIX", "relay.test"))
+        .await
+        .unwrap();
+    let target = Target::start().await;
+    // The bridge polls the Worker's own host as usual.
+    let bridge = Bridge::start(&w, &target.url(), Some("alpha"), &[])
+        .await
+        .unwrap();
+    let host = format!("alpha.relay.test:{}", w.addr().port());
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(CALL_TIMEOUT)
+        .resolve("alpha.relay.test", w.addr())
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!("http://{host}/id/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    assert_eq!(resp.text().await.unwrap(), "response for 7");
+    // Every path of the host is the channel's: another channel's prefix is just a path, and
+    // the target's cookies for `/` stay the host's `/`.
+    let resp = http
+        .get(format!("http://{host}/relay/beta/id/8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the target's own 404");
+    assert!(resp.headers().get("x-ccr-relay-instance").is_some());
+    let resp = http
+        .get(format!("http://{host}/scope"))
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<_> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cookies, ["s=1; HttpOnly; Path=/", "n=3; Path=/"]);
+    // The path form still reaches the same channel.
+    let resp = client()
+        .get(w.url("/relay/alpha/id/9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "response for 9");
 }
 
 #[tokio::test]

@@ -154,6 +154,32 @@ fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
+/// With `RELAY_HOST_SUFFIX` = `suffix`: the named channel whose own host `host` is
+/// (`<channel>.<suffix>`, case-insensitive, any port); `None` for every other host, the
+/// Worker's own included.
+pub fn host_channel(host: &str, suffix: &str) -> Option<String> {
+    let suffix = suffix.trim().trim_matches('.').to_ascii_lowercase();
+    if suffix.is_empty() {
+        return None;
+    }
+    let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            h.to_owned()
+        }
+        _ => host,
+    };
+    let label = host.strip_suffix(&suffix)?.strip_suffix('.')?;
+    (!label.contains('.') && validate::channel(label).is_ok()).then(|| label.to_owned())
+}
+
+/// Routes a request on channel `channel`'s own host: every path is that channel's, as if under
+/// `/relay/{channel}` (so `_poll`, `_respond`, `_ack` and `_result/{id}` at the host's root
+/// are the relay's, and `/relay/other/...` is this channel's path, never another channel).
+pub fn parse_host_route(method: &str, channel: &str, path: &str) -> Option<RelayRoute> {
+    parse_route(method, &format!("{}{path}", route::relay_channel(channel)))
+}
+
 /// Routes a relay request; `None` when the path is not the relay's.
 pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
     if is_ping(path) {
@@ -372,6 +398,9 @@ pub enum DoCall {
         channel: String,
         /// The request id.
         id: String,
+        /// The prefix the caller used (cookies are scoped to it); absent: the channel's.
+        #[serde(default)]
+        prefix: Option<String>,
     },
 }
 
@@ -441,15 +470,11 @@ pub fn null_body_status(status: u16) -> bool {
     matches!(status, 204 | 205 | 304)
 }
 
-/// Checks and decodes one bridge response for the channel whose public prefix is `prefix`. A
-/// status outside 200..=599 (the runtime refuses those) or an oversized body becomes the
-/// caller's 502; undecodable base64 is the bridge's error (`Err`). Headers that would reach
-/// past the channel are dropped, and cookies are scoped to its prefix
-/// ([`ccr_protocol::relay::scope_set_cookie`]).
-pub fn decode_response(
-    r: &ccr_protocol::relay::RelayResponse,
-    prefix: &str,
-) -> Result<Answer, String> {
+/// Checks and decodes one bridge response. A status outside 200..=599 (the runtime refuses
+/// those) or an oversized body becomes the caller's 502; undecodable base64 is the bridge's
+/// error (`Err`). Headers that would reach past the channel are dropped; cookies are scoped
+/// when the answer goes out ([`caller_headers`]), to the prefix the caller used.
+pub fn decode_response(r: &ccr_protocol::relay::RelayResponse) -> Result<Answer, String> {
     let body = ccr_protocol::relay::decode_body(r.body_base64.as_deref(), r.body.as_deref())
         .map_err(|e| format!("response {}: bodyBase64 is not valid base64: {e}", r.id))?;
     if body.len() > MAX_RELAY_BODY_BYTES {
@@ -467,13 +492,7 @@ pub fn decode_response(
         .headers
         .iter()
         .filter(|(k, _)| forward_response_header(k))
-        .filter_map(|(k, v)| {
-            if k.eq_ignore_ascii_case(header::SET_COOKIE) {
-                ccr_protocol::relay::scope_set_cookie(v, prefix).map(|v| (k.clone(), v))
-            } else {
-                Some((k.clone(), v.clone()))
-            }
-        })
+        .cloned()
         .collect();
     let has_content_type = headers
         .iter()
@@ -493,6 +512,22 @@ pub fn decode_response(
         },
         body,
     })
+}
+
+/// The headers an answer goes out with to a caller who reached the channel under `prefix`
+/// (`/proxy`, `/relay/{name}`, or empty on the channel's own host): each `Set-Cookie` scoped
+/// to it ([`ccr_protocol::relay::scope_set_cookie`]; a cookie with a `Domain` dropped).
+pub fn caller_headers(headers: &[(String, String)], prefix: &str) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            if k.eq_ignore_ascii_case(header::SET_COOKIE) {
+                ccr_protocol::relay::scope_set_cookie(v, prefix).map(|v| (k.clone(), v))
+            } else {
+                Some((k.clone(), v.clone()))
+            }
+        })
+        .collect()
 }
 
 /// A 502 JSON answer for a caller.
@@ -960,6 +995,60 @@ mod tests {
     }
 
     #[test]
+    fn channel_hosts() {
+        let s = "relay.example.com";
+        assert_eq!(
+            host_channel("alpha.relay.example.com", s),
+            Some("alpha".into())
+        );
+        assert_eq!(
+            host_channel("Alpha.Relay.Example.com:8443", s),
+            Some("alpha".into())
+        );
+        assert_eq!(
+            host_channel("alpha.relay.example.com.", ".relay.example.com"),
+            Some("alpha".into())
+        );
+        for other in [
+            "relay.example.com",
+            "a.b.relay.example.com",
+            "alpharelay.example.com",
+            "Bad_Name.relay.example.com",
+            "alpha.relay.example.org",
+            "",
+        ] {
+            assert_eq!(host_channel(other, s), None, "{other}");
+        }
+        assert_eq!(host_channel("alpha.relay.example.com", ""), None);
+        use RelayRoute::*;
+        assert_eq!(
+            parse_host_route("GET", "alpha", "/"),
+            Some(Public {
+                channel: named("alpha"),
+                path: "/".into()
+            })
+        );
+        assert_eq!(
+            parse_host_route("GET", "alpha", "/relay/beta/x"),
+            Some(Public {
+                channel: named("alpha"),
+                path: "/relay/beta/x".into()
+            })
+        );
+        assert_eq!(
+            parse_host_route("GET", "alpha", "/_poll"),
+            Some(Poll(named("alpha")))
+        );
+        assert_eq!(
+            parse_host_route("GET", "alpha", "/proxy/x"),
+            Some(Public {
+                channel: named("alpha"),
+                path: "/proxy/x".into()
+            })
+        );
+    }
+
+    #[test]
     fn channel_keys_never_collide() {
         assert_eq!(Channel::Default.key(), "default");
         assert_eq!(named("default").key(), "c:default");
@@ -1114,20 +1203,25 @@ mod tests {
             ("Service-Worker-Allowed".into(), "/".into()),
             ("x-k".into(), "v".into()),
         ];
-        let got = decode_response(&r, "/relay/a").unwrap();
+        let got = decode_response(&r).unwrap();
         assert_eq!(
-            got.head.headers,
+            caller_headers(&got.head.headers, "/relay/a"),
             vec![
                 ("Set-Cookie".to_string(), "a=1; Path=/relay/a/".to_string()),
                 ("x-k".into(), "v".into()),
                 ("content-type".into(), "text/plain".into()),
             ]
         );
+        // On the channel's own host, its cookies are the host's.
+        assert_eq!(
+            caller_headers(&got.head.headers, "")[0],
+            ("Set-Cookie".to_string(), "a=1; Path=/".to_string())
+        );
     }
 
     #[test]
     fn responses_are_checked() {
-        let ok = decode_response(&response(201), "/proxy").unwrap();
+        let ok = decode_response(&response(201)).unwrap();
         assert_eq!(ok.head.status, 201);
         assert_eq!(ok.body, b"abc");
         assert_eq!(
@@ -1137,27 +1231,12 @@ mod tests {
                 ("content-type".into(), "text/plain".into())
             ]
         );
-        assert!(decode_response(&response(204), "/proxy")
-            .unwrap()
-            .body
-            .is_empty());
-        assert_eq!(
-            decode_response(&response(101), "/proxy")
-                .unwrap()
-                .head
-                .status,
-            502
-        );
-        assert_eq!(
-            decode_response(&response(600), "/proxy")
-                .unwrap()
-                .head
-                .status,
-            502
-        );
+        assert!(decode_response(&response(204)).unwrap().body.is_empty());
+        assert_eq!(decode_response(&response(101)).unwrap().head.status, 502);
+        assert_eq!(decode_response(&response(600)).unwrap().head.status, 502);
         let mut bad = response(200);
         bad.body_base64 = Some("!!!".into());
-        assert!(decode_response(&bad, "/proxy").is_err());
+        assert!(decode_response(&bad).is_err());
     }
 
     #[test]

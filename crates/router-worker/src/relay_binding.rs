@@ -38,12 +38,35 @@ const KV_BINDING: &str = "RELAY";
 /// Worker → object calls go to this URL; only the body matters.
 const INTERNAL_URL: &str = "https://relay.internal/call";
 
-/// The Worker side of every relay path (`crate::relay::is_relay_path`).
-pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
+/// With `RELAY_HOST_SUFFIX` set, the named channel whose own host the request is for
+/// (`<channel>.<suffix>`): then every path of it is that channel's.
+pub(crate) fn channel_host(req: &Request, env: &Env) -> Option<String> {
+    let suffix = setting(env, "RELAY_HOST_SUFFIX");
+    if suffix.is_empty() {
+        return None;
+    }
+    let url = req.url().ok()?;
+    relay::host_channel(url.host_str()?, &suffix)
+}
+
+/// The Worker side of every relay path (`crate::relay::is_relay_path`), and of every path on
+/// a channel's own host (`host`, from [`channel_host`]).
+pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) -> Reply {
     let path = req.path();
     let method = req.method().to_string();
-    let route =
-        relay::parse_route(&method, &path).ok_or_else(|| ApiError::no_route(&method, &path))?;
+    let route = match &host {
+        Some(channel) => relay::parse_host_route(&method, channel, &path),
+        None => relay::parse_route(&method, &path),
+    }
+    .ok_or_else(|| ApiError::no_route(&method, &path))?;
+    // The prefix callers see: none on a channel's own host.
+    let public_prefix = |channel: &Channel| {
+        if host.is_some() {
+            String::new()
+        } else {
+            channel.prefix()
+        }
+    };
     let relay_token = setting(env, "RELAY_TOKEN");
     let query = req.url()?.query().unwrap_or_default().to_owned();
     match route {
@@ -96,6 +119,7 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
             }
             let call = DoCall::Result {
                 channel: channel.key(),
+                prefix: Some(public_prefix(&channel)),
                 id,
             };
             call_channel(env, &channel, &call, Vec::new()).await
@@ -135,7 +159,7 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
             };
             let call = DoCall::Public {
                 channel: channel.key(),
-                prefix: channel.prefix(),
+                prefix: public_prefix(&channel),
                 method,
                 path,
                 query,
@@ -236,10 +260,10 @@ async fn call_channel(env: &Env, channel: &Channel, call: &DoCall, payload: Vec<
     Ok(stub.fetch_with_request(inner).await?)
 }
 
-/// The caller's response from a bridge's answer.
-fn answer_response(answer: Answer) -> Reply {
+/// The caller's response from a bridge's answer, for a caller who came by `prefix`.
+fn answer_response(answer: Answer, prefix: &str) -> Reply {
     let headers = Headers::new();
-    for (name, value) in &answer.head.headers {
+    for (name, value) in &relay::caller_headers(&answer.head.headers, prefix) {
         // A header the runtime refuses (bad name or value) is dropped, not fatal.
         if headers.append(name, value).is_err() {
             console_warn!("relay: dropped response header {name:?}");
@@ -409,7 +433,7 @@ impl RelayDO {
         };
         let cancelled = guard.finish();
         match outcome {
-            Ok(answer) => answer_response(answer),
+            Ok(answer) => answer_response(answer, prefix),
             Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
             Err(Some(())) => json(504, &relay::unanswered_body(&id, prefix, &cancelled)),
         }
@@ -553,11 +577,7 @@ impl RelayDO {
         channel_key: &str,
         r: ccr_protocol::relay::RelayResponse,
     ) -> std::result::Result<(), ApiError> {
-        let prefix = Channel::from_key(channel_key)
-            .map(|c| c.prefix())
-            .ok_or_else(|| ApiError::new(400, "malformed relay call: bad channel"))?;
-        let answer =
-            relay::decode_response(&r, &prefix).map_err(|message| ApiError::new(400, message))?;
+        let answer = relay::decode_response(&r).map_err(|message| ApiError::new(400, message))?;
         let accepted = self.channel.borrow_mut().accept_response(&r.id, now_ms());
         match accepted {
             Ok(()) => {}
@@ -602,7 +622,7 @@ impl RelayDO {
         Ok(())
     }
 
-    async fn handle_result(&self, channel_key: &str, id: &str) -> Reply {
+    async fn handle_result(&self, channel_key: &str, id: &str, prefix: &str) -> Reply {
         let stored = self
             .kv()?
             .get(&relay::response_key(channel_key, id))
@@ -618,7 +638,7 @@ impl RelayDO {
                     })
             });
             return match parsed {
-                Some(answer) => answer_response(answer),
+                Some(answer) => answer_response(answer, prefix),
                 None => Err(ApiError::new(500, "the stored response is unreadable")),
             };
         }
@@ -679,7 +699,16 @@ impl RelayDO {
             } => self.handle_poll(&channel, wait_ms, max, ack).await,
             DoCall::Ack { .. } => self.handle_ack(&payload).await,
             DoCall::Respond { channel } => self.handle_respond(&channel, payload).await,
-            DoCall::Result { channel, id } => self.handle_result(&channel, &id).await,
+            DoCall::Result {
+                channel,
+                id,
+                prefix,
+            } => {
+                let prefix = prefix
+                    .or_else(|| Channel::from_key(&channel).map(|c| c.prefix()))
+                    .unwrap_or_default();
+                self.handle_result(&channel, &id, &prefix).await
+            }
         }
     }
 }
