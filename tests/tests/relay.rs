@@ -13,7 +13,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use ccr_e2e::bridge::Bridge;
 use ccr_e2e::json_of;
-use ccr_e2e::worker::{channel_token, Worker, TEST_RELAY_TOKEN};
+use ccr_e2e::worker::{channel_token, Worker, WorkerOptions, TEST_RELAY_TOKEN};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -43,7 +43,8 @@ impl Target {
             .route("/status/{code}", any(status))
             .route("/slow", get(slow))
             .route("/id/{n}", get(id))
-            .route("/gate", get(gate));
+            .route("/gate", get(gate))
+            .route("/scope", get(scope));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -115,6 +116,27 @@ async fn gate() -> &'static str {
     tokio::time::sleep(Duration::from_millis(400)).await;
     GATE_ACTIVE.fetch_sub(1, Ordering::SeqCst);
     "through the gate"
+}
+
+/// Tries to act outside its channel: cookies for `/` and another domain, a Service Worker
+/// scope over the whole origin, and says which `Referer` it saw.
+async fn scope(headers: HeaderMap) -> Response {
+    let referer = headers
+        .get("referer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let mut resp = referer.into_response();
+    let h = resp.headers_mut();
+    for cookie in [
+        "s=1; Path=/; HttpOnly",
+        "d=2; Domain=127.0.0.1; Path=/",
+        "n=3",
+    ] {
+        h.append("set-cookie", HeaderValue::from_static(cookie));
+    }
+    h.insert("service-worker-allowed", HeaderValue::from_static("/"));
+    resp
 }
 
 async fn id(Path(n): Path<String>) -> String {
@@ -343,6 +365,98 @@ async fn many_concurrent_callers_each_get_their_own_response() {
         (2..=3).contains(&peak),
         "peak concurrency at the target: {peak}"
     );
+}
+
+#[tokio::test]
+async fn a_channel_cannot_reach_past_its_prefix_in_a_browser() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    let bridge = Bridge::start(&w, &target.url(), Some("iso"), &[])
+        .await
+        .unwrap();
+    let referer = w.url("/relay/iso/page?_relay_key=secret-key&x=1");
+    let resp = client()
+        .get(w.url("/relay/iso/scope"))
+        .header("referer", &referer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    assert!(
+        resp.headers().get("service-worker-allowed").is_none(),
+        "{:?}",
+        resp.headers()
+    );
+    let cookies: Vec<_> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        cookies,
+        ["s=1; HttpOnly; Path=/relay/iso/", "n=3; Path=/relay/iso/"]
+    );
+    // The target saw the page it was called from, without the relay's key.
+    assert_eq!(
+        resp.text().await.unwrap(),
+        w.url("/relay/iso/page?x=1"),
+        "the relay key reached the target"
+    );
+}
+
+#[tokio::test]
+async fn a_channel_on_its_own_host() {
+    let w = Worker::start(WorkerOptions::default().var("RELAY_HOST_SUFFIX", "relay.test"))
+        .await
+        .unwrap();
+    let target = Target::start().await;
+    // The bridge polls the Worker's own host as usual.
+    let bridge = Bridge::start(&w, &target.url(), Some("alpha"), &[])
+        .await
+        .unwrap();
+    let host = format!("alpha.relay.test:{}", w.addr().port());
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(CALL_TIMEOUT)
+        .resolve("alpha.relay.test", w.addr())
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!("http://{host}/id/7"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    assert_eq!(resp.text().await.unwrap(), "response for 7");
+    // Every path of the host is the channel's: another channel's prefix is just a path, and
+    // the target's cookies for `/` stay the host's `/`.
+    let resp = http
+        .get(format!("http://{host}/relay/beta/id/8"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "the target's own 404");
+    assert!(resp.headers().get("x-ccr-relay-instance").is_some());
+    let resp = http
+        .get(format!("http://{host}/scope"))
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<_> = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(cookies, ["s=1; HttpOnly; Path=/", "n=3; Path=/"]);
+    // The path form still reaches the same channel.
+    let resp = client()
+        .get(w.url("/relay/alpha/id/9"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "response for 9");
 }
 
 #[tokio::test]

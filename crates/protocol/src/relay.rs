@@ -8,7 +8,7 @@
 use base64::{engine::general_purpose::STANDARD, Engine};
 use serde::{Deserialize, Serialize};
 
-use crate::wire::header;
+use crate::wire::{header, query};
 
 /// One public request waiting for the bridge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +39,13 @@ pub struct RelayRequest {
 pub struct PollBatch {
     /// Requests to forward; empty when the wait ran out.
     pub requests: Vec<RelayRequest>,
+}
+
+/// `POST {prefix}/_ack` body: the ids of requests a bridge received and is forwarding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckBody {
+    /// Request ids from poll answers.
+    pub ids: Vec<String>,
 }
 
 /// One response a bridge posts back.
@@ -152,9 +159,75 @@ pub fn target_request_header(name: &str) -> bool {
     forward_request_header(name) && !name.eq_ignore_ascii_case(header::ACCEPT_ENCODING)
 }
 
-/// Whether a target's response header goes back to the caller (each hop sets its own length).
+/// Whether a target's response header goes back to the caller: not hop-by-hop, not the length
+/// (each hop sets its own), and none that reaches past the channel's prefix in a visitor's
+/// browser (`Service-Worker-Allowed` would let a Service Worker registered under one channel
+/// control every path of the origin; `Clear-Site-Data` would wipe every channel's cookies and
+/// storage). `Set-Cookie` crosses, scoped by [`scope_set_cookie`].
 pub fn forward_response_header(name: &str) -> bool {
-    !(is_hop_by_hop(name) || name.eq_ignore_ascii_case(header::CONTENT_LENGTH))
+    !(is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case(header::CONTENT_LENGTH)
+        || name.eq_ignore_ascii_case(header::SERVICE_WORKER_ALLOWED)
+        || name.eq_ignore_ascii_case(header::CLEAR_SITE_DATA))
+}
+
+/// A target's `Set-Cookie`, scoped to the channel whose public prefix is `prefix` (`/proxy`,
+/// `/relay/{name}`; empty when a channel has a host of its own). The target thinks it lives at
+/// `/`, so its `Path=P` becomes `Path={prefix}P` (no or an invalid `Path`: `{prefix}/`), and a
+/// cookie cannot be set for another channel's paths. A cookie with a `Domain` attribute would
+/// reach other hosts: dropped (`None`), as is one with no name=value. (A `__Host-` cookie,
+/// which needs `Path=/`, is then refused by browsers under a prefix.)
+pub fn scope_set_cookie(value: &str, prefix: &str) -> Option<String> {
+    let mut parts = value.split(';');
+    let pair = parts.next().map(str::trim).filter(|p| !p.is_empty())?;
+    let mut out = vec![pair.to_owned()];
+    let mut path = None;
+    for attr in parts.map(str::trim).filter(|a| !a.is_empty()) {
+        let (name, value) = attr
+            .split_once('=')
+            .map_or((attr, ""), |(k, v)| (k.trim(), v.trim()));
+        if name.eq_ignore_ascii_case("domain") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("path") {
+            // The last one counts (RFC 6265 §5.3).
+            path = Some(value);
+        } else {
+            out.push(attr.to_owned());
+        }
+    }
+    let path = path.filter(|p| p.starts_with('/')).unwrap_or("/");
+    out.push(format!("Path={}{path}", prefix.trim_end_matches('/')));
+    Some(out.join("; "))
+}
+
+/// A caller's `Referer` without the relay's public key (`?_relay_key=`): a page opened with the
+/// key in its link would otherwise hand it to the target in every request it makes.
+pub fn scrub_referer(value: &str) -> String {
+    let (url, fragment) = match value.split_once('#') {
+        Some((u, f)) => (u, Some(f)),
+        None => (value, None),
+    };
+    let Some((base, q)) = url.split_once('?') else {
+        return value.to_owned();
+    };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && key != query::RELAY_KEY
+        })
+        .collect();
+    let mut out = base.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -174,6 +247,14 @@ mod tests {
         assert_eq!(serde_json::to_value(&r).unwrap(), literal);
         let batch: PollBatch = serde_json::from_value(json!({"requests":[literal]})).unwrap();
         assert_eq!(batch.requests.len(), 1);
+    }
+
+    #[test]
+    fn ack_shape() {
+        let literal = json!({"ids": ["a", "b"]});
+        let a: AckBody = serde_json::from_value(literal.clone()).unwrap();
+        assert_eq!(a.ids, ["a", "b"]);
+        assert_eq!(serde_json::to_value(&a).unwrap(), literal);
     }
 
     #[test]
@@ -252,5 +333,64 @@ mod tests {
         assert!(!forward_response_header("transfer-encoding"));
         assert!(!forward_response_header("Content-Length"));
         assert!(forward_response_header("set-cookie"));
+        assert!(!forward_response_header("Service-Worker-Allowed"));
+        assert!(!forward_response_header("clear-site-data"));
+        assert!(forward_response_header("service-worker"));
+    }
+
+    #[test]
+    fn cookies_stay_inside_their_channel() {
+        let scoped = |v: &str| scope_set_cookie(v, "/relay/a");
+        assert_eq!(scoped("s=1").as_deref(), Some("s=1; Path=/relay/a/"));
+        assert_eq!(
+            scoped("s=1; Path=/; HttpOnly; Secure").as_deref(),
+            Some("s=1; HttpOnly; Secure; Path=/relay/a/")
+        );
+        // Another channel's path lands under this one's.
+        assert_eq!(
+            scoped("s=1; path=/relay/b/x").as_deref(),
+            Some("s=1; Path=/relay/a/relay/b/x")
+        );
+        assert_eq!(
+            scoped("s=1; Path=/x; Path=/y").as_deref(),
+            Some("s=1; Path=/relay/a/y")
+        );
+        assert_eq!(
+            scoped("s=1; Path=x").as_deref(),
+            Some("s=1; Path=/relay/a/")
+        );
+        assert_eq!(scoped("s=1; Domain=example.com; Path=/"), None);
+        assert_eq!(scoped("s=1; domain=.example.com"), None);
+        assert_eq!(scoped(""), None);
+        assert_eq!(scoped(" ; Path=/"), None);
+        assert_eq!(
+            scope_set_cookie("t=2; Max-Age=60", "/proxy").as_deref(),
+            Some("t=2; Max-Age=60; Path=/proxy/")
+        );
+        assert_eq!(
+            scope_set_cookie("t=2; Path=/p", "").as_deref(),
+            Some("t=2; Path=/p")
+        );
+    }
+
+    #[test]
+    fn the_relay_key_leaves_the_referer() {
+        assert_eq!(
+            scrub_referer("https://w.example/proxy/page?_relay_key=k&a=1"),
+            "https://w.example/proxy/page?a=1"
+        );
+        assert_eq!(
+            scrub_referer("https://w.example/proxy/page?_relay_key=k"),
+            "https://w.example/proxy/page"
+        );
+        assert_eq!(
+            scrub_referer("https://w.example/p?a=1&_relay_key=k&_relay_key=j&b=2#f"),
+            "https://w.example/p?a=1&b=2#f"
+        );
+        assert_eq!(
+            scrub_referer("https://w.example/p?x_relay_key=1"),
+            "https://w.example/p?x_relay_key=1"
+        );
+        assert_eq!(scrub_referer("https://w.example/p"), "https://w.example/p");
     }
 }

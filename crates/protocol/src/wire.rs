@@ -37,6 +37,9 @@ pub mod route {
     pub const RESPOND: &str = "_respond";
     /// A late answer: `GET {prefix}/_result/{id}`.
     pub const RESULT: &str = "_result";
+    /// Last segment of a bridge's confirmation of requests it received:
+    /// `POST {prefix}/_ack` with `{"ids":[...]}`.
+    pub const ACK: &str = "_ack";
 
     /// The webhook path for `secret`: `/webhook/telegram/{secret}`.
     pub fn webhook(secret: &str) -> String {
@@ -61,6 +64,9 @@ pub mod header {
     pub const MACHINE_ID: &str = "x-ccr-machine-id";
     /// Which RouterDO instance answered (an id that changes when the object is rebuilt).
     pub const INSTANCE: &str = "x-ccr-instance";
+    /// Which relay channel object (RelayDO) instance answered: random per instance, so a
+    /// change shows that the object was rebuilt (and its waiting callers lost).
+    pub const RELAY_INSTANCE: &str = "x-ccr-relay-instance";
     /// Inside the Worker only: the authenticated principal the entry point hands the RouterDO.
     /// Stripped from every incoming request first, so a caller can never set it.
     pub const PRINCIPAL: &str = "x-ccr-principal";
@@ -82,6 +88,16 @@ pub mod header {
     pub const RETRY_AFTER: &str = "retry-after";
     /// Standard: the host a request is for (names one hop: never forwarded).
     pub const HOST: &str = "host";
+    /// Standard: a response's cookie; the relay scopes it to the channel's prefix.
+    pub const SET_COOKIE: &str = "set-cookie";
+    /// Standard: the page a request came from; the relay removes its public key from it.
+    pub const REFERER: &str = "referer";
+    /// Standard: widens a Service Worker's scope; never relayed (a channel's worker could
+    /// otherwise control the whole origin).
+    pub const SERVICE_WORKER_ALLOWED: &str = "service-worker-allowed";
+    /// Standard: clears the origin's cookies and storage; never relayed (every channel shares
+    /// the origin).
+    pub const CLEAR_SITE_DATA: &str = "clear-site-data";
     /// Standard: the encodings a caller accepts.
     pub const ACCEPT_ENCODING: &str = "accept-encoding";
     /// Standard: the protocol a request asks to switch to (`websocket`).
@@ -102,6 +118,10 @@ pub mod query {
     pub const WAIT: &str = "wait";
     /// `GET {prefix}/_poll?max=N`: the most requests one poll answer may carry.
     pub const MAX: &str = "max";
+    /// `GET {prefix}/_poll?ack=id,id`: the ids the bridge received from its previous polls
+    /// (comma-separated, maybe none). Its presence says the bridge confirms what it receives,
+    /// so what this poll hands out is leased until confirmed.
+    pub const ACK: &str = "ack";
 }
 
 /// The machine socket's subprotocol: an agent offers `ccr, <key>` and the Worker answers `ccr`.

@@ -7,7 +7,10 @@
 //!   environment — with [`run`], the crate's whole public surface.
 //! - [`run`]: the poll loop, with its backpressure (a semaphore taken before each poll), its
 //!   backoff after relay errors (`ccr-native`'s [`Backoff`], upper-half jitter) and its
-//!   shutdown (stop polling, finish in-flight requests within a bound).
+//!   shutdown (stop polling, finish in-flight requests within a bound); the confirmations of
+//!   received requests (`ack=` on the next poll, or `POST _ack` when no slot is free).
+//! - `post_responses`: the responder, one task posting one `_respond` at a time; responses
+//!   that finish while a post is in flight go together in the next, as a batch.
 //! - `forward`: one request to the target and back into a response envelope.
 #![deny(missing_docs)]
 
@@ -19,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ccr_protocol::relay::{PollBatch, RelayRequest, RelayResponse};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use ccr_protocol::relay::{AckBody, PollBatch, RelayRequest, RelayResponse, RespondBody};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 use url::Url;
@@ -30,6 +33,16 @@ use ccr_native::{Backoff, Jitter};
 /// An empty poll answer faster than this means the relay is not long-polling: wait a little
 /// before the next poll rather than spin.
 const MIN_EMPTY_POLL: Duration = Duration::from_millis(500);
+/// Attempts to confirm received requests on their own before giving up (the relay's lease is
+/// 2 s: a confirmation later than that is of little use).
+const ACK_ATTEMPTS: u32 = 2;
+/// How long one such confirmation may take.
+const ACK_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Most responses one `_respond` carries.
+const MAX_RESPOND_BATCH: usize = 64;
+/// About the most body bytes one `_respond` carries (the relay takes up to one 10 MiB body as
+/// base64 plus 2 MiB; a bigger response goes alone).
+const RESPOND_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Attempts to post one response before giving up on it.
 const RESPOND_ATTEMPTS: u32 = 5;
 /// After a failed (or instantly empty) poll the bridge waits from about this long…
@@ -163,10 +176,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     });
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = JoinSet::new();
+    // One task posts every response; what finishes while a post is in flight goes in the next
+    // one, as a batch.
+    let (responses, outgoing) = mpsc::unbounded_channel();
+    let responder = tokio::spawn(post_responses(shared.clone(), outgoing));
     // Each delay is drawn from the upper half of its step, so many bridges do not retry in
     // lockstep yet none retries much sooner than its step.
     let mut backoff = Backoff::new(POLL_BACKOFF_BASE, POLL_BACKOFF_MAX, Jitter::UpperHalf);
     let mut shutdown = std::pin::pin!(shutdown);
+    // Ids received and not confirmed to the relay yet: they ride on the next poll
+    // (`?ack=`), or go at once on their own (`POST _ack`) when no poll can start right away.
+    // The relay gives a request it handed out to another poll unless this bridge confirms it
+    // within its lease, so a request held by a bridge that died is never lost.
+    let mut unconfirmed: Vec<String> = Vec::new();
+    let mut confirming: Vec<String> = Vec::new();
     info!(
         relay = %config.relay_endpoint(route::POLL),
         target = %config.target,
@@ -176,6 +199,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     loop {
         while tasks.try_join_next().is_some() {}
+        if !unconfirmed.is_empty() && permits.available_permits() == 0 {
+            let ids = std::mem::take(&mut unconfirmed);
+            let shared = shared.clone();
+            tasks.spawn(async move { post_ack(&shared, &ids).await });
+        }
         // Poll only with room to forward: the permit is taken before the poll.
         let first = tokio::select! {
             biased;
@@ -184,13 +212,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         };
         let max = 1 + permits.available_permits();
         let started = tokio::time::Instant::now();
+        confirming = std::mem::take(&mut unconfirmed);
         let polled = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            r = poll(&shared, max) => r,
+            r = poll(&shared, max, &confirming) => r,
         };
         match polled {
             Ok(requests) => {
+                confirming.clear();
                 // An empty answer that came back at once is no sign of health: keep backing off.
                 if requests.is_empty() && started.elapsed() < MIN_EMPTY_POLL {
                     drop(first);
@@ -204,6 +234,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     continue;
                 }
                 backoff.reset();
+                unconfirmed.extend(requests.iter().map(|r| r.id.clone()));
                 let mut first = Some(first);
                 for request in requests {
                     let permit = match first.take() {
@@ -214,11 +245,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                             .await
                             .context("the permit semaphore closed")?,
                     };
-                    tasks.spawn(handle_one(shared.clone(), request, permit));
+                    tasks.spawn(handle_one(
+                        shared.clone(),
+                        request,
+                        permit,
+                        responses.clone(),
+                    ));
                 }
             }
             Err(e) => {
                 drop(first);
+                // The failed poll may not have carried its confirmations: send them alone.
+                if !confirming.is_empty() {
+                    let ids = std::mem::take(&mut confirming);
+                    let shared = shared.clone();
+                    tasks.spawn(async move { post_ack(&shared, &ids).await });
+                }
                 let pause = backoff.next_delay(&mut rand::rng());
                 warn!("polling the relay failed: {e:#}; retrying in {pause:?}");
                 tokio::select! {
@@ -230,11 +272,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
 
+    // A poll cut short by the shutdown may not have carried its confirmations.
+    unconfirmed.append(&mut confirming);
+    if !unconfirmed.is_empty() {
+        post_ack(&shared, &unconfirmed).await;
+    }
     info!(
         in_flight = tasks.len(),
         "relay-bridge stopping: finishing in-flight requests"
     );
-    let drained = tokio::time::timeout(config.drain_timeout, async {
+    let deadline = tokio::time::Instant::now() + config.drain_timeout;
+    let drained = tokio::time::timeout_at(deadline, async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
@@ -245,20 +293,60 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
         tasks.abort_all();
     }
+    // Every response is queued for posting now: the responder ends once it posted them.
+    drop(responses);
+    if tokio::time::timeout_at(deadline, responder).await.is_err() {
+        warn!(
+            "responses were not all posted within {:?}",
+            config.drain_timeout
+        );
+    }
     info!("relay-bridge stopped");
     Ok(())
 }
 
-/// One long-poll: the requests the relay hands out (maybe none).
-async fn poll(shared: &Shared, max: usize) -> anyhow::Result<Vec<RelayRequest>> {
-    let cfg = &shared.config;
-    let url = format!(
-        "{}?{}={}&{}={max}",
+/// The long-poll URL: how long to wait, how many requests at most, and the ids this bridge
+/// confirms (the `ack` parameter is always present: it tells the relay that this bridge
+/// confirms what it receives).
+fn poll_url(cfg: &Config, max: usize, acks: &[String]) -> String {
+    format!(
+        "{}?{}={}&{}={max}&{}={}",
         cfg.relay_endpoint(route::POLL),
         query::WAIT,
         cfg.poll_wait.as_secs_f64(),
         query::MAX,
-    );
+        query::ACK,
+        acks.join(","),
+    )
+}
+
+/// Confirms `ids` on their own (`POST _ack`), when no poll will carry them soon. Best effort:
+/// a lost confirmation only lets the relay hand the request out again after its lease.
+async fn post_ack(shared: &Shared, ids: &[String]) {
+    let url = shared.config.relay_endpoint(route::ACK);
+    let body = AckBody { ids: ids.to_vec() };
+    for attempt in 1..=ACK_ATTEMPTS {
+        let sent = shared
+            .relay
+            .post(&url)
+            .header(header::RELAY_TOKEN, shared.config.token.expose())
+            .json(&body)
+            .timeout(ACK_TIMEOUT)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => warn!(attempt, "the relay refused a confirmation: {}", r.status()),
+            Err(e) => warn!(attempt, "confirming received requests failed: {e}"),
+        }
+    }
+}
+
+/// One long-poll: the requests the relay hands out (maybe none); `acks` are confirmed.
+async fn poll(shared: &Shared, max: usize, acks: &[String]) -> anyhow::Result<Vec<RelayRequest>> {
+    let cfg = &shared.config;
+    let url = poll_url(cfg, max, acks);
+    debug!(max, confirming = acks.len(), "polling");
     let resp = shared
         .relay
         .get(&url)
@@ -284,8 +372,17 @@ async fn poll(shared: &Shared, max: usize) -> anyhow::Result<Vec<RelayRequest>> 
     Ok(batch.requests)
 }
 
-/// Forwards one request and posts its response; the permit is held until both are done.
-async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSemaphorePermit) {
+/// A response for the responder to post, and the slot it frees once posted.
+type Outgoing = (RelayResponse, OwnedSemaphorePermit);
+
+/// Forwards one request and hands its response to the responder; the permit goes with it and
+/// is held until the response is posted.
+async fn handle_one(
+    shared: Arc<Shared>,
+    request: RelayRequest,
+    permit: OwnedSemaphorePermit,
+    responses: mpsc::UnboundedSender<Outgoing>,
+) {
     let id = request.id.clone();
     debug!(%id, method = %request.method, path = %request.path, "forwarding");
     let started = tokio::time::Instant::now();
@@ -303,41 +400,121 @@ async fn handle_one(shared: Arc<Shared>, request: RelayRequest, _permit: OwnedSe
         response.status,
         started.elapsed().as_millis()
     );
-    post_response(&shared, response).await;
+    if responses.send((response, permit)).is_err() {
+        warn!(%id, "the responder is gone: the response is dropped");
+    }
 }
 
-/// Posts a response, retrying transport errors and 5xx a few times with backoff.
-async fn post_response(shared: &Shared, response: RelayResponse) {
+/// Roughly how many bytes a response adds to a `_respond` body.
+fn response_size(r: &RelayResponse) -> usize {
+    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    r.body_base64.as_ref().map_or(0, String::len)
+        + r.body.as_ref().map_or(0, String::len)
+        + headers
+        + 128
+}
+
+/// Takes the responses that are ready now, after `first`: at most [`MAX_RESPOND_BATCH`] and
+/// about [`RESPOND_BATCH_BYTES`] (always `first`). One that does not fit is returned to
+/// start the next batch.
+fn take_batch(
+    first: Outgoing,
+    rx: &mut mpsc::UnboundedReceiver<Outgoing>,
+) -> (Vec<Outgoing>, Option<Outgoing>) {
+    let mut bytes = response_size(&first.0);
+    let mut batch = vec![first];
+    while batch.len() < MAX_RESPOND_BATCH {
+        let Ok(next) = rx.try_recv() else { break };
+        let size = response_size(&next.0);
+        if bytes.saturating_add(size) > RESPOND_BATCH_BYTES {
+            return (batch, Some(next));
+        }
+        bytes += size;
+        batch.push(next);
+    }
+    (batch, None)
+}
+
+/// The responder: posts responses one `_respond` at a time; the ones that finish while a post
+/// is in flight go together in the next (`{"responses":[...]}`), so a busy bridge costs the
+/// relay far fewer calls than it answers requests. Ends when every sender is gone and all is
+/// posted. Slots are freed as their responses are posted.
+async fn post_responses(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut carry = None;
+    loop {
+        let first = match carry.take() {
+            Some(next) => next,
+            None => match rx.recv().await {
+                Some(next) => next,
+                None => return,
+            },
+        };
+        let (batch, rest) = take_batch(first, &mut rx);
+        carry = rest;
+        let (responses, permits): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        post_response(&shared, responses).await;
+        drop(permits);
+    }
+}
+
+/// The `_respond` body: one response as itself (what every relay accepts), several as
+/// `{"responses":[...]}`.
+fn respond_body(mut responses: Vec<RelayResponse>) -> RespondBody {
+    if responses.len() == 1 {
+        if let Some(one) = responses.pop() {
+            return RespondBody::One(one);
+        }
+    }
+    RespondBody::Batch { responses }
+}
+
+/// Posts responses, retrying transport errors and 5xx a few times with backoff.
+async fn post_response(shared: &Shared, responses: Vec<RelayResponse>) {
     let url = shared.config.relay_endpoint(route::RESPOND);
+    let ids: Vec<String> = responses.iter().map(|r| r.id.clone()).collect();
+    let ids = ids.join(",");
+    let body = respond_body(responses);
+    let batch = matches!(body, RespondBody::Batch { .. });
     let mut backoff = Backoff::new(RESPOND_BACKOFF_BASE, RESPOND_BACKOFF_MAX, Jitter::UpperHalf);
     for attempt in 1..=RESPOND_ATTEMPTS {
         let sent = shared
             .relay
             .post(&url)
             .header(header::RELAY_TOKEN, shared.config.token.expose())
-            .json(&response)
+            .json(&body)
             .timeout(Duration::from_secs(60))
             .send()
             .await;
         let retry = match sent {
-            Ok(r) if r.status().is_success() => return,
+            Ok(r) if r.status().is_success() => {
+                if batch {
+                    // Each refused item (a duplicate, an id the relay forgot) is logged.
+                    let answer: serde_json::Value = r.json().await.unwrap_or_default();
+                    for item in answer["results"].as_array().into_iter().flatten() {
+                        if item["ok"] != true {
+                            warn!(id = %item["id"], "the relay refused the response: {}", item["error"]);
+                        }
+                    }
+                }
+                return;
+            }
             Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
                 format!("the relay answered {}", r.status())
             }
             Ok(r) => {
                 let status = r.status();
                 let text = r.text().await.unwrap_or_default();
-                warn!(id = %response.id, "the relay refused the response: {status}: {}", snippet(&text));
+                warn!(%ids, "the relay refused the response: {status}: {}", snippet(&text));
                 return;
             }
             Err(e) => format!("{:#}", anyhow::Error::new(e)),
         };
         if attempt == RESPOND_ATTEMPTS {
-            warn!(id = %response.id, "giving up posting the response: {retry}");
+            warn!(%ids, "giving up posting the response: {retry}");
             return;
         }
         let pause = backoff.next_delay(&mut rand::rng());
-        warn!(id = %response.id, "posting the response failed: {retry}; retrying in {pause:?}");
+        warn!(%ids, "posting the response failed: {retry}; retrying in {pause:?}");
         tokio::time::sleep(pause).await;
     }
 }
@@ -523,5 +700,226 @@ mod run_tests {
         run_for(url, 4).await;
         let n = hits.load(Ordering::SeqCst);
         assert!((2..=8).contains(&n), "{n} polls in 4 s");
+    }
+}
+
+#[cfg(test)]
+mod confirm_tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One request a scripted relay saw: its request line and body.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Seen {
+        pub(crate) line: String,
+        pub(crate) body: String,
+    }
+
+    /// Reads one HTTP/1.1 request (head and `content-length` body) from `sock`.
+    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Seen> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let head_end = loop {
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(Seen {
+            line: head.lines().next().unwrap_or_default().to_owned(),
+            body: String::from_utf8_lossy(&buf[head_end..head_end + len]).to_string(),
+        })
+    }
+
+    /// A relay stand-in: `script` gives (delay, JSON body) for each request it sees, in
+    /// order; every request is recorded.
+    pub(crate) async fn scripted_relay(
+        script: impl Fn(&Seen, usize) -> (Duration, String) + Send + Sync + 'static,
+    ) -> (Url, Arc<Mutex<Vec<Seen>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let script = Arc::new(script);
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let log = log.clone();
+                let script = script.clone();
+                tokio::spawn(async move {
+                    while let Some(req) = read_request(&mut sock).await {
+                        let n = {
+                            let mut l = log.lock().unwrap();
+                            l.push(req.clone());
+                            l.len() - 1
+                        };
+                        let (delay, body) = script(&req, n);
+                        tokio::time::sleep(delay).await;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if sock.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    pub(crate) const ID: &str = "0123456789abcdef0123456789abcdef";
+
+    /// A poll answer handing out one request with `id`.
+    pub(crate) fn handing_out(id: &str) -> String {
+        format!(r#"{{"requests":[{{"id":"{id}","method":"GET","path":"/x"}}]}}"#)
+    }
+
+    /// Runs a bridge against `relay` (target: a closed port, so every answer is a 502) until
+    /// `done` holds for what the relay saw, or 10 s.
+    pub(crate) async fn run_until(
+        relay: Url,
+        concurrency: usize,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        done: impl Fn(&[Seen]) -> bool,
+    ) {
+        let mut config = Config::new(
+            relay,
+            Secret::new("tok"),
+            Url::parse("http://127.0.0.1:9").unwrap(),
+        );
+        config.concurrency = concurrency;
+        let stop = async move {
+            for _ in 0..200 {
+                if done(&seen.lock().unwrap()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), run(config, stop))
+            .await
+            .expect("run returns soon after shutdown")
+            .expect("relay errors never end run");
+    }
+
+    #[tokio::test]
+    async fn received_requests_are_confirmed_on_the_next_poll() {
+        let (url, seen) = scripted_relay(|req, n| match (n, req.line.contains("/_poll")) {
+            (0, _) => (Duration::ZERO, handing_out(ID)),
+            (_, true) => (Duration::from_millis(600), r#"{"requests":[]}"#.into()),
+            (_, false) => (Duration::ZERO, r#"{"ok":true}"#.into()),
+        })
+        .await;
+        let confirmed = |s: &[Seen]| {
+            s.iter()
+                .skip(1)
+                .any(|r| r.line.contains("/_poll") && r.line.contains(&format!("ack={ID}")))
+        };
+        run_until(url, 4, seen.clone(), confirmed).await;
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].line.contains("ack= "), "{:?}", seen[0]);
+        assert!(confirmed(&seen), "{seen:?}");
+        // A slot was free, so the very next request is the poll that carries it.
+        assert!(
+            seen[1].line.contains("/_poll") && seen[1].line.contains(ID),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_slot_free_the_confirmation_goes_alone() {
+        // One slot, taken by the request: no poll can start until it is answered, so the
+        // confirmation must not wait for one.
+        let (url, seen) = scripted_relay(|req, n| match (n, req.line.contains("/_poll")) {
+            (0, _) => (Duration::ZERO, handing_out(ID)),
+            (_, true) => (Duration::from_millis(600), r#"{"requests":[]}"#.into()),
+            (_, false) => (Duration::ZERO, r#"{"ok":true}"#.into()),
+        })
+        .await;
+        let acked = |s: &[Seen]| {
+            s.iter()
+                .any(|r| r.line.contains("/_ack") && r.body == format!(r#"{{"ids":["{ID}"]}}"#))
+        };
+        run_until(url, 1, seen.clone(), acked).await;
+        assert!(acked(&seen.lock().unwrap()), "{:?}", seen.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn responses_that_finish_during_a_post_go_in_one_batch() {
+        // Five requests at once; the target is down, so all five 502s are ready at once. The
+        // relay takes 600 ms to answer a `_respond`: whatever finished meanwhile must go in
+        // one batch, not five posts.
+        let ids: Vec<String> = (0..5).map(|i| format!("{i:032x}")).collect();
+        let handed = format!(
+            r#"{{"requests":[{}]}}"#,
+            ids.iter()
+                .map(|id| format!(r#"{{"id":"{id}","method":"GET","path":"/x"}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let (url, seen) = scripted_relay(move |req, n| match (n, req.line.contains("/_poll")) {
+            (0, _) => (Duration::ZERO, handed.clone()),
+            (_, true) => (Duration::from_millis(600), r#"{"requests":[]}"#.into()),
+            (_, false) => (
+                Duration::from_millis(600),
+                r#"{"ok":true,"results":[]}"#.into(),
+            ),
+        })
+        .await;
+        let responds = |s: &[Seen]| -> Vec<Seen> {
+            s.iter()
+                .filter(|r| r.line.contains("/_respond"))
+                .cloned()
+                .collect()
+        };
+        let all_answered = {
+            let ids = ids.clone();
+            move |s: &[Seen]| {
+                let posted = responds(s);
+                ids.iter()
+                    .all(|id| posted.iter().any(|r| r.body.contains(id.as_str())))
+            }
+        };
+        run_until(url, 8, seen.clone(), all_answered.clone()).await;
+        let seen = seen.lock().unwrap();
+        assert!(all_answered(&seen), "{seen:?}");
+        let posted = responds(&seen);
+        // The first post may carry one or all; the rest came during it: at most two posts.
+        assert!(posted.len() <= 2, "{} posts: {posted:?}", posted.len());
+        assert!(
+            posted
+                .iter()
+                .any(|r| r.body.starts_with(r#"{"responses":["#)),
+            "{posted:?}"
+        );
+        for id in &ids {
+            let times = posted
+                .iter()
+                .filter(|r| r.body.contains(id.as_str()))
+                .count();
+            assert_eq!(times, 1, "{id} posted {times} times");
+        }
     }
 }

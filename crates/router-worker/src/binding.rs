@@ -38,8 +38,9 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> worker::Result<Response
 
 async fn handle(req: Request, env: &Env) -> Reply {
     let path = req.path();
-    if crate::relay::is_relay_path(&path) {
-        return crate::relay_binding::handle(req, env).await;
+    let channel_host = crate::relay_binding::channel_host(&req, env);
+    if channel_host.is_some() || crate::relay::is_relay_path(&path) {
+        return crate::relay_binding::handle(req, env, channel_host).await;
     }
     let method = req.method().to_string();
     match route(&method, &path) {

@@ -44,6 +44,15 @@ pub const REQUEST_BODY_TTL_SECS: u64 = 120;
 pub const MAX_RESPOND_BYTES: usize = MAX_RELAY_BODY_BYTES / 3 * 4 + 2 * 1024 * 1024;
 /// How long a public caller waits for its answer.
 pub const CALLER_WAIT_MS: u64 = MAX_RELAY_WAIT_SECS * 1000;
+/// How long a request handed to a confirming bridge's poll stays leased: unless the bridge
+/// confirms it within this time (`_poll?ack=` or `POST _ack`, which a live bridge sends within
+/// one round trip of receiving it, however slow its target), it goes back to the front of the
+/// queue for the next poll.
+pub const LEASE_MS: u64 = 2_000;
+/// Most ids one confirmation names.
+pub const MAX_ACK_IDS: usize = 4 * MAX_POLL_BATCH;
+/// Largest `POST _ack` body: [`MAX_ACK_IDS`] quoted ids and some room.
+pub const MAX_ACK_BODY_BYTES: usize = MAX_ACK_IDS * 40 + 1024;
 /// Seconds a refused caller or bridge is told to wait (`Retry-After`).
 pub const RETRY_AFTER_SECS: u32 = 1;
 
@@ -67,6 +76,16 @@ impl Channel {
             Channel::Default => "default".into(),
             Channel::Named(name) => format!("c:{name}"),
         }
+    }
+
+    /// The channel whose [`Channel::key`] is `key`.
+    pub fn from_key(key: &str) -> Option<Channel> {
+        if key == "default" {
+            return Some(Channel::Default);
+        }
+        let name = key.strip_prefix("c:")?;
+        validate::channel(name).ok()?;
+        Some(Channel::Named(name.to_owned()))
     }
 
     /// The public URL prefix: `/proxy` or `/relay/{name}`.
@@ -102,6 +121,8 @@ pub enum RelayRoute {
     Poll(Channel),
     /// `POST {prefix}/_respond`.
     Respond(Channel),
+    /// `POST {prefix}/_ack`.
+    Ack(Channel),
     /// `GET {prefix}/_result/{id}`.
     Result {
         /// The channel.
@@ -131,6 +152,32 @@ fn is_ping(path: &str) -> bool {
 fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     let rest = path.strip_prefix(prefix)?;
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// With `RELAY_HOST_SUFFIX` = `suffix`: the named channel whose own host `host` is
+/// (`<channel>.<suffix>`, case-insensitive, any port); `None` for every other host, the
+/// Worker's own included.
+pub fn host_channel(host: &str, suffix: &str) -> Option<String> {
+    let suffix = suffix.trim().trim_matches('.').to_ascii_lowercase();
+    if suffix.is_empty() {
+        return None;
+    }
+    let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    let host = match host.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            h.to_owned()
+        }
+        _ => host,
+    };
+    let label = host.strip_suffix(&suffix)?.strip_suffix('.')?;
+    (!label.contains('.') && validate::channel(label).is_ok()).then(|| label.to_owned())
+}
+
+/// Routes a request on channel `channel`'s own host: every path is that channel's, as if under
+/// `/relay/{channel}` (so `_poll`, `_respond`, `_ack` and `_result/{id}` at the host's root
+/// are the relay's, and `/relay/other/...` is this channel's path, never another channel).
+pub fn parse_host_route(method: &str, channel: &str, path: &str) -> Option<RelayRoute> {
+    parse_route(method, &format!("{}{path}", route::relay_channel(channel)))
 }
 
 /// Routes a relay request; `None` when the path is not the relay's.
@@ -170,6 +217,7 @@ pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
     Some(match op {
         route::POLL => want("GET", RelayRoute::Poll(channel)),
         route::RESPOND => want("POST", RelayRoute::Respond(channel)),
+        route::ACK => want("POST", RelayRoute::Ack(channel)),
         _ => match op
             .strip_prefix(route::RESULT)
             .and_then(|r| r.strip_prefix('/'))
@@ -283,6 +331,20 @@ pub fn poll_max(query: &str) -> usize {
         .map_or(MAX_POLL_BATCH, |n| n.clamp(1, MAX_POLL_BATCH))
 }
 
+/// `_poll?ack=id,id`: `None` when absent (a seed-protocol bridge, which never confirms: what
+/// it receives is its own at once); else the ids it confirms, valid ones only, at most
+/// [`MAX_ACK_IDS`].
+pub fn poll_acks(query: &str) -> Option<Vec<String>> {
+    let raw = query_param(query, wire_query::ACK)?;
+    Some(
+        raw.split(',')
+            .filter(|id| valid_id(id))
+            .take(MAX_ACK_IDS)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
 /// A Worker → channel object call; travels framed ([`frame`]) with its payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
@@ -301,6 +363,11 @@ pub enum DoCall {
         query: String,
         /// Forwarded headers.
         headers: Vec<(String, String)>,
+        /// Set when the Worker already stored the body in KV (bodies over
+        /// [`INLINE_BODY_BYTES`]): the request's id and the body's length; the payload is then
+        /// empty, so the object never holds a large request body.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stored: Option<StoredBody>,
     },
     /// A bridge's long-poll.
     Poll {
@@ -310,6 +377,15 @@ pub enum DoCall {
         wait_ms: u64,
         /// Most requests to hand out.
         max: usize,
+        /// `None`: a bridge that never confirms (its requests are handed over for good);
+        /// else the ids it confirms now, and what this poll hands out is leased.
+        #[serde(default)]
+        ack: Option<Vec<String>>,
+    },
+    /// A bridge's confirmation of requests it received; the payload is the `_ack` body.
+    Ack {
+        /// [`Channel::key`].
+        channel: String,
     },
     /// A bridge's responses; the payload is the `_respond` JSON body.
     Respond {
@@ -322,6 +398,9 @@ pub enum DoCall {
         channel: String,
         /// The request id.
         id: String,
+        /// The prefix the caller used (cookies are scoped to it); absent: the channel's.
+        #[serde(default)]
+        prefix: Option<String>,
     },
 }
 
@@ -334,6 +413,28 @@ pub fn frame(head: &[u8], payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(head);
     out.extend_from_slice(payload);
     out
+}
+
+/// A request body the Worker put in KV under [`request_body_key`] before calling the object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBody {
+    /// The request id (its KV key's last part).
+    pub id: String,
+    /// The body's length in bytes.
+    pub len: usize,
+}
+
+/// Whether the Worker stores a request body in KV itself instead of sending it to the object.
+pub fn store_before_call(len: usize) -> bool {
+    len > INLINE_BODY_BYTES
+}
+
+/// Like [`unframe`], but takes the framed bytes and gives the payload back in the same
+/// allocation (the head is copied out): nothing holds a second copy of a large payload.
+pub fn unframe_owned(mut bytes: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
+    let head = unframe(&bytes)?.0.to_vec();
+    bytes.drain(..4 + head.len());
+    Some((head, bytes))
 }
 
 /// Splits what [`frame`] wrote into head and payload; `None` when malformed.
@@ -371,7 +472,8 @@ pub fn null_body_status(status: u16) -> bool {
 
 /// Checks and decodes one bridge response. A status outside 200..=599 (the runtime refuses
 /// those) or an oversized body becomes the caller's 502; undecodable base64 is the bridge's
-/// error (`Err`).
+/// error (`Err`). Headers that would reach past the channel are dropped; cookies are scoped
+/// when the answer goes out ([`caller_headers`]), to the prefix the caller used.
 pub fn decode_response(r: &ccr_protocol::relay::RelayResponse) -> Result<Answer, String> {
     let body = ccr_protocol::relay::decode_body(r.body_base64.as_deref(), r.body.as_deref())
         .map_err(|e| format!("response {}: bodyBase64 is not valid base64: {e}", r.id))?;
@@ -410,6 +512,22 @@ pub fn decode_response(r: &ccr_protocol::relay::RelayResponse) -> Result<Answer,
         },
         body,
     })
+}
+
+/// The headers an answer goes out with to a caller who reached the channel under `prefix`
+/// (`/proxy`, `/relay/{name}`, or empty on the channel's own host): each `Set-Cookie` scoped
+/// to it ([`ccr_protocol::relay::scope_set_cookie`]; a cookie with a `Domain` dropped).
+pub fn caller_headers(headers: &[(String, String)], prefix: &str) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            if k.eq_ignore_ascii_case(header::SET_COOKIE) {
+                ccr_protocol::relay::scope_set_cookie(v, prefix).map(|v| (k.clone(), v))
+            } else {
+                Some((k.clone(), v.clone()))
+            }
+        })
+        .collect()
 }
 
 /// A 502 JSON answer for a caller.
@@ -574,6 +692,12 @@ pub fn batch_results(results: Vec<(String, Accepted)>) -> Value {
 #[derive(Debug, Default)]
 pub struct ChannelState {
     queue: VecDeque<Queued>,
+    /// Handed to a confirming bridge and not confirmed yet: id → (lease end, the request, to
+    /// queue again when the lease ends).
+    leased: HashMap<String, (u64, Queued)>,
+    /// Queued again after their lease ended: a bridge had them, so its late confirmation or
+    /// answer still takes them back.
+    returned: HashSet<String>,
     /// id → when it may no longer be answered.
     in_flight: HashMap<String, u64>,
     /// Answered ids, oldest first, with until when a second response is a duplicate.
@@ -593,6 +717,12 @@ impl ChannelState {
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Requests handed out and not confirmed yet.
+    #[cfg(test)]
+    pub fn leased(&self) -> usize {
+        self.leased.len()
     }
 
     /// Whether a body of `len` bytes should stay in memory.
@@ -618,8 +748,9 @@ impl ChannelState {
     }
 
     /// Hands out up to `max` requests (and about [`POLL_BATCH_BYTES`] of bodies, at least one
-    /// request) in arrival order; they are in flight from `now`.
-    pub fn take_batch(&mut self, max: usize, now: u64) -> Vec<Queued> {
+    /// request) in arrival order; they are in flight from `now`. `leased`: the poll is a
+    /// confirming bridge's, so each stays leased for [`LEASE_MS`] (see [`Self::confirm`]).
+    pub fn take_batch(&mut self, max: usize, now: u64, leased: bool) -> Vec<Queued> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while out.len() < max {
@@ -634,25 +765,95 @@ impl ChannelState {
                 break;
             };
             bytes = bytes.saturating_add(next_len);
-            if let BodyAt::Inline(b) = &item.body {
-                self.inline_bytes = self.inline_bytes.saturating_sub(b.len());
-            }
+            self.returned.remove(&item.id);
             self.in_flight
                 .insert(item.id.clone(), now + RESULT_TTL_SECS * 1000);
+            if leased {
+                // Its inline body stays counted: the lease keeps it until confirmed.
+                self.leased.insert(
+                    item.id.clone(),
+                    (now.saturating_add(LEASE_MS), item.clone()),
+                );
+            } else {
+                self.release(&item.body);
+            }
             out.push(item);
         }
         out
     }
 
+    /// Stops counting an inline body that left the object.
+    fn release(&mut self, body: &BodyAt) {
+        if let BodyAt::Inline(b) = body {
+            self.inline_bytes = self.inline_bytes.saturating_sub(b.len());
+        }
+    }
+
+    /// Removes `id` from the queue (it was there again after a lease ended).
+    fn unqueue(&mut self, id: &str) -> Option<Queued> {
+        let pos = self.queue.iter().position(|q| q.id == id)?;
+        let item = self.queue.remove(pos)?;
+        self.returned.remove(id);
+        self.release(&item.body);
+        Some(item)
+    }
+
+    /// Takes `id` back out of the queue if it is there only because its lease ended.
+    fn take_back(&mut self, id: &str) -> bool {
+        self.returned.contains(id) && self.unqueue(id).is_some()
+    }
+
+    /// A bridge confirms it received `ids` (a new poll or `_ack`): their leases end, and a
+    /// request whose lease had already ended and that is queued again is taken back out, in
+    /// flight for this bridge. Unknown or already confirmed ids are ignored.
+    pub fn confirm(&mut self, ids: &[String], now: u64) {
+        for id in ids {
+            if let Some((_, item)) = self.leased.remove(id) {
+                self.release(&item.body);
+            } else if self.take_back(id) {
+                self.in_flight
+                    .insert(id.clone(), now + RESULT_TTL_SECS * 1000);
+            }
+        }
+    }
+
+    /// Leases that ended unconfirmed at `now`: their requests go back to the front of the
+    /// queue, oldest hand-over first. Returns whether any did.
+    pub fn expire_leases(&mut self, now: u64) -> bool {
+        let mut ended: Vec<(u64, String)> = self
+            .leased
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(id, (until, _))| (*until, id.clone()))
+            .collect();
+        if ended.is_empty() {
+            return false;
+        }
+        // Pushed to the front newest first, so the oldest ends up first.
+        ended.sort();
+        for (_, id) in ended.into_iter().rev() {
+            if let Some((_, item)) = self.leased.remove(&id) {
+                self.in_flight.remove(&id);
+                self.returned.insert(id);
+                self.queue.push_front(item);
+            }
+        }
+        true
+    }
+
+    /// When the earliest lease ends.
+    pub fn next_lease_end(&self) -> Option<u64> {
+        self.leased.values().map(|(until, _)| *until).min()
+    }
+
     /// The caller of `id` stopped waiting: drop it if no bridge has it yet.
     pub fn cancel(&mut self, id: &str) -> Cancelled {
-        if let Some(pos) = self.queue.iter().position(|q| q.id == id) {
-            if let Some(item) = self.queue.remove(pos) {
-                if let BodyAt::Inline(b) = &item.body {
-                    self.inline_bytes = self.inline_bytes.saturating_sub(b.len());
-                }
-                return Cancelled::WasQueued(item.body);
-            }
+        if let Some(item) = self.unqueue(id) {
+            return Cancelled::WasQueued(item.body);
+        }
+        if let Some((_, item)) = self.leased.remove(id) {
+            // A bridge may hold it: its answer will still be kept.
+            self.release(&item.body);
         }
         if self.in_flight.contains_key(id) {
             Cancelled::InFlight
@@ -666,12 +867,16 @@ impl ChannelState {
         self.in_flight.contains_key(id)
     }
 
-    /// Records a bridge's response for `id`: only an in-flight id, only once.
+    /// Records a bridge's response for `id`: only an id handed out (in flight, or queued again
+    /// after its lease ended: the answer is the confirmation), only once.
     pub fn accept_response(&mut self, id: &str, now: u64) -> Result<(), RespondError> {
         if self.answered_ids.contains(id) {
             return Err(RespondError::Duplicate);
         }
-        if self.in_flight.remove(id).is_none() {
+        if let Some((_, item)) = self.leased.remove(id) {
+            self.release(&item.body);
+        }
+        if self.in_flight.remove(id).is_none() && !self.take_back(id) {
             return Err(RespondError::Unknown);
         }
         self.answered
@@ -684,6 +889,9 @@ impl ChannelState {
     /// A request handed out could not be delivered (its body was lost): forget it.
     pub fn drop_in_flight(&mut self, id: &str) {
         self.in_flight.remove(id);
+        if let Some((_, item)) = self.leased.remove(id) {
+            self.release(&item.body);
+        }
     }
 
     /// Forgets in-flight ids and answers older than [`RESULT_TTL_SECS`].
@@ -768,6 +976,14 @@ mod tests {
                 path: "/_pollx?".into()
             })
         );
+        assert_eq!(
+            parse_route("POST", "/relay/alpha/_ack"),
+            Some(Ack(named("alpha")))
+        );
+        assert_eq!(
+            parse_route("GET", "/proxy/_ack"),
+            Some(MethodNotAllowed("POST"))
+        );
         assert_eq!(parse_route("GET", "/relay"), Some(NoChannel));
         assert_eq!(parse_route("GET", "/relay/"), Some(NoChannel));
         assert_eq!(
@@ -776,6 +992,60 @@ mod tests {
         );
         assert!(is_relay_path("/proxy/x") && is_relay_path("/relay") && is_relay_path("/ping"));
         assert!(!is_relay_path("/sessions") && !is_relay_path("/proxyfoo"));
+    }
+
+    #[test]
+    fn channel_hosts() {
+        let s = "relay.example.com";
+        assert_eq!(
+            host_channel("alpha.relay.example.com", s),
+            Some("alpha".into())
+        );
+        assert_eq!(
+            host_channel("Alpha.Relay.Example.com:8443", s),
+            Some("alpha".into())
+        );
+        assert_eq!(
+            host_channel("alpha.relay.example.com.", ".relay.example.com"),
+            Some("alpha".into())
+        );
+        for other in [
+            "relay.example.com",
+            "a.b.relay.example.com",
+            "alpharelay.example.com",
+            "Bad_Name.relay.example.com",
+            "alpha.relay.example.org",
+            "",
+        ] {
+            assert_eq!(host_channel(other, s), None, "{other}");
+        }
+        assert_eq!(host_channel("alpha.relay.example.com", ""), None);
+        use RelayRoute::*;
+        assert_eq!(
+            parse_host_route("GET", "alpha", "/"),
+            Some(Public {
+                channel: named("alpha"),
+                path: "/".into()
+            })
+        );
+        assert_eq!(
+            parse_host_route("GET", "alpha", "/relay/beta/x"),
+            Some(Public {
+                channel: named("alpha"),
+                path: "/relay/beta/x".into()
+            })
+        );
+        assert_eq!(
+            parse_host_route("GET", "alpha", "/_poll"),
+            Some(Poll(named("alpha")))
+        );
+        assert_eq!(
+            parse_host_route("GET", "alpha", "/proxy/x"),
+            Some(Public {
+                channel: named("alpha"),
+                path: "/proxy/x".into()
+            })
+        );
     }
 
     #[test]
@@ -852,6 +1122,18 @@ mod tests {
         assert!(poll_wait_ms("wait=-1").is_err());
         assert!(poll_wait_ms("wait=nan").is_err());
         assert!(poll_wait_ms("wait=abc").is_err());
+        let (a, b) = ("0".repeat(32), "1".repeat(32));
+        assert_eq!(poll_acks("wait=1"), None);
+        assert_eq!(poll_acks("ack="), Some(vec![]));
+        assert_eq!(
+            poll_acks(&format!("ack={a},../x,{b}&max=2")),
+            Some(vec![a.clone(), b])
+        );
+        let many = vec![a; MAX_ACK_IDS + 5].join(",");
+        assert_eq!(
+            poll_acks(&format!("ack={many}")).map(|v| v.len()),
+            Some(MAX_ACK_IDS)
+        );
         assert_eq!(poll_max("max=3"), 3);
         assert_eq!(poll_max("max=0"), 1);
         assert_eq!(poll_max("max=100000"), MAX_POLL_BATCH);
@@ -867,17 +1149,24 @@ mod tests {
         );
         let empty = frame(b"", b"");
         assert_eq!(unframe(&empty), Some((&b""[..], &b""[..])));
+        assert_eq!(
+            unframe_owned(f.clone()),
+            Some((b"{\"a\":1}".to_vec(), vec![0u8, 1, 2, 255]))
+        );
+        assert_eq!(unframe_owned(vec![0, 0, 0, 9, b'x']), None);
+        assert!(store_before_call(INLINE_BODY_BYTES + 1) && !store_before_call(INLINE_BODY_BYTES));
         assert_eq!(unframe(&[0, 0]), None);
         assert_eq!(unframe(&[0, 0, 0, 9, b'x']), None);
         let call = DoCall::Poll {
             channel: "default".into(),
             wait_ms: 1000,
             max: 4,
+            ack: None,
         };
         let text = serde_json::to_string(&call).unwrap();
         assert_eq!(
             text,
-            r#"{"op":"poll","channel":"default","wait_ms":1000,"max":4}"#
+            r#"{"op":"poll","channel":"default","wait_ms":1000,"max":4,"ack":null}"#
         );
         assert_eq!(serde_json::from_str::<DoCall>(&text).unwrap(), call);
     }
@@ -894,6 +1183,40 @@ mod tests {
             body: Some("abc".into()),
             content_type: Some("text/plain".into()),
         }
+    }
+
+    #[test]
+    fn channels_come_back_from_their_keys() {
+        for ch in [Channel::Default, named("alpha")] {
+            assert_eq!(Channel::from_key(&ch.key()), Some(ch));
+        }
+        assert_eq!(Channel::from_key("c:Bad_Name"), None);
+        assert_eq!(Channel::from_key("alpha"), None);
+    }
+
+    #[test]
+    fn responses_stay_inside_their_channel() {
+        let mut r = response(200);
+        r.headers = vec![
+            ("Set-Cookie".into(), "a=1; Path=/".into()),
+            ("set-cookie".into(), "b=2; Domain=example.com".into()),
+            ("Service-Worker-Allowed".into(), "/".into()),
+            ("x-k".into(), "v".into()),
+        ];
+        let got = decode_response(&r).unwrap();
+        assert_eq!(
+            caller_headers(&got.head.headers, "/relay/a"),
+            vec![
+                ("Set-Cookie".to_string(), "a=1; Path=/relay/a/".to_string()),
+                ("x-k".into(), "v".into()),
+                ("content-type".into(), "text/plain".into()),
+            ]
+        );
+        // On the channel's own host, its cookies are the host's.
+        assert_eq!(
+            caller_headers(&got.head.headers, "")[0],
+            ("Set-Cookie".to_string(), "a=1; Path=/".to_string())
+        );
     }
 
     #[test]
@@ -955,7 +1278,7 @@ mod tests {
             ch.enqueue(item("over", BodyAt::Empty)),
             Err(QueueError::Full)
         );
-        assert_eq!(ch.take_batch(10, 0).len(), 10);
+        assert_eq!(ch.take_batch(10, 0, false).len(), 10);
         assert!(ch.enqueue(item("now-fits", BodyAt::Empty)).is_ok());
     }
 
@@ -967,17 +1290,17 @@ mod tests {
         ch.enqueue(item("c", BodyAt::Inline(vec![1; 10]))).unwrap();
         ch.enqueue(item("d", BodyAt::Empty)).unwrap();
         // A body as big as the budget still goes out, alone.
-        let first = ch.take_batch(10, 0);
+        let first = ch.take_batch(10, 0, false);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].id, "a");
-        let next = ch.take_batch(2, 0);
+        let next = ch.take_batch(2, 0, false);
         assert_eq!(
             next.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(),
             ["b", "c"]
         );
         assert_eq!(ch.queued(), 1);
         assert_eq!(ch.in_flight(), 3);
-        assert!(ch.take_batch(10, 0).len() == 1 && ch.take_batch(10, 0).is_empty());
+        assert!(ch.take_batch(10, 0, false).len() == 1 && ch.take_batch(10, 0, false).is_empty());
     }
 
     #[test]
@@ -996,7 +1319,7 @@ mod tests {
             Cancelled::WasQueued(BodyAt::Inline(_))
         ));
         assert!(ch.keep_inline(per));
-        ch.take_batch(MAX_POLL_BATCH, 0);
+        ch.take_batch(MAX_POLL_BATCH, 0, false);
         assert!(ch.keep_inline(per));
     }
 
@@ -1007,7 +1330,7 @@ mod tests {
         ch.enqueue(item("b", BodyAt::Empty)).unwrap();
         // Not yet handed out: unknown to a bridge.
         assert_eq!(ch.accept_response("a", 0), Err(RespondError::Unknown));
-        ch.take_batch(1, 0);
+        ch.take_batch(1, 0, false);
         assert!(ch.is_in_flight("a"));
         assert_eq!(ch.accept_response("a", 1), Ok(()));
         assert_eq!(ch.accept_response("a", 2), Err(RespondError::Duplicate));
@@ -1016,7 +1339,7 @@ mod tests {
         assert_eq!(ch.cancel("b"), Cancelled::WasQueued(BodyAt::Empty));
         assert_eq!(ch.queued(), 0);
         ch.enqueue(item("c", BodyAt::Empty)).unwrap();
-        ch.take_batch(1, 0);
+        ch.take_batch(1, 0, false);
         assert_eq!(ch.cancel("c"), Cancelled::InFlight);
         assert_eq!(ch.cancel("a"), Cancelled::Nothing);
         // Everything expires after the result TTL.
@@ -1027,11 +1350,75 @@ mod tests {
     }
 
     #[test]
+    fn an_unconfirmed_lease_goes_back_to_the_front_of_the_queue() {
+        let mut ch = ChannelState::default();
+        ch.enqueue(item("a", BodyAt::Inline(vec![1; 10]))).unwrap();
+        ch.enqueue(item("b", BodyAt::Empty)).unwrap();
+        ch.enqueue(item("c", BodyAt::Empty)).unwrap();
+        // A confirming bridge's poll takes a and b; nobody confirms them.
+        let got = ch.take_batch(2, 1_000, true);
+        assert_eq!(got.len(), 2);
+        assert_eq!((ch.leased(), ch.in_flight(), ch.queued()), (2, 2, 1));
+        assert_eq!(ch.next_lease_end(), Some(1_000 + LEASE_MS));
+        // The leased inline body is still held (and counted) for a second hand-over.
+        assert!(!ch.keep_inline(INLINE_TOTAL_BYTES - 5));
+        assert!(!ch.expire_leases(1_000 + LEASE_MS - 1));
+        assert!(ch.expire_leases(1_000 + LEASE_MS));
+        assert_eq!((ch.leased(), ch.in_flight(), ch.queued()), (0, 0, 3));
+        // Back in front, in their order, before c; the next poll (another bridge) gets them.
+        let again = ch.take_batch(10, 5_000, true);
+        assert_eq!(
+            again.iter().map(|q| q.id.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
+        assert_eq!(again[0].body, BodyAt::Inline(vec![1; 10]));
+        // Confirmed in time: the lease ends for good and the body is no longer counted.
+        ch.confirm(&["a".into(), "b".into(), "c".into(), "zzz".into()], 5_500);
+        assert_eq!((ch.leased(), ch.in_flight()), (0, 3));
+        assert!(ch.keep_inline(INLINE_TOTAL_BYTES.min(INLINE_BODY_BYTES)));
+        assert!(!ch.expire_leases(60_000));
+        assert_eq!(ch.accept_response("a", 6_000), Ok(()));
+    }
+
+    #[test]
+    fn a_late_confirmation_or_answer_takes_a_request_back_from_the_queue() {
+        let mut ch = ChannelState::default();
+        ch.enqueue(item("a", BodyAt::Empty)).unwrap();
+        ch.enqueue(item("b", BodyAt::Empty)).unwrap();
+        ch.take_batch(2, 0, true);
+        assert!(ch.expire_leases(LEASE_MS));
+        assert_eq!(ch.queued(), 2);
+        // The bridge was alive but slow: its confirmation of a, or its answer to b, arrives
+        // before another poll took them. Neither runs a second time.
+        ch.confirm(&["a".into()], LEASE_MS + 1);
+        assert_eq!(ch.accept_response("b", LEASE_MS + 2), Ok(()));
+        assert_eq!((ch.queued(), ch.in_flight(), ch.leased()), (0, 1, 0));
+        assert!(ch.take_batch(10, LEASE_MS + 3, true).is_empty());
+        assert_eq!(ch.accept_response("a", LEASE_MS + 4), Ok(()));
+    }
+
+    #[test]
+    fn seed_polls_and_cancelled_callers_hold_no_lease() {
+        let mut ch = ChannelState::default();
+        ch.enqueue(item("a", BodyAt::Inline(vec![0; 8]))).unwrap();
+        ch.take_batch(1, 0, false);
+        assert_eq!((ch.leased(), ch.in_flight()), (0, 1));
+        assert!(!ch.expire_leases(u64::MAX / 2));
+        assert!(ch.keep_inline(INLINE_TOTAL_BYTES.min(INLINE_BODY_BYTES)));
+        ch.enqueue(item("b", BodyAt::Inline(vec![0; 8]))).unwrap();
+        ch.take_batch(1, 0, true);
+        assert_eq!(ch.cancel("b"), Cancelled::InFlight);
+        assert_eq!(ch.leased(), 0);
+        assert!(!ch.expire_leases(u64::MAX / 2));
+        assert_eq!(ch.inline_bytes, 0);
+    }
+
+    #[test]
     fn answered_ids_are_bounded() {
         let mut ch = ChannelState::default();
         for i in 0..MAX_ANSWERED + 5 {
             ch.enqueue(item(&i.to_string(), BodyAt::Empty)).unwrap();
-            ch.take_batch(1, 0);
+            ch.take_batch(1, 0, false);
             ch.accept_response(&i.to_string(), 0).unwrap();
         }
         assert_eq!(ch.answered.len(), MAX_ANSWERED);

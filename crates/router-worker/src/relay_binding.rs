@@ -16,15 +16,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ccr_protocol::api::OkBody;
-use ccr_protocol::relay::{PollBatch, RespondBody};
+use ccr_protocol::relay::{AckBody, PollBatch, RespondBody};
 use ccr_protocol::MAX_RELAY_BODY_BYTES;
 use futures_channel::oneshot;
 use futures_util::future::{select, Either};
+use futures_util::StreamExt;
 use serde_json::json;
 use worker::*;
 
 use crate::error::ApiError;
-use crate::http::{self, header, json, now_ms, read_body, setting, Reply};
+use crate::http::{self, header, json, now_ms, setting, Reply};
 use crate::relay::{
     self, Answer, BodyAt, Cancelled, Channel, DoCall, Queued, RelayRoute, RequestMeta,
     RespondError, ResponseHead,
@@ -37,12 +38,35 @@ const KV_BINDING: &str = "RELAY";
 /// Worker → object calls go to this URL; only the body matters.
 const INTERNAL_URL: &str = "https://relay.internal/call";
 
-/// The Worker side of every relay path (`crate::relay::is_relay_path`).
-pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
+/// With `RELAY_HOST_SUFFIX` set, the named channel whose own host the request is for
+/// (`<channel>.<suffix>`): then every path of it is that channel's.
+pub(crate) fn channel_host(req: &Request, env: &Env) -> Option<String> {
+    let suffix = setting(env, "RELAY_HOST_SUFFIX");
+    if suffix.is_empty() {
+        return None;
+    }
+    let url = req.url().ok()?;
+    relay::host_channel(url.host_str()?, &suffix)
+}
+
+/// The Worker side of every relay path (`crate::relay::is_relay_path`), and of every path on
+/// a channel's own host (`host`, from [`channel_host`]).
+pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) -> Reply {
     let path = req.path();
     let method = req.method().to_string();
-    let route =
-        relay::parse_route(&method, &path).ok_or_else(|| ApiError::no_route(&method, &path))?;
+    let route = match &host {
+        Some(channel) => relay::parse_host_route(&method, channel, &path),
+        None => relay::parse_route(&method, &path),
+    }
+    .ok_or_else(|| ApiError::no_route(&method, &path))?;
+    // The prefix callers see: none on a channel's own host.
+    let public_prefix = |channel: &Channel| {
+        if host.is_some() {
+            String::new()
+        } else {
+            channel.prefix()
+        }
+    };
     let relay_token = setting(env, "RELAY_TOKEN");
     let query = req.url()?.query().unwrap_or_default().to_owned();
     match route {
@@ -67,16 +91,25 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
                 channel: channel.key(),
                 wait_ms,
                 max: relay::poll_max(&query),
+                ack: relay::poll_acks(&query),
             };
-            call_channel(env, &channel, &call, &[]).await
+            call_channel(env, &channel, &call, Vec::new()).await
+        }
+        RelayRoute::Ack(channel) => {
+            check_bridge(&req, &relay_token, &channel)?;
+            let body = read_limited(&mut req, relay::MAX_ACK_BODY_BYTES).await?;
+            let call = DoCall::Ack {
+                channel: channel.key(),
+            };
+            call_channel(env, &channel, &call, body).await
         }
         RelayRoute::Respond(channel) => {
             check_bridge(&req, &relay_token, &channel)?;
-            let body = read_body(&mut req, relay::MAX_RESPOND_BYTES).await?;
+            let body = read_limited(&mut req, relay::MAX_RESPOND_BYTES).await?;
             let call = DoCall::Respond {
                 channel: channel.key(),
             };
-            call_channel(env, &channel, &call, &body).await
+            call_channel(env, &channel, &call, body).await
         }
         RelayRoute::Result { channel, id } => {
             let (_, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
@@ -86,30 +119,87 @@ pub(crate) async fn handle(mut req: Request, env: &Env) -> Reply {
             }
             let call = DoCall::Result {
                 channel: channel.key(),
+                prefix: Some(public_prefix(&channel)),
                 id,
             };
-            call_channel(env, &channel, &call, &[]).await
+            call_channel(env, &channel, &call, Vec::new()).await
         }
         RelayRoute::Public { channel, path } => {
             let (query, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
             check_public(&req, env, &relay_token, key_param)?;
-            let body = read_body(&mut req, MAX_RELAY_BODY_BYTES).await?;
             let headers = req
                 .headers()
                 .entries()
                 .filter(|(k, _)| ccr_protocol::relay::forward_request_header(k))
+                .map(|(k, v)| {
+                    // A page opened with the key in its link would hand it on in its Referer.
+                    if k.eq_ignore_ascii_case(wire::header::REFERER) {
+                        let v = ccr_protocol::relay::scrub_referer(&v);
+                        (k, v)
+                    } else {
+                        (k, v)
+                    }
+                })
                 .collect();
+            let mut body = read_limited(&mut req, MAX_RELAY_BODY_BYTES).await?;
+            // A large body goes to KV from here, and only its key to the channel's object:
+            // the object, shared by every caller of the channel, never holds it.
+            let stored = if relay::store_before_call(body.len()) {
+                let id = random_id()?;
+                let len = body.len();
+                env.kv(KV_BINDING)?
+                    .put_bytes(&relay::request_body_key(&channel.key(), &id), &body)?
+                    .expiration_ttl(relay::REQUEST_BODY_TTL_SECS)
+                    .execute()
+                    .await?;
+                body = Vec::new();
+                Some(relay::StoredBody { id, len })
+            } else {
+                None
+            };
             let call = DoCall::Public {
                 channel: channel.key(),
-                prefix: channel.prefix(),
+                prefix: public_prefix(&channel),
                 method,
                 path,
                 query,
                 headers,
+                stored,
             };
-            call_channel(env, &channel, &call, &body).await
+            call_channel(env, &channel, &call, body).await
         }
     }
+}
+
+/// Reads a relay body chunk by chunk and stops at `limit`: 413 as soon as the declared length
+/// or the bytes read so far exceed it, so a chunked upload is refused before it ends and never
+/// read whole. A body shorter than its declared length (the caller gave up) is a 400, never
+/// relayed truncated.
+async fn read_limited(req: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared =
+        header(req, wire::header::CONTENT_LENGTH).and_then(|v| v.trim().parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::too_large(limit));
+    }
+    // No body at all (a GET) is an empty one.
+    let Ok(mut stream) = req.stream() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if out.len().saturating_add(chunk.len()) > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    if declared.is_some_and(|n| n != out.len()) {
+        return Err(ApiError::new(
+            400,
+            "the body ended before its declared Content-Length",
+        ));
+    }
+    Ok(out)
 }
 
 /// A bridge must present this channel's token (401, or 503 while the Worker has none).
@@ -150,16 +240,19 @@ fn check_public(
     }
 }
 
-/// Sends one framed call to `channel`'s object and returns its answer.
-async fn call_channel(env: &Env, channel: &Channel, call: &DoCall, payload: &[u8]) -> Reply {
+/// Sends one framed call to `channel`'s object and returns its answer. The payload is
+/// consumed: once the runtime has its copy, no Rust copy waits with the call.
+async fn call_channel(env: &Env, channel: &Channel, call: &DoCall, payload: Vec<u8>) -> Reply {
     let head = serde_json::to_vec(call)?;
-    let body = relay::frame(&head, payload);
+    let body = relay::frame(&head, &payload);
+    drop(payload);
     let inner = http::internal_request(
         INTERNAL_URL,
         Method::Post,
         Headers::new(),
         Some(body.as_slice()),
     )?;
+    drop(body);
     let stub = env
         .durable_object(RELAY_DO_BINDING)?
         .id_from_name(&channel.key())?
@@ -167,10 +260,10 @@ async fn call_channel(env: &Env, channel: &Channel, call: &DoCall, payload: &[u8
     Ok(stub.fetch_with_request(inner).await?)
 }
 
-/// The caller's response from a bridge's answer.
-fn answer_response(answer: Answer) -> Reply {
+/// The caller's response from a bridge's answer, for a caller who came by `prefix`.
+fn answer_response(answer: Answer, prefix: &str) -> Reply {
     let headers = Headers::new();
-    for (name, value) in &answer.head.headers {
+    for (name, value) in &relay::caller_headers(&answer.head.headers, prefix) {
         // A header the runtime refuses (bad name or value) is dropped, not fatal.
         if headers.append(name, value).is_err() {
             console_warn!("relay: dropped response header {name:?}");
@@ -203,6 +296,9 @@ pub struct RelayDO {
     callers: RefCell<HashMap<String, oneshot::Sender<Answer>>>,
     /// Waiting long-polls; fired (all of them) when a request is queued.
     polls: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Random per instance, memory only: every answer carries it in `X-CCR-Relay-Instance`,
+    /// so a rebuilt object (its waiting callers lost) shows.
+    instance: String,
 }
 
 /// Removes a caller's bookkeeping if its wait ends without an answer, including when the
@@ -244,9 +340,13 @@ impl RelayDO {
         }
     }
 
+    /// Wakes every waiting long-poll, newest first: the runtime runs them in the order they
+    /// were woken, and the newest poll is the likeliest to come from a bridge that is alive (a
+    /// bridge polls again as soon as it has received; a poll left over from a bridge that died
+    /// is older than every poll of its successor).
     fn wake_polls(&self) {
         let waiting = std::mem::take(&mut *self.polls.borrow_mut());
-        for tx in waiting {
+        for tx in waiting.into_iter().rev() {
             let _ = tx.send(());
         }
     }
@@ -259,12 +359,15 @@ impl RelayDO {
         }
     }
 
+    /// A public request: `body` is its bytes, or empty with `stored` when the Worker already
+    /// put them in KV.
     async fn handle_public(
         &self,
         channel_key: &str,
         prefix: &str,
         meta: RequestMeta,
         body: Vec<u8>,
+        stored: Option<relay::StoredBody>,
     ) -> Reply {
         let full = || {
             Err(ApiError::busy(
@@ -280,9 +383,15 @@ impl RelayDO {
         if !self.channel.borrow().has_room() {
             return full();
         }
-        let id = random_id()?;
+        let (id, body_at) = match stored {
+            Some(s) if relay::valid_id(&s.id) => (s.id, Some(BodyAt::Kv(s.len))),
+            Some(_) => return Err(ApiError::new(400, "malformed relay call: bad id")),
+            None => (random_id()?, None),
+        };
         let len = body.len();
-        let body_at = if body.is_empty() {
+        let body_at = if let Some(at) = body_at {
+            at
+        } else if body.is_empty() {
             BodyAt::Empty
         } else if self.channel.borrow().keep_inline(len) {
             BodyAt::Inline(body)
@@ -292,6 +401,7 @@ impl RelayDO {
                 .expiration_ttl(relay::REQUEST_BODY_TTL_SECS)
                 .execute()
                 .await?;
+            drop(body);
             BodyAt::Kv(len)
         };
         let (tx, rx) = oneshot::channel();
@@ -323,23 +433,50 @@ impl RelayDO {
         };
         let cancelled = guard.finish();
         match outcome {
-            Ok(answer) => answer_response(answer),
+            Ok(answer) => answer_response(answer, prefix),
             Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
             Err(Some(())) => json(504, &relay::unanswered_body(&id, prefix, &cancelled)),
         }
     }
 
-    async fn handle_poll(&self, channel_key: &str, wait_ms: u64, max: usize) -> Reply {
+    /// A long-poll. A confirming bridge's (`ack` is `Some`) first confirms what it received
+    /// before, and what it is handed now stays leased ([`relay::LEASE_MS`]); a seed-protocol
+    /// bridge's is handed over for good. A waiting poll also wakes when a lease ends, to pick
+    /// the request up again.
+    async fn handle_poll(
+        &self,
+        channel_key: &str,
+        wait_ms: u64,
+        max: usize,
+        ack: Option<Vec<String>>,
+    ) -> Reply {
+        let leased = ack.is_some();
+        if let Some(ids) = ack {
+            self.channel.borrow_mut().confirm(&ids, now_ms());
+        }
         let deadline = now_ms().saturating_add(wait_ms);
         loop {
-            let batch = self.channel.borrow_mut().take_batch(max, now_ms());
+            let batch = {
+                let mut ch = self.channel.borrow_mut();
+                ch.expire_leases(now_ms());
+                ch.take_batch(max, now_ms(), leased)
+            };
             if !batch.is_empty() {
+                if leased {
+                    // The other waiting polls re-arm their timers for this lease's end.
+                    self.wake_polls();
+                }
                 return self.deliver(channel_key, batch).await;
             }
             let now = now_ms();
             if now >= deadline {
                 return json(200, &PollBatch { requests: vec![] });
             }
+            let wake_at = self
+                .channel
+                .borrow()
+                .next_lease_end()
+                .map_or(deadline, |end| end.max(now + 1).min(deadline));
             let rx = {
                 let mut polls = self.polls.borrow_mut();
                 polls.retain(|tx| !tx.is_canceled());
@@ -358,7 +495,7 @@ impl RelayDO {
                 polls.push(tx);
                 rx
             };
-            let timer = std::pin::pin!(Delay::from(Duration::from_millis(deadline - now)));
+            let timer = std::pin::pin!(Delay::from(Duration::from_millis(wake_at - now)));
             let _ = select(rx, timer).await;
         }
     }
@@ -388,13 +525,27 @@ impl RelayDO {
         json(200, &PollBatch { requests })
     }
 
-    async fn handle_respond(&self, channel_key: &str, payload: &[u8]) -> Reply {
-        let body: RespondBody = serde_json::from_slice(payload).map_err(|e| {
+    async fn handle_ack(&self, payload: &[u8]) -> Reply {
+        let body: AckBody = serde_json::from_slice(payload).map_err(|e| {
+            ApiError::new(
+                400,
+                format!("invalid JSON body: {e}; expected {{\"ids\":[...]}}"),
+            )
+        })?;
+        let ids: Vec<String> = body.ids.into_iter().take(relay::MAX_ACK_IDS).collect();
+        self.channel.borrow_mut().confirm(&ids, now_ms());
+        json(200, &OkBody::default())
+    }
+
+    async fn handle_respond(&self, channel_key: &str, payload: Vec<u8>) -> Reply {
+        let body: RespondBody = serde_json::from_slice(&payload).map_err(|e| {
             ApiError::new(
                 400,
                 format!("invalid JSON body: {e}; expected {{id,status,headers,bodyBase64}}"),
             )
         })?;
+        // Parsed: the raw JSON is not kept while the answers are handed on.
+        drop(payload);
         let batch = matches!(body, RespondBody::Batch { .. });
         let responses = body.into_responses();
         let mut results = Vec::with_capacity(responses.len());
@@ -471,7 +622,7 @@ impl RelayDO {
         Ok(())
     }
 
-    async fn handle_result(&self, channel_key: &str, id: &str) -> Reply {
+    async fn handle_result(&self, channel_key: &str, id: &str, prefix: &str) -> Reply {
         let stored = self
             .kv()?
             .get(&relay::response_key(channel_key, id))
@@ -487,7 +638,7 @@ impl RelayDO {
                     })
             });
             return match parsed {
-                Some(answer) => answer_response(answer),
+                Some(answer) => answer_response(answer, prefix),
                 None => Err(ApiError::new(500, "the stored response is unreadable")),
             };
         }
@@ -515,10 +666,10 @@ impl RelayDO {
 
     /// One framed call from the Worker.
     async fn serve(&self, mut req: Request) -> Reply {
-        let bytes = req.bytes().await?;
-        let (head, payload) =
-            relay::unframe(&bytes).ok_or_else(|| ApiError::new(400, "malformed relay call"))?;
-        let call: DoCall = serde_json::from_slice(head)
+        // The payload keeps the call's own allocation: no second copy of it waits below.
+        let (head, payload) = relay::unframe_owned(req.bytes().await?)
+            .ok_or_else(|| ApiError::new(400, "malformed relay call"))?;
+        let call: DoCall = serde_json::from_slice(&head)
             .map_err(|e| ApiError::new(400, format!("malformed relay call: {e}")))?;
         self.channel.borrow_mut().sweep(now_ms());
         match call {
@@ -529,6 +680,7 @@ impl RelayDO {
                 path,
                 query,
                 headers,
+                stored,
             } => {
                 let meta = RequestMeta {
                     method,
@@ -536,16 +688,27 @@ impl RelayDO {
                     query,
                     headers,
                 };
-                self.handle_public(&channel, &prefix, meta, payload.to_vec())
+                self.handle_public(&channel, &prefix, meta, payload, stored)
                     .await
             }
             DoCall::Poll {
                 channel,
                 wait_ms,
                 max,
-            } => self.handle_poll(&channel, wait_ms, max).await,
+                ack,
+            } => self.handle_poll(&channel, wait_ms, max, ack).await,
+            DoCall::Ack { .. } => self.handle_ack(&payload).await,
             DoCall::Respond { channel } => self.handle_respond(&channel, payload).await,
-            DoCall::Result { channel, id } => self.handle_result(&channel, &id).await,
+            DoCall::Result {
+                channel,
+                id,
+                prefix,
+            } => {
+                let prefix = prefix
+                    .or_else(|| Channel::from_key(&channel).map(|c| c.prefix()))
+                    .unwrap_or_default();
+                self.handle_result(&channel, &id, &prefix).await
+            }
         }
     }
 }
@@ -557,11 +720,17 @@ impl DurableObject for RelayDO {
             channel: RefCell::new(relay::ChannelState::default()),
             callers: RefCell::new(HashMap::new()),
             polls: RefCell::new(Vec::new()),
+            instance: random_id().unwrap_or_default(),
         }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
-        http::finish(self.serve(req).await)
+        let resp = http::finish(self.serve(req).await)?;
+        // Best effort: a response whose headers are immutable simply goes without it.
+        let _ = resp
+            .headers()
+            .set(wire::header::RELAY_INSTANCE, &self.instance);
+        Ok(resp)
     }
 
     async fn alarm(&self) -> Result<Response> {
