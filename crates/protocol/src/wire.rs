@@ -23,6 +23,8 @@ pub mod route {
     /// `GET` (admin key): the outbox of Bot API calls waiting for Telegram, and the counts of
     /// calls sent and dropped.
     pub const OUTBOX: &str = "/outbox";
+    /// `POST`: a PermissionRequest hook asks the chat for a decision (a card with buttons).
+    pub const APPROVALS: &str = "/approvals";
     /// `GET` with an upgrade: a machine agent's socket (`?machineId=X`).
     pub const MACHINE_SOCKET: &str = "/ws";
     /// `GET`: relay health. No auth.

@@ -48,7 +48,8 @@ async fn handle(req: Request, env: &Env) -> Reply {
         | Route::RegisterSession
         | Route::UnregisterSession
         | Route::SendNotification
-        | Route::Outbox => {
+        | Route::Outbox
+        | Route::OpenApproval => {
             let principal = authenticate_http(&req, env)?;
             forward_to_router(req, env, &principal).await
         }

@@ -39,6 +39,12 @@ pub struct Chat {
 pub struct User {
     /// The user id.
     pub id: i64,
+    /// `@username`, when set.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// First name.
+    #[serde(default)]
+    pub first_name: Option<String>,
 }
 
 /// A message (only the fields the router reads).

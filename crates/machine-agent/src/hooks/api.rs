@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ccr_protocol::api::{
-    ErrorBody, NotificationAnswer, RegisterSession, SendNotification, UnregisterSession,
+    ApprovalOpened, ErrorBody, NotificationAnswer, OpenApproval, RegisterSession, SendNotification,
+    UnregisterSession,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -71,6 +72,14 @@ impl WorkerApi {
             reply_markup: None,
         };
         self.post(route::NOTIFICATIONS_SEND, &body).await
+    }
+
+    /// `POST /approvals`: the chat gets a card for this permission request.
+    pub(super) async fn open_approval(
+        &self,
+        body: &OpenApproval,
+    ) -> anyhow::Result<ApprovalOpened> {
+        self.post(route::APPROVALS, body).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(

@@ -68,6 +68,21 @@ fn run_logged(raw: &RawSettings, event: HookEvent) {
             return;
         }
     };
+    if event == HookEvent::PermissionRequest {
+        // Waits for a person (hours), and its answer is stdout: its own path.
+        match rt.block_on(super::permission::run(raw, &data_dir, &input, &env)) {
+            Ok(Some(out)) => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(out.as_bytes());
+                let _ = stdout.flush();
+            }
+            Ok(None) => tracing::info!("no decision from the chat; the terminal decides"),
+            Err(e) => tracing::warn!(hook = event.arg(), "hook failed: {e:#}"),
+        }
+        rt.shutdown_background();
+        return;
+    }
     let outcome = rt.block_on(async {
         tokio::time::timeout(
             HOOK_DEADLINE,

@@ -12,15 +12,18 @@ pub(crate) enum HookEvent {
     Notification,
     /// `SessionEnd`: unregister the session.
     SessionEnd,
+    /// `PermissionRequest`: ask the chat, wait for its decision and print it.
+    PermissionRequest,
 }
 
 impl HookEvent {
     /// Every event, in install order.
-    pub(crate) const ALL: [HookEvent; 4] = [
+    pub(crate) const ALL: [HookEvent; 5] = [
         HookEvent::SessionStart,
         HookEvent::Stop,
         HookEvent::Notification,
         HookEvent::SessionEnd,
+        HookEvent::PermissionRequest,
     ];
 
     /// The argument on the command line (`session-start`).
@@ -30,6 +33,7 @@ impl HookEvent {
             HookEvent::Stop => "stop",
             HookEvent::Notification => "notification",
             HookEvent::SessionEnd => "session-end",
+            HookEvent::PermissionRequest => "permission-request",
         }
     }
 
@@ -40,6 +44,7 @@ impl HookEvent {
             HookEvent::Stop => "Stop",
             HookEvent::Notification => "Notification",
             HookEvent::SessionEnd => "SessionEnd",
+            HookEvent::PermissionRequest => "PermissionRequest",
         }
     }
 }

@@ -146,6 +146,16 @@ pub(super) async fn run_hook(
             let sent = api.notify(&input.session_id, &text).await?;
             log_sent(&input.session_id, &sent, "notification");
         }
+        HookEvent::PermissionRequest => {
+            // The bookkeeping before a card (`hooks::permission` does the rest): the Worker
+            // must know the session to put its card in the chat.
+            if must_register {
+                api()?
+                    .register(&input.session_id, record.label.as_deref())
+                    .await?;
+            }
+            sessions.upsert(&record)?;
+        }
         HookEvent::SessionEnd => {
             sessions.remove(&input.session_id)?;
             api()?.unregister(&input.session_id).await?;
