@@ -284,3 +284,71 @@ async fn a_hook_waiting_across_a_worker_restart_gets_deny_and_stop() {
         r#"{"hookSpecificOutput":{"hookEventName":"PermissionRequest","decision":{"behavior":"deny","message":"Denied from Telegram; stop and wait for instructions.","interrupt":true}}}"#
     );
 }
+
+#[tokio::test]
+async fn questions_are_answered_by_a_pick_and_multi_select_toggles() {
+    let (w, bot) = start().await;
+    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (command, _) = install_hooks(&agent, home.path());
+    let questions = json!([
+        {"question": "Which database?", "header": "DB", "multiSelect": false,
+         "options": [{"label": "Postgres", "description": "robust"}, {"label": "SQLite"}]},
+        {"question": "Which features?", "header": "Features", "multiSelect": true,
+         "options": [{"label": "Auth"}, {"label": "Search"}, {"label": "Billing"}]}
+    ]);
+    let input = permission_input(
+        "sess-ask",
+        "AskUserQuestion",
+        json!({"questions": questions}),
+        json!([]),
+    );
+    let hook = spawn_hook(&command, &input).await;
+    let (card_id, data, text) = card(&bot, "Which database?").await;
+    assert!(
+        text.contains("Which features?") && text.contains("robust"),
+        "{text}"
+    );
+    let press = |d: &str| data.iter().find(|x| x.ends_with(d)).unwrap().clone();
+    tap(&w, 40, card_id, "q-a1", &press(":q0o1"), TEST_USER_ID).await;
+    tap(&w, 41, card_id, "q-a2", &press(":q1o0"), TEST_USER_ID).await;
+    tap(&w, 42, card_id, "q-a3", &press(":q1o2"), TEST_USER_ID).await;
+    tap(&w, 43, card_id, "q-a4", &press(":q1o1"), TEST_USER_ID).await;
+    tap(&w, 44, card_id, "q-a5", &press(":q1o1"), TEST_USER_ID).await;
+    assert_eq!(toast(&bot, "q-a5").await, "☐ Search");
+    tap(&w, 45, card_id, "q-a6", &press(":q1s"), TEST_USER_ID).await;
+    let mut updated = json!({"questions": questions});
+    updated["answers"] = json!({"Which database?": "SQLite", "Which features?": "Auth, Billing"});
+    assert_eq!(
+        stdout_of(hook).await,
+        format!(
+            r#"{{"hookSpecificOutput":{{"hookEventName":"PermissionRequest","decision":{{"behavior":"allow","updatedInput":{updated}}}}}}}"#
+        )
+    );
+    assert!(!bot.calls_of("editMessageReplyMarkup").is_empty());
+    edited(&bot, card_id, "answered").await;
+}
+
+#[tokio::test]
+async fn a_plan_is_approved_with_its_input_echoed() {
+    let (w, bot) = start().await;
+    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (command, _) = install_hooks(&agent, home.path());
+    let plan_input = json!({"plan": "# Plan\n1. Add the table\n2. <Test> it", "planFilePath": "/home/u/.claude/plans/p.md"});
+    let input = permission_input("sess-plan", "ExitPlanMode", plan_input.clone(), json!([]));
+    let hook = spawn_hook(&command, &input).await;
+    let (card_id, data, text) = card(&bot, "Add the table").await;
+    assert!(text.contains("&lt;Test&gt;"), "{text}");
+    let approve = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    tap(&w, 50, card_id, "q-p", &approve, TEST_USER_ID).await;
+    assert_eq!(
+        stdout_of(hook).await,
+        format!(
+            r#"{{"hookSpecificOutput":{{"hookEventName":"PermissionRequest","decision":{{"behavior":"allow","updatedInput":{plan_input}}}}}}}"#
+        )
+    );
+    edited(&bot, card_id, "plan approved").await;
+}

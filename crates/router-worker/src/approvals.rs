@@ -24,6 +24,8 @@ use crate::telegram::{self, escape_html, BotCall};
 pub const CALLBACK_PREFIX: &str = "ap:";
 /// Longest request id accepted (keeps callback data under Telegram's 64 bytes).
 pub const MAX_REQUEST_ID: usize = 40;
+/// Most options per question shown as buttons.
+pub const MAX_OPTIONS: usize = 10;
 /// Most "always allow" buttons on a card.
 pub const MAX_SUGGESTIONS: usize = 4;
 /// Longest preview of a tool input, in characters.
@@ -44,6 +46,12 @@ pub enum Choice {
     Deny,
     /// 🛑 Deny and stop Claude (`interrupt: true`).
     Stop,
+    /// AskUserQuestion: option `.1` of question `.0` (a multi-select one toggles it).
+    Pick(usize, usize),
+    /// AskUserQuestion: send the picks of multi-select question `.0`.
+    Send(usize),
+    /// ExitPlanMode: keep planning (deny; a text reply gives the feedback).
+    KeepPlanning,
 }
 
 impl Choice {
@@ -53,6 +61,9 @@ impl Choice {
             Choice::Always(i) => format!("s{i}"),
             Choice::Deny => "d".into(),
             Choice::Stop => "x".into(),
+            Choice::Pick(q, o) => format!("q{q}o{o}"),
+            Choice::Send(q) => format!("q{q}s"),
+            Choice::KeepPlanning => "k".into(),
         }
     }
 
@@ -61,6 +72,16 @@ impl Choice {
             "a" => Some(Choice::Allow),
             "d" => Some(Choice::Deny),
             "x" => Some(Choice::Stop),
+            "k" => Some(Choice::KeepPlanning),
+            _ if code.starts_with('q') => {
+                let rest = code.get(1..)?;
+                if let Some(q) = rest.strip_suffix('s') {
+                    return q.parse().ok().filter(|q| *q < 4).map(Choice::Send);
+                }
+                let (q, o) = rest.split_once('o')?;
+                let (q, o): (usize, usize) = (q.parse().ok()?, o.parse().ok()?);
+                (q < 4 && o < MAX_OPTIONS).then_some(Choice::Pick(q, o))
+            }
             _ => code
                 .strip_prefix('s')
                 .and_then(|n| n.parse().ok())
@@ -117,6 +138,13 @@ pub fn decision_json(choice: Choice, suggestions: &[Value], message: Option<&str
             "message": message.unwrap_or("Denied from Telegram; stop and wait for instructions."),
             "interrupt": true,
         }),
+        Choice::KeepPlanning => json!({
+            "behavior": "deny",
+            "message": message.unwrap_or("Keep planning."),
+            "interrupt": false,
+        }),
+        // Settled by `step` with `updatedInput`; never a bare decision.
+        Choice::Pick(..) | Choice::Send(_) => json!({"behavior": "allow"}),
     }
 }
 
@@ -127,6 +155,8 @@ pub fn outcome_words(choice: Choice, suggestions: &[Value]) -> String {
         Choice::Always(i) => format!("allowed ({})", suggestion_name(suggestions.get(i))),
         Choice::Deny => "denied".into(),
         Choice::Stop => "denied and stopped".into(),
+        Choice::KeepPlanning => "kept planning".into(),
+        Choice::Pick(..) | Choice::Send(_) => "answered".into(),
     }
 }
 
@@ -269,6 +299,273 @@ pub fn keyboard(request_id: &str, suggestions: &[Value]) -> Value {
     json!({ "inline_keyboard": rows })
 }
 
+/// The questions of an AskUserQuestion input (at most 4).
+fn questions(input: &Value) -> Vec<&Value> {
+    input
+        .get("questions")
+        .and_then(Value::as_array)
+        .map(|q| q.iter().take(4).collect())
+        .unwrap_or_default()
+}
+
+fn options(question: &Value) -> Vec<&str> {
+    question
+        .get("options")
+        .and_then(Value::as_array)
+        .map(|o| {
+            o.iter()
+                .take(MAX_OPTIONS)
+                .map(|o| o.get("label").and_then(Value::as_str).unwrap_or("?"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn question_text(question: &Value) -> &str {
+    field(question, "question").unwrap_or("")
+}
+
+fn multi(question: &Value) -> bool {
+    question
+        .get("multiSelect")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// An AskUserQuestion card's text (HTML).
+pub fn questions_text(label: &str, machine: &str, input: &Value) -> String {
+    let mut out = format!(
+        "❓ <b>{}</b> on {} asks:",
+        escape_html(label),
+        escape_html(machine)
+    );
+    for q in questions(input) {
+        out.push_str("\n\n");
+        if let Some(h) = field(q, "header") {
+            out.push_str(&format!("<b>{}</b> ", escape_html(&truncate(h, 40))));
+        }
+        out.push_str(&escape_html(&truncate(question_text(q), 500)));
+        if multi(q) {
+            out.push_str(" <i>(several allowed)</i>");
+        }
+        let described = q.get("options").and_then(Value::as_array);
+        for o in described.into_iter().flatten().take(MAX_OPTIONS) {
+            let l = field(o, "label").unwrap_or("?");
+            out.push_str(&format!("\n• {}", escape_html(&truncate(l, 100))));
+            if let Some(d) = field(o, "description") {
+                out.push_str(&format!(" — {}", escape_html(&truncate(d, 200))));
+            }
+        }
+    }
+    out.push_str("\n\nReply with text to answer the first open question in your own words.");
+    out
+}
+
+/// An AskUserQuestion card's buttons, given the answers and multi-select picks so far.
+pub fn questions_keyboard(
+    request_id: &str,
+    input: &Value,
+    answers: &serde_json::Map<String, Value>,
+    picks: &serde_json::Map<String, Value>,
+) -> Value {
+    let button = |text: String, c: Choice| json!({"text": text, "callback_data": callback_data(request_id, c)});
+    let mut rows: Vec<Vec<Value>> = Vec::new();
+    for (qi, q) in questions(input).into_iter().enumerate() {
+        if answers.contains_key(question_text(q)) {
+            continue;
+        }
+        let picked: Vec<u64> = picks
+            .get(&qi.to_string())
+            .and_then(Value::as_array)
+            .map(|p| p.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        for (oi, label) in options(q).into_iter().enumerate() {
+            let mark = match (multi(q), picked.contains(&(oi as u64))) {
+                (false, _) => "",
+                (true, true) => "☑ ",
+                (true, false) => "☐ ",
+            };
+            rows.push(vec![button(
+                format!("{mark}{}", truncate(label, 40)),
+                Choice::Pick(qi, oi),
+            )]);
+        }
+        if multi(q) {
+            let h = field(q, "header").unwrap_or("answer");
+            rows.push(vec![button(
+                format!("📨 Send {}", truncate(h, 30)),
+                Choice::Send(qi),
+            )]);
+        }
+    }
+    rows.push(vec![button("❌ Dismiss".into(), Choice::Deny)]);
+    json!({ "inline_keyboard": rows })
+}
+
+/// An ExitPlanMode card: the plan in parts that fit Telegram's message size (HTML).
+pub fn plan_parts(label: &str, machine: &str, input: &Value) -> Vec<String> {
+    let header = format!(
+        "📋 <b>{}</b> on {} has a plan:\n\n",
+        escape_html(label),
+        escape_html(machine)
+    );
+    let plan = field(input, "plan").unwrap_or("(no plan text)");
+    let footer = "\n\nReply with feedback to keep planning.";
+    // Room for the footer on the last part.
+    let mut parts = telegram::split_escaped(&header, plan, 4000);
+    if let Some(last) = parts.last_mut() {
+        last.push_str(footer);
+    }
+    parts
+}
+
+/// An ExitPlanMode card's buttons.
+pub fn plan_keyboard(request_id: &str) -> Value {
+    json!({"inline_keyboard": [[
+        {"text": "✅ Approve", "callback_data": callback_data(request_id, Choice::Allow)},
+        {"text": "✏️ Keep planning", "callback_data": callback_data(request_id, Choice::KeepPlanning)},
+    ]]})
+}
+
+/// What a choice does to a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Settles it with this decision.
+    Decide {
+        /// Claude Code's decision object.
+        decision: Value,
+        /// What happened, in words.
+        words: String,
+    },
+    /// An AskUserQuestion request moves on: new answers and picks, a new keyboard.
+    Progress {
+        /// The answers so far.
+        answers: serde_json::Map<String, Value>,
+        /// The multi-select picks so far.
+        picks: serde_json::Map<String, Value>,
+        /// The toast.
+        toast: String,
+    },
+    /// Nothing changes; the toast says why.
+    Refuse(String),
+}
+
+/// The next step of an open request on `choice` (a text reply: [`Choice::Deny`] with the text).
+pub fn step(
+    tool_name: &str,
+    input: &Value,
+    suggestions: &[Value],
+    mut answers: serde_json::Map<String, Value>,
+    mut picks: serde_json::Map<String, Value>,
+    choice: Choice,
+    message: Option<&str>,
+) -> Step {
+    let plain = |choice: Choice| Step::Decide {
+        decision: decision_json(choice, suggestions, message),
+        words: outcome_words(choice, suggestions),
+    };
+    match tool_name {
+        "ExitPlanMode" => match choice {
+            Choice::Allow => Step::Decide {
+                decision: json!({"behavior": "allow", "updatedInput": input}),
+                words: "plan approved".into(),
+            },
+            Choice::Deny if message.is_some() => plain(Choice::KeepPlanning),
+            Choice::KeepPlanning | Choice::Stop | Choice::Deny => plain(choice),
+            _ => Step::Refuse("Unknown button.".into()),
+        },
+        "AskUserQuestion" => {
+            let qs = questions(input);
+            match (choice, message) {
+                (Choice::Deny, Some(text)) => {
+                    let Some(q) = qs.iter().find(|q| !answers.contains_key(question_text(q)))
+                    else {
+                        return Step::Refuse("Every question is answered already.".into());
+                    };
+                    answers.insert(question_text(q).to_owned(), json!(text));
+                }
+                (Choice::Pick(qi, oi), _) => {
+                    let Some(q) = qs.get(qi) else {
+                        return Step::Refuse("Unknown button.".into());
+                    };
+                    let Some(label) = options(q).get(oi).map(|l| (*l).to_owned()) else {
+                        return Step::Refuse("Unknown button.".into());
+                    };
+                    if answers.contains_key(question_text(q)) {
+                        return Step::Refuse("That question is answered already.".into());
+                    }
+                    if multi(q) {
+                        let key = qi.to_string();
+                        let mut picked: Vec<u64> = picks
+                            .get(&key)
+                            .and_then(Value::as_array)
+                            .map(|p| p.iter().filter_map(Value::as_u64).collect())
+                            .unwrap_or_default();
+                        let o = oi as u64;
+                        let toast = if picked.contains(&o) {
+                            picked.retain(|p| *p != o);
+                            format!("☐ {label}")
+                        } else {
+                            picked.push(o);
+                            picked.sort_unstable();
+                            format!("☑ {label}")
+                        };
+                        picks.insert(key, json!(picked));
+                        return Step::Progress {
+                            answers,
+                            picks,
+                            toast,
+                        };
+                    }
+                    answers.insert(question_text(q).to_owned(), json!(label));
+                }
+                (Choice::Send(qi), _) => {
+                    let Some(q) = qs.get(qi) else {
+                        return Step::Refuse("Unknown button.".into());
+                    };
+                    let opts = options(q);
+                    let labels: Vec<&str> = picks
+                        .get(&qi.to_string())
+                        .and_then(Value::as_array)
+                        .map(|p| {
+                            p.iter()
+                                .filter_map(Value::as_u64)
+                                .filter_map(|i| opts.get(i as usize).copied())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    if labels.is_empty() {
+                        return Step::Refuse("Pick at least one option first.".into());
+                    }
+                    answers.insert(question_text(q).to_owned(), json!(labels.join(", ")));
+                }
+                (Choice::Deny | Choice::Stop, None) => return plain(choice),
+                _ => return Step::Refuse("Unknown button.".into()),
+            }
+            if qs.iter().all(|q| answers.contains_key(question_text(q))) {
+                let mut updated = input.clone();
+                if let Some(obj) = updated.as_object_mut() {
+                    obj.insert("answers".into(), Value::Object(answers));
+                }
+                Step::Decide {
+                    decision: json!({"behavior": "allow", "updatedInput": updated}),
+                    words: "answered".into(),
+                }
+            } else {
+                Step::Progress {
+                    answers,
+                    picks,
+                    toast: "Noted; answer the remaining questions.".into(),
+                }
+            }
+        }
+        _ => match choice {
+            Choice::Allow | Choice::Always(_) | Choice::Deny | Choice::Stop => plain(choice),
+            _ => Step::Refuse("Unknown button.".into()),
+        },
+    }
+}
+
 /// One stored request.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Row {
@@ -278,6 +575,14 @@ pub struct Row {
     pub machine_id: String,
     /// The chat the card went to.
     pub chat_id: i64,
+    /// The tool.
+    pub tool_name: String,
+    /// The tool input, as JSON text.
+    pub tool_input: String,
+    /// AskUserQuestion: the answers so far (`{"question": "label"}`), as JSON text.
+    pub answers: String,
+    /// AskUserQuestion: the multi-select picks so far (`{"0": [1, 2]}`), as JSON text.
+    pub picks: String,
     /// The suggestions, as JSON text.
     pub suggestions: String,
     /// The card's text (HTML), to edit it with the outcome.
@@ -292,9 +597,19 @@ impl Row {
     fn suggestions(&self) -> Vec<Value> {
         serde_json::from_str(&self.suggestions).unwrap_or_default()
     }
+    fn input(&self) -> Value {
+        serde_json::from_str(&self.tool_input).unwrap_or(Value::Null)
+    }
+    fn answers(&self) -> serde_json::Map<String, Value> {
+        serde_json::from_str(&self.answers).unwrap_or_default()
+    }
+    fn picks(&self) -> serde_json::Map<String, Value> {
+        serde_json::from_str(&self.picks).unwrap_or_default()
+    }
 }
 
-const COLUMNS: &str = "request_id, machine_id, chat_id, suggestions, card, state, outcome";
+const COLUMNS: &str = "request_id, machine_id, chat_id, tool_name, tool_input, answers, picks,
+    suggestions, card, state, outcome";
 
 /// Looks up a request.
 pub fn get(db: &impl Sql, request_id: &str) -> Result<Option<Row>, StoreError> {
@@ -343,32 +658,45 @@ pub fn open(
         return Ok(None);
     }
     let label = session.label.as_deref().unwrap_or(&session.session_id);
-    let card = card_text(
-        label,
-        &session.machine_id,
-        &body.tool_name,
-        &body.tool_input,
-    );
+    let machine = &session.machine_id;
     let suggestions: Vec<Value> = body
         .permission_suggestions
         .iter()
         .take(MAX_SUGGESTIONS)
         .cloned()
         .collect();
-    let call = BotCall::send(chat_id, &card, None)
-        .with_param("reply_markup", keyboard(&body.request_id, &suggestions));
-    let lane = outbox::lane_of(&call).0;
+    let input = &body.tool_input;
+    let id = &body.request_id;
+    let (mut parts, markup) = match body.tool_name.as_str() {
+        "AskUserQuestion" => (
+            vec![questions_text(label, machine, input)],
+            questions_keyboard(id, input, &Default::default(), &Default::default()),
+        ),
+        "ExitPlanMode" => (plan_parts(label, machine, input), plan_keyboard(id)),
+        tool => (
+            vec![card_text(label, machine, tool, input)],
+            keyboard(id, &suggestions),
+        ),
+    };
+    let card = parts.pop().unwrap_or_default();
+    let mut calls: Vec<BotCall> = parts
+        .iter()
+        .map(|p| BotCall::send(chat_id, p, None))
+        .collect();
+    calls.push(BotCall::send(chat_id, &card, None).with_param("reply_markup", markup));
+    let lane = format!("chat:{chat_id}");
     db.transaction(|db| {
         db.exec(
             "INSERT INTO approvals (request_id, session_id, machine_id, chat_id, tool_name,
-                 suggestions, card, state, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)",
+                 tool_input, suggestions, card, state, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?, ?)",
             vec![
                 body.request_id.as_str().into(),
                 session.session_id.as_str().into(),
                 session.machine_id.as_str().into(),
                 chat_id.into(),
                 body.tool_name.as_str().into(),
+                body.tool_input.to_string().into(),
                 Value::Array(suggestions.clone()).to_string().into(),
                 card.as_str().into(),
                 now.into(),
@@ -380,7 +708,7 @@ pub fn open(
             token: body.request_id.clone(),
         };
         let group = format!("{CALLBACK_PREFIX}{}", body.request_id);
-        match outbox::add_notification(db, std::slice::from_ref(&call), &group, &mapping, now)? {
+        match outbox::add_notification(db, &calls, &group, &mapping, now)? {
             Ok(()) => Ok(Ok(())),
             Err(why) => Ok(Err(why)),
         }
@@ -397,7 +725,8 @@ fn card_message(db: &impl Sql, row: &Row) -> Result<Option<i64>, StoreError> {
     }
     Ok(db
         .query::<M>(
-            "SELECT message_id FROM messages WHERE token = ? AND chat_id = ? ORDER BY message_id LIMIT 1",
+            "SELECT message_id FROM messages WHERE token = ? AND chat_id = ?
+             ORDER BY message_id DESC LIMIT 1",
             vec![row.request_id.as_str().into(), row.chat_id.into()],
         )?
         .into_iter()
@@ -453,9 +782,53 @@ pub fn settle(
         out.log = format!("approval {request_id}: already {what}");
         return Ok((Some(format!("Already answered: {what}")), out));
     }
-    let suggestions = row.suggestions();
-    let decision = decision_json(choice, &suggestions, message);
-    let words = outcome_words(choice, &suggestions);
+    let (decision, words) = match step(
+        &row.tool_name,
+        &row.input(),
+        &row.suggestions(),
+        row.answers(),
+        row.picks(),
+        choice,
+        message,
+    ) {
+        Step::Decide { decision, words } => (decision, words),
+        Step::Refuse(why) => {
+            out.log = format!("approval {request_id}: {why}");
+            return Ok((Some(why), out));
+        }
+        Step::Progress {
+            answers,
+            picks,
+            toast,
+        } => {
+            let (answers, picks) = (Value::Object(answers), Value::Object(picks));
+            db.exec(
+                "UPDATE approvals SET answers = ?, picks = ?, updated_at = ?
+                 WHERE request_id = ? AND state = 'open'",
+                vec![
+                    answers.to_string().into(),
+                    picks.to_string().into(),
+                    now.into(),
+                    request_id.into(),
+                ],
+            )?;
+            if let Some(message_id) = card_message(db, &row)? {
+                let empty = serde_json::Map::new();
+                let markup = questions_keyboard(
+                    request_id,
+                    &row.input(),
+                    answers.as_object().unwrap_or(&empty),
+                    picks.as_object().unwrap_or(&empty),
+                );
+                out.calls.push(BotCall {
+                    method: "editMessageReplyMarkup",
+                    params: json!({"chat_id": row.chat_id, "message_id": message_id, "reply_markup": markup}),
+                });
+            }
+            out.log = format!("approval {request_id}: {toast}");
+            return Ok((Some(toast), out));
+        }
+    };
     let outcome = match message {
         Some(m) => format!("{words} by {who}: {}", truncate(m, 200)),
         None => format!("{words} by {who}"),
@@ -761,6 +1134,110 @@ mod tests {
             "♾ Always: Bash(npm test)"
         );
         assert_eq!(kb["inline_keyboard"][1][0]["callback_data"], "ap:r1:s0");
+    }
+
+    fn ask() -> Value {
+        json!({"questions": [
+            {"question": "Which database?", "header": "DB", "multiSelect": false,
+             "options": [{"label": "Postgres"}, {"label": "SQLite", "description": "simple"}]},
+            {"question": "Which features?", "header": "Features", "multiSelect": true,
+             "options": [{"label": "Auth"}, {"label": "Search"}, {"label": "Billing"}]}
+        ]})
+    }
+
+    #[test]
+    fn questions_are_answered_by_picks_toggles_and_text() {
+        let input = ask();
+        let go = |a: &serde_json::Map<String, Value>, p: &serde_json::Map<String, Value>, c, m| {
+            step("AskUserQuestion", &input, &[], a.clone(), p.clone(), c, m)
+        };
+        let none = serde_json::Map::new();
+        let Step::Progress { answers, picks, .. } = go(&none, &none, Choice::Pick(0, 1), None)
+        else {
+            panic!("one of two answered")
+        };
+        assert_eq!(answers["Which database?"], "SQLite");
+        assert_eq!(
+            go(&answers, &picks, Choice::Pick(0, 0), None),
+            Step::Refuse("That question is answered already.".into())
+        );
+        let Step::Progress { picks, .. } = go(&answers, &picks, Choice::Pick(1, 2), None) else {
+            panic!()
+        };
+        let Step::Progress { picks, .. } = go(&answers, &picks, Choice::Pick(1, 0), None) else {
+            panic!()
+        };
+        let Step::Progress { picks: p2, .. } = go(&answers, &picks, Choice::Pick(1, 1), None)
+        else {
+            panic!()
+        };
+        let Step::Progress { picks, .. } = go(&answers, &p2, Choice::Pick(1, 1), None) else {
+            panic!("toggled off again")
+        };
+        assert_eq!(picks["1"], json!([0, 2]));
+        let kb = questions_keyboard("r", &input, &answers, &picks);
+        assert_eq!(kb["inline_keyboard"][0][0]["text"], "☑ Auth");
+        assert_eq!(kb["inline_keyboard"][1][0]["text"], "☐ Search");
+        let Step::Decide { decision, .. } = go(&answers, &picks, Choice::Send(1), None) else {
+            panic!("all answered")
+        };
+        let mut want = ask();
+        want["answers"] = json!({"Which database?": "SQLite", "Which features?": "Auth, Billing"});
+        assert_eq!(decision, json!({"behavior": "allow", "updatedInput": want}));
+        assert_eq!(
+            go(&none, &none, Choice::Send(1), None),
+            Step::Refuse("Pick at least one option first.".into())
+        );
+        let Step::Progress { answers, .. } = go(&none, &none, Choice::Deny, Some("MySQL")) else {
+            panic!()
+        };
+        assert_eq!(answers["Which database?"], "MySQL");
+        assert!(matches!(
+            go(&none, &none, Choice::Deny, None),
+            Step::Decide { .. }
+        ));
+    }
+
+    #[test]
+    fn plans_are_approved_with_their_input_or_sent_back() {
+        let input = json!({"plan": "# Plan\n1. do it", "planFilePath": "/p/plan.md"});
+        let none = serde_json::Map::new();
+        let go = |c, m| {
+            step(
+                "ExitPlanMode",
+                &input,
+                &[],
+                none.clone(),
+                none.clone(),
+                c,
+                m,
+            )
+        };
+        assert_eq!(
+            go(Choice::Allow, None),
+            Step::Decide {
+                decision: json!({"behavior": "allow", "updatedInput": input}),
+                words: "plan approved".into()
+            }
+        );
+        let Step::Decide { decision, .. } = go(Choice::Deny, Some("add tests")) else {
+            panic!()
+        };
+        assert_eq!(
+            decision,
+            json!({"behavior": "deny", "message": "add tests", "interrupt": false})
+        );
+        let long = json!({"plan": "step\n".repeat(3000)});
+        let parts = plan_parts("web", "m1", &long);
+        assert!(parts.len() > 1);
+        assert!(parts.iter().all(|p| p.encode_utf16().count() <= 4096));
+        assert!(parts.last().unwrap().ends_with("to keep planning."));
+        for c in [Choice::Pick(3, 9), Choice::Send(3), Choice::KeepPlanning] {
+            assert_eq!(
+                parse_callback(&callback_data("abc", c)),
+                Some(("abc".into(), c))
+            );
+        }
     }
 
     fn setup() -> MemDb {
