@@ -45,9 +45,10 @@ fn install_hooks(agent: &Agent, home: &std::path::Path) -> (String, u64) {
 }
 
 /// Runs the configured hook command as Claude Code does (through a shell, JSON on stdin).
+/// `exec`: the child is the hook itself, so a test's signal reaches it.
 async fn spawn_hook(command: &str, input: &Value) -> Child {
     let mut child = Command::new("sh")
-        .args(["-c", command])
+        .args(["-c", &format!("exec {command}")])
         .env_remove("CCR_WORKER_URL")
         .env_remove("CCR_API_KEY")
         .env_remove("CCR_MACHINE_ID")
@@ -351,4 +352,93 @@ async fn a_plan_is_approved_with_its_input_echoed() {
         )
     );
     edited(&bot, card_id, "plan approved").await;
+}
+
+/// Runs another hook of the session (`post-tool-use`, `user-prompt-submit`) from the
+/// configured settings, as Claude Code would; waits for it to exit.
+async fn run_other_hook(home: &std::path::Path, event: &str, input: &Value) {
+    let text = std::fs::read_to_string(home.join(".claude/settings.json")).unwrap();
+    let settings: Value = serde_json::from_str(&text).unwrap();
+    let hook = &settings["hooks"][event][0]["hooks"][0];
+    assert_eq!(hook["timeout"], 10, "{event} is a quick hook");
+    let child = spawn_hook(hook["command"].as_str().unwrap(), input).await;
+    assert_eq!(stdout_of(child).await, "");
+}
+
+#[tokio::test]
+async fn a_card_answered_at_the_terminal_is_closed_and_a_late_tap_is_told() {
+    let (w, bot) = start().await;
+    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (command, _) = install_hooks(&agent, home.path());
+    let tool_input = json!({"command": "cargo build", "description": "Build"});
+    let input = permission_input("sess-term", "Bash", tool_input.clone(), json!([]));
+    let hook = spawn_hook(&command, &input).await;
+    let (card_id, data, _) = card(&bot, "cargo build").await;
+    // The person allowed it in the terminal: the tool ran, Claude Code runs PostToolUse.
+    let post = json!({
+        "session_id": "sess-term", "transcript_path": "/t.jsonl", "cwd": "/home/u/p",
+        "permission_mode": "default", "hook_event_name": "PostToolUse", "tool_name": "Bash",
+        "tool_input": tool_input, "tool_response": {"stdout": "ok"}
+    });
+    run_other_hook(home.path(), "PostToolUse", &post).await;
+    assert_eq!(
+        stdout_of(hook).await,
+        "",
+        "no decision: the terminal answered"
+    );
+    let edit = edited(&bot, card_id, "answered at the terminal").await;
+    assert!(edit.get("reply_markup").is_none());
+    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    tap(&w, 60, card_id, "q-late", &allow, TEST_USER_ID).await;
+    assert_eq!(
+        toast(&bot, "q-late").await,
+        "Already answered: answered at the terminal"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_hook_s_card_closes_when_the_session_moves_on_and_a_stopped_one_expires() {
+    let (w, bot) = start().await;
+    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (command, _) = install_hooks(&agent, home.path());
+
+    // SIGKILL: the hook cannot say anything; the session's next prompt closes the card.
+    let input = permission_input(
+        "sess-kill",
+        "Write",
+        json!({"file_path": "/p/a.txt", "content": "hello\nworld"}),
+        json!([]),
+    );
+    let mut hook = spawn_hook(&command, &input).await;
+    let (card_id, _, text) = card(&bot, "a.txt").await;
+    assert!(
+        text.contains("11 bytes") && text.contains("hello"),
+        "{text}"
+    );
+    hook.kill().await.unwrap();
+    let prompt = json!({"session_id": "sess-kill", "transcript_path": "/t.jsonl", "cwd": "/p",
+        "hook_event_name": "UserPromptSubmit", "prompt": "never mind"});
+    run_other_hook(home.path(), "UserPromptSubmit", &prompt).await;
+    edited(&bot, card_id, "answered at the terminal").await;
+
+    // SIGTERM (Claude Code's timeout): the hook closes its own card as expired.
+    let input = permission_input(
+        "sess-term2",
+        "WebFetch",
+        json!({"url": "https://example.org/x"}),
+        json!([]),
+    );
+    let hook = spawn_hook(&command, &input).await;
+    let (card_id, _, _) = card(&bot, "https://example.org/x").await;
+    let pid = hook.id().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    edited(&bot, card_id, "expired").await;
+    drop(hook);
 }

@@ -142,6 +142,12 @@ pub enum HookEventArg {
     SessionEnd,
     /// `PermissionRequest`: ask the chat, wait for its decision, print it.
     PermissionRequest,
+    /// `PostToolUse`: close a card answered at the terminal.
+    PostToolUse,
+    /// `PermissionDenied`: close a card answered at the terminal.
+    PermissionDenied,
+    /// `UserPromptSubmit`: close the session's cards answered at the terminal.
+    UserPromptSubmit,
 }
 
 impl From<HookEventArg> for HookEvent {
@@ -152,6 +158,9 @@ impl From<HookEventArg> for HookEvent {
             HookEventArg::Notification => HookEvent::Notification,
             HookEventArg::SessionEnd => HookEvent::SessionEnd,
             HookEventArg::PermissionRequest => HookEvent::PermissionRequest,
+            HookEventArg::PostToolUse => HookEvent::PostToolUse,
+            HookEventArg::PermissionDenied => HookEvent::PermissionDenied,
+            HookEventArg::UserPromptSubmit => HookEvent::UserPromptSubmit,
         }
     }
 }

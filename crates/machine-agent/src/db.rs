@@ -76,6 +76,15 @@ CREATE TABLE IF NOT EXISTS decisions (
     taken_at    INTEGER,
     received_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS open_requests (
+    request_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    tool_name  TEXT NOT NULL,
+    tool_input TEXT NOT NULL,
+    opened_at  INTEGER NOT NULL,
+    closed_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS open_requests_by_session ON open_requests (session_id);
 "#,
 ];
 

@@ -227,6 +227,17 @@ pub struct OpenApproval {
     pub permission_suggestions: Vec<serde_json::Value>,
 }
 
+/// `POST /approvals/close`: requests the session moved on from without the chat's decision
+/// (answered at the terminal, or the hook gave up): their cards say so and lose their buttons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseApprovals {
+    /// The requests (those of other machines, or already settled, are left alone).
+    pub request_ids: Vec<String>,
+    /// What happened, for the card: "answered at the terminal", "expired".
+    pub reason: String,
+}
+
 /// `POST /approvals` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

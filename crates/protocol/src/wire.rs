@@ -25,6 +25,8 @@ pub mod route {
     pub const OUTBOX: &str = "/outbox";
     /// `POST`: a PermissionRequest hook asks the chat for a decision (a card with buttons).
     pub const APPROVALS: &str = "/approvals";
+    /// `POST`: the machine's sessions moved on without the chat's decision: close these cards.
+    pub const APPROVALS_CLOSE: &str = "/approvals/close";
     /// `GET` with an upgrade: a machine agent's socket (`?machineId=X`).
     pub const MACHINE_SOCKET: &str = "/ws";
     /// `GET`: relay health. No auth.

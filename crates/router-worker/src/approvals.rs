@@ -855,7 +855,32 @@ pub fn settle(
     Ok((Some(truncate(&words, 180)), out))
 }
 
-#[allow(dead_code)] // not wired yet: the agent does not report terminal answers yet
+/// `POST /approvals/close`: closes the caller's open requests among `body.request_ids`.
+pub fn close_all(
+    db: &impl Sql,
+    principal: &Principal,
+    body: &ccr_protocol::api::CloseApprovals,
+    now: i64,
+) -> Result<Vec<BotCall>, ApiError> {
+    if body.request_ids.len() > 50 {
+        return Err(ApiError::new(400, "at most 50 requestIds at once"));
+    }
+    let reason = truncate(body.reason.trim(), 100);
+    if reason.is_empty() {
+        return Err(ApiError::new(400, "reason is empty"));
+    }
+    let mut calls = Vec::new();
+    for id in &body.request_ids {
+        request_id_ok(id).map_err(|e| ApiError::new(400, e))?;
+        let Some(row) = get(db, id)? else { continue };
+        if !principal.may_act_for(&row.machine_id) {
+            continue;
+        }
+        calls.extend(close(db, id, &row.machine_id, &reason, now)?);
+    }
+    Ok(calls)
+}
+
 /// Closes an open request the session moved on from (answered at the terminal, expired):
 /// the card says so and loses its buttons.
 pub fn close(

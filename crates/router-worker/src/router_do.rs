@@ -9,7 +9,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 
 use ccr_protocol::api::{
-    ApprovalOpened, OkBody, OpenApproval, RegisterSession, SendNotification, UnregisterSession,
+    ApprovalOpened, CloseApprovals, OkBody, OpenApproval, RegisterSession, SendNotification,
+    UnregisterSession,
 };
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use ccr_protocol::{validate, MAX_FRAME_BYTES};
@@ -679,6 +680,12 @@ impl RouterDO {
             Route::MachineSocket => self.handle_socket(&req, &principal).await,
             Route::Outbox => self.handle_outbox(&principal).await,
             Route::OpenApproval => self.handle_approval(&mut req, &principal).await,
+            Route::CloseApprovals => {
+                let body: CloseApprovals = parse_json(&mut req).await?;
+                let calls = approvals::close_all(&self.db(), &principal, &body, now_ms())?;
+                self.tell(&calls).await?;
+                json(200, &OkBody::default())
+            }
             _ => Err(ApiError::new(404, "no such router operation")),
         }
     }

@@ -48,6 +48,92 @@ pub(crate) fn take(db: &Db, request_id: &str, now: i64) -> rusqlite::Result<Opti
     })
 }
 
+/// Remembers a request the hook is waiting on (so the session's next hooks can tell it moved
+/// on without the chat).
+pub(crate) fn remember_open(
+    db: &Db,
+    request_id: &str,
+    session_id: &str,
+    tool_name: &str,
+    tool_input: &Value,
+    now: i64,
+) -> rusqlite::Result<()> {
+    db.with(|c| {
+        c.execute(
+            "INSERT OR REPLACE INTO open_requests (request_id, session_id, tool_name, tool_input, opened_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![request_id, session_id, tool_name, tool_input.to_string(), now],
+        )
+        .map(drop)
+    })
+}
+
+/// The hook is done with a request.
+pub(crate) fn forget(db: &Db, request_id: &str) -> rusqlite::Result<()> {
+    db.with(|c| {
+        c.execute(
+            "DELETE FROM open_requests WHERE request_id = ?1",
+            params![request_id],
+        )
+        .map(drop)
+    })
+}
+
+/// Whether the session moved on from the request (closed by [`moved_on`], or forgotten).
+pub(crate) fn is_closed(db: &Db, request_id: &str) -> rusqlite::Result<bool> {
+    db.with(|c| {
+        let open: Option<i64> = c
+            .query_row(
+                "SELECT 1 FROM open_requests WHERE request_id = ?1 AND closed_at IS NULL",
+                params![request_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(open.is_none())
+    })
+}
+
+/// The session moved on: closes its open requests (only those for this tool call when
+/// `tool` is given) and returns their ids.
+pub(crate) fn moved_on(
+    db: &Db,
+    session_id: &str,
+    tool: Option<(&str, &Value)>,
+    now: i64,
+) -> rusqlite::Result<Vec<String>> {
+    db.with(|c| {
+        let tx = c.transaction()?;
+        let rows: Vec<(String, String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT request_id, tool_name, tool_input FROM open_requests
+                 WHERE session_id = ?1 AND closed_at IS NULL",
+            )?;
+            let rows = stmt.query_map(params![session_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut ids = Vec::new();
+        for (id, name, input) in rows {
+            let matches = match tool {
+                None => true,
+                Some((n, i)) => {
+                    n == name && serde_json::from_str::<Value>(&input).is_ok_and(|v| &v == i)
+                }
+            };
+            if matches {
+                tx.execute(
+                    "UPDATE open_requests SET closed_at = ?2 WHERE request_id = ?1",
+                    params![id, now],
+                )?;
+                ids.push(id);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +152,23 @@ mod tests {
         assert_eq!(take(&db, "r1", 5).unwrap(), None);
         store(&db, "r1", &json!({"behavior": "allow"}), 6).unwrap();
         assert_eq!(take(&db, "r1", 7).unwrap(), None);
+    }
+
+    #[test]
+    fn the_sessions_next_hooks_close_its_open_requests() {
+        let db = Db::open_in_memory().unwrap();
+        let ls = json!({"command": "ls"});
+        remember_open(&db, "r1", "s1", "Bash", &ls, 1).unwrap();
+        remember_open(&db, "r2", "s1", "Bash", &json!({"command": "pwd"}), 1).unwrap();
+        remember_open(&db, "r3", "s2", "Bash", &ls, 1).unwrap();
+        assert!(!is_closed(&db, "r1").unwrap());
+        assert_eq!(moved_on(&db, "s1", Some(("Bash", &ls)), 2).unwrap(), ["r1"]);
+        assert!(is_closed(&db, "r1").unwrap());
+        assert!(moved_on(&db, "s1", Some(("Bash", &ls)), 3)
+            .unwrap()
+            .is_empty());
+        assert_eq!(moved_on(&db, "s1", None, 4).unwrap(), ["r2"]);
+        forget(&db, "r3").unwrap();
+        assert!(is_closed(&db, "r3").unwrap());
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ccr_protocol::api::{
-    ApprovalOpened, ErrorBody, NotificationAnswer, OpenApproval, RegisterSession, SendNotification,
-    UnregisterSession,
+    ApprovalOpened, CloseApprovals, ErrorBody, NotificationAnswer, OpenApproval, RegisterSession,
+    SendNotification, UnregisterSession,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -80,6 +80,21 @@ impl WorkerApi {
         body: &OpenApproval,
     ) -> anyhow::Result<ApprovalOpened> {
         self.post(route::APPROVALS, body).await
+    }
+
+    /// `POST /approvals/close`: the session moved on without the chat's decision.
+    pub(super) async fn close_approvals(
+        &self,
+        ids: Vec<String>,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let body = CloseApprovals {
+            request_ids: ids,
+            reason: reason.to_owned(),
+        };
+        self.post::<_, serde_json::Value>(route::APPROVALS_CLOSE, &body)
+            .await
+            .map(drop)
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(

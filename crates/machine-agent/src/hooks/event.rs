@@ -14,16 +14,25 @@ pub(crate) enum HookEvent {
     SessionEnd,
     /// `PermissionRequest`: ask the chat, wait for its decision and print it.
     PermissionRequest,
+    /// `PostToolUse`: the tool ran; a card for this call still open was answered at the terminal.
+    PostToolUse,
+    /// `PermissionDenied`: denied; a card for this call still open was answered at the terminal.
+    PermissionDenied,
+    /// `UserPromptSubmit`: the session moved on; its open cards were answered at the terminal.
+    UserPromptSubmit,
 }
 
 impl HookEvent {
     /// Every event, in install order.
-    pub(crate) const ALL: [HookEvent; 5] = [
+    pub(crate) const ALL: [HookEvent; 8] = [
         HookEvent::SessionStart,
         HookEvent::Stop,
         HookEvent::Notification,
         HookEvent::SessionEnd,
         HookEvent::PermissionRequest,
+        HookEvent::PostToolUse,
+        HookEvent::PermissionDenied,
+        HookEvent::UserPromptSubmit,
     ];
 
     /// The argument on the command line (`session-start`).
@@ -34,6 +43,9 @@ impl HookEvent {
             HookEvent::Notification => "notification",
             HookEvent::SessionEnd => "session-end",
             HookEvent::PermissionRequest => "permission-request",
+            HookEvent::PostToolUse => "post-tool-use",
+            HookEvent::PermissionDenied => "permission-denied",
+            HookEvent::UserPromptSubmit => "user-prompt-submit",
         }
     }
 
@@ -45,6 +57,9 @@ impl HookEvent {
             HookEvent::Notification => "Notification",
             HookEvent::SessionEnd => "SessionEnd",
             HookEvent::PermissionRequest => "PermissionRequest",
+            HookEvent::PostToolUse => "PostToolUse",
+            HookEvent::PermissionDenied => "PermissionDenied",
+            HookEvent::UserPromptSubmit => "UserPromptSubmit",
         }
     }
 }

@@ -156,6 +156,9 @@ pub(super) async fn run_hook(
             }
             sessions.upsert(&record)?;
         }
+        // Handled by `hooks::permission::moved_on` (cheap: no tmux, no Worker unless a card
+        // is open).
+        HookEvent::PostToolUse | HookEvent::PermissionDenied | HookEvent::UserPromptSubmit => {}
         HookEvent::SessionEnd => {
             sessions.remove(&input.session_id)?;
             api()?.unregister(&input.session_id).await?;

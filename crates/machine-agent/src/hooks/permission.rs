@@ -107,6 +107,19 @@ pub(super) async fn run(
         tool_input: parsed.tool_input.clone(),
         permission_suggestions: parsed.permission_suggestions.clone(),
     };
+    // Recorded before the card exists: the session may move on at any moment.
+    let db = Db::open(data_dir)?;
+    let id = body.request_id.as_str();
+    if let Err(e) = decisions::remember_open(
+        &db,
+        id,
+        &body.session_id,
+        &body.tool_name,
+        &body.tool_input,
+        now_ms(),
+    ) {
+        warn!("recording the open request: {e}");
+    }
     let started = Instant::now();
     let mut pause = Duration::from_millis(500);
     loop {
@@ -119,25 +132,85 @@ pub(super) async fn run(
             }
             Err(e) => {
                 warn!("opening the card: {e:#}; giving up, the terminal decides");
+                let _ = decisions::forget(&db, id);
                 return Ok(None);
             }
         }
     }
     info!(request_id = %body.request_id, tool = %body.tool_name, "card opened; waiting for the chat");
-    let db = Db::open(data_dir)?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let deadline = Instant::now() + MAX_WAIT;
+    let mut why = "expired";
     while Instant::now() < deadline {
-        match decisions::take(&db, &body.request_id, now_ms()) {
+        match decisions::take(&db, id, now_ms()) {
             Ok(Some(decision)) => {
-                info!(request_id = %body.request_id, "the chat decided");
+                info!(request_id = %id, "the chat decided");
+                let _ = decisions::forget(&db, id);
                 return Ok(Some(output(&decision)));
             }
             Ok(None) => {}
             Err(e) => warn!("reading decisions: {e}"),
         }
-        tokio::time::sleep(POLL).await;
+        if decisions::is_closed(&db, id).unwrap_or(false) {
+            // The session's next hook saw it answered at the terminal and told the Worker;
+            // told again here, in case that came before the card existed.
+            why = "answered at the terminal";
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = term.recv() => {
+                // Claude Code stops a hook it no longer waits for (its timeout).
+                why = "expired (the hook was stopped)";
+                break;
+            }
+        }
+    }
+    info!(request_id = %id, "{why}; the terminal decides");
+    let _ = decisions::forget(&db, id);
+    if let Err(e) = api.close_approvals(vec![id.to_owned()], why).await {
+        warn!("closing the card: {e:#}");
     }
     Ok(None)
+}
+
+/// The fields of a later hook of the session that tell whether it moved on.
+#[derive(Debug, Deserialize)]
+struct MovedOnInput {
+    session_id: String,
+    #[serde(default)]
+    tool_name: Option<String>,
+    #[serde(default)]
+    tool_input: Option<Value>,
+}
+
+/// PostToolUse / PermissionDenied (this tool call) or UserPromptSubmit / Stop (everything):
+/// the session moved on, so its cards still open were answered at the terminal. Cheap: one
+/// local query, and a Worker call only when a card is open.
+pub(super) async fn moved_on(
+    raw: &RawSettings,
+    data_dir: &Path,
+    input: &str,
+    event: HookEvent,
+) -> anyhow::Result<()> {
+    let parsed: MovedOnInput =
+        serde_json::from_str(input).context("the hook input is not Claude Code's hook JSON")?;
+    let db = Db::open(data_dir)?;
+    let tool = match (event, &parsed.tool_name, &parsed.tool_input) {
+        (HookEvent::PostToolUse | HookEvent::PermissionDenied, Some(n), Some(i)) => {
+            Some((n.as_str(), i))
+        }
+        _ => None,
+    };
+    let ids = decisions::moved_on(&db, &parsed.session_id, tool, now_ms())?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    info!(session_id = %parsed.session_id, count = ids.len(), "open card(s) answered at the terminal");
+    let worker = hook_worker(raw, data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    WorkerApi::new(worker, Duration::from_secs(4))?
+        .close_approvals(ids, "answered at the terminal")
+        .await
 }
 
 #[cfg(test)]
