@@ -218,6 +218,12 @@ async fn a_text_reply_to_an_edit_card_denies_with_that_text() {
     let hook = spawn_hook(&command, &input).await;
     let (card_id, _, text) = card(&bot, "main.rs").await;
     assert!(text.contains("foo()") && text.contains("bar()"), "{text}");
+    // /pending lists it, with its age.
+    let pending = Update::message(9, CHAT).text("/pending");
+    assert_eq!(w.send_update(&pending).await.unwrap().status(), 200);
+    let list = bot.wait_message("open request", T).await.unwrap();
+    let list = list["text"].as_str().unwrap();
+    assert!(list.contains("on devbox: Edit, waiting"), "{list}");
     let update = Update::reply(10, CHAT, card_id, "rename it in lib.rs instead");
     assert_eq!(w.send_update(&update).await.unwrap().status(), 200);
     assert_eq!(

@@ -571,6 +571,10 @@ pub fn step(
 pub struct Row {
     /// The hook's id.
     pub request_id: String,
+    /// The session asking.
+    pub session_id: String,
+    /// When it was opened (ms).
+    pub created_at: i64,
     /// Its machine.
     pub machine_id: String,
     /// The chat the card went to.
@@ -608,7 +612,7 @@ impl Row {
     }
 }
 
-const COLUMNS: &str = "request_id, machine_id, chat_id, tool_name, tool_input, answers, picks,
+const COLUMNS: &str = "request_id, session_id, created_at, machine_id, chat_id, tool_name, tool_input, answers, picks,
     suggestions, card, state, outcome";
 
 /// Looks up a request.
@@ -978,7 +982,6 @@ pub fn prune(db: &impl Sql, now: i64) -> Result<(), StoreError> {
     )
 }
 
-#[allow(dead_code)] // not wired yet: `/pending`
 /// The open requests, oldest first (for `/pending`).
 pub fn open_requests(db: &impl Sql) -> Result<Vec<Row>, StoreError> {
     db.query::<Row>(
@@ -987,6 +990,63 @@ pub fn open_requests(db: &impl Sql) -> Result<Vec<Row>, StoreError> {
         ),
         vec![],
     )
+}
+
+/// How long ago, in words: `45 s`, `12 min`, `3 h 5 min`.
+pub fn age(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `/pending`: every open request of every machine, oldest first, with its age and where its
+/// card is. `None`: the message is not `/pending`.
+pub fn on_pending(
+    db: &impl Sql,
+    msg: &telegram::Message,
+    now: i64,
+) -> Result<Option<Settled>, StoreError> {
+    let Some(text) = &msg.text else {
+        return Ok(None);
+    };
+    if telegram::bot_command(text).map(|(c, _)| c) != Some(ccr_protocol::wire::bot::PENDING) {
+        return Ok(None);
+    }
+    let rows = open_requests(db)?;
+    let mut out = format!("⏳ <b>{} open request(s)</b>", rows.len());
+    if rows.is_empty() {
+        out = "Nothing is waiting for an answer.".into();
+    }
+    for row in &rows {
+        let label = store::get_session(db, &row.session_id)?
+            .and_then(|s| s.label)
+            .unwrap_or_else(|| truncate(&row.session_id, 12));
+        let card = card_message(db, row)?;
+        let place = match card {
+            // A supergroup's messages have links; elsewhere the card is found by its time.
+            Some(id) if row.chat_id == msg.chat.id && row.chat_id < -1_000_000_000_000 => format!(
+                " — <a href=\"https://t.me/c/{}/{id}\">card</a>",
+                -(row.chat_id + 1_000_000_000_000)
+            ),
+            Some(_) => format!(" — card sent at {}", utc_time(row.created_at)),
+            None => " — card not sent yet".into(),
+        };
+        out.push_str(&format!(
+            "\n• <b>{}</b> on {}: {}, waiting {}{place}",
+            escape_html(&label),
+            escape_html(&row.machine_id),
+            escape_html(&row.tool_name),
+            age(now - row.created_at),
+        ));
+    }
+    Ok(Some(Settled {
+        calls: vec![BotCall::send(msg.chat.id, &out, Some(msg.message_id))],
+        push_to: None,
+        log: format!("pending: {} open", rows.len()),
+    }))
 }
 
 /// `HH:MM UTC` of a moment (ms since the epoch).
@@ -1312,6 +1372,35 @@ mod tests {
         ack(&db, "r1", "m1").unwrap();
         assert!(unacked_for_machine(&db, "m1", None).unwrap().is_empty());
         assert_eq!(next_push(&db).unwrap(), None);
+    }
+
+    #[test]
+    fn pending_lists_open_requests_with_their_age() {
+        let db = setup();
+        let msg: telegram::Message = serde_json::from_value(
+            json!({"message_id": 5, "chat": {"id": 42}, "text": "/pending@ccr_bot"}),
+        )
+        .unwrap();
+        let empty = on_pending(&db, &msg, 0).unwrap().unwrap();
+        assert!(empty.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Nothing"));
+        open(&db, &[42], &Principal::Admin, &body("r1"), 0).unwrap();
+        open(&db, &[42], &Principal::Admin, &body("r2"), 60_000).unwrap();
+        settle(&db, "r2", Choice::Allow, None, "@a", 60_001).unwrap();
+        let list = on_pending(&db, &msg, 725_000).unwrap().unwrap();
+        let text = list.calls[0].params["text"].as_str().unwrap().to_owned();
+        assert!(text.contains("1 open request"), "{text}");
+        assert!(
+            text.contains("<b>web</b> on m1: Bash, waiting 12 min"),
+            "{text}"
+        );
+        let other: telegram::Message =
+            serde_json::from_value(json!({"message_id": 5, "chat": {"id": 42}, "text": "/pend"}))
+                .unwrap();
+        assert!(on_pending(&db, &other, 0).unwrap().is_none());
+        assert_eq!(age(3 * 3_600_000 + 5 * 60_000), "3 h 5 min");
     }
 
     #[test]

@@ -346,6 +346,11 @@ fn decide(
         );
         return Ok(out);
     }
+    if let Some(s) = approvals::on_pending(db, msg, now)? {
+        out.calls = s.calls;
+        out.log = format!("update {}: {}", update.update_id, s.log);
+        return Ok(out);
+    }
     if let Some(s) = approvals::on_reply(db, msg, now)? {
         out.calls = s.calls;
         out.decided.extend(s.push_to);

@@ -101,7 +101,7 @@ pub enum TextIntent {
 }
 
 /// Splits a bot command's first word into name (without `/` and `@botname`) and the rest.
-fn bot_command(text: &str) -> Option<(&str, &str)> {
+pub fn bot_command(text: &str) -> Option<(&str, &str)> {
     let rest = text.strip_prefix('/')?;
     let (word, args) = match rest.find(char::is_whitespace) {
         Some(i) => rest.split_at(i),
