@@ -448,3 +448,71 @@ async fn a_killed_hook_s_card_closes_when_the_session_moves_on_and_a_stopped_one
     edited(&bot, card_id, "expired").await;
     drop(hook);
 }
+
+#[tokio::test]
+async fn stop_tells_the_truth_and_a_permission_prompt_is_not_sent_twice() {
+    let (w, bot) = start().await;
+    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (command, _) = install_hooks(&agent, home.path());
+    let settings: Value = serde_json::from_str(
+        &std::fs::read_to_string(home.path().join(".claude/settings.json")).unwrap(),
+    )
+    .unwrap();
+    let run = |event: &str, input: Value| {
+        let cmd = settings["hooks"][event][0]["hooks"][0]["command"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        async move { stdout_of(spawn_hook(&cmd, &input).await).await }
+    };
+    // Stop: the final text from the hook input (the transcript does not exist).
+    run(
+        "Stop",
+        json!({"session_id": "sess-stop", "transcript_path": "/nonexistent.jsonl", "cwd": "/p",
+               "hook_event_name": "Stop", "stop_hook_active": false,
+               "last_assistant_message": "All 42 tests pass."}),
+    )
+    .await;
+    bot.wait_message("All 42 tests pass.", T).await.unwrap();
+    // StopFailure: the API error reaches the chat.
+    run(
+        "StopFailure",
+        json!({"session_id": "sess-stop", "transcript_path": "/nonexistent.jsonl", "cwd": "/p",
+               "hook_event_name": "StopFailure", "error": "rate_limit",
+               "last_assistant_message": "API Error: Rate limit reached"}),
+    )
+    .await;
+    bot.wait_message("Claude stopped: API Error: Rate limit reached", T)
+        .await
+        .unwrap();
+    // A permission prompt while its card is out is not sent again with useless y/n buttons.
+    let input = permission_input(
+        "sess-stop",
+        "Bash",
+        json!({"command": "make deploy"}),
+        json!([]),
+    );
+    let hook = spawn_hook(&command, &input).await;
+    let (card_id, data, _) = card(&bot, "make deploy").await;
+    run(
+        "Notification",
+        json!({"session_id": "sess-stop", "transcript_path": "/nonexistent.jsonl", "cwd": "/p",
+               "hook_event_name": "Notification", "notification_type": "permission_prompt",
+               "message": "Claude needs your permission to use Bash"}),
+    )
+    .await;
+    wait_for("the prompt to be skipped", T, || async {
+        agent.hooks_log().contains("not sent twice").then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(!bot.calls_of("sendMessage").iter().any(|c| c.params["text"]
+        .as_str()
+        .unwrap_or("")
+        .contains("needs your permission")));
+    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    tap(&w, 70, card_id, "q-s", &allow, TEST_USER_ID).await;
+    assert!(stdout_of(hook).await.contains(r#""behavior":"allow""#));
+}

@@ -106,7 +106,7 @@ fn install_hooks(
         println!("backed up the previous settings to {}", b.display());
     }
     println!(
-        "installed the SessionStart, Stop, Notification, SessionEnd, PermissionRequest, PostToolUse, PermissionDenied and UserPromptSubmit hooks in {}",
+        "installed the SessionStart, Stop, StopFailure, Notification, SessionEnd, PermissionRequest, PostToolUse, PermissionDenied and UserPromptSubmit hooks in {}",
         r.path.display()
     );
     Ok(())

@@ -148,6 +148,8 @@ pub enum HookEventArg {
     PermissionDenied,
     /// `UserPromptSubmit`: close the session's cards answered at the terminal.
     UserPromptSubmit,
+    /// `StopFailure`: tell the chat the turn ended on an API error.
+    StopFailure,
 }
 
 impl From<HookEventArg> for HookEvent {
@@ -161,6 +163,7 @@ impl From<HookEventArg> for HookEvent {
             HookEventArg::PostToolUse => HookEvent::PostToolUse,
             HookEventArg::PermissionDenied => HookEvent::PermissionDenied,
             HookEventArg::UserPromptSubmit => HookEvent::UserPromptSubmit,
+            HookEventArg::StopFailure => HookEvent::StopFailure,
         }
     }
 }

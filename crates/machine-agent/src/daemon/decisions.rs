@@ -93,6 +93,18 @@ pub(crate) fn is_closed(db: &Db, request_id: &str) -> rusqlite::Result<bool> {
     })
 }
 
+/// Whether the session has a request whose card is out and undecided.
+pub(crate) fn has_open(db: &Db, session_id: &str) -> rusqlite::Result<bool> {
+    db.with(|c| {
+        let n: i64 = c.query_row(
+            "SELECT COUNT(*) FROM open_requests WHERE session_id = ?1 AND closed_at IS NULL",
+            params![session_id],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    })
+}
+
 /// The session moved on: closes its open requests (only those for this tool call when
 /// `tool` is given) and returns their ids.
 pub(crate) fn moved_on(

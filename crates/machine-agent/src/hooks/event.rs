@@ -20,11 +20,13 @@ pub(crate) enum HookEvent {
     PermissionDenied,
     /// `UserPromptSubmit`: the session moved on; its open cards were answered at the terminal.
     UserPromptSubmit,
+    /// `StopFailure`: the turn ended on an API error; the chat is told which.
+    StopFailure,
 }
 
 impl HookEvent {
     /// Every event, in install order.
-    pub(crate) const ALL: [HookEvent; 8] = [
+    pub(crate) const ALL: [HookEvent; 9] = [
         HookEvent::SessionStart,
         HookEvent::Stop,
         HookEvent::Notification,
@@ -33,6 +35,7 @@ impl HookEvent {
         HookEvent::PostToolUse,
         HookEvent::PermissionDenied,
         HookEvent::UserPromptSubmit,
+        HookEvent::StopFailure,
     ];
 
     /// The argument on the command line (`session-start`).
@@ -46,6 +49,7 @@ impl HookEvent {
             HookEvent::PostToolUse => "post-tool-use",
             HookEvent::PermissionDenied => "permission-denied",
             HookEvent::UserPromptSubmit => "user-prompt-submit",
+            HookEvent::StopFailure => "stop-failure",
         }
     }
 
@@ -60,6 +64,7 @@ impl HookEvent {
             HookEvent::PostToolUse => "PostToolUse",
             HookEvent::PermissionDenied => "PermissionDenied",
             HookEvent::UserPromptSubmit => "UserPromptSubmit",
+            HookEvent::StopFailure => "StopFailure",
         }
     }
 }
