@@ -372,6 +372,21 @@ async fn handle(
                 "text": text,
             }))
         }
+        "editMessageReplyMarkup" => {
+            let chat_id = params.get("chat_id").and_then(Value::as_i64).unwrap_or(0);
+            let message_id = params
+                .get("message_id")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if chat_id == 0 || message_id == 0 {
+                return telegram_error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: message to edit not found",
+                    None,
+                );
+            }
+            ok(json!({"message_id": message_id, "date": 1_700_000_000, "chat": {"id": chat_id}}))
+        }
         "answerCallbackQuery"
         | "setMessageReaction"
         | "setWebhook"

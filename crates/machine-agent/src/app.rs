@@ -41,7 +41,10 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
             hooks::run(&common.raw(), event.into());
             Ok(())
         }
-        Command::InstallHooks { settings } => install_hooks(common, settings),
+        Command::InstallHooks {
+            settings,
+            permission_timeout,
+        } => install_hooks(common, settings, permission_timeout),
         Command::Status => status(common),
         Command::MachineKey => machine_key(&common.raw()),
         Command::Telegram {
@@ -82,14 +85,18 @@ fn run_daemon(common: &CommonArgs) -> Result<(), AppError> {
     .map_err(AppError::Daemon)
 }
 
-fn install_hooks(common: &CommonArgs, path: Option<PathBuf>) -> Result<(), AppError> {
+fn install_hooks(
+    common: &CommonArgs,
+    path: Option<PathBuf>,
+    permission_timeout: u64,
+) -> Result<(), AppError> {
     let Some(path) = path.or_else(claude_settings::default_settings_path) else {
         return Err(
             ConfigError("HOME is not set: pass --settings <path to settings.json>".into()).into(),
         );
     };
     let exe = current_exe()?;
-    let r = claude_settings::install(&path, &exe, common.data_dir.as_deref())
+    let r = claude_settings::install(&path, &exe, common.data_dir.as_deref(), permission_timeout)
         .map_err(AppError::Failed)?;
     if !r.changed {
         println!("{}: the hooks are already installed", r.path.display());
@@ -99,7 +106,7 @@ fn install_hooks(common: &CommonArgs, path: Option<PathBuf>) -> Result<(), AppEr
         println!("backed up the previous settings to {}", b.display());
     }
     println!(
-        "installed the SessionStart, Stop, Notification and SessionEnd hooks in {}",
+        "installed the SessionStart, Stop, StopFailure, Notification, SessionEnd, PermissionRequest, PostToolUse, PermissionDenied and UserPromptSubmit hooks in {}",
         r.path.display()
     );
     Ok(())

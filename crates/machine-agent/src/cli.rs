@@ -95,6 +95,10 @@ pub enum Command {
         /// The settings file; default: ~/.claude/settings.json
         #[arg(long)]
         settings: Option<PathBuf>,
+        /// Seconds Claude Code lets the PermissionRequest hook wait for the chat's decision
+        /// before the terminal's dialog decides alone.
+        #[arg(long, default_value_t = 14_400, value_parser = clap::value_parser!(u64).range(30..=604_800))]
+        permission_timeout: u64,
     },
     /// Show the connection, the last command, inbox counts and known sessions.
     Status,
@@ -136,6 +140,16 @@ pub enum HookEventArg {
     Notification,
     /// `SessionEnd`: unregister the session.
     SessionEnd,
+    /// `PermissionRequest`: ask the chat, wait for its decision, print it.
+    PermissionRequest,
+    /// `PostToolUse`: close a card answered at the terminal.
+    PostToolUse,
+    /// `PermissionDenied`: close a card answered at the terminal.
+    PermissionDenied,
+    /// `UserPromptSubmit`: close the session's cards answered at the terminal.
+    UserPromptSubmit,
+    /// `StopFailure`: tell the chat the turn ended on an API error.
+    StopFailure,
 }
 
 impl From<HookEventArg> for HookEvent {
@@ -145,6 +159,11 @@ impl From<HookEventArg> for HookEvent {
             HookEventArg::Stop => HookEvent::Stop,
             HookEventArg::Notification => HookEvent::Notification,
             HookEventArg::SessionEnd => HookEvent::SessionEnd,
+            HookEventArg::PermissionRequest => HookEvent::PermissionRequest,
+            HookEventArg::PostToolUse => HookEvent::PostToolUse,
+            HookEventArg::PermissionDenied => HookEvent::PermissionDenied,
+            HookEventArg::UserPromptSubmit => HookEvent::UserPromptSubmit,
+            HookEventArg::StopFailure => HookEvent::StopFailure,
         }
     }
 }

@@ -67,6 +67,25 @@ ALTER TABLE sessions ADD COLUMN gone_reason TEXT;
 ALTER TABLE sessions ADD COLUMN gone_reported INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE sessions ADD COLUMN input_dirty INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Permission decisions from the chat (`daemon::decisions`): stored before the ack, taken
+    // once by the waiting PermissionRequest hook.
+    r#"
+CREATE TABLE IF NOT EXISTS decisions (
+    request_id  TEXT PRIMARY KEY,
+    decision    TEXT NOT NULL,
+    taken_at    INTEGER,
+    received_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS open_requests (
+    request_id TEXT PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    tool_name  TEXT NOT NULL,
+    tool_input TEXT NOT NULL,
+    opened_at  INTEGER NOT NULL,
+    closed_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS open_requests_by_session ON open_requests (session_id);
+"#,
 ];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them

@@ -207,6 +207,47 @@ pub struct SendNotification {
     pub reply_markup: Option<serde_json::Value>,
 }
 
+/// `POST /approvals`: a PermissionRequest hook asks the chat to decide. The Worker stores the
+/// request, sends one card, and later pushes the decision over the machine's socket
+/// ([`crate::socket::SocketMessage::Decision`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenApproval {
+    /// Chosen by the hook (unique); the decision carries it back. Opening it again is a no-op.
+    pub request_id: String,
+    /// The Claude Code session asking.
+    pub session_id: String,
+    /// Claude Code's `tool_name`.
+    pub tool_name: String,
+    /// Claude Code's `tool_input`, as given.
+    #[serde(default)]
+    pub tool_input: serde_json::Value,
+    /// Claude Code's `permission_suggestions`, as given (each may be echoed back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permission_suggestions: Vec<serde_json::Value>,
+}
+
+/// `POST /approvals/close`: requests the session moved on from without the chat's decision
+/// (answered at the terminal, or the hook gave up): their cards say so and lose their buttons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloseApprovals {
+    /// The requests (those of other machines, or already settled, are left alone).
+    pub request_ids: Vec<String>,
+    /// What happened, for the card: "answered at the terminal", "expired".
+    pub reason: String,
+}
+
+/// `POST /approvals` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalOpened {
+    /// Always `true`.
+    pub ok: bool,
+    /// The request.
+    pub request_id: String,
+}
+
 /// `POST /notifications/send` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

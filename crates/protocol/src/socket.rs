@@ -61,6 +61,20 @@ pub enum SocketMessage {
     Ping,
     /// DO → agent answer to [`SocketMessage::Ping`].
     Pong,
+    /// DO → agent: the chat decided a permission request. Stored in the RouterDO before it is
+    /// sent, sent again until acked; the agent stores it and the waiting hook prints it once.
+    Decision {
+        /// The request the hook opened (`POST /approvals`).
+        request_id: String,
+        /// Claude Code's `decision` object, exactly as the hook prints it inside
+        /// `hookSpecificOutput` (`{"behavior":"allow",...}` or `{"behavior":"deny",...}`).
+        decision: serde_json::Value,
+    },
+    /// Agent → DO: the decision is stored durably in the agent's database.
+    DecisionAck {
+        /// The acknowledged request.
+        request_id: String,
+    },
 }
 
 /// The exact ping frame an agent sends; the DO's auto-response matches it byte for byte.
@@ -86,13 +100,15 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 6] = [
+const KNOWN_TYPES: [&str; 8] = [
     "command",
     "ack",
     "commandResult",
     "sessionGone",
     "ping",
     "pong",
+    "decision",
+    "decisionAck",
 ];
 
 impl SocketMessage {
@@ -129,6 +145,8 @@ impl SocketMessage {
             SocketMessage::SessionGone { .. } => "sessionGone",
             SocketMessage::Ping => "ping",
             SocketMessage::Pong => "pong",
+            SocketMessage::Decision { .. } => "decision",
+            SocketMessage::DecisionAck { .. } => "decisionAck",
         }
     }
 }
@@ -208,6 +226,30 @@ mod tests {
                 command_id: "c2".into(),
                 success: true,
                 error: None,
+            },
+        );
+    }
+
+    #[test]
+    fn decision_shapes() {
+        golden(
+            r#"{"type":"decision","requestId":"r1","decision":{"behavior":"allow"}}"#,
+            SocketMessage::Decision {
+                request_id: "r1".into(),
+                decision: json!({"behavior": "allow"}),
+            },
+        );
+        golden(
+            r#"{"type":"decision","requestId":"r2","decision":{"behavior":"deny","message":"no","interrupt":true}}"#,
+            SocketMessage::Decision {
+                request_id: "r2".into(),
+                decision: json!({"behavior": "deny", "message": "no", "interrupt": true}),
+            },
+        );
+        golden(
+            r#"{"type":"decisionAck","requestId":"r1"}"#,
+            SocketMessage::DecisionAck {
+                request_id: "r1".into(),
             },
         );
     }

@@ -23,6 +23,10 @@ pub mod route {
     /// `GET` (admin key): the outbox of Bot API calls waiting for Telegram, and the counts of
     /// calls sent and dropped.
     pub const OUTBOX: &str = "/outbox";
+    /// `POST`: a PermissionRequest hook asks the chat for a decision (a card with buttons).
+    pub const APPROVALS: &str = "/approvals";
+    /// `POST`: the machine's sessions moved on without the chat's decision: close these cards.
+    pub const APPROVALS_CLOSE: &str = "/approvals/close";
     /// `GET` with an upgrade: a machine agent's socket (`?machineId=X`).
     pub const MACHINE_SOCKET: &str = "/ws";
     /// `GET`: relay health. No auth.
@@ -151,10 +155,12 @@ pub mod bot {
     pub const SESSIONS: &str = "sessions";
     /// `/cmd TOKEN text`: text for the session a token names.
     pub const CMD: &str = "cmd";
+    /// `/pending`: every open permission request, question and plan, with its age.
+    pub const PENDING: &str = "pending";
 
     /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker parses
     /// these names and `ccr-agent telegram setup` registers this list.
-    pub const COMMANDS: [(&str, &str); 4] = [
+    pub const COMMANDS: [(&str, &str); 5] = [
         (START, "How to use this bot, and this chat's id"),
         (HELP, "How to reply to Claude from here"),
         (SESSIONS, "List sessions, their machines and who is online"),
@@ -162,6 +168,7 @@ pub mod bot {
             CMD,
             "/cmd TOKEN text: send text to a notification's session",
         ),
+        (PENDING, "Open permission requests, questions and plans"),
     ];
     /// The update types the webhook handles (replies, edits it explains, button presses).
     pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];

@@ -49,7 +49,9 @@ async fn handle(req: Request, env: &Env) -> Reply {
         | Route::RegisterSession
         | Route::UnregisterSession
         | Route::SendNotification
-        | Route::Outbox => {
+        | Route::Outbox
+        | Route::OpenApproval
+        | Route::CloseApprovals => {
             let principal = authenticate_http(&req, env)?;
             forward_to_router(req, env, &principal).await
         }

@@ -2,6 +2,8 @@
 //!
 //! Layout. Pure modules (no workers-rs types; tested natively, storage on rusqlite through
 //! [`store::Sql`]):
+//! - `approvals`: permission requests decided from the chat: cards, taps, decisions pushed
+//!   to the machine until acked.
 //! - `auth`: API keys, machine-scoped keys, constant-time checks.
 //! - `route`: which handler a method + path goes to.
 //! - `error`: `ApiError`, the one error type of every request path: the status, message and
@@ -38,6 +40,7 @@
 // so unused code is reported by the wasm32 build only.
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
+pub(crate) mod approvals;
 pub(crate) mod auth;
 pub(crate) mod error;
 pub(crate) mod notify;

@@ -21,6 +21,10 @@ pub enum Route {
     MachineSocket,
     /// `GET /outbox`.
     Outbox,
+    /// `POST /approvals`.
+    OpenApproval,
+    /// `POST /approvals/close`.
+    CloseApprovals,
     /// A known path with the wrong method; carries the allowed one.
     MethodNotAllowed(&'static str),
     /// No such route.
@@ -44,6 +48,8 @@ pub fn route(method: &str, path: &str) -> Route {
         route::NOTIFICATIONS_SEND => (Route::SendNotification, "POST"),
         route::MACHINE_SOCKET => (Route::MachineSocket, "GET"),
         route::OUTBOX => (Route::Outbox, "GET"),
+        route::APPROVALS => (Route::OpenApproval, "POST"),
+        route::APPROVALS_CLOSE => (Route::CloseApprovals, "POST"),
         _ => match webhook_secret {
             Some(secret) => (Route::Webhook(secret.to_owned()), "POST"),
             None => return Route::NotFound,
@@ -67,6 +73,8 @@ mod tests {
         assert_eq!(route("GET", "/health/"), Route::Health);
         assert_eq!(route("GET", "/sessions"), Route::ListSessions);
         assert_eq!(route("GET", "/outbox"), Route::Outbox);
+        assert_eq!(route("POST", "/approvals"), Route::OpenApproval);
+        assert_eq!(route("POST", "/approvals/close"), Route::CloseApprovals);
         assert_eq!(route("POST", "/outbox"), Route::MethodNotAllowed("GET"));
         assert_eq!(route("POST", "/sessions/register"), Route::RegisterSession);
         assert_eq!(

@@ -8,6 +8,7 @@ use ccr_protocol::api::ButtonAction;
 use ccr_protocol::MAX_COMMAND_BYTES;
 use serde::Deserialize;
 
+use crate::approvals;
 use crate::outbox;
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{self, Sql, StoreError};
@@ -47,6 +48,8 @@ pub struct Outcome {
     pub calls: Vec<BotCall>,
     /// Commands queued by this update (the RouterDO pushes those of connected machines).
     pub queued: Vec<queue::Queued>,
+    /// Machines a permission decision was stored for (the RouterDO pushes it).
+    pub decided: Vec<String>,
     /// One line for the log, without secrets or message text.
     pub log: String,
 }
@@ -271,6 +274,12 @@ fn decide(
             );
             return Ok(out);
         };
+        if let Some(s) = approvals::on_callback(db, cb, now)? {
+            out.calls = s.calls;
+            out.decided.extend(s.push_to);
+            out.log = format!("update {}: {}", update.update_id, s.log);
+            return Ok(out);
+        }
         let parsed = cb.data.as_deref().and_then(telegram::parse_callback);
         let Some((token, action)) = parsed else {
             out.calls
@@ -335,6 +344,17 @@ fn decide(
             "update {}: chat {} or its user is not allowed; ignored",
             update.update_id, msg.chat.id
         );
+        return Ok(out);
+    }
+    if let Some(s) = approvals::on_pending(db, msg, now)? {
+        out.calls = s.calls;
+        out.log = format!("update {}: {}", update.update_id, s.log);
+        return Ok(out);
+    }
+    if let Some(s) = approvals::on_reply(db, msg, now)? {
+        out.calls = s.calls;
+        out.decided.extend(s.push_to);
+        out.log = format!("update {}: {}", update.update_id, s.log);
         return Ok(out);
     }
     handle_message(db, &mut out, update.update_id, msg, now, online)?;

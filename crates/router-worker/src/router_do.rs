@@ -8,7 +8,10 @@ use ccr_protocol::wire;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 
-use ccr_protocol::api::{OkBody, RegisterSession, SendNotification, UnregisterSession};
+use ccr_protocol::api::{
+    ApprovalOpened, CloseApprovals, OkBody, OpenApproval, RegisterSession, SendNotification,
+    UnregisterSession,
+};
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use ccr_protocol::{validate, MAX_FRAME_BYTES};
 use serde::de::DeserializeOwned;
@@ -17,6 +20,7 @@ use serde_json::Value;
 use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::*;
 
+use crate::approvals;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::{self, json, parse_json, setting, Reply};
@@ -225,6 +229,23 @@ impl RouterDO {
         let db = self.db();
         let now = now_ms();
         let mut sent = 0;
+        // Decisions first: a hook is waiting on each.
+        for d in approvals::unacked_for_machine(&db, machine_id, due_by)? {
+            let frame = SocketMessage::Decision {
+                request_id: d.request_id.clone(),
+                decision: d.decision(),
+            }
+            .encode();
+            if let Err(e) = ws.send_with_str(&frame) {
+                console_warn!(
+                    "push of decision {} to {machine_id} failed: {e}",
+                    d.request_id
+                );
+                return Ok(sent);
+            }
+            approvals::mark_pushed(&db, &d.request_id, now)?;
+            sent += 1;
+        }
         for q in queue::unacked_for_machine(&db, machine_id, due_by, FLUSH_BATCH)? {
             if !self.push(&ws, &q, now)? {
                 break;
@@ -261,6 +282,10 @@ impl RouterDO {
             |m| self.online(m),
             now + SWEEP_EVERY_MS,
         )?;
+        let wake = match approvals::next_push(&self.db())? {
+            Some(at) => wake.min(at),
+            None => wake,
+        };
         // Never sooner than MIN_ALARM_MS: something due that cannot go now (an outbox lane
         // another request is sending, a socket refusing a push) must not spin the alarm.
         let offset = (wake - now).max(MIN_ALARM_MS) as u64;
@@ -458,6 +483,22 @@ impl RouterDO {
         }
     }
 
+    async fn handle_approval(&self, req: &mut Request, principal: &Principal) -> Reply {
+        let body: OpenApproval = parse_json(req).await?;
+        let chats = self.config().allowed_chats;
+        if let Some(lane) = approvals::open(&self.db(), &chats, principal, &body, now_ms())? {
+            self.send_lane(&lane, true).await?;
+            self.arm_alarm().await?;
+        }
+        json(
+            200,
+            &ApprovalOpened {
+                ok: true,
+                request_id: body.request_id,
+            },
+        )
+    }
+
     async fn handle_webhook(&self, req: &mut Request) -> Reply {
         let update: Update = parse_json(req).await?;
         let outcome = router::handle_update(&self.db(), &self.config(), &update, now_ms(), &|m| {
@@ -473,7 +514,13 @@ impl RouterDO {
                 self.push(&ws, q, now)?;
             }
         }
-        if !outcome.queued.is_empty() || !outcome.calls.is_empty() {
+        for machine in &outcome.decided {
+            self.flush_machine(machine, Some(now))?;
+        }
+        if !outcome.decided.is_empty() {
+            self.arm_alarm().await?;
+        }
+        if !outcome.queued.is_empty() || !outcome.calls.is_empty() || !outcome.decided.is_empty() {
             // The answers are stored with the update; sending them cannot fail the update.
             self.send_stored(&outcome.calls).await;
         }
@@ -573,6 +620,9 @@ impl RouterDO {
                     "machine {machine} reports the pane of session {session_id} gone: {report:?}"
                 );
             }
+            Ok(SocketMessage::DecisionAck { request_id }) => {
+                approvals::ack(&self.db(), &request_id, &machine)?;
+            }
             Ok(SocketMessage::Ping) => {
                 // Only reached when the frame differs from the exact auto-response bytes.
                 let _ = ws.send_with_str(PONG_FRAME);
@@ -629,6 +679,13 @@ impl RouterDO {
             }
             Route::MachineSocket => self.handle_socket(&req, &principal).await,
             Route::Outbox => self.handle_outbox(&principal).await,
+            Route::OpenApproval => self.handle_approval(&mut req, &principal).await,
+            Route::CloseApprovals => {
+                let body: CloseApprovals = parse_json(&mut req).await?;
+                let calls = approvals::close_all(&self.db(), &principal, &body, now_ms())?;
+                self.tell(&calls).await?;
+                json(200, &OkBody::default())
+            }
             _ => Err(ApiError::new(404, "no such router operation")),
         }
     }
@@ -690,6 +747,7 @@ impl DurableObject for RouterDO {
         }
         queue::prune(&db, now)?;
         outbox::prune(&db, now)?;
+        approvals::prune(&db, now)?;
         self.arm_alarm().await?;
         Response::ok("")
     }

@@ -93,6 +93,30 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         name  TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     )",
+], &[
+    // Permission requests decided from the chat (`approvals.rs`): open → decided (pushed to
+    // the machine until acked) | closed. Settled rows are kept 7 days for late taps.
+    "CREATE TABLE IF NOT EXISTS approvals (
+        request_id   TEXT PRIMARY KEY,
+        session_id   TEXT NOT NULL,
+        machine_id   TEXT NOT NULL,
+        chat_id      INTEGER NOT NULL,
+        tool_name    TEXT NOT NULL,
+        tool_input   TEXT NOT NULL DEFAULT 'null',
+        answers      TEXT NOT NULL DEFAULT '{}',
+        picks        TEXT NOT NULL DEFAULT '{}',
+        suggestions  TEXT NOT NULL,
+        card         TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('open', 'decided', 'closed')),
+        outcome      TEXT,
+        decision     TEXT,
+        acked        INTEGER NOT NULL DEFAULT 0,
+        next_push_at INTEGER,
+        decided_at   INTEGER,
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS approvals_by_push ON approvals (state, acked, next_push_at)",
 ]];
 
 /// Creates the version table itself; safe to run every time.

@@ -39,6 +39,12 @@ pub struct Chat {
 pub struct User {
     /// The user id.
     pub id: i64,
+    /// `@username`, when set.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// First name.
+    #[serde(default)]
+    pub first_name: Option<String>,
 }
 
 /// A message (only the fields the router reads).
@@ -95,7 +101,7 @@ pub enum TextIntent {
 }
 
 /// Splits a bot command's first word into name (without `/` and `@botname`) and the rest.
-fn bot_command(text: &str) -> Option<(&str, &str)> {
+pub fn bot_command(text: &str) -> Option<(&str, &str)> {
     let rest = text.strip_prefix('/')?;
     let (word, args) = match rest.find(char::is_whitespace) {
         Some(i) => rest.split_at(i),

@@ -27,7 +27,7 @@ use tracing::{debug, error, info, warn};
 use super::inbox::{Command, Inbox, Receipt, State};
 use super::sessions::Sessions;
 use super::status::{self, Connection};
-use crate::db::now_ms;
+use crate::db::{now_ms, Db};
 use crate::settings::{Timing, WorkerConfig};
 
 /// Results sent per flush.
@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) inbox: Inbox,
     /// Session records and status.
     pub(crate) sessions: Sessions,
+    /// The database permission decisions are stored in (`decisions`).
+    pub(crate) decisions: Db,
     /// Rung when a command is stored (wakes the executor).
     pub(crate) commands_ready: Arc<Notify>,
     /// Rung when a result is ready (wakes the socket loop).
@@ -311,6 +313,20 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
     };
     match msg {
         SocketMessage::Pong => status::record_pong(&shared.sessions),
+        SocketMessage::Decision {
+            request_id,
+            decision,
+        } => {
+            if let Err(e) =
+                super::decisions::store(&shared.decisions, &request_id, &decision, now_ms())
+            {
+                // Not acked: the Worker delivers it again.
+                error!(%request_id, "storing a decision failed, not acking: {e}");
+                return Ok(());
+            }
+            info!(%request_id, "decision stored and acked");
+            send(ws, SocketMessage::DecisionAck { request_id }.encode()).await?;
+        }
         SocketMessage::Command {
             command_id,
             session_id,

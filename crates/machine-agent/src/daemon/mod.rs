@@ -13,6 +13,7 @@
 //! - `status`: the connection state (one writer, typed readers) and `ccr-agent status`.
 
 pub(crate) mod connection;
+pub(crate) mod decisions;
 pub(crate) mod inbox;
 pub(crate) mod inject;
 pub(crate) mod sessions;
@@ -49,6 +50,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         );
     }
     let shared = Shared {
+        decisions: db.clone(),
         inbox: Inbox::new(db.clone()),
         sessions: Sessions::new(db),
         commands_ready: Arc::new(Notify::new()),

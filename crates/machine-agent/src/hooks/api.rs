@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use ccr_protocol::api::{
-    ErrorBody, NotificationAnswer, RegisterSession, SendNotification, UnregisterSession,
+    ApprovalOpened, CloseApprovals, ErrorBody, NotificationAnswer, OpenApproval, RegisterSession,
+    SendNotification, UnregisterSession,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -71,6 +72,29 @@ impl WorkerApi {
             reply_markup: None,
         };
         self.post(route::NOTIFICATIONS_SEND, &body).await
+    }
+
+    /// `POST /approvals`: the chat gets a card for this permission request.
+    pub(super) async fn open_approval(
+        &self,
+        body: &OpenApproval,
+    ) -> anyhow::Result<ApprovalOpened> {
+        self.post(route::APPROVALS, body).await
+    }
+
+    /// `POST /approvals/close`: the session moved on without the chat's decision.
+    pub(super) async fn close_approvals(
+        &self,
+        ids: Vec<String>,
+        reason: &str,
+    ) -> anyhow::Result<()> {
+        let body = CloseApprovals {
+            request_ids: ids,
+            reason: reason.to_owned(),
+        };
+        self.post::<_, serde_json::Value>(route::APPROVALS_CLOSE, &body)
+            .await
+            .map(drop)
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(

@@ -68,11 +68,45 @@ fn run_logged(raw: &RawSettings, event: HookEvent) {
             return;
         }
     };
+    if matches!(
+        event,
+        HookEvent::PostToolUse | HookEvent::PermissionDenied | HookEvent::UserPromptSubmit
+    ) {
+        let moved = super::permission::moved_on(raw, &data_dir, &input, event);
+        match rt.block_on(async { tokio::time::timeout(HOOK_DEADLINE, moved).await }) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(hook = event.arg(), "hook failed: {e:#}"),
+            Err(_) => tracing::warn!(hook = event.arg(), "hook gave up after {:?}", HOOK_DEADLINE),
+        }
+        rt.shutdown_background();
+        return;
+    }
+    if event == HookEvent::PermissionRequest {
+        // Waits for a person (hours), and its answer is stdout: its own path.
+        match rt.block_on(super::permission::run(raw, &data_dir, &input, &env)) {
+            Ok(Some(out)) => {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(out.as_bytes());
+                let _ = stdout.flush();
+            }
+            Ok(None) => tracing::info!("no decision from the chat; the terminal decides"),
+            Err(e) => tracing::warn!(hook = event.arg(), "hook failed: {e:#}"),
+        }
+        rt.shutdown_background();
+        return;
+    }
     let outcome = rt.block_on(async {
-        tokio::time::timeout(
-            HOOK_DEADLINE,
-            events::run_hook(event, raw, &data_dir, &input, &env),
-        )
+        tokio::time::timeout(HOOK_DEADLINE, async {
+            let done = events::run_hook(event, raw, &data_dir, &input, &env).await;
+            if event == HookEvent::Stop {
+                // The turn ended: a card still open was answered at the terminal.
+                if let Err(e) = super::permission::moved_on(raw, &data_dir, &input, event).await {
+                    tracing::warn!("closing open cards: {e:#}");
+                }
+            }
+            done
+        })
         .await
     });
     match outcome {

@@ -12,15 +12,30 @@ pub(crate) enum HookEvent {
     Notification,
     /// `SessionEnd`: unregister the session.
     SessionEnd,
+    /// `PermissionRequest`: ask the chat, wait for its decision and print it.
+    PermissionRequest,
+    /// `PostToolUse`: the tool ran; a card for this call still open was answered at the terminal.
+    PostToolUse,
+    /// `PermissionDenied`: denied; a card for this call still open was answered at the terminal.
+    PermissionDenied,
+    /// `UserPromptSubmit`: the session moved on; its open cards were answered at the terminal.
+    UserPromptSubmit,
+    /// `StopFailure`: the turn ended on an API error; the chat is told which.
+    StopFailure,
 }
 
 impl HookEvent {
     /// Every event, in install order.
-    pub(crate) const ALL: [HookEvent; 4] = [
+    pub(crate) const ALL: [HookEvent; 9] = [
         HookEvent::SessionStart,
         HookEvent::Stop,
         HookEvent::Notification,
         HookEvent::SessionEnd,
+        HookEvent::PermissionRequest,
+        HookEvent::PostToolUse,
+        HookEvent::PermissionDenied,
+        HookEvent::UserPromptSubmit,
+        HookEvent::StopFailure,
     ];
 
     /// The argument on the command line (`session-start`).
@@ -30,6 +45,11 @@ impl HookEvent {
             HookEvent::Stop => "stop",
             HookEvent::Notification => "notification",
             HookEvent::SessionEnd => "session-end",
+            HookEvent::PermissionRequest => "permission-request",
+            HookEvent::PostToolUse => "post-tool-use",
+            HookEvent::PermissionDenied => "permission-denied",
+            HookEvent::UserPromptSubmit => "user-prompt-submit",
+            HookEvent::StopFailure => "stop-failure",
         }
     }
 
@@ -40,6 +60,11 @@ impl HookEvent {
             HookEvent::Stop => "Stop",
             HookEvent::Notification => "Notification",
             HookEvent::SessionEnd => "SessionEnd",
+            HookEvent::PermissionRequest => "PermissionRequest",
+            HookEvent::PostToolUse => "PostToolUse",
+            HookEvent::PermissionDenied => "PermissionDenied",
+            HookEvent::UserPromptSubmit => "UserPromptSubmit",
+            HookEvent::StopFailure => "StopFailure",
         }
     }
 }

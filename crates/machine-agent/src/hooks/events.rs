@@ -37,6 +37,15 @@ pub(super) struct HookInput {
     /// The Notification hook's message.
     #[serde(default)]
     pub(super) message: Option<String>,
+    /// The Notification hook's type (`permission_prompt`, `idle_prompt`, …).
+    #[serde(default)]
+    pub(super) notification_type: Option<String>,
+    /// Stop / StopFailure: the final assistant text (StopFailure: the error text).
+    #[serde(default)]
+    pub(super) last_assistant_message: Option<String>,
+    /// StopFailure: the error kind.
+    #[serde(default)]
+    pub(super) error: Option<String>,
 }
 
 /// The tmux variables of the hook's environment.
@@ -76,7 +85,8 @@ pub(super) async fn run_hook(
         serde_json::from_str(input).context("the hook input is not Claude Code's hook JSON")?;
     ccr_protocol::validate::session_id(&input.session_id)
         .map_err(|e| anyhow::anyhow!("the hook input's session_id is invalid: {e}"))?;
-    let sessions = Sessions::new(Db::open(data_dir)?);
+    let db = Db::open(data_dir)?;
+    let sessions = Sessions::new(db.clone());
     let known = sessions.get(&input.session_id)?;
     let mut record = refresh_record(known.as_ref(), &input, env);
     if event != HookEvent::SessionEnd && env.pane().is_some() {
@@ -113,8 +123,14 @@ pub(super) async fn run_hook(
                 .transcript_path
                 .clone()
                 .or_else(|| record.transcript_path.clone());
-            let text = match transcript {
-                Some(path) => {
+            // Claude Code hands the final text over; the transcript may not hold it yet.
+            let given = input
+                .last_assistant_message
+                .clone()
+                .filter(|m| !m.trim().is_empty());
+            let text = match (given, transcript) {
+                (Some(t), _) => Some(t),
+                (None, Some(path)) => {
                     let path = PathBuf::from(path);
                     tokio::task::spawn_blocking(move || {
                         super::transcript::last_assistant_text(&path)
@@ -126,7 +142,7 @@ pub(super) async fn run_hook(
                         None
                     })
                 }
-                None => None,
+                (None, None) => None,
             };
             let message = stop_text(&record, text.as_deref());
             let sent = api.notify(&input.session_id, &message).await?;
@@ -142,10 +158,47 @@ pub(super) async fn run_hook(
             let Some(message) = input.message.as_deref().filter(|m| !m.trim().is_empty()) else {
                 bail!("the Notification hook input has no message");
             };
+            if input.notification_type.as_deref() == Some("permission_prompt")
+                && crate::daemon::decisions::has_open(&db, &input.session_id)?
+            {
+                // Its card is in the chat already, with the buttons that work.
+                info!(session_id = %input.session_id, "permission prompt: its card is out; not sent twice");
+                return Ok(());
+            }
             let text = format!("🔔 {}: {}", heading(&record), message.trim());
             let sent = api.notify(&input.session_id, &text).await?;
             log_sent(&input.session_id, &sent, "notification");
         }
+        HookEvent::StopFailure => {
+            let api = api()?;
+            if must_register {
+                api.register(&input.session_id, record.label.as_deref())
+                    .await?;
+            }
+            sessions.upsert(&record)?;
+            let why = input
+                .last_assistant_message
+                .as_deref()
+                .or(input.error.as_deref())
+                .filter(|m| !m.trim().is_empty())
+                .unwrap_or("the turn ended on an API error");
+            let text = format!("⚠️ {}\n\nClaude stopped: {}", heading(&record), why.trim());
+            let sent = api.notify(&input.session_id, &text).await?;
+            log_sent(&input.session_id, &sent, "stop failure");
+        }
+        HookEvent::PermissionRequest => {
+            // The bookkeeping before a card (`hooks::permission` does the rest): the Worker
+            // must know the session to put its card in the chat.
+            if must_register {
+                api()?
+                    .register(&input.session_id, record.label.as_deref())
+                    .await?;
+            }
+            sessions.upsert(&record)?;
+        }
+        // Handled by `hooks::permission::moved_on` (cheap: no tmux, no Worker unless a card
+        // is open).
+        HookEvent::PostToolUse | HookEvent::PermissionDenied | HookEvent::UserPromptSubmit => {}
         HookEvent::SessionEnd => {
             sessions.remove(&input.session_id)?;
             api()?.unregister(&input.session_id).await?;

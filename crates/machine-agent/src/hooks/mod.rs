@@ -6,12 +6,15 @@
 //! - `event`: the events and their names on the command line and in settings.json.
 //! - `events`: what each event does (record the pane, register, notify, unregister).
 //! - `api`: the Worker's HTTP routes the hooks call.
+//! - `permission`: the PermissionRequest hook: open a card, wait for the chat's decision in
+//!   the agent's database, print it.
 //! - `transcript`: the last assistant text, read from the end of a transcript.
 
 mod api;
 mod entry;
 mod event;
 mod events;
+mod permission;
 mod transcript;
 
 pub(crate) use entry::run;

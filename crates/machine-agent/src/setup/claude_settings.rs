@@ -56,6 +56,7 @@ pub(crate) fn merge(
     settings: &mut Value,
     exe: &Path,
     data_dir: Option<&Path>,
+    permission_timeout: u64,
 ) -> anyhow::Result<bool> {
     let Some(root) = settings.as_object_mut() else {
         bail!("the settings file is not a JSON object");
@@ -69,6 +70,11 @@ pub(crate) fn merge(
     let mut changed = false;
     for event in HookEvent::ALL {
         let wanted = hook_command(exe, data_dir, event);
+        // The PermissionRequest hook waits for a person: hours, not seconds.
+        let timeout = match event {
+            HookEvent::PermissionRequest => permission_timeout,
+            _ => HOOK_TIMEOUT_SECS,
+        };
         let groups = hooks
             .entry(event.claude_name())
             .or_insert_with(|| Value::Array(Vec::new()));
@@ -95,11 +101,15 @@ pub(crate) fn merge(
                     entry["command"] = Value::String(wanted.clone());
                     changed = true;
                 }
+                if entry.get("timeout").and_then(Value::as_u64) != Some(timeout) {
+                    entry["timeout"] = json!(timeout);
+                    changed = true;
+                }
             }
         }
         if !found {
             groups.push(json!({
-                "hooks": [{"type": "command", "command": wanted, "timeout": HOOK_TIMEOUT_SECS}]
+                "hooks": [{"type": "command", "command": wanted, "timeout": timeout}]
             }));
             changed = true;
         }
@@ -123,6 +133,7 @@ pub(crate) fn install(
     path: &Path,
     exe: &Path,
     data_dir: Option<&Path>,
+    permission_timeout: u64,
 ) -> anyhow::Result<Installed> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => Some(text),
@@ -140,7 +151,7 @@ pub(crate) fn install(
         }
         _ => Value::Object(Map::new()),
     };
-    let changed = merge(&mut settings, exe, data_dir)
+    let changed = merge(&mut settings, exe, data_dir, permission_timeout)
         .with_context(|| format!("{} was not changed", path.display()))?;
     if !changed {
         return Ok(Installed {
@@ -218,7 +229,7 @@ mod tests {
     #[test]
     fn merge_adds_ours_and_keeps_everything_else() {
         let mut v = user_settings();
-        assert!(merge(&mut v, Path::new(EXE), None).unwrap());
+        assert!(merge(&mut v, Path::new(EXE), None, 3600).unwrap());
         assert_eq!(v["model"], "opus");
         assert_eq!(v["permissions"]["allow"][0], "Bash(git:*)");
         assert_eq!(commands(&v, "PreToolUse"), ["audit"]);
@@ -242,16 +253,32 @@ mod tests {
     #[test]
     fn merge_is_idempotent_and_updates_a_moved_binary() {
         let mut v = user_settings();
-        merge(&mut v, Path::new(EXE), None).unwrap();
+        merge(&mut v, Path::new(EXE), None, 3600).unwrap();
         let once = v.clone();
-        assert!(!merge(&mut v, Path::new(EXE), None).unwrap());
+        assert!(!merge(&mut v, Path::new(EXE), None, 3600).unwrap());
         assert_eq!(v, once);
         assert!(merge(
             &mut v,
             Path::new("/new place/ccr-agent"),
-            Some(Path::new("/d"))
+            Some(Path::new("/d")),
+            3600
         )
         .unwrap());
+        assert_eq!(
+            v["hooks"]["PermissionRequest"][0]["hooks"][0]["timeout"], 3600,
+            "the permission hook waits hours"
+        );
+        assert!(merge(
+            &mut v,
+            Path::new("/new place/ccr-agent"),
+            Some(Path::new("/d")),
+            7200
+        )
+        .unwrap());
+        assert_eq!(
+            v["hooks"]["PermissionRequest"][0]["hooks"][0]["timeout"],
+            7200
+        );
         assert_eq!(
             commands(&v, "Stop"),
             ["say done", "'/new place/ccr-agent' --data-dir /d hook stop"]
@@ -261,9 +288,15 @@ mod tests {
 
     #[test]
     fn merge_refuses_odd_shapes() {
-        assert!(merge(&mut json!([1]), Path::new(EXE), None).is_err());
-        assert!(merge(&mut json!({"hooks": 3}), Path::new(EXE), None).is_err());
-        assert!(merge(&mut json!({"hooks": {"Stop": {}}}), Path::new(EXE), None).is_err());
+        assert!(merge(&mut json!([1]), Path::new(EXE), None, 3600).is_err());
+        assert!(merge(&mut json!({"hooks": 3}), Path::new(EXE), None, 3600).is_err());
+        assert!(merge(
+            &mut json!({"hooks": {"Stop": {}}}),
+            Path::new(EXE),
+            None,
+            3600
+        )
+        .is_err());
     }
 
     #[test]
@@ -271,22 +304,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(".claude/settings.json");
         // Missing file: created, nothing to back up.
-        let r = install(&path, Path::new(EXE), None).unwrap();
+        let r = install(&path, Path::new(EXE), None, 3600).unwrap();
         assert!(r.changed && r.backup.is_none());
         // Existing user file: backed up verbatim, then merged.
         let original = serde_json::to_string_pretty(&user_settings()).unwrap();
         std::fs::write(&path, &original).unwrap();
-        let r = install(&path, Path::new(EXE), None).unwrap();
+        let r = install(&path, Path::new(EXE), None, 3600).unwrap();
         let backup = r.backup.unwrap();
         assert_eq!(std::fs::read_to_string(&backup).unwrap(), original);
         let merged: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(commands(&merged, "Stop").len(), 2);
         // Again: nothing to do, no new backup.
-        let r = install(&path, Path::new(EXE), None).unwrap();
+        let r = install(&path, Path::new(EXE), None, 3600).unwrap();
         assert!(!r.changed && r.backup.is_none());
         // Broken JSON is left alone.
         std::fs::write(&path, "{ not json").unwrap();
-        let err = install(&path, Path::new(EXE), None).unwrap_err();
+        let err = install(&path, Path::new(EXE), None, 3600).unwrap_err();
         assert!(format!("{err:#}").contains("not valid JSON"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
     }
@@ -297,12 +330,12 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("settings.json");
-        install(&path, Path::new(EXE), None).unwrap();
+        install(&path, Path::new(EXE), None, 3600).unwrap();
         assert_eq!(mode(&path), 0o600);
         let path = dir.path().join("shared.json");
         std::fs::write(&path, "{}").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let r = install(&path, Path::new(EXE), None).unwrap();
+        let r = install(&path, Path::new(EXE), None, 3600).unwrap();
         assert_eq!(mode(&path), 0o640);
         assert_eq!(mode(&r.backup.unwrap()), 0o640);
     }

@@ -797,7 +797,7 @@ mod tests {
         ));
         let exe = dir.path().join("ccr-agent");
         std::fs::write(&exe, "").unwrap();
-        claude_settings::install(&path, &exe, None).unwrap();
+        claude_settings::install(&path, &exe, None, 3600).unwrap();
         assert!(matches!(check_hooks(Some(&path), true), Outcome::Pass(_)));
         let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         v["hooks"].as_object_mut().unwrap().remove("Stop");
@@ -809,7 +809,7 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        claude_settings::install(&path, Path::new("/nowhere/ccr-agent"), None).unwrap();
+        claude_settings::install(&path, Path::new("/nowhere/ccr-agent"), None, 3600).unwrap();
         match check_hooks(Some(&path), false) {
             Outcome::Fail { problem, .. } => assert!(problem.contains("/nowhere/ccr-agent")),
             o => panic!("{o:?}"),
