@@ -8,7 +8,8 @@
 //!
 //! - `connection`: the socket — connect, keepalive, store-then-ack, results, backoff.
 //! - `inbox`: the exactly-once state machine `stored → acked → executing → typed → done`.
-//! - `inject`: `tmux send-keys -l`, pause, Enter, on the session's own tmux server.
+//! - `inject`: `tmux send-keys -l` (or one paste for text with line breaks), pause, Enter,
+//!   on the session's own tmux server.
 //! - `sessions`: the session → pane records the hooks write.
 //! - `status`: the connection state (one writer, typed readers) and `ccr-agent status`.
 

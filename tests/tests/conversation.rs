@@ -1,0 +1,96 @@
+//! Talking to a session like a chat: the real Worker, the real agent and real tmux, with a
+//! pane whose program turns bracketed paste on (as Claude Code does) and records the raw
+//! bytes it receives.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ccr_e2e::agent::Agent;
+use ccr_e2e::telegram::Update;
+use ccr_e2e::tmux::Tmux;
+use ccr_e2e::wait_for;
+use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
+
+const CHAT: i64 = 4242;
+/// Generous: workerd and the agent share two cores with other test processes.
+const T: Duration = Duration::from_secs(30);
+
+/// Telegram delivers a reply to message `to`.
+async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) {
+    let resp = w
+        .send_update(&Update::reply(update_id, CHAT, to, text))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// Waits until the raw recording holds `want` exactly (failing with what it holds).
+async fn wait_raw(record: &Path, want: &[u8]) -> Vec<u8> {
+    let got = wait_for("the pane to receive the bytes", T, || async {
+        std::fs::read(record).ok().filter(|b| b.len() >= want.len())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {:?}",
+            String::from_utf8_lossy(&std::fs::read(record).unwrap_or_default())
+        )
+    });
+    // Nothing more arrives (a second Enter, a second paste).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = std::fs::read(record).unwrap();
+    assert_eq!(
+        after,
+        got,
+        "more bytes arrived after the first {}",
+        got.len()
+    );
+    got
+}
+
+#[tokio::test]
+async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
+    let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
+    let tmux = Tmux::start().unwrap();
+    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
+    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    agent
+        .start_session(&tmux, &pane, "sess-chat", "/home/ada/api")
+        .await
+        .unwrap();
+    let msg = w.notify("sess-chat", "done").await.unwrap().message_id;
+
+    // Three lines: one bracketed paste, then one Enter — one prompt, not three.
+    reply(&w, 1, msg, "fix the bug\nthen run the tests\nand commit").await;
+    let got = wait_raw(
+        &record,
+        b"\x1b[200~fix the bug\rthen run the tests\rand commit\x1b[201~\r",
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "\x1b[200~fix the bug\rthen run the tests\rand commit\x1b[201~\r"
+    );
+
+    // 4,000 characters over many lines (Telegram allows 4,096): whole, in order.
+    std::fs::write(&record, "").unwrap();
+    let long: String = (0..200)
+        .map(|i| format!("step {i:03}: {}\n", "ü".repeat(28)))
+        .collect::<String>()
+        .chars()
+        .take(4000)
+        .collect();
+    let want = format!("\x1b[200~{}\x1b[201~\r", long.replace('\n', "\r"));
+    reply(&w, 2, msg, &long).await;
+    let got = wait_raw(&record, want.as_bytes()).await;
+    assert_eq!(String::from_utf8_lossy(&got), want);
+
+    // A single line is still typed (no paste brackets) and one Enter.
+    std::fs::write(&record, "").unwrap();
+    reply(&w, 3, msg, "one line").await;
+    let got = wait_raw(&record, b"one line\r").await;
+    assert_eq!(got, b"one line\r");
+}
