@@ -94,3 +94,68 @@ async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
     let got = wait_raw(&record, b"one line\r").await;
     assert_eq!(got, b"one line\r");
 }
+
+#[tokio::test]
+async fn esc_presses_one_escape_and_an_unknown_key_is_refused_before_queueing() {
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
+    let tmux = Tmux::start().unwrap();
+    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
+    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    agent
+        .start_session(&tmux, &pane, "sess-keys", "/home/ada/api")
+        .await
+        .unwrap();
+    let note = w.notify("sess-keys", "working…").await.unwrap();
+    let msg = note.message_id;
+
+    // An unknown name: the chat is told at once, nothing is queued (no ack, no reaction).
+    reply(&w, 1, msg, "/keys Enter F13").await;
+    let refusal = bot.wait_message("is not a key", T).await.unwrap();
+    assert_eq!(
+        refusal["reply_parameters"]["message_id"],
+        1 + 10_000,
+        "{refusal}"
+    );
+
+    // /esc: exactly one ESC byte reaches the pane, and the ack is reacted to.
+    reply(&w, 2, msg, "/esc").await;
+    assert_eq!(wait_raw(&record, b"\x1b").await, b"\x1b");
+    let reaction = bot.wait_call("setMessageReaction", T).await.unwrap();
+    assert_eq!(reaction.params["message_id"], 2 + 10_000);
+
+    // /keys: named keys in order (Down, Down, Enter = ESC[B ESC[B CR in the pane's raw mode).
+    std::fs::write(&record, "").unwrap();
+    reply(&w, 3, msg, "/keys down Down 2 enter").await;
+    assert_eq!(
+        wait_raw(&record, b"\x1b[B\x1b[B2\r").await,
+        b"\x1b[B\x1b[B2\r"
+    );
+    wait_for("the second reaction", T, || async {
+        (bot.calls_of("setMessageReaction").len() >= 2).then_some(())
+    })
+    .await
+    .unwrap();
+    let reacted: Vec<_> = bot
+        .calls_of("setMessageReaction")
+        .iter()
+        .map(|c| c.params["message_id"].clone())
+        .collect();
+    assert_eq!(
+        reacted,
+        [2 + 10_000, 3 + 10_000],
+        "the refused /keys was never queued"
+    );
+
+    // The ⏹ Stop button under the notification: Escape as well.
+    std::fs::write(&record, "").unwrap();
+    let data = format!("cmd:{}:stop", note.token);
+    let resp = w
+        .send_update(&Update::callback(4, CHAT, "cb-stop", &data).message_id(msg))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(wait_raw(&record, b"\x1b").await, b"\x1b");
+}

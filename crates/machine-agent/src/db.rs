@@ -67,6 +67,10 @@ ALTER TABLE sessions ADD COLUMN gone_reason TEXT;
 ALTER TABLE sessions ADD COLUMN gone_reported INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE sessions ADD COLUMN input_dirty INTEGER NOT NULL DEFAULT 0;
 "#,
+    // Named keys (`/esc`, `/keys`): a `keys` frame's names, space-separated; NULL for text.
+    r#"
+ALTER TABLE inbox ADD COLUMN keys TEXT;
+"#,
 ];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them

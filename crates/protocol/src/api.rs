@@ -116,15 +116,18 @@ pub enum ButtonAction {
     No,
     /// `🛑 Exit`: types `/exit`.
     Exit,
+    /// `⏹ Stop`: presses Escape (stops Claude Code's current turn), as `/esc` does.
+    Stop,
 }
 
 impl ButtonAction {
     /// All actions, in the order the default keyboard shows them.
-    pub const ALL: [ButtonAction; 4] = [
+    pub const ALL: [ButtonAction; 5] = [
         ButtonAction::Continue,
         ButtonAction::Yes,
         ButtonAction::No,
         ButtonAction::Exit,
+        ButtonAction::Stop,
     ];
 
     /// The name used in callback data (`cmd:<token>:<name>`).
@@ -134,6 +137,7 @@ impl ButtonAction {
             ButtonAction::Yes => "yes",
             ButtonAction::No => "no",
             ButtonAction::Exit => "exit",
+            ButtonAction::Stop => "stop",
         }
     }
 
@@ -149,6 +153,7 @@ impl ButtonAction {
             ButtonAction::Yes => "✅ Yes",
             ButtonAction::No => "❌ No",
             ButtonAction::Exit => "🛑 Exit",
+            ButtonAction::Stop => "⏹ Stop",
         }
     }
 
@@ -159,6 +164,15 @@ impl ButtonAction {
             ButtonAction::Yes => "y",
             ButtonAction::No => "n",
             ButtonAction::Exit => "/exit",
+            ButtonAction::Stop => "",
+        }
+    }
+
+    /// The named keys (`wire::keys::NAMES`) pressed instead of typing text, if any.
+    pub fn keys(self) -> Option<&'static str> {
+        match self {
+            ButtonAction::Stop => Some("Escape"),
+            _ => None,
         }
     }
 }
@@ -464,6 +478,9 @@ mod tests {
         }
         assert_eq!(ButtonAction::Continue.command_text(), "");
         assert_eq!(ButtonAction::Exit.command_text(), "/exit");
+        assert_eq!(ButtonAction::Stop.keys(), Some("Escape"));
+        assert_eq!(ButtonAction::Exit.keys(), None);
+        assert_eq!(ButtonAction::from_name("stop"), Some(ButtonAction::Stop));
         assert_eq!(ButtonAction::from_name("rm"), None);
     }
 }

@@ -61,6 +61,25 @@ pub enum SocketMessage {
     Ping,
     /// DO → agent answer to [`SocketMessage::Ping`].
     Pong,
+    /// DO → agent: press named keys in the session's pane (`/esc`, `/keys`). Delivered like
+    /// [`SocketMessage::Command`] — acked once stored, executed once, its outcome reported
+    /// as a [`SocketMessage::CommandResult`] — but never typed as text: each name is one of
+    /// [`crate::wire::keys::NAMES`], which the agent maps to a tmux key itself. A separate
+    /// type so that an agent older than it skips the frame (and the command expires, and the
+    /// chat is told) instead of reading it as an empty command, which is Enter.
+    Keys {
+        /// Unique id, shared with commands: the inbox executes each id at most once.
+        command_id: String,
+        /// The Claude Code session whose pane gets the keys.
+        session_id: String,
+        /// The key names, in order.
+        keys: Vec<String>,
+        /// The Telegram chat the keys came from (for the agent's own logs).
+        chat_id: String,
+        /// As [`SocketMessage::Command`]'s `expiresAt`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
 }
 
 /// The exact ping frame an agent sends; the DO's auto-response matches it byte for byte.
@@ -86,13 +105,14 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 6] = [
+const KNOWN_TYPES: [&str; 7] = [
     "command",
     "ack",
     "commandResult",
     "sessionGone",
     "ping",
     "pong",
+    "keys",
 ];
 
 impl SocketMessage {
@@ -129,6 +149,7 @@ impl SocketMessage {
             SocketMessage::SessionGone { .. } => "sessionGone",
             SocketMessage::Ping => "ping",
             SocketMessage::Pong => "pong",
+            SocketMessage::Keys { .. } => "keys",
         }
     }
 }
@@ -169,6 +190,34 @@ mod tests {
                 expires_at: Some(1_700_000_000_000),
             },
         );
+    }
+
+    #[test]
+    fn keys_shape() {
+        golden(
+            r#"{"type":"keys","commandId":"tg-7","sessionId":"s1","keys":["Escape"],"chatId":"42","expiresAt":1700000000000}"#,
+            SocketMessage::Keys {
+                command_id: "tg-7".into(),
+                session_id: "s1".into(),
+                keys: vec!["Escape".into()],
+                chat_id: "42".into(),
+                expires_at: Some(1_700_000_000_000),
+            },
+        );
+        golden(
+            r#"{"type":"keys","commandId":"c2","sessionId":"s1","keys":["Down","Down","Enter"],"chatId":"42"}"#,
+            SocketMessage::Keys {
+                command_id: "c2".into(),
+                session_id: "s1".into(),
+                keys: vec!["Down".into(), "Down".into(), "Enter".into()],
+                chat_id: "42".into(),
+                expires_at: None,
+            },
+        );
+        // A known type with missing fields is malformed, not unknown.
+        assert!(!SocketMessage::decode(r#"{"type":"keys","commandId":"c"}"#)
+            .unwrap_err()
+            .is_unknown_type());
     }
 
     #[test]

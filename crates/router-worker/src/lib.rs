@@ -39,6 +39,7 @@
 #![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 pub(crate) mod auth;
+pub(crate) mod conversation;
 pub(crate) mod error;
 pub(crate) mod notify;
 pub(crate) mod outbox;

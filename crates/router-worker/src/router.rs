@@ -8,6 +8,7 @@ use ccr_protocol::api::ButtonAction;
 use ccr_protocol::MAX_COMMAND_BYTES;
 use serde::Deserialize;
 
+use crate::conversation::{self, PaneIntent};
 use crate::outbox;
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{self, Sql, StoreError};
@@ -156,10 +157,12 @@ pub fn help_text(chat_id: i64) -> String {
     format!(
         "<b>CCR</b> sends your Claude Code sessions' notifications here.\n\n\
          • <b>Reply</b> to a notification to type your reply into that session.\n\
-         • Or use the buttons under it (Continue = Enter, Yes, No, Exit).\n\
+         • Or use the buttons under it (Continue = Enter, Yes, No, Exit, Stop = Escape).\n\
          • <code>/cmd TOKEN text</code> sends text to a session without replying: /sessions \
          shows each session's TOKEN (tap it to copy).\n\
-         • /sessions lists sessions and whether their machines are online.\n\n\
+         • /sessions lists sessions and whether their machines are online.\n\
+         • In a reply to a notification: /esc presses Escape (stops Claude's turn); \
+         <code>/keys Down Enter</code> presses keys (Enter Escape Tab Up Down C-c 0-9).\n\n\
          This chat's id is <code>{chat_id}</code> (put it in ALLOWED_CHAT_IDS)."
     )
 }
@@ -295,6 +298,7 @@ fn decide(
                     chat,
                     None,
                     action.command_text(),
+                    action.keys().map(str::to_owned),
                     now,
                     online,
                 )? {
@@ -347,6 +351,7 @@ fn button_name(a: ButtonAction) -> &'static str {
         ButtonAction::Yes => "Yes",
         ButtonAction::No => "No",
         ButtonAction::Exit => "Exit",
+        ButtonAction::Stop => "Stop",
     }
 }
 
@@ -371,6 +376,9 @@ fn handle_message(
         out.log = format!("update {update_id}: non-text message; not forwarded");
         return Ok(());
     };
+    if let Some(intent) = conversation::parse(text) {
+        return pane_keys(db, out, update_id, msg, intent, now, online);
+    }
     let (session, command) = match telegram::parse_text(text) {
         TextIntent::Help => {
             reply(out, &help_text(chat));
@@ -430,6 +438,7 @@ fn handle_message(
         chat,
         Some(msg.message_id),
         &command,
+        None,
         now,
         online,
     )? {
@@ -447,6 +456,71 @@ fn handle_message(
         }
         Queueing::Queued { online: true, .. } | Queueing::AlreadyHandled => {}
         Queueing::Refused(why) => reply(out, &why),
+    }
+    Ok(())
+}
+
+/// `/esc` and `/keys` (see `conversation`): in a reply to a notification, queues the keys for
+/// its session like a command; refusals are answered before anything is queued.
+fn pane_keys(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    msg: &Message,
+    intent: PaneIntent,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let chat = msg.chat.id;
+    let answer = |out: &mut Outcome, text: &str| {
+        out.calls
+            .push(BotCall::send(chat, text, Some(msg.message_id)))
+    };
+    let keys = match intent {
+        PaneIntent::Refused(why) => {
+            answer(out, &why);
+            out.log = format!("update {update_id}: keys refused");
+            return Ok(());
+        }
+        PaneIntent::Keys(keys) => keys,
+    };
+    let target = match &msg.reply_to_message {
+        Some(parent) => by_reply(db, chat, parent.message_id)?,
+        None => None,
+    };
+    let Some(m) = target else {
+        answer(
+            out,
+            "Send this as a reply to a notification of the session whose pane should get it.",
+        );
+        out.log = format!("update {update_id}: keys without a session");
+        return Ok(());
+    };
+    let stored = PaneIntent::stored(&keys);
+    match queue_command(
+        db,
+        out,
+        update_id,
+        &m.session_id,
+        chat,
+        Some(msg.message_id),
+        "",
+        Some(stored),
+        now,
+        online,
+    )? {
+        Queueing::Queued {
+            machine,
+            online: false,
+        } => answer(
+            out,
+            &format!(
+                "Queued — {} is offline; the keys are pressed when it reconnects.",
+                escape_html(&machine)
+            ),
+        ),
+        Queueing::Queued { online: true, .. } | Queueing::AlreadyHandled => {}
+        Queueing::Refused(why) => answer(out, &why),
     }
     Ok(())
 }
@@ -470,6 +544,7 @@ fn queue_command(
     chat: i64,
     source_message_id: Option<i64>,
     command: &str,
+    keys: Option<String>,
     now: i64,
     online: &dyn Fn(&str) -> bool,
 ) -> Result<Queueing, StoreError> {
@@ -515,6 +590,7 @@ fn queue_command(
         chat_id: chat,
         source_message_id,
         command: command.to_owned(),
+        keys,
     };
     let created = queue::enqueue(db, &new, now)?;
     let existing = queue::get(db, &new.command_id)?;
@@ -592,6 +668,57 @@ mod tests {
     }
 
     #[test]
+    fn esc_and_keys_in_a_reply_queue_keys_and_unknown_names_queue_nothing() {
+        let db = setup();
+        let out =
+            handle_update(&db, &cfg(), &reply_update(1, 42, 100, "/esc"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert_eq!(out.queued[0].keys.as_deref(), Some("Escape"));
+        assert_eq!(out.queued[0].command, "");
+        assert!(out.calls.is_empty(), "online: no chat noise until the ack");
+        let out = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(2, 42, 100, "/keys down enter"),
+            6,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(out.queued[0].keys.as_deref(), Some("Down Enter"));
+        let out = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(3, 42, 100, "/keys Enter rm"),
+            7,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("is not a key"));
+        assert_eq!(queue::unacked_count(&db, "devbox").unwrap(), 2);
+        // Not a reply: nothing queued, the chat is told how.
+        let out = handle_update(
+            &db,
+            &cfg(),
+            &update(
+                json!({"update_id": 4, "message": {"message_id": 9, "chat": {"id": 42},
+                "from": {"id": 7}, "text": "/esc"}}),
+            ),
+            8,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("reply to a notification"));
+    }
+
+    #[test]
     fn offline_machine_is_announced() {
         let db = setup();
         let out =
@@ -661,6 +788,9 @@ mod tests {
         assert_eq!(out.calls[0].method, "answerCallbackQuery");
         let out = handle_update(&db, &cfg(), &press(9, "cmd:tok1:exit"), 5, &|_| true).unwrap();
         assert_eq!(out.queued[0].command, "/exit");
+        assert_eq!(out.queued[0].keys, None);
+        let out = handle_update(&db, &cfg(), &press(11, "cmd:tok1:stop"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued[0].keys.as_deref(), Some("Escape"));
         let out = handle_update(&db, &cfg(), &press(10, "cmd:zzz:yes"), 5, &|_| true).unwrap();
         assert!(out.queued.is_empty());
         assert_eq!(out.calls[0].method, "answerCallbackQuery");
@@ -790,6 +920,7 @@ mod tests {
             chat_id: 42,
             source_message_id: source,
             command: command.into(),
+            keys: None,
             state: "failed".into(),
             attempts: 1,
             created_at: 0,

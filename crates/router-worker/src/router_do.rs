@@ -236,12 +236,22 @@ impl RouterDO {
 
     /// Sends one command frame and records the attempt; false when the socket refused it.
     fn push(&self, ws: &WebSocket, q: &Queued, now: i64) -> Result<bool> {
-        let frame = SocketMessage::Command {
-            command_id: q.command_id.clone(),
-            session_id: q.session_id.clone(),
-            command: q.command.clone(),
-            chat_id: q.chat_id.to_string(),
-            expires_at: Some(q.created_at + self.command_ttl_ms()),
+        let expires_at = Some(q.created_at + self.command_ttl_ms());
+        let frame = match &q.keys {
+            Some(keys) => SocketMessage::Keys {
+                command_id: q.command_id.clone(),
+                session_id: q.session_id.clone(),
+                keys: keys.split_whitespace().map(str::to_owned).collect(),
+                chat_id: q.chat_id.to_string(),
+                expires_at,
+            },
+            None => SocketMessage::Command {
+                command_id: q.command_id.clone(),
+                session_id: q.session_id.clone(),
+                command: q.command.clone(),
+                chat_id: q.chat_id.to_string(),
+                expires_at,
+            },
         }
         .encode();
         if let Err(e) = ws.send_with_str(&frame) {

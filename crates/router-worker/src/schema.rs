@@ -93,6 +93,10 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         name  TEXT PRIMARY KEY,
         value INTEGER NOT NULL
     )",
+], &[
+    // Named keys (`/esc`, `/keys`): space-separated names from `wire::keys::NAMES`; NULL for
+    // text. A row with keys is pushed as a `keys` frame instead of a `command` frame.
+    "ALTER TABLE command_queue ADD COLUMN keys TEXT",
 ]];
 
 /// Creates the version table itself; safe to run every time.

@@ -95,7 +95,7 @@ pub enum TextIntent {
 }
 
 /// Splits a bot command's first word into name (without `/` and `@botname`) and the rest.
-fn bot_command(text: &str) -> Option<(&str, &str)> {
+pub fn bot_command(text: &str) -> Option<(&str, &str)> {
     let rest = text.strip_prefix('/')?;
     let (word, args) = match rest.find(char::is_whitespace) {
         Some(i) => rest.split_at(i),
@@ -493,7 +493,7 @@ mod tests {
         let data = callback_data("abcdefghijklmnop", ButtonAction::Continue);
         assert!(data.len() <= 64);
         let kb = keyboard("t", &ButtonAction::ALL).unwrap();
-        assert_eq!(kb["inline_keyboard"][0].as_array().unwrap().len(), 4);
+        assert_eq!(kb["inline_keyboard"][0].as_array().unwrap().len(), 5);
         assert!(keyboard("t", &[]).is_none());
     }
 

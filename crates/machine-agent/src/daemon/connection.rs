@@ -309,61 +309,86 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
             return Ok(());
         }
     };
-    match msg {
-        SocketMessage::Pong => status::record_pong(&shared.sessions),
+    let (cmd, expires_at) = match msg {
+        SocketMessage::Pong => {
+            status::record_pong(&shared.sessions);
+            return Ok(());
+        }
         SocketMessage::Command {
             command_id,
             session_id,
             command,
             chat_id,
             expires_at,
-        } => {
-            let cmd = Command {
+        } => (
+            Command {
                 command_id,
                 session_id,
                 command,
                 chat_id,
-            };
-            let receipt = match shared.inbox.store(&cmd, expires_at, now_ms()) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Not acked: the Worker delivers it again, by when the disk may be back.
-                    error!(command_id = %cmd.command_id, "storing a command failed, not acking: {e}");
-                    return Ok(());
+                keys: None,
+            },
+            expires_at,
+        ),
+        // Named keys are stored, acked and executed exactly once like a command.
+        SocketMessage::Keys {
+            command_id,
+            session_id,
+            keys,
+            chat_id,
+            expires_at,
+        } => (
+            Command {
+                command_id,
+                session_id,
+                command: String::new(),
+                chat_id,
+                keys: Some(keys.join(" ")),
+            },
+            expires_at,
+        ),
+        other => {
+            debug!("ignoring {} from the Worker", other.type_name());
+            return Ok(());
+        }
+    };
+    let receipt = match shared.inbox.store(&cmd, expires_at, now_ms()) {
+        Ok(r) => r,
+        Err(e) => {
+            // Not acked: the Worker delivers it again, by when the disk may be back.
+            error!(command_id = %cmd.command_id, "storing a command failed, not acking: {e}");
+            return Ok(());
+        }
+    };
+    let ack = SocketMessage::Ack {
+        command_id: cmd.command_id.clone(),
+    };
+    send(ws, ack.encode()).await?;
+    match receipt {
+        Receipt::New => {
+            info!(command_id = %cmd.command_id, session_id = %cmd.session_id, "command stored and acked");
+            if let Err(e) = shared.inbox.mark_acked(&cmd.command_id, now_ms()) {
+                warn!("recording the ack: {e}");
+            }
+            shared.commands_ready.notify_one();
+        }
+        Receipt::Expired => {
+            warn!(
+                command_id = %cmd.command_id,
+                session_id = %cmd.session_id,
+                "command arrived after it expired: acked, not typed, reported as failed"
+            );
+            shared.results_ready.notify_one();
+        }
+        Receipt::Duplicate(state) => {
+            info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");
+            if state == State::Done {
+                if let Err(e) = shared.inbox.resend_result(&cmd.command_id) {
+                    warn!("queueing a result again: {e}");
                 }
-            };
-            let ack = SocketMessage::Ack {
-                command_id: cmd.command_id.clone(),
-            };
-            send(ws, ack.encode()).await?;
-            match receipt {
-                Receipt::New => {
-                    info!(command_id = %cmd.command_id, session_id = %cmd.session_id, "command stored and acked");
-                    if let Err(e) = shared.inbox.mark_acked(&cmd.command_id, now_ms()) {
-                        warn!("recording the ack: {e}");
-                    }
-                    shared.commands_ready.notify_one();
-                }
-                Receipt::Expired => {
-                    warn!(
-                        command_id = %cmd.command_id,
-                        session_id = %cmd.session_id,
-                        "command arrived after it expired: acked, not typed, reported as failed"
-                    );
-                    shared.results_ready.notify_one();
-                }
-                Receipt::Duplicate(state) => {
-                    info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");
-                    if state == State::Done {
-                        if let Err(e) = shared.inbox.resend_result(&cmd.command_id) {
-                            warn!("queueing a result again: {e}");
-                        }
-                        shared.results_ready.notify_one();
-                    }
-                }
+                shared.results_ready.notify_one();
             }
         }
-        other => debug!("ignoring {} from the Worker", other.type_name()),
     }
     Ok(())
 }

@@ -325,6 +325,14 @@ impl Injector {
         pasted.map(drop)
     }
 
+    /// Presses `keys` (tmux key names from `daemon::keys`' allow-list) in `pane`, in order,
+    /// with one `send-keys`.
+    pub(crate) async fn press(&self, pane: &Pane, keys: &[&str]) -> Result<(), InjectError> {
+        let mut args = vec!["send-keys", "-t", &pane.pane_id];
+        args.extend_from_slice(keys);
+        self.run(pane, &args).await.map(drop)
+    }
+
     /// Presses Enter in `pane` (PaneGone if it no longer exists).
     pub(crate) async fn press_enter(&self, pane: &Pane) -> Result<(), InjectError> {
         self.enter(pane).await

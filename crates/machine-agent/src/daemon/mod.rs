@@ -8,6 +8,7 @@
 //!
 //! - `connection`: the socket — connect, keepalive, store-then-ack, results, backoff.
 //! - `inbox`: the exactly-once state machine `stored → acked → executing → typed → done`.
+//! - `keys`: the chat's key names (`/esc`, `/keys`) → tmux keys, from an allow-list.
 //! - `inject`: `tmux send-keys -l` (or one paste for text with line breaks), pause, Enter,
 //!   on the session's own tmux server.
 //! - `sessions`: the session → pane records the hooks write.
@@ -16,6 +17,7 @@
 pub(crate) mod connection;
 pub(crate) mod inbox;
 pub(crate) mod inject;
+pub(crate) mod keys;
 pub(crate) mod sessions;
 pub(crate) mod status;
 
@@ -193,6 +195,16 @@ async fn type_verified(
 ) -> Outcome {
     if let Err(refused) = verify(shared, injector, rec, pane).await {
         return refused;
+    }
+    if let Some(names) = &cmd.keys {
+        // Named keys, not text: nothing to clear before them, no "typed" step (one tmux call).
+        return match keys::tmux_keys(names) {
+            Err(refused) => Outcome::failed(refused),
+            Ok(keys) => match injector.press(pane, &keys).await {
+                Ok(()) => Outcome::ok(),
+                Err(e) => Outcome::failed(e.to_string()),
+            },
+        };
     }
     if rec.input_dirty {
         // The input line may hold (part of) a command whose typing was interrupted: typed
