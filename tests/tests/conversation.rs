@@ -159,3 +159,50 @@ async fn esc_presses_one_escape_and_an_unknown_key_is_refused_before_queueing() 
     assert_eq!(resp.status(), 200);
     assert_eq!(wait_raw(&record, b"\x1b").await, b"\x1b");
 }
+
+#[tokio::test]
+async fn peek_shows_the_pane_and_an_offline_machine_is_answered() {
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
+    let tmux = Tmux::start().unwrap();
+    let mut agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    agent
+        .start_session(&tmux, &tmux.pane_id, "sess-peek", "/home/ada/api")
+        .await
+        .unwrap();
+    let msg = w.notify("sess-peek", "done").await.unwrap().message_id;
+
+    // Something on the screen (the recorder's terminal echoes what is typed).
+    reply(&w, 1, msg, "echo <b>hi</b> & bye").await;
+    tmux.wait_for_lines(1, T).await.unwrap();
+
+    reply(&w, 2, msg, "/peek").await;
+    let shown = bot.wait_message("<pre>", T).await.unwrap();
+    let text = shown["text"].as_str().unwrap();
+    assert!(
+        text.contains("echo &lt;b&gt;hi&lt;/b&gt; &amp; bye"),
+        "the screen, HTML-escaped: {text}"
+    );
+    assert!(
+        text.starts_with("<pre>") && text.ends_with("</pre>"),
+        "{text}"
+    );
+    assert_eq!(shown["reply_parameters"]["message_id"], 2 + 10_000);
+    assert_eq!(shown["parse_mode"], "HTML");
+
+    // The machine offline: a clear answer at once, nothing waits.
+    agent.terminate().await.unwrap();
+    wait_for("devbox to be offline", T, || async {
+        let all = w.sessions().await.ok()?;
+        let online = all["sessions"].as_array()?.first()?["online"].as_bool()?;
+        (!online).then_some(())
+    })
+    .await
+    .unwrap();
+    reply(&w, 3, msg, "/peek").await;
+    bot.wait_message("No screen: devbox is offline", T)
+        .await
+        .unwrap();
+}

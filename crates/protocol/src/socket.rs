@@ -80,6 +80,27 @@ pub enum SocketMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<i64>,
     },
+    /// DO → agent: what does the session's pane show (`/peek`)? Not queued: asked while the
+    /// machine is connected, answered with a [`SocketMessage::PeekResult`] of the same id, or
+    /// given up by the DO after its timeout.
+    PeekRequest {
+        /// Matches the answer to the question.
+        request_id: String,
+        /// The session whose pane to capture (after verifying it is still the session's).
+        session_id: String,
+    },
+    /// Agent → DO: the answer to a [`SocketMessage::PeekRequest`]: the pane's text (ANSI
+    /// stripped, at most [`crate::MAX_PEEK_CHARS`] characters, its last lines), or why not.
+    PeekResult {
+        /// The request's id.
+        request_id: String,
+        /// The screen's text, when it could be captured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        screen: Option<String>,
+        /// Why not, in words a person understands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// The exact ping frame an agent sends; the DO's auto-response matches it byte for byte.
@@ -105,7 +126,7 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 7] = [
+const KNOWN_TYPES: [&str; 9] = [
     "command",
     "ack",
     "commandResult",
@@ -113,6 +134,8 @@ const KNOWN_TYPES: [&str; 7] = [
     "ping",
     "pong",
     "keys",
+    "peekRequest",
+    "peekResult",
 ];
 
 impl SocketMessage {
@@ -150,6 +173,8 @@ impl SocketMessage {
             SocketMessage::Ping => "ping",
             SocketMessage::Pong => "pong",
             SocketMessage::Keys { .. } => "keys",
+            SocketMessage::PeekRequest { .. } => "peekRequest",
+            SocketMessage::PeekResult { .. } => "peekResult",
         }
     }
 }
@@ -218,6 +243,33 @@ mod tests {
         assert!(!SocketMessage::decode(r#"{"type":"keys","commandId":"c"}"#)
             .unwrap_err()
             .is_unknown_type());
+    }
+
+    #[test]
+    fn peek_shapes() {
+        golden(
+            r#"{"type":"peekRequest","requestId":"peek-9","sessionId":"s1"}"#,
+            SocketMessage::PeekRequest {
+                request_id: "peek-9".into(),
+                session_id: "s1".into(),
+            },
+        );
+        golden(
+            r#"{"type":"peekResult","requestId":"peek-9","screen":"$ ls\nREADME.md"}"#,
+            SocketMessage::PeekResult {
+                request_id: "peek-9".into(),
+                screen: Some("$ ls\nREADME.md".into()),
+                error: None,
+            },
+        );
+        golden(
+            r#"{"type":"peekResult","requestId":"peek-9","error":"pane gone"}"#,
+            SocketMessage::PeekResult {
+                request_id: "peek-9".into(),
+                screen: None,
+                error: Some("pane gone".into()),
+            },
+        );
     }
 
     #[test]

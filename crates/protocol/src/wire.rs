@@ -159,10 +159,12 @@ pub mod bot {
     pub const ESC: &str = "esc";
     /// `/keys NAME…`: named keys from [`super::keys::NAMES`] in the session's pane.
     pub const KEYS: &str = "keys";
+    /// `/peek`: the last screen of the session's pane.
+    pub const PEEK: &str = "peek";
 
     /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker parses
     /// these names and `ccr-agent telegram setup` registers this list.
-    pub const COMMANDS: [(&str, &str); 6] = [
+    pub const COMMANDS: [(&str, &str); 7] = [
         (START, "How to use this bot, and this chat's id"),
         (HELP, "How to reply to Claude from here"),
         (SESSIONS, "List sessions, their machines and who is online"),
@@ -177,6 +179,10 @@ pub mod bot {
         (
             KEYS,
             "In a reply: press keys, e.g. /keys Down Enter (Enter Escape Tab Up Down C-c 0-9)",
+        ),
+        (
+            PEEK,
+            "In a reply to a notification: show the session's screen",
         ),
     ];
     /// The update types the webhook handles (replies, edits it explains, button presses).

@@ -3,10 +3,148 @@
 //! `/keys NAME…` (named keys from the allow-list `wire::keys::NAMES`, never free-form tmux
 //! key names). Pure: reads a message's text and says which keys to queue or why not; the
 //! router finds the session and queues them like a command (durable, exactly once).
+//!
+//! `/peek` asks the session's machine for the pane's screen: not queued (a screen from an
+//! hour ago is no answer), but remembered in `peeks` until the answer arrives or the
+//! timeout passes, either of which answers the chat.
 
 use ccr_protocol::wire::{bot, keys};
+use ccr_protocol::PEEK_TIMEOUT_MS;
+use serde::Deserialize;
 
-use crate::telegram;
+use crate::store::{Sql, StoreError};
+use crate::telegram::{self, escape_html, BotCall};
+
+/// Most UTF-16 units of screen text in a `/peek` answer (Telegram allows 4096 per message;
+/// the rest is the heading, the `<pre>` tags and the escapes' growth).
+const PEEK_SCREEN_BUDGET: usize = 3_000;
+
+/// A `/peek` the RouterDO sends to a connected machine as a `peekRequest` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeekAsk {
+    /// The request's id (`peek-<update id>`).
+    pub request_id: String,
+    /// The session.
+    pub session_id: String,
+    /// Its machine.
+    pub machine_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PendingPeek {
+    machine_id: String,
+    chat_id: i64,
+    reply_to: i64,
+}
+
+/// Remembers a `/peek` until its answer or its deadline.
+pub fn record_peek(
+    db: &impl Sql,
+    ask: &PeekAsk,
+    chat_id: i64,
+    reply_to: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    db.exec(
+        "INSERT OR IGNORE INTO peeks (request_id, session_id, machine_id, chat_id, reply_to,
+            deadline) VALUES (?, ?, ?, ?, ?, ?)",
+        vec![
+            ask.request_id.as_str().into(),
+            ask.session_id.as_str().into(),
+            ask.machine_id.as_str().into(),
+            chat_id.into(),
+            reply_to.into(),
+            (now + PEEK_TIMEOUT_MS).into(),
+        ],
+    )
+}
+
+/// The chat's answer to machine `machine`'s `peekResult`; `None` when no such question is
+/// waiting (answered already, timed out, or asked of another machine).
+pub fn peek_answered(
+    db: &impl Sql,
+    request_id: &str,
+    machine: &str,
+    screen: Option<&str>,
+    error: Option<&str>,
+) -> Result<Option<BotCall>, StoreError> {
+    let pending = db.query::<PendingPeek>(
+        "SELECT machine_id, chat_id, reply_to FROM peeks WHERE request_id = ?",
+        vec![request_id.into()],
+    )?;
+    let Some(p) = pending.into_iter().find(|p| p.machine_id == machine) else {
+        return Ok(None);
+    };
+    db.exec(
+        "DELETE FROM peeks WHERE request_id = ?",
+        vec![request_id.into()],
+    )?;
+    let text = match (screen, error) {
+        (Some(screen), _) => screen_message(screen),
+        (None, error) => format!(
+            "Could not show the screen: {}",
+            escape_html(error.unwrap_or("the machine gave no reason"))
+        ),
+    };
+    Ok(Some(BotCall::send(p.chat_id, &text, Some(p.reply_to))))
+}
+
+/// The chat answers of every `/peek` whose deadline has passed (and forgets them).
+pub fn expire_peeks(db: &impl Sql, now: i64) -> Result<Vec<BotCall>, StoreError> {
+    let due = db.query::<PendingPeek>(
+        "SELECT machine_id, chat_id, reply_to FROM peeks WHERE deadline <= ?",
+        vec![now.into()],
+    )?;
+    db.exec("DELETE FROM peeks WHERE deadline <= ?", vec![now.into()])?;
+    Ok(due
+        .into_iter()
+        .map(|p| {
+            BotCall::send(
+                p.chat_id,
+                &format!(
+                    "No screen: {} did not answer within {} s.",
+                    escape_html(&p.machine_id),
+                    PEEK_TIMEOUT_MS / 1000
+                ),
+                Some(p.reply_to),
+            )
+        })
+        .collect())
+}
+
+/// The earliest deadline of a waiting `/peek`, for the alarm.
+pub fn next_peek_deadline(db: &impl Sql) -> Result<Option<i64>, StoreError> {
+    #[derive(Deserialize)]
+    struct Row {
+        deadline: Option<i64>,
+    }
+    Ok(db
+        .query::<Row>("SELECT min(deadline) AS deadline FROM peeks", vec![])?
+        .into_iter()
+        .next()
+        .and_then(|r| r.deadline))
+}
+
+/// A screen as one message: its last lines that fit, HTML-escaped, in a `<pre>` block.
+pub fn screen_message(screen: &str) -> String {
+    let lines: Vec<&str> = screen.lines().collect();
+    let mut kept: Vec<&str> = Vec::new();
+    let mut units = 0;
+    for line in lines.iter().rev() {
+        let cost = escape_html(line).encode_utf16().count() + 1;
+        if units + cost > PEEK_SCREEN_BUDGET {
+            break;
+        }
+        units += cost;
+        kept.push(line);
+    }
+    kept.reverse();
+    let body = kept.join("\n");
+    if body.trim().is_empty() {
+        return "The screen is empty.".into();
+    }
+    format!("<pre>{}</pre>", escape_html(&body))
+}
 
 /// What a message asks of a session's pane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +153,8 @@ pub enum PaneIntent {
     Keys(Vec<&'static str>),
     /// Refused before anything is queued: the answer for the chat (HTML).
     Refused(String),
+    /// `/peek`: show the pane's screen.
+    Peek,
 }
 
 impl PaneIntent {
@@ -47,6 +187,9 @@ pub fn parse(text: &str) -> Option<PaneIntent> {
                     .into(),
             )
         });
+    }
+    if name == bot::PEEK {
+        return Some(PaneIntent::Peek);
     }
     if name != bot::KEYS {
         return None;
@@ -114,6 +257,56 @@ mod tests {
         let many = format!("/keys {}", "Up ".repeat(keys::MAX + 1));
         assert!(matches!(parse(&many), Some(PaneIntent::Refused(_))));
         assert_eq!(PaneIntent::stored(&["Down", "Enter"]), "Down Enter");
+    }
+
+    #[test]
+    fn peek_is_asked_answered_once_and_times_out() {
+        use crate::store::testing::MemDb;
+        assert_eq!(parse("/peek"), Some(PaneIntent::Peek));
+        let db = MemDb::migrated();
+        let ask = |id: &str| PeekAsk {
+            request_id: id.into(),
+            session_id: "s1".into(),
+            machine_id: "devbox".into(),
+        };
+        record_peek(&db, &ask("peek-1"), 42, 7, 1_000).unwrap();
+        record_peek(&db, &ask("peek-2"), 42, 8, 2_000).unwrap();
+        assert_eq!(
+            next_peek_deadline(&db).unwrap(),
+            Some(1_000 + PEEK_TIMEOUT_MS)
+        );
+        // Another machine cannot answer it.
+        assert!(peek_answered(&db, "peek-1", "other", Some("x"), None)
+            .unwrap()
+            .is_none());
+        let call = peek_answered(&db, "peek-1", "devbox", Some("a <b>\n$ "), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(call.params["text"], "<pre>a &lt;b&gt;\n$ </pre>");
+        assert_eq!(call.params["reply_parameters"]["message_id"], 7);
+        assert!(peek_answered(&db, "peek-1", "devbox", Some("x"), None)
+            .unwrap()
+            .is_none());
+        assert!(expire_peeks(&db, 2_000 + PEEK_TIMEOUT_MS - 1)
+            .unwrap()
+            .is_empty());
+        let late = expire_peeks(&db, 2_000 + PEEK_TIMEOUT_MS).unwrap();
+        assert_eq!(late.len(), 1);
+        assert!(late[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"));
+        assert_eq!(next_peek_deadline(&db).unwrap(), None);
+    }
+
+    #[test]
+    fn a_screen_is_trimmed_to_its_last_lines() {
+        let big: String = (0..1000).map(|i| format!("row {i} & more\n")).collect();
+        let text = screen_message(&big);
+        assert!(text.starts_with("<pre>row "));
+        assert!(text.ends_with("row 999 &amp; more</pre>"));
+        assert!(text.encode_utf16().count() < 4096);
+        assert_eq!(screen_message("\n  \n"), "The screen is empty.");
     }
 
     #[test]

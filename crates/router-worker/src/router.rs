@@ -48,6 +48,8 @@ pub struct Outcome {
     pub calls: Vec<BotCall>,
     /// Commands queued by this update (the RouterDO pushes those of connected machines).
     pub queued: Vec<queue::Queued>,
+    /// `/peek` questions for connected machines (the RouterDO sends them).
+    pub peeks: Vec<conversation::PeekAsk>,
     /// One line for the log, without secrets or message text.
     pub log: String,
 }
@@ -476,14 +478,11 @@ fn pane_keys(
         out.calls
             .push(BotCall::send(chat, text, Some(msg.message_id)))
     };
-    let keys = match intent {
-        PaneIntent::Refused(why) => {
-            answer(out, &why);
-            out.log = format!("update {update_id}: keys refused");
-            return Ok(());
-        }
-        PaneIntent::Keys(keys) => keys,
-    };
+    if let PaneIntent::Refused(why) = &intent {
+        answer(out, why);
+        out.log = format!("update {update_id}: keys refused");
+        return Ok(());
+    }
     let target = match &msg.reply_to_message {
         Some(parent) => by_reply(db, chat, parent.message_id)?,
         None => None,
@@ -491,10 +490,49 @@ fn pane_keys(
     let Some(m) = target else {
         answer(
             out,
-            "Send this as a reply to a notification of the session whose pane should get it.",
+            "Send this as a reply to a notification of the session whose pane it is for.",
         );
-        out.log = format!("update {update_id}: keys without a session");
+        out.log = format!("update {update_id}: pane command without a session");
         return Ok(());
+    };
+    let keys = match intent {
+        PaneIntent::Keys(keys) => keys,
+        PaneIntent::Refused(_) => return Ok(()),
+        PaneIntent::Peek => {
+            let Some(session) = store::get_session(db, &m.session_id)? else {
+                answer(out, "That session is no longer registered.");
+                return Ok(());
+            };
+            if session.gone_at.is_some() {
+                let label = session.label.as_deref().unwrap_or(&session.machine_id);
+                answer(
+                    out,
+                    &pane_gone_text(label, &session.machine_id, session.gone_reason.as_deref()),
+                );
+                out.log = format!("update {update_id}: peek at a gone pane");
+                return Ok(());
+            }
+            if !online(&session.machine_id) {
+                answer(
+                    out,
+                    &format!(
+                        "No screen: {} is offline.",
+                        escape_html(&session.machine_id)
+                    ),
+                );
+                out.log = format!("update {update_id}: peek at an offline machine");
+                return Ok(());
+            }
+            let ask = conversation::PeekAsk {
+                request_id: format!("peek-{update_id}"),
+                session_id: session.session_id,
+                machine_id: session.machine_id,
+            };
+            conversation::record_peek(db, &ask, chat, msg.message_id, now)?;
+            out.log = format!("update {update_id}: peek asked of {}", ask.machine_id);
+            out.peeks.push(ask);
+            return Ok(());
+        }
     };
     let stored = PaneIntent::stored(&keys);
     match queue_command(
@@ -716,6 +754,27 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("reply to a notification"));
+    }
+
+    #[test]
+    fn peek_asks_a_connected_machine_and_answers_for_an_offline_one() {
+        let db = setup();
+        let out = handle_update(&db, &cfg(), &reply_update(1, 42, 100, "/peek"), 5, &|_| {
+            true
+        })
+        .unwrap();
+        assert_eq!(out.peeks.len(), 1);
+        assert_eq!(out.peeks[0].request_id, "peek-1");
+        assert!(out.queued.is_empty() && out.calls.is_empty());
+        let out = handle_update(&db, &cfg(), &reply_update(2, 42, 100, "/peek"), 5, &|_| {
+            false
+        })
+        .unwrap();
+        assert!(out.peeks.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("devbox is offline"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use worker::worker_sys::WebSocketRequestResponsePair;
 use worker::*;
 
 use crate::auth::Principal;
+use crate::conversation;
 use crate::error::ApiError;
 use crate::http::{self, json, parse_json, setting, Reply};
 use crate::notify::{self, Answer};
@@ -271,6 +272,10 @@ impl RouterDO {
             |m| self.online(m),
             now + SWEEP_EVERY_MS,
         )?;
+        let wake = match conversation::next_peek_deadline(&self.db())? {
+            Some(deadline) => wake.min(deadline),
+            None => wake,
+        };
         // Never sooner than MIN_ALARM_MS: something due that cannot go now (an outbox lane
         // another request is sending, a socket refusing a push) must not spin the alarm.
         let offset = (wake - now).max(MIN_ALARM_MS) as u64;
@@ -483,6 +488,21 @@ impl RouterDO {
                 self.push(&ws, q, now)?;
             }
         }
+        for ask in &outcome.peeks {
+            // Unanswered (no socket after all, a refused send) it times out on the alarm.
+            if let Some(ws) = self.machine_socket(&ask.machine_id) {
+                let frame = SocketMessage::PeekRequest {
+                    request_id: ask.request_id.clone(),
+                    session_id: ask.session_id.clone(),
+                };
+                if let Err(e) = ws.send_with_str(frame.encode()) {
+                    console_warn!("peek {} to {} failed: {e}", ask.request_id, ask.machine_id);
+                }
+            }
+        }
+        if !outcome.peeks.is_empty() {
+            self.arm_alarm().await?;
+        }
         if !outcome.queued.is_empty() || !outcome.calls.is_empty() {
             // The answers are stored with the update; sending them cannot fail the update.
             self.send_stored(&outcome.calls).await;
@@ -583,6 +603,23 @@ impl RouterDO {
                     "machine {machine} reports the pane of session {session_id} gone: {report:?}"
                 );
             }
+            Ok(SocketMessage::PeekResult {
+                request_id,
+                screen,
+                error,
+            }) => {
+                let answer = conversation::peek_answered(
+                    &self.db(),
+                    &request_id,
+                    &machine,
+                    screen.as_deref(),
+                    error.as_deref(),
+                )?;
+                match answer {
+                    Some(call) => self.tell(&[call]).await?,
+                    None => console_log!("machine {machine}: late or unknown peek {request_id}"),
+                }
+            }
             Ok(SocketMessage::Ping) => {
                 // Only reached when the frame differs from the exact auto-response bytes.
                 let _ = ws.send_with_str(PONG_FRAME);
@@ -678,6 +715,17 @@ impl DurableObject for RouterDO {
             }
             Ok(())
         })?;
+        // Timed-out `/peek`s and their chat answers in the outbox commit together.
+        let late_peeks = db.transaction(|db| {
+            let calls = conversation::expire_peeks(db, now)?;
+            for dropped in outbox::add_or_drop(db, &calls, now)? {
+                console_warn!("{dropped}");
+            }
+            Ok(calls)
+        })?;
+        if !late_peeks.is_empty() {
+            self.send_stored(&late_peeks).await;
+        }
         for line in outbox::expire(&db, now)? {
             console_warn!("{line}");
         }

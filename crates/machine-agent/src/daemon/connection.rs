@@ -25,6 +25,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error, info, warn};
 
 use super::inbox::{Command, Inbox, Receipt, State};
+use super::inject::Injector;
+use super::peek;
 use super::sessions::Sessions;
 use super::status::{self, Connection};
 use crate::db::now_ms;
@@ -69,6 +71,8 @@ pub(crate) struct Shared {
     pub(crate) commands_ready: Arc<Notify>,
     /// Rung when a result is ready (wakes the socket loop).
     pub(crate) results_ready: Arc<Notify>,
+    /// tmux, for `/peek` (answered on the socket task: one capture, within tmux's timeout).
+    pub(crate) injector: Injector,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
@@ -347,6 +351,23 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
             },
             expires_at,
         ),
+        SocketMessage::PeekRequest {
+            request_id,
+            session_id,
+        } => {
+            let answer = peek::screen(&shared.sessions, &shared.injector, &session_id).await;
+            info!(%request_id, %session_id, ok = answer.is_ok(), "peek answered");
+            let (screen, error) = match answer {
+                Ok(screen) => (Some(screen), None),
+                Err(error) => (None, Some(error)),
+            };
+            let msg = SocketMessage::PeekResult {
+                request_id,
+                screen,
+                error,
+            };
+            return send(ws, msg.encode()).await;
+        }
         other => {
             debug!("ignoring {} from the Worker", other.type_name());
             return Ok(());

@@ -333,6 +333,12 @@ impl Injector {
         self.run(pane, &args).await.map(drop)
     }
 
+    /// The text `pane` shows now (`capture-pane -p`: the visible screen, no escapes).
+    pub(crate) async fn capture(&self, pane: &Pane) -> Result<String, InjectError> {
+        self.run(pane, &["capture-pane", "-p", "-t", &pane.pane_id])
+            .await
+    }
+
     /// Presses Enter in `pane` (PaneGone if it no longer exists).
     pub(crate) async fn press_enter(&self, pane: &Pane) -> Result<(), InjectError> {
         self.enter(pane).await

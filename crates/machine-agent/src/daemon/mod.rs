@@ -8,6 +8,7 @@
 //!
 //! - `connection`: the socket — connect, keepalive, store-then-ack, results, backoff.
 //! - `inbox`: the exactly-once state machine `stored → acked → executing → typed → done`.
+//! - `peek`: `/peek`: a verified pane's screen as text.
 //! - `keys`: the chat's key names (`/esc`, `/keys`) → tmux keys, from an allow-list.
 //! - `inject`: `tmux send-keys -l` (or one paste for text with line breaks), pause, Enter,
 //!   on the session's own tmux server.
@@ -18,6 +19,7 @@ pub(crate) mod connection;
 pub(crate) mod inbox;
 pub(crate) mod inject;
 pub(crate) mod keys;
+pub(crate) mod peek;
 pub(crate) mod sessions;
 pub(crate) mod status;
 
@@ -56,6 +58,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sessions: Sessions::new(db),
         commands_ready: Arc::new(Notify::new()),
         results_ready: Arc::new(Notify::new()),
+        injector: Injector::new(config.tmux.clone(), config.inject_delay),
     };
     // Before the inbox finishes them: the panes of commands a kill interrupted while tmux was
     // being handed their text get their input line cleared before the next command.
