@@ -172,7 +172,8 @@ async fn peek_shows_the_pane_and_an_offline_machine_is_answered() {
         .start_session(&tmux, &tmux.pane_id, "sess-peek", "/home/ada/api")
         .await
         .unwrap();
-    let msg = w.notify("sess-peek", "done").await.unwrap().message_id;
+    let note = w.notify("sess-peek", "done").await.unwrap();
+    let (msg, token) = (note.message_id, note.token);
 
     // Something on the screen (the recorder's terminal echoes what is typed).
     reply(&w, 1, msg, "echo <b>hi</b> & bye").await;
@@ -191,6 +192,29 @@ async fn peek_shows_the_pane_and_an_offline_machine_is_answered() {
     );
     assert_eq!(shown["reply_parameters"]["message_id"], 2 + 10_000);
     assert_eq!(shown["parse_mode"], "HTML");
+
+    // The 👀 button under the notification: the same screen, replying to the notification.
+    let before = bot.calls_of("sendMessage").len();
+    let data = format!("cmd:{token}:peek");
+    let resp = w
+        .send_update(&Update::callback(4, CHAT, "cb-peek", &data).message_id(msg))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let again = wait_for("the 👀 answer", T, || async {
+        bot.calls_of("sendMessage")
+            .into_iter()
+            .skip(before)
+            .map(|c| c.params)
+            .find(|p| p["text"].as_str().is_some_and(|t| t.starts_with("<pre>")))
+    })
+    .await
+    .unwrap();
+    assert!(
+        again["text"].as_str().unwrap().contains("&amp; bye"),
+        "{again}"
+    );
+    assert_eq!(again["reply_parameters"]["message_id"], msg);
 
     // The machine offline: a clear answer at once, nothing waits.
     agent.terminate().await.unwrap();

@@ -118,16 +118,19 @@ pub enum ButtonAction {
     Exit,
     /// `⏹ Stop`: presses Escape (stops Claude Code's current turn), as `/esc` does.
     Stop,
+    /// `👀 Peek`: answers with the session's screen, as `/peek` does (nothing is typed).
+    Peek,
 }
 
 impl ButtonAction {
     /// All actions, in the order the default keyboard shows them.
-    pub const ALL: [ButtonAction; 5] = [
+    pub const ALL: [ButtonAction; 6] = [
         ButtonAction::Continue,
         ButtonAction::Yes,
         ButtonAction::No,
         ButtonAction::Exit,
         ButtonAction::Stop,
+        ButtonAction::Peek,
     ];
 
     /// The name used in callback data (`cmd:<token>:<name>`).
@@ -138,6 +141,7 @@ impl ButtonAction {
             ButtonAction::No => "no",
             ButtonAction::Exit => "exit",
             ButtonAction::Stop => "stop",
+            ButtonAction::Peek => "peek",
         }
     }
 
@@ -154,6 +158,7 @@ impl ButtonAction {
             ButtonAction::No => "❌ No",
             ButtonAction::Exit => "🛑 Exit",
             ButtonAction::Stop => "⏹ Stop",
+            ButtonAction::Peek => "👀 Peek",
         }
     }
 
@@ -164,7 +169,7 @@ impl ButtonAction {
             ButtonAction::Yes => "y",
             ButtonAction::No => "n",
             ButtonAction::Exit => "/exit",
-            ButtonAction::Stop => "",
+            ButtonAction::Stop | ButtonAction::Peek => "",
         }
     }
 

@@ -159,12 +159,13 @@ pub fn help_text(chat_id: i64) -> String {
     format!(
         "<b>CCR</b> sends your Claude Code sessions' notifications here.\n\n\
          • <b>Reply</b> to a notification to type your reply into that session.\n\
-         • Or use the buttons under it (Continue = Enter, Yes, No, Exit, Stop = Escape).\n\
+         • Or use the buttons under it (Continue = Enter, Yes, No, Exit, Stop = Escape, Peek = the screen).\n\
          • <code>/cmd TOKEN text</code> sends text to a session without replying: /sessions \
          shows each session's TOKEN (tap it to copy).\n\
          • /sessions lists sessions and whether their machines are online.\n\
          • In a reply to a notification: /esc presses Escape (stops Claude's turn); \
-         <code>/keys Down Enter</code> presses keys (Enter Escape Tab Up Down C-c 0-9).\n\n\
+         <code>/keys Down Enter</code> presses keys (Enter Escape Tab Up Down C-c 0-9); \
+         /peek shows the session's screen.\n\n\
          This chat's id is <code>{chat_id}</code> (put it in ALLOWED_CHAT_IDS)."
     )
 }
@@ -291,6 +292,28 @@ fn decide(
                 ));
                 out.log = format!("update {}: button for an unknown token", update.update_id);
             }
+            Some(m) if action == ButtonAction::Peek => {
+                let reply_to = cb.message.as_ref().map_or(0, |msg| msg.message_id);
+                let refused = ask_peek(
+                    db,
+                    &mut out,
+                    update.update_id,
+                    &m.session_id,
+                    chat,
+                    reply_to,
+                    now,
+                    online,
+                )?;
+                let toast = match refused {
+                    None => "Looking…".to_owned(),
+                    Some(why) => {
+                        out.calls.push(BotCall::send(chat, &why, Some(reply_to)));
+                        "No screen".to_owned()
+                    }
+                };
+                out.calls
+                    .insert(0, BotCall::answer_callback(&cb.id, &toast));
+            }
             Some(m) => {
                 let toast = match queue_command(
                     db,
@@ -354,6 +377,7 @@ fn button_name(a: ButtonAction) -> &'static str {
         ButtonAction::No => "No",
         ButtonAction::Exit => "Exit",
         ButtonAction::Stop => "Stop",
+        ButtonAction::Peek => "Peek",
     }
 }
 
@@ -499,38 +523,19 @@ fn pane_keys(
         PaneIntent::Keys(keys) => keys,
         PaneIntent::Refused(_) => return Ok(()),
         PaneIntent::Peek => {
-            let Some(session) = store::get_session(db, &m.session_id)? else {
-                answer(out, "That session is no longer registered.");
-                return Ok(());
-            };
-            if session.gone_at.is_some() {
-                let label = session.label.as_deref().unwrap_or(&session.machine_id);
-                answer(
-                    out,
-                    &pane_gone_text(label, &session.machine_id, session.gone_reason.as_deref()),
-                );
-                out.log = format!("update {update_id}: peek at a gone pane");
-                return Ok(());
+            let refused = ask_peek(
+                db,
+                out,
+                update_id,
+                &m.session_id,
+                chat,
+                msg.message_id,
+                now,
+                online,
+            )?;
+            if let Some(why) = refused {
+                answer(out, &why);
             }
-            if !online(&session.machine_id) {
-                answer(
-                    out,
-                    &format!(
-                        "No screen: {} is offline.",
-                        escape_html(&session.machine_id)
-                    ),
-                );
-                out.log = format!("update {update_id}: peek at an offline machine");
-                return Ok(());
-            }
-            let ask = conversation::PeekAsk {
-                request_id: format!("peek-{update_id}"),
-                session_id: session.session_id,
-                machine_id: session.machine_id,
-            };
-            conversation::record_peek(db, &ask, chat, msg.message_id, now)?;
-            out.log = format!("update {update_id}: peek asked of {}", ask.machine_id);
-            out.peeks.push(ask);
             return Ok(());
         }
     };
@@ -561,6 +566,49 @@ fn pane_keys(
         Queueing::Refused(why) => answer(out, &why),
     }
     Ok(())
+}
+
+/// Asks `session_id`'s machine for its pane's screen (`/peek`, the 👀 button), the answer to
+/// go to `chat` replying to `reply_to`; `Some(why not)` when it cannot be asked.
+#[allow(clippy::too_many_arguments)]
+fn ask_peek(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    session_id: &str,
+    chat: i64,
+    reply_to: i64,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<Option<String>, StoreError> {
+    let Some(session) = store::get_session(db, session_id)? else {
+        return Ok(Some("That session is no longer registered.".into()));
+    };
+    if session.gone_at.is_some() {
+        let label = session.label.as_deref().unwrap_or(&session.machine_id);
+        out.log = format!("update {update_id}: peek at a gone pane");
+        return Ok(Some(pane_gone_text(
+            label,
+            &session.machine_id,
+            session.gone_reason.as_deref(),
+        )));
+    }
+    if !online(&session.machine_id) {
+        out.log = format!("update {update_id}: peek at an offline machine");
+        return Ok(Some(format!(
+            "No screen: {} is offline.",
+            escape_html(&session.machine_id)
+        )));
+    }
+    let ask = conversation::PeekAsk {
+        request_id: format!("peek-{update_id}"),
+        session_id: session.session_id,
+        machine_id: session.machine_id,
+    };
+    conversation::record_peek(db, &ask, chat, reply_to, now)?;
+    out.log = format!("update {update_id}: peek asked of {}", ask.machine_id);
+    out.peeks.push(ask);
+    Ok(None)
 }
 
 enum Queueing {
@@ -850,6 +898,10 @@ mod tests {
         assert_eq!(out.queued[0].keys, None);
         let out = handle_update(&db, &cfg(), &press(11, "cmd:tok1:stop"), 5, &|_| true).unwrap();
         assert_eq!(out.queued[0].keys.as_deref(), Some("Escape"));
+        let out = handle_update(&db, &cfg(), &press(12, "cmd:tok1:peek"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert_eq!(out.peeks[0].session_id, "s1");
+        assert_eq!(out.calls[0].method, "answerCallbackQuery");
         let out = handle_update(&db, &cfg(), &press(10, "cmd:zzz:yes"), 5, &|_| true).unwrap();
         assert!(out.queued.is_empty());
         assert_eq!(out.calls[0].method, "answerCallbackQuery");
