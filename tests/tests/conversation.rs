@@ -230,3 +230,73 @@ async fn peek_shows_the_pane_and_an_offline_machine_is_answered() {
         .await
         .unwrap();
 }
+
+/// The Bot API stand-in answers the forum topic methods as Telegram does (for the topic per
+/// session still to come): only in a chat with topics, ids from the message counter, and
+/// TOPIC_NOT_MODIFIED for a change that changes nothing.
+#[tokio::test]
+async fn the_bot_api_stand_in_keeps_forum_topics_like_telegram() {
+    let bot = ccr_e2e::telegram::BotApi::start("123:abc").await.unwrap();
+    let http = reqwest::Client::new();
+    let call = |method: &str, params: serde_json::Value| {
+        let url = format!("{}/bot{}/{method}", bot.base_url(), bot.token());
+        let req = http.post(url).json(&params);
+        async move {
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) = call(
+        "createForumTopic",
+        serde_json::json!({"chat_id": CHAT, "name": "api · devbox"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["description"], "Bad Request: the chat is not a forum");
+
+    bot.enable_topics(CHAT);
+    let (status, body) = call(
+        "createForumTopic",
+        serde_json::json!({"chat_id": CHAT, "name": "api · devbox"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let thread = body["result"]["message_thread_id"].as_i64().unwrap();
+    assert_eq!(body["result"]["name"], "api · devbox");
+    let t = |name: &str, closed: bool| {
+        vec![(
+            thread,
+            ccr_e2e::telegram::Topic {
+                name: name.into(),
+                closed,
+            },
+        )]
+    };
+    assert_eq!(bot.topics(CHAT), t("api · devbox", false));
+
+    let edit =
+        serde_json::json!({"chat_id": CHAT, "message_thread_id": thread, "name": "web · devbox"});
+    assert_eq!(call("editForumTopic", edit.clone()).await.0, 200);
+    let (status, body) = call("editForumTopic", edit).await;
+    assert_eq!(
+        (status, body["description"].as_str()),
+        (400, Some("Bad Request: TOPIC_NOT_MODIFIED"))
+    );
+    let id = serde_json::json!({"chat_id": CHAT, "message_thread_id": thread});
+    assert_eq!(call("closeForumTopic", id.clone()).await.0, 200);
+    assert_eq!(bot.topics(CHAT), t("web · devbox", true));
+    assert_eq!(call("closeForumTopic", id.clone()).await.0, 400);
+    assert_eq!(call("reopenForumTopic", id.clone()).await.0, 200);
+    assert_eq!(call("reopenForumTopic", id).await.0, 400);
+    assert_eq!(bot.topics(CHAT), t("web · devbox", false));
+    let (status, body) = call(
+        "closeForumTopic",
+        serde_json::json!({"chat_id": CHAT, "message_thread_id": 999_999}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["description"].as_str()),
+        (400, Some("Bad Request: TOPIC_ID_INVALID"))
+    );
+}
