@@ -57,6 +57,19 @@ struct Inner {
     next_message_id: i64,
     /// Every call is answered 500 while set.
     all_500: bool,
+    /// Chats with topics (a forum supergroup, or a private chat with topics enabled).
+    forum_chats: std::collections::HashSet<i64>,
+    /// Topics by (chat, message_thread_id).
+    topics: std::collections::BTreeMap<(i64, i64), Topic>,
+}
+
+/// A forum topic as the stand-in keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic {
+    /// Its name (1-128 characters).
+    pub name: String,
+    /// Closed with `closeForumTopic` (and not reopened since).
+    pub closed: bool,
 }
 
 /// The stand-in server. Dropping it stops the server.
@@ -100,6 +113,8 @@ impl BotApi {
     pub async fn start(token: &str) -> anyhow::Result<BotApi> {
         let inner = Arc::new(Mutex::new(Inner {
             next_message_id: 100,
+            forum_chats: Default::default(),
+            topics: Default::default(),
             ..Default::default()
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -189,6 +204,23 @@ impl BotApi {
         self.calls()
             .into_iter()
             .filter(|c| c.method == method)
+            .collect()
+    }
+
+    /// Gives `chat` topics, as a forum supergroup or a private chat with topics enabled has:
+    /// `createForumTopic` and friends work there and nowhere else.
+    pub fn enable_topics(&self, chat: i64) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.forum_chats.insert(chat);
+    }
+
+    /// The topics of `chat` by `message_thread_id`.
+    pub fn topics(&self, chat: i64) -> Vec<(i64, Topic)> {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.topics
+            .iter()
+            .filter(|((c, _), _)| *c == chat)
+            .map(|((_, t), topic)| (*t, topic.clone()))
             .collect()
     }
 
@@ -386,6 +418,69 @@ async fn handle(
                 );
             }
             ok(json!({"message_id": message_id, "date": 1_700_000_000, "chat": {"id": chat_id}}))
+        }
+        "createForumTopic" | "editForumTopic" | "closeForumTopic" | "reopenForumTopic" => {
+            let chat_id = params.get("chat_id").cloned().unwrap_or(Value::Null);
+            let chat_id = chat_id
+                .as_i64()
+                .or_else(|| chat_id.as_str().and_then(|s| s.parse().ok()));
+            let thread = params.get("message_thread_id").and_then(Value::as_i64);
+            let name = params.get("name").and_then(Value::as_str);
+            let bad = |d: &str| telegram_error(StatusCode::BAD_REQUEST, d, None);
+            let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(chat_id) = chat_id else {
+                drop(g);
+                return bad("Bad Request: chat_id is empty");
+            };
+            if !g.forum_chats.contains(&chat_id) {
+                drop(g);
+                return bad("Bad Request: the chat is not a forum");
+            }
+            if let Some(n) = name {
+                if n.is_empty() || n.chars().count() > 128 {
+                    drop(g);
+                    return bad("Bad Request: TOPIC_NAME_INVALID");
+                }
+            }
+            if method == "createForumTopic" {
+                let Some(n) = name else {
+                    drop(g);
+                    return bad("Bad Request: TOPIC_NAME_INVALID");
+                };
+                // A topic's id is the id of the service message that created it.
+                g.next_message_id += 1;
+                let id = g.next_message_id;
+                g.topics.insert(
+                    (chat_id, id),
+                    Topic {
+                        name: n.to_owned(),
+                        closed: false,
+                    },
+                );
+                drop(g);
+                return ok(json!({"message_thread_id": id, "name": n, "icon_color": 7322096}));
+            }
+            let Some(topic) = thread.and_then(|t| g.topics.get_mut(&(chat_id, t))) else {
+                drop(g);
+                return bad("Bad Request: TOPIC_ID_INVALID");
+            };
+            let changed = match method.as_str() {
+                "editForumTopic" => match name {
+                    Some(n) if n != topic.name => {
+                        topic.name = n.to_owned();
+                        true
+                    }
+                    _ => false,
+                },
+                "closeForumTopic" => !std::mem::replace(&mut topic.closed, true),
+                _ => std::mem::replace(&mut topic.closed, false),
+            };
+            drop(g);
+            if changed {
+                ok(json!(true))
+            } else {
+                bad("Bad Request: TOPIC_NOT_MODIFIED")
+            }
         }
         "answerCallbackQuery"
         | "setMessageReaction"

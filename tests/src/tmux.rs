@@ -17,6 +17,12 @@ pub(crate) const RECORDER: &str =
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// The raw recording pane's program (`sh -c RAW_RECORDER recorder <file>`): puts its
+/// terminal in raw mode, turns bracketed paste on (as Claude Code does), prints `READY` and
+/// appends every byte it reads to the file — paste brackets, CR for Enter, ESC.
+pub(crate) const RAW_RECORDER: &str =
+    r#"stty raw -echo; printf '\033[?2004hREADY'; exec cat >> "$1""#;
+
 /// A private tmux server (`tmux -L <unique>`). Dropping it kills the server.
 pub struct Tmux {
     socket_name: String,
@@ -130,6 +136,38 @@ impl Tmux {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Adds a pane (a new window) that records raw bytes ([`RAW_RECORDER`]) to a file in
+    /// this server's directory; returns its pane id and the file, once the program is
+    /// ready (bracketed paste on).
+    pub async fn add_raw_pane(&self, name: &str) -> anyhow::Result<(String, PathBuf)> {
+        let record = self.dir.path().join(format!("{name}.raw"));
+        std::fs::write(&record, "")?;
+        let pane = self.tmux(&[
+            "new-window",
+            "-d",
+            "-P",
+            "-F",
+            "#{pane_id}",
+            "sh",
+            "-c",
+            RAW_RECORDER,
+            "recorder",
+            &record.to_string_lossy(),
+        ])?;
+        // tmux reads a pane's output in order: once READY shows, bracketed paste is on.
+        wait_for(
+            "the raw recorder to start",
+            Duration::from_secs(10),
+            || async {
+                self.tmux(&["capture-pane", "-p", "-t", &pane])
+                    .ok()
+                    .filter(|screen| screen.contains("READY"))
+            },
+        )
+        .await?;
+        Ok((pane, record))
     }
 
     /// The file the pane records to.

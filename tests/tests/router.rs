@@ -44,7 +44,7 @@ async fn notification_reply_reaches_the_machine_and_ack_is_shown() {
     assert_eq!(p["parse_mode"], "HTML");
     assert_eq!(p["text"], "<b>api</b>\nTask done: &lt;ok&gt; &amp; more");
     let buttons = p["reply_markup"]["inline_keyboard"][0].as_array().unwrap();
-    assert_eq!(buttons.len(), 4);
+    assert_eq!(buttons.len(), 6);
     assert_eq!(buttons[0]["callback_data"], format!("cmd:{token}:continue"));
 
     assert_eq!(

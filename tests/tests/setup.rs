@@ -109,7 +109,10 @@ async fn telegram_setup_sets_the_webhook_and_the_commands_and_never_prints_secre
         .iter()
         .map(|c| c["command"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["start", "help", "sessions", "cmd", "pending"]);
+    assert_eq!(
+        names,
+        ["start", "help", "sessions", "cmd", "pending", "esc", "keys", "peek"]
+    );
     assert!(commands
         .as_array()
         .unwrap()

@@ -86,6 +86,10 @@ CREATE TABLE IF NOT EXISTS open_requests (
 );
 CREATE INDEX IF NOT EXISTS open_requests_by_session ON open_requests (session_id);
 "#,
+    // Named keys (`/esc`, `/keys`): a `keys` frame's names, space-separated; NULL for text.
+    r#"
+ALTER TABLE inbox ADD COLUMN keys TEXT;
+"#,
 ];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them

@@ -116,15 +116,21 @@ pub enum ButtonAction {
     No,
     /// `🛑 Exit`: types `/exit`.
     Exit,
+    /// `⏹ Stop`: presses Escape (stops Claude Code's current turn), as `/esc` does.
+    Stop,
+    /// `👀 Peek`: answers with the session's screen, as `/peek` does (nothing is typed).
+    Peek,
 }
 
 impl ButtonAction {
     /// All actions, in the order the default keyboard shows them.
-    pub const ALL: [ButtonAction; 4] = [
+    pub const ALL: [ButtonAction; 6] = [
         ButtonAction::Continue,
         ButtonAction::Yes,
         ButtonAction::No,
         ButtonAction::Exit,
+        ButtonAction::Stop,
+        ButtonAction::Peek,
     ];
 
     /// The name used in callback data (`cmd:<token>:<name>`).
@@ -134,6 +140,8 @@ impl ButtonAction {
             ButtonAction::Yes => "yes",
             ButtonAction::No => "no",
             ButtonAction::Exit => "exit",
+            ButtonAction::Stop => "stop",
+            ButtonAction::Peek => "peek",
         }
     }
 
@@ -149,6 +157,8 @@ impl ButtonAction {
             ButtonAction::Yes => "✅ Yes",
             ButtonAction::No => "❌ No",
             ButtonAction::Exit => "🛑 Exit",
+            ButtonAction::Stop => "⏹ Stop",
+            ButtonAction::Peek => "👀 Peek",
         }
     }
 
@@ -159,6 +169,15 @@ impl ButtonAction {
             ButtonAction::Yes => "y",
             ButtonAction::No => "n",
             ButtonAction::Exit => "/exit",
+            ButtonAction::Stop | ButtonAction::Peek => "",
+        }
+    }
+
+    /// The named keys (`wire::keys::NAMES`) pressed instead of typing text, if any.
+    pub fn keys(self) -> Option<&'static str> {
+        match self {
+            ButtonAction::Stop => Some("Escape"),
+            _ => None,
         }
     }
 }
@@ -505,6 +524,9 @@ mod tests {
         }
         assert_eq!(ButtonAction::Continue.command_text(), "");
         assert_eq!(ButtonAction::Exit.command_text(), "/exit");
+        assert_eq!(ButtonAction::Stop.keys(), Some("Escape"));
+        assert_eq!(ButtonAction::Exit.keys(), None);
+        assert_eq!(ButtonAction::from_name("stop"), Some(ButtonAction::Stop));
         assert_eq!(ButtonAction::from_name("rm"), None);
     }
 }

@@ -37,5 +37,10 @@ pub const MAX_RELAY_BODY_BYTES: usize = 10 * 1024 * 1024;
 pub const MAX_API_BODY_BYTES: usize = 256 * 1024;
 /// Telegram's limit on one message's text, in UTF-16 code units.
 pub const TELEGRAM_MAX_TEXT: usize = 4096;
+/// Most characters of a pane's screen an agent sends for `/peek` (its last lines); the
+/// Worker trims further to fit one Telegram message.
+pub const MAX_PEEK_CHARS: usize = 8000;
+/// How long the Worker waits for a `/peek` answer before telling the chat (ms).
+pub const PEEK_TIMEOUT_MS: i64 = 10_000;
 /// A command that has not been delivered after this long is dead and reported (ms).
 pub const COMMAND_TTL_MS: i64 = 24 * 60 * 60 * 1000;

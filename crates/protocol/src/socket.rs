@@ -75,6 +75,46 @@ pub enum SocketMessage {
         /// The acknowledged request.
         request_id: String,
     },
+    /// DO → agent: press named keys in the session's pane (`/esc`, `/keys`). Delivered like
+    /// [`SocketMessage::Command`] — acked once stored, executed once, its outcome reported
+    /// as a [`SocketMessage::CommandResult`] — but never typed as text: each name is one of
+    /// [`crate::wire::keys::NAMES`], which the agent maps to a tmux key itself. A separate
+    /// type so that an agent older than it skips the frame (and the command expires, and the
+    /// chat is told) instead of reading it as an empty command, which is Enter.
+    Keys {
+        /// Unique id, shared with commands: the inbox executes each id at most once.
+        command_id: String,
+        /// The Claude Code session whose pane gets the keys.
+        session_id: String,
+        /// The key names, in order.
+        keys: Vec<String>,
+        /// The Telegram chat the keys came from (for the agent's own logs).
+        chat_id: String,
+        /// As [`SocketMessage::Command`]'s `expiresAt`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
+    /// DO → agent: what does the session's pane show (`/peek`)? Not queued: asked while the
+    /// machine is connected, answered with a [`SocketMessage::PeekResult`] of the same id, or
+    /// given up by the DO after its timeout.
+    PeekRequest {
+        /// Matches the answer to the question.
+        request_id: String,
+        /// The session whose pane to capture (after verifying it is still the session's).
+        session_id: String,
+    },
+    /// Agent → DO: the answer to a [`SocketMessage::PeekRequest`]: the pane's text (ANSI
+    /// stripped, at most [`crate::MAX_PEEK_CHARS`] characters, its last lines), or why not.
+    PeekResult {
+        /// The request's id.
+        request_id: String,
+        /// The screen's text, when it could be captured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        screen: Option<String>,
+        /// Why not, in words a person understands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// The exact ping frame an agent sends; the DO's auto-response matches it byte for byte.
@@ -100,7 +140,7 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 8] = [
+const KNOWN_TYPES: [&str; 11] = [
     "command",
     "ack",
     "commandResult",
@@ -109,6 +149,9 @@ const KNOWN_TYPES: [&str; 8] = [
     "pong",
     "decision",
     "decisionAck",
+    "keys",
+    "peekRequest",
+    "peekResult",
 ];
 
 impl SocketMessage {
@@ -147,6 +190,9 @@ impl SocketMessage {
             SocketMessage::Pong => "pong",
             SocketMessage::Decision { .. } => "decision",
             SocketMessage::DecisionAck { .. } => "decisionAck",
+            SocketMessage::Keys { .. } => "keys",
+            SocketMessage::PeekRequest { .. } => "peekRequest",
+            SocketMessage::PeekResult { .. } => "peekResult",
         }
     }
 }
@@ -185,6 +231,61 @@ mod tests {
                 command: String::new(),
                 chat_id: "42".into(),
                 expires_at: Some(1_700_000_000_000),
+            },
+        );
+    }
+
+    #[test]
+    fn keys_shape() {
+        golden(
+            r#"{"type":"keys","commandId":"tg-7","sessionId":"s1","keys":["Escape"],"chatId":"42","expiresAt":1700000000000}"#,
+            SocketMessage::Keys {
+                command_id: "tg-7".into(),
+                session_id: "s1".into(),
+                keys: vec!["Escape".into()],
+                chat_id: "42".into(),
+                expires_at: Some(1_700_000_000_000),
+            },
+        );
+        golden(
+            r#"{"type":"keys","commandId":"c2","sessionId":"s1","keys":["Down","Down","Enter"],"chatId":"42"}"#,
+            SocketMessage::Keys {
+                command_id: "c2".into(),
+                session_id: "s1".into(),
+                keys: vec!["Down".into(), "Down".into(), "Enter".into()],
+                chat_id: "42".into(),
+                expires_at: None,
+            },
+        );
+        // A known type with missing fields is malformed, not unknown.
+        assert!(!SocketMessage::decode(r#"{"type":"keys","commandId":"c"}"#)
+            .unwrap_err()
+            .is_unknown_type());
+    }
+
+    #[test]
+    fn peek_shapes() {
+        golden(
+            r#"{"type":"peekRequest","requestId":"peek-9","sessionId":"s1"}"#,
+            SocketMessage::PeekRequest {
+                request_id: "peek-9".into(),
+                session_id: "s1".into(),
+            },
+        );
+        golden(
+            r#"{"type":"peekResult","requestId":"peek-9","screen":"$ ls\nREADME.md"}"#,
+            SocketMessage::PeekResult {
+                request_id: "peek-9".into(),
+                screen: Some("$ ls\nREADME.md".into()),
+                error: None,
+            },
+        );
+        golden(
+            r#"{"type":"peekResult","requestId":"peek-9","error":"pane gone"}"#,
+            SocketMessage::PeekResult {
+                request_id: "peek-9".into(),
+                screen: None,
+                error: Some("pane gone".into()),
             },
         );
     }

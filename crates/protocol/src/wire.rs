@@ -145,6 +145,30 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
 }
 
+/// The key names a chat may send (`/esc`, `/keys`): an allow-list, never free-form tmux key
+/// names. The agent maps each to its tmux key itself and refuses anything else.
+pub mod keys {
+    /// Every allowed name, as written in the chat and on the wire.
+    pub const NAMES: [&str; 16] = [
+        "Enter", "Escape", "Tab", "Up", "Down", "C-c", "0", "1", "2", "3", "4", "5", "6", "7", "8",
+        "9",
+    ];
+    /// At most this many keys per `/keys`.
+    pub const MAX: usize = 16;
+    /// The allowed name `word` means, matched without regard to case (`esc` = `Escape`,
+    /// `ctrl-c` = `C-c`); `None` for anything else.
+    pub fn canonical(word: &str) -> Option<&'static str> {
+        let lower = word.to_ascii_lowercase();
+        let alias = match lower.as_str() {
+            "esc" => "escape",
+            "return" => "enter",
+            "ctrl-c" | "^c" => "c-c",
+            other => other,
+        };
+        NAMES.into_iter().find(|n| n.eq_ignore_ascii_case(alias))
+    }
+}
+
 /// The Telegram bot's commands and the updates its webhook asks for.
 pub mod bot {
     /// `/start`: how to use the bot, and the chat's id.
@@ -158,9 +182,16 @@ pub mod bot {
     /// `/pending`: every open permission request, question and plan, with its age.
     pub const PENDING: &str = "pending";
 
+    /// `/esc`: Escape in the session's pane (stops Claude Code's current turn).
+    pub const ESC: &str = "esc";
+    /// `/keys NAME…`: named keys from [`super::keys::NAMES`] in the session's pane.
+    pub const KEYS: &str = "keys";
+    /// `/peek`: the last screen of the session's pane.
+    pub const PEEK: &str = "peek";
+
     /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker parses
     /// these names and `ccr-agent telegram setup` registers this list.
-    pub const COMMANDS: [(&str, &str); 5] = [
+    pub const COMMANDS: [(&str, &str); 8] = [
         (START, "How to use this bot, and this chat's id"),
         (HELP, "How to reply to Claude from here"),
         (SESSIONS, "List sessions, their machines and who is online"),
@@ -169,6 +200,18 @@ pub mod bot {
             "/cmd TOKEN text: send text to a notification's session",
         ),
         (PENDING, "Open permission requests, questions and plans"),
+        (
+            ESC,
+            "In a reply to a notification: press Escape (stop Claude's turn)",
+        ),
+        (
+            KEYS,
+            "In a reply: press keys, e.g. /keys Down Enter (Enter Escape Tab Up Down C-c 0-9)",
+        ),
+        (
+            PEEK,
+            "In a reply to a notification: show the session's screen",
+        ),
     ];
     /// The update types the webhook handles (replies, edits it explains, button presses).
     pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
@@ -179,6 +222,18 @@ pub mod bot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_names_are_an_allow_list() {
+        assert_eq!(keys::canonical("Escape"), Some("Escape"));
+        assert_eq!(keys::canonical("esc"), Some("Escape"));
+        assert_eq!(keys::canonical("ENTER"), Some("Enter"));
+        assert_eq!(keys::canonical("ctrl-c"), Some("C-c"));
+        assert_eq!(keys::canonical("7"), Some("7"));
+        for bad in ["", "F1", "C-x", "send-keys", "Enter;", "10", "M-x", "Space"] {
+            assert_eq!(keys::canonical(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn paths_are_built_from_their_parts() {

@@ -42,6 +42,7 @@
 
 pub(crate) mod approvals;
 pub(crate) mod auth;
+pub(crate) mod conversation;
 pub(crate) mod error;
 pub(crate) mod notify;
 pub(crate) mod outbox;

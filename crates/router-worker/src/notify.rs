@@ -293,7 +293,7 @@ mod tests {
         let row = call.params["reply_markup"]["inline_keyboard"][0]
             .as_array()
             .unwrap();
-        assert_eq!(row.len(), 4);
+        assert_eq!(row.len(), 6);
         assert_eq!(row[0]["callback_data"], "cmd:tok123:continue");
         assert!(call.params.get("reply_parameters").is_none());
     }
@@ -341,7 +341,7 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .len(),
-            4
+            6
         );
         // The original clients' raw markup passes through and wins over `buttons`.
         let raw = json!({"inline_keyboard": [[{"text": "Go", "callback_data": "x"}]]});

@@ -49,6 +49,9 @@ pub struct NewCommand {
     pub source_message_id: Option<i64>,
     /// Text to type.
     pub command: String,
+    /// Named keys to press instead of text (`/esc`, `/keys`): space-separated names from
+    /// `wire::keys::NAMES`.
+    pub keys: Option<String>,
 }
 
 /// A queued command as stored.
@@ -66,6 +69,9 @@ pub struct Queued {
     pub source_message_id: Option<i64>,
     /// Text to type.
     pub command: String,
+    /// Named keys to press instead (space-separated), pushed as a `keys` frame.
+    #[serde(default)]
+    pub keys: Option<String>,
     /// State name.
     pub state: String,
     /// Sends so far.
@@ -82,7 +88,7 @@ impl Queued {
 }
 
 const COLUMNS: &str = "command_id, session_id, machine_id, chat_id, source_message_id, command, \
-                       state, attempts, created_at";
+                       keys, state, attempts, created_at";
 
 /// Queues a command; returns false when the id was already queued (nothing changes).
 pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreError> {
@@ -91,8 +97,9 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
     }
     db.exec(
         "INSERT INTO command_queue (command_id, session_id, machine_id, chat_id,
-            source_message_id, command, state, attempts, next_attempt_at, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            source_message_id, command, keys, state, attempts, next_attempt_at, created_at,
+            updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
         vec![
             cmd.command_id.as_str().into(),
             cmd.session_id.as_str().into(),
@@ -100,6 +107,7 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
             cmd.chat_id.into(),
             cmd.source_message_id.into(),
             cmd.command.as_str().into(),
+            cmd.keys.as_deref().into(),
             now.into(),
             now.into(),
             now.into(),
@@ -326,6 +334,7 @@ mod tests {
             chat_id: 42,
             source_message_id: Some(7),
             command: format!("echo {id}"),
+            keys: None,
         }
     }
 

@@ -9,6 +9,7 @@ use ccr_protocol::MAX_COMMAND_BYTES;
 use serde::Deserialize;
 
 use crate::approvals;
+use crate::conversation::{self, PaneIntent};
 use crate::outbox;
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{self, Sql, StoreError};
@@ -50,6 +51,8 @@ pub struct Outcome {
     pub queued: Vec<queue::Queued>,
     /// Machines a permission decision was stored for (the RouterDO pushes it).
     pub decided: Vec<String>,
+    /// `/peek` questions for connected machines (the RouterDO sends them).
+    pub peeks: Vec<conversation::PeekAsk>,
     /// One line for the log, without secrets or message text.
     pub log: String,
 }
@@ -159,10 +162,13 @@ pub fn help_text(chat_id: i64) -> String {
     format!(
         "<b>CCR</b> sends your Claude Code sessions' notifications here.\n\n\
          • <b>Reply</b> to a notification to type your reply into that session.\n\
-         • Or use the buttons under it (Continue = Enter, Yes, No, Exit).\n\
+         • Or use the buttons under it (Continue = Enter, Yes, No, Exit, Stop = Escape, Peek = the screen).\n\
          • <code>/cmd TOKEN text</code> sends text to a session without replying: /sessions \
          shows each session's TOKEN (tap it to copy).\n\
-         • /sessions lists sessions and whether their machines are online.\n\n\
+         • /sessions lists sessions and whether their machines are online.\n\
+         • In a reply to a notification: /esc presses Escape (stops Claude's turn); \
+         <code>/keys Down Enter</code> presses keys (Enter Escape Tab Up Down C-c 0-9); \
+         /peek shows the session's screen.\n\n\
          This chat's id is <code>{chat_id}</code> (put it in ALLOWED_CHAT_IDS)."
     )
 }
@@ -295,6 +301,28 @@ fn decide(
                 ));
                 out.log = format!("update {}: button for an unknown token", update.update_id);
             }
+            Some(m) if action == ButtonAction::Peek => {
+                let reply_to = cb.message.as_ref().map_or(0, |msg| msg.message_id);
+                let refused = ask_peek(
+                    db,
+                    &mut out,
+                    update.update_id,
+                    &m.session_id,
+                    chat,
+                    reply_to,
+                    now,
+                    online,
+                )?;
+                let toast = match refused {
+                    None => "Looking…".to_owned(),
+                    Some(why) => {
+                        out.calls.push(BotCall::send(chat, &why, Some(reply_to)));
+                        "No screen".to_owned()
+                    }
+                };
+                out.calls
+                    .insert(0, BotCall::answer_callback(&cb.id, &toast));
+            }
             Some(m) => {
                 let toast = match queue_command(
                     db,
@@ -304,6 +332,7 @@ fn decide(
                     chat,
                     None,
                     action.command_text(),
+                    action.keys().map(str::to_owned),
                     now,
                     online,
                 )? {
@@ -367,6 +396,8 @@ fn button_name(a: ButtonAction) -> &'static str {
         ButtonAction::Yes => "Yes",
         ButtonAction::No => "No",
         ButtonAction::Exit => "Exit",
+        ButtonAction::Stop => "Stop",
+        ButtonAction::Peek => "Peek",
     }
 }
 
@@ -391,6 +422,9 @@ fn handle_message(
         out.log = format!("update {update_id}: non-text message; not forwarded");
         return Ok(());
     };
+    if let Some(intent) = conversation::parse(text) {
+        return pane_keys(db, out, update_id, msg, intent, now, online);
+    }
     let (session, command) = match telegram::parse_text(text) {
         TextIntent::Help => {
             reply(out, &help_text(chat));
@@ -450,6 +484,7 @@ fn handle_message(
         chat,
         Some(msg.message_id),
         &command,
+        None,
         now,
         online,
     )? {
@@ -471,6 +506,131 @@ fn handle_message(
     Ok(())
 }
 
+/// `/esc` and `/keys` (see `conversation`): in a reply to a notification, queues the keys for
+/// its session like a command; refusals are answered before anything is queued.
+fn pane_keys(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    msg: &Message,
+    intent: PaneIntent,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let chat = msg.chat.id;
+    let answer = |out: &mut Outcome, text: &str| {
+        out.calls
+            .push(BotCall::send(chat, text, Some(msg.message_id)))
+    };
+    if let PaneIntent::Refused(why) = &intent {
+        answer(out, why);
+        out.log = format!("update {update_id}: keys refused");
+        return Ok(());
+    }
+    let target = match &msg.reply_to_message {
+        Some(parent) => by_reply(db, chat, parent.message_id)?,
+        None => None,
+    };
+    let Some(m) = target else {
+        answer(
+            out,
+            "Send this as a reply to a notification of the session whose pane it is for.",
+        );
+        out.log = format!("update {update_id}: pane command without a session");
+        return Ok(());
+    };
+    let keys = match intent {
+        PaneIntent::Keys(keys) => keys,
+        PaneIntent::Refused(_) => return Ok(()),
+        PaneIntent::Peek => {
+            let refused = ask_peek(
+                db,
+                out,
+                update_id,
+                &m.session_id,
+                chat,
+                msg.message_id,
+                now,
+                online,
+            )?;
+            if let Some(why) = refused {
+                answer(out, &why);
+            }
+            return Ok(());
+        }
+    };
+    let stored = PaneIntent::stored(&keys);
+    match queue_command(
+        db,
+        out,
+        update_id,
+        &m.session_id,
+        chat,
+        Some(msg.message_id),
+        "",
+        Some(stored),
+        now,
+        online,
+    )? {
+        Queueing::Queued {
+            machine,
+            online: false,
+        } => answer(
+            out,
+            &format!(
+                "Queued — {} is offline; the keys are pressed when it reconnects.",
+                escape_html(&machine)
+            ),
+        ),
+        Queueing::Queued { online: true, .. } | Queueing::AlreadyHandled => {}
+        Queueing::Refused(why) => answer(out, &why),
+    }
+    Ok(())
+}
+
+/// Asks `session_id`'s machine for its pane's screen (`/peek`, the 👀 button), the answer to
+/// go to `chat` replying to `reply_to`; `Some(why not)` when it cannot be asked.
+#[allow(clippy::too_many_arguments)]
+fn ask_peek(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    session_id: &str,
+    chat: i64,
+    reply_to: i64,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<Option<String>, StoreError> {
+    let Some(session) = store::get_session(db, session_id)? else {
+        return Ok(Some("That session is no longer registered.".into()));
+    };
+    if session.gone_at.is_some() {
+        let label = session.label.as_deref().unwrap_or(&session.machine_id);
+        out.log = format!("update {update_id}: peek at a gone pane");
+        return Ok(Some(pane_gone_text(
+            label,
+            &session.machine_id,
+            session.gone_reason.as_deref(),
+        )));
+    }
+    if !online(&session.machine_id) {
+        out.log = format!("update {update_id}: peek at an offline machine");
+        return Ok(Some(format!(
+            "No screen: {} is offline.",
+            escape_html(&session.machine_id)
+        )));
+    }
+    let ask = conversation::PeekAsk {
+        request_id: format!("peek-{update_id}"),
+        session_id: session.session_id,
+        machine_id: session.machine_id,
+    };
+    conversation::record_peek(db, &ask, chat, reply_to, now)?;
+    out.log = format!("update {update_id}: peek asked of {}", ask.machine_id);
+    out.peeks.push(ask);
+    Ok(None)
+}
+
 enum Queueing {
     Queued {
         machine: String,
@@ -490,6 +650,7 @@ fn queue_command(
     chat: i64,
     source_message_id: Option<i64>,
     command: &str,
+    keys: Option<String>,
     now: i64,
     online: &dyn Fn(&str) -> bool,
 ) -> Result<Queueing, StoreError> {
@@ -535,6 +696,7 @@ fn queue_command(
         chat_id: chat,
         source_message_id,
         command: command.to_owned(),
+        keys,
     };
     let created = queue::enqueue(db, &new, now)?;
     let existing = queue::get(db, &new.command_id)?;
@@ -612,6 +774,78 @@ mod tests {
     }
 
     #[test]
+    fn esc_and_keys_in_a_reply_queue_keys_and_unknown_names_queue_nothing() {
+        let db = setup();
+        let out =
+            handle_update(&db, &cfg(), &reply_update(1, 42, 100, "/esc"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert_eq!(out.queued[0].keys.as_deref(), Some("Escape"));
+        assert_eq!(out.queued[0].command, "");
+        assert!(out.calls.is_empty(), "online: no chat noise until the ack");
+        let out = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(2, 42, 100, "/keys down enter"),
+            6,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(out.queued[0].keys.as_deref(), Some("Down Enter"));
+        let out = handle_update(
+            &db,
+            &cfg(),
+            &reply_update(3, 42, 100, "/keys Enter rm"),
+            7,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("is not a key"));
+        assert_eq!(queue::unacked_count(&db, "devbox").unwrap(), 2);
+        // Not a reply: nothing queued, the chat is told how.
+        let out = handle_update(
+            &db,
+            &cfg(),
+            &update(
+                json!({"update_id": 4, "message": {"message_id": 9, "chat": {"id": 42},
+                "from": {"id": 7}, "text": "/esc"}}),
+            ),
+            8,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("reply to a notification"));
+    }
+
+    #[test]
+    fn peek_asks_a_connected_machine_and_answers_for_an_offline_one() {
+        let db = setup();
+        let out = handle_update(&db, &cfg(), &reply_update(1, 42, 100, "/peek"), 5, &|_| {
+            true
+        })
+        .unwrap();
+        assert_eq!(out.peeks.len(), 1);
+        assert_eq!(out.peeks[0].request_id, "peek-1");
+        assert!(out.queued.is_empty() && out.calls.is_empty());
+        let out = handle_update(&db, &cfg(), &reply_update(2, 42, 100, "/peek"), 5, &|_| {
+            false
+        })
+        .unwrap();
+        assert!(out.peeks.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("devbox is offline"));
+    }
+
+    #[test]
     fn offline_machine_is_announced() {
         let db = setup();
         let out =
@@ -681,6 +915,13 @@ mod tests {
         assert_eq!(out.calls[0].method, "answerCallbackQuery");
         let out = handle_update(&db, &cfg(), &press(9, "cmd:tok1:exit"), 5, &|_| true).unwrap();
         assert_eq!(out.queued[0].command, "/exit");
+        assert_eq!(out.queued[0].keys, None);
+        let out = handle_update(&db, &cfg(), &press(11, "cmd:tok1:stop"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued[0].keys.as_deref(), Some("Escape"));
+        let out = handle_update(&db, &cfg(), &press(12, "cmd:tok1:peek"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert_eq!(out.peeks[0].session_id, "s1");
+        assert_eq!(out.calls[0].method, "answerCallbackQuery");
         let out = handle_update(&db, &cfg(), &press(10, "cmd:zzz:yes"), 5, &|_| true).unwrap();
         assert!(out.queued.is_empty());
         assert_eq!(out.calls[0].method, "answerCallbackQuery");
@@ -810,6 +1051,7 @@ mod tests {
             chat_id: 42,
             source_message_id: source,
             command: command.into(),
+            keys: None,
             state: "failed".into(),
             attempts: 1,
             created_at: 0,

@@ -22,6 +22,7 @@ use worker::*;
 
 use crate::approvals;
 use crate::auth::Principal;
+use crate::conversation;
 use crate::error::ApiError;
 use crate::http::{self, json, parse_json, setting, Reply};
 use crate::notify::{self, Answer};
@@ -257,12 +258,22 @@ impl RouterDO {
 
     /// Sends one command frame and records the attempt; false when the socket refused it.
     fn push(&self, ws: &WebSocket, q: &Queued, now: i64) -> Result<bool> {
-        let frame = SocketMessage::Command {
-            command_id: q.command_id.clone(),
-            session_id: q.session_id.clone(),
-            command: q.command.clone(),
-            chat_id: q.chat_id.to_string(),
-            expires_at: Some(q.created_at + self.command_ttl_ms()),
+        let expires_at = Some(q.created_at + self.command_ttl_ms());
+        let frame = match &q.keys {
+            Some(keys) => SocketMessage::Keys {
+                command_id: q.command_id.clone(),
+                session_id: q.session_id.clone(),
+                keys: keys.split_whitespace().map(str::to_owned).collect(),
+                chat_id: q.chat_id.to_string(),
+                expires_at,
+            },
+            None => SocketMessage::Command {
+                command_id: q.command_id.clone(),
+                session_id: q.session_id.clone(),
+                command: q.command.clone(),
+                chat_id: q.chat_id.to_string(),
+                expires_at,
+            },
         }
         .encode();
         if let Err(e) = ws.send_with_str(&frame) {
@@ -284,6 +295,10 @@ impl RouterDO {
         )?;
         let wake = match approvals::next_push(&self.db())? {
             Some(at) => wake.min(at),
+            None => wake,
+        };
+        let wake = match conversation::next_peek_deadline(&self.db())? {
+            Some(deadline) => wake.min(deadline),
             None => wake,
         };
         // Never sooner than MIN_ALARM_MS: something due that cannot go now (an outbox lane
@@ -520,6 +535,21 @@ impl RouterDO {
         if !outcome.decided.is_empty() {
             self.arm_alarm().await?;
         }
+        for ask in &outcome.peeks {
+            // Unanswered (no socket after all, a refused send) it times out on the alarm.
+            if let Some(ws) = self.machine_socket(&ask.machine_id) {
+                let frame = SocketMessage::PeekRequest {
+                    request_id: ask.request_id.clone(),
+                    session_id: ask.session_id.clone(),
+                };
+                if let Err(e) = ws.send_with_str(frame.encode()) {
+                    console_warn!("peek {} to {} failed: {e}", ask.request_id, ask.machine_id);
+                }
+            }
+        }
+        if !outcome.peeks.is_empty() {
+            self.arm_alarm().await?;
+        }
         if !outcome.queued.is_empty() || !outcome.calls.is_empty() || !outcome.decided.is_empty() {
             // The answers are stored with the update; sending them cannot fail the update.
             self.send_stored(&outcome.calls).await;
@@ -623,6 +653,23 @@ impl RouterDO {
             Ok(SocketMessage::DecisionAck { request_id }) => {
                 approvals::ack(&self.db(), &request_id, &machine)?;
             }
+            Ok(SocketMessage::PeekResult {
+                request_id,
+                screen,
+                error,
+            }) => {
+                let answer = conversation::peek_answered(
+                    &self.db(),
+                    &request_id,
+                    &machine,
+                    screen.as_deref(),
+                    error.as_deref(),
+                )?;
+                match answer {
+                    Some(call) => self.tell(&[call]).await?,
+                    None => console_log!("machine {machine}: late or unknown peek {request_id}"),
+                }
+            }
             Ok(SocketMessage::Ping) => {
                 // Only reached when the frame differs from the exact auto-response bytes.
                 let _ = ws.send_with_str(PONG_FRAME);
@@ -725,6 +772,17 @@ impl DurableObject for RouterDO {
             }
             Ok(())
         })?;
+        // Timed-out `/peek`s and their chat answers in the outbox commit together.
+        let late_peeks = db.transaction(|db| {
+            let calls = conversation::expire_peeks(db, now)?;
+            for dropped in outbox::add_or_drop(db, &calls, now)? {
+                console_warn!("{dropped}");
+            }
+            Ok(calls)
+        })?;
+        if !late_peeks.is_empty() {
+            self.send_stored(&late_peeks).await;
+        }
         for line in outbox::expire(&db, now)? {
             console_warn!("{line}");
         }

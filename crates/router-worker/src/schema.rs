@@ -117,6 +117,22 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         updated_at   INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS approvals_by_push ON approvals (state, acked, next_push_at)",
+], &[
+    // Named keys (`/esc`, `/keys`): space-separated names from `wire::keys::NAMES`; NULL for
+    // text. A row with keys is pushed as a `keys` frame instead of a `command` frame.
+    "ALTER TABLE command_queue ADD COLUMN keys TEXT",
+], &[
+    // `/peek` questions waiting for their machine's answer. Retention: until answered, or
+    // until `deadline` (the alarm tells the chat and deletes the row).
+    "CREATE TABLE IF NOT EXISTS peeks (
+        request_id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        machine_id TEXT NOT NULL,
+        chat_id    INTEGER NOT NULL,
+        reply_to   INTEGER NOT NULL,
+        deadline   INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS peeks_by_deadline ON peeks (deadline)",
 ]];
 
 /// Creates the version table itself; safe to run every time.

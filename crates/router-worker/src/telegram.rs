@@ -499,7 +499,7 @@ mod tests {
         let data = callback_data("abcdefghijklmnop", ButtonAction::Continue);
         assert!(data.len() <= 64);
         let kb = keyboard("t", &ButtonAction::ALL).unwrap();
-        assert_eq!(kb["inline_keyboard"][0].as_array().unwrap().len(), 4);
+        assert_eq!(kb["inline_keyboard"][0].as_array().unwrap().len(), 6);
         assert!(keyboard("t", &[]).is_none());
     }
 

@@ -25,6 +25,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error, info, warn};
 
 use super::inbox::{Command, Inbox, Receipt, State};
+use super::inject::Injector;
+use super::peek;
 use super::sessions::Sessions;
 use super::status::{self, Connection};
 use crate::db::{now_ms, Db};
@@ -71,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) commands_ready: Arc<Notify>,
     /// Rung when a result is ready (wakes the socket loop).
     pub(crate) results_ready: Arc<Notify>,
+    /// tmux, for `/peek` (answered on the socket task: one capture, within tmux's timeout).
+    pub(crate) injector: Injector,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
@@ -311,8 +315,11 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
             return Ok(());
         }
     };
-    match msg {
-        SocketMessage::Pong => status::record_pong(&shared.sessions),
+    let (cmd, expires_at) = match msg {
+        SocketMessage::Pong => {
+            status::record_pong(&shared.sessions);
+            return Ok(());
+        }
         SocketMessage::Decision {
             request_id,
             decision,
@@ -325,7 +332,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 return Ok(());
             }
             info!(%request_id, "decision stored and acked");
-            send(ws, SocketMessage::DecisionAck { request_id }.encode()).await?;
+            return send(ws, SocketMessage::DecisionAck { request_id }.encode()).await;
         }
         SocketMessage::Command {
             command_id,
@@ -333,53 +340,92 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
             command,
             chat_id,
             expires_at,
-        } => {
-            let cmd = Command {
+        } => (
+            Command {
                 command_id,
                 session_id,
                 command,
                 chat_id,
+                keys: None,
+            },
+            expires_at,
+        ),
+        // Named keys are stored, acked and executed exactly once like a command.
+        SocketMessage::Keys {
+            command_id,
+            session_id,
+            keys,
+            chat_id,
+            expires_at,
+        } => (
+            Command {
+                command_id,
+                session_id,
+                command: String::new(),
+                chat_id,
+                keys: Some(keys.join(" ")),
+            },
+            expires_at,
+        ),
+        SocketMessage::PeekRequest {
+            request_id,
+            session_id,
+        } => {
+            let answer = peek::screen(&shared.sessions, &shared.injector, &session_id).await;
+            info!(%request_id, %session_id, ok = answer.is_ok(), "peek answered");
+            let (screen, error) = match answer {
+                Ok(screen) => (Some(screen), None),
+                Err(error) => (None, Some(error)),
             };
-            let receipt = match shared.inbox.store(&cmd, expires_at, now_ms()) {
-                Ok(r) => r,
-                Err(e) => {
-                    // Not acked: the Worker delivers it again, by when the disk may be back.
-                    error!(command_id = %cmd.command_id, "storing a command failed, not acking: {e}");
-                    return Ok(());
-                }
+            let msg = SocketMessage::PeekResult {
+                request_id,
+                screen,
+                error,
             };
-            let ack = SocketMessage::Ack {
-                command_id: cmd.command_id.clone(),
-            };
-            send(ws, ack.encode()).await?;
-            match receipt {
-                Receipt::New => {
-                    info!(command_id = %cmd.command_id, session_id = %cmd.session_id, "command stored and acked");
-                    if let Err(e) = shared.inbox.mark_acked(&cmd.command_id, now_ms()) {
-                        warn!("recording the ack: {e}");
-                    }
-                    shared.commands_ready.notify_one();
+            return send(ws, msg.encode()).await;
+        }
+        other => {
+            debug!("ignoring {} from the Worker", other.type_name());
+            return Ok(());
+        }
+    };
+    let receipt = match shared.inbox.store(&cmd, expires_at, now_ms()) {
+        Ok(r) => r,
+        Err(e) => {
+            // Not acked: the Worker delivers it again, by when the disk may be back.
+            error!(command_id = %cmd.command_id, "storing a command failed, not acking: {e}");
+            return Ok(());
+        }
+    };
+    let ack = SocketMessage::Ack {
+        command_id: cmd.command_id.clone(),
+    };
+    send(ws, ack.encode()).await?;
+    match receipt {
+        Receipt::New => {
+            info!(command_id = %cmd.command_id, session_id = %cmd.session_id, "command stored and acked");
+            if let Err(e) = shared.inbox.mark_acked(&cmd.command_id, now_ms()) {
+                warn!("recording the ack: {e}");
+            }
+            shared.commands_ready.notify_one();
+        }
+        Receipt::Expired => {
+            warn!(
+                command_id = %cmd.command_id,
+                session_id = %cmd.session_id,
+                "command arrived after it expired: acked, not typed, reported as failed"
+            );
+            shared.results_ready.notify_one();
+        }
+        Receipt::Duplicate(state) => {
+            info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");
+            if state == State::Done {
+                if let Err(e) = shared.inbox.resend_result(&cmd.command_id) {
+                    warn!("queueing a result again: {e}");
                 }
-                Receipt::Expired => {
-                    warn!(
-                        command_id = %cmd.command_id,
-                        session_id = %cmd.session_id,
-                        "command arrived after it expired: acked, not typed, reported as failed"
-                    );
-                    shared.results_ready.notify_one();
-                }
-                Receipt::Duplicate(state) => {
-                    info!(command_id = %cmd.command_id, ?state, "command delivered again: acked, not executed again");
-                    if state == State::Done {
-                        if let Err(e) = shared.inbox.resend_result(&cmd.command_id) {
-                            warn!("queueing a result again: {e}");
-                        }
-                        shared.results_ready.notify_one();
-                    }
-                }
+                shared.results_ready.notify_one();
             }
         }
-        other => debug!("ignoring {} from the Worker", other.type_name()),
     }
     Ok(())
 }

@@ -87,6 +87,9 @@ pub struct Command {
     pub command: String,
     /// Telegram chat it came from.
     pub chat_id: String,
+    /// Named keys to press instead of typing (a `keys` frame: space-separated names from
+    /// `wire::keys::NAMES`); `None` for text.
+    pub keys: Option<String>,
 }
 
 /// What storing a command found.
@@ -183,8 +186,8 @@ impl Inbox {
         self.db.with(|c| {
             let inserted = c.execute(
                 "INSERT INTO inbox (command_id, session_id, command, chat_id, state, success, \
-                 error, result_sent, received_at, updated_at, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9) \
+                 error, result_sent, received_at, updated_at, expires_at, keys) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9, ?10) \
                  ON CONFLICT (command_id) DO NOTHING",
                 params![
                     cmd.command_id,
@@ -196,6 +199,7 @@ impl Inbox {
                     refused,
                     now,
                     expires,
+                    cmd.keys,
                 ],
             )?;
             if inserted == 1 {
@@ -256,7 +260,7 @@ impl Inbox {
     pub(crate) fn typed(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id FROM inbox \
+                "SELECT command_id, session_id, command, chat_id, keys FROM inbox \
                  WHERE state = 'typed' ORDER BY received_at, rowid",
             )?;
             let rows = st.query_map([], |r| {
@@ -265,6 +269,7 @@ impl Inbox {
                     session_id: r.get(1)?,
                     command: r.get(2)?,
                     chat_id: r.get(3)?,
+                    keys: r.get(4)?,
                 })
             })?;
             rows.collect()
@@ -292,7 +297,7 @@ impl Inbox {
     pub(crate) fn runnable(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id FROM inbox \
+                "SELECT command_id, session_id, command, chat_id, keys FROM inbox \
                  WHERE state IN ('stored', 'acked') ORDER BY received_at, rowid",
             )?;
             let rows = st.query_map([], |r| {
@@ -301,6 +306,7 @@ impl Inbox {
                     session_id: r.get(1)?,
                     command: r.get(2)?,
                     chat_id: r.get(3)?,
+                    keys: r.get(4)?,
                 })
             })?;
             rows.collect()
@@ -470,6 +476,7 @@ mod tests {
             session_id: "s1".into(),
             command: format!("text of {id}"),
             chat_id: "42".into(),
+            keys: None,
         }
     }
 

@@ -1,7 +1,10 @@
-//! Typing a command into a tmux pane: `send-keys -l` (literal, so no key names are
-//! interpreted), a short pause, then Enter. tmux is run directly with an argument vector —
-//! no shell ever sees the command text — and with `-S <socket>`, so the daemon reaches a pane
-//! on any tmux server although it runs outside tmux.
+//! Typing a command into a tmux pane: a single line with `send-keys -l` (literal, so no key
+//! names are interpreted), text with line breaks as one paste (`load-buffer` from stdin into
+//! a buffer named for this paste alone, then `paste-buffer -p -d`: bracketed when the program
+//! asked for it, as Claude Code does, so its line breaks are not Enters), then a short pause
+//! and Enter. tmux is run directly with an argument vector — no shell ever sees the command
+//! text — and with `-S <socket>`, so the daemon reaches a pane on any tmux server although it
+//! runs outside tmux.
 //!
 //! A pane id alone does not name a pane for long: every new tmux server on a socket path
 //! numbers its panes from `%0` again (after a reboot or `tmux kill-server`), so a recorded
@@ -11,9 +14,33 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
+
+/// Numbers this process's paste buffers, so two pastes never share a tmux buffer (buffers are
+/// per server, and a server may hold the user's own).
+static NEXT_BUFFER: AtomicU64 = AtomicU64::new(0);
+
+/// `Some(text to paste)` when `text` has line breaks and so must be pasted as one prompt
+/// (typed with `send-keys`, every line break would be an Enter: one prompt per line). Line
+/// breaks become `\n` (`paste-buffer` turns them into the CR a terminal pastes), and every
+/// other control character but Tab is dropped: an ESC in the text could otherwise end the
+/// bracketed paste early (`ESC[201~`) and have the rest read as keys.
+pub(crate) fn paste_text(text: &str) -> Option<String> {
+    if !text.contains(['\n', '\r']) {
+        return None;
+    }
+    let unified = text.replace("\r\n", "\n").replace('\r', "\n");
+    Some(
+        unified
+            .chars()
+            .filter(|c| !c.is_control() || matches!(c, '\n' | '\t'))
+            .collect(),
+    )
+}
 
 /// A pane on a particular tmux server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,14 +275,68 @@ impl Injector {
         typed: impl FnOnce(),
     ) -> Result<(), InjectError> {
         // The caller has checked the pane's identity (`identity`); a pane gone since fails
-        // the first `send-keys -t` ("can't find pane" → PaneGone) before anything is typed.
-        if !text.is_empty() {
+        // the first `send-keys -t` / `paste-buffer -t` ("can't find pane" → PaneGone) before
+        // anything is typed.
+        if let Some(paste) = paste_text(text) {
+            self.paste(pane, &paste).await?;
+            typed();
+            tokio::time::sleep(self.pause).await;
+        } else if !text.is_empty() {
             self.run(pane, &["send-keys", "-t", &pane.pane_id, "-l", "--", text])
                 .await?;
             typed();
             tokio::time::sleep(self.pause).await;
         }
         self.enter(pane).await
+    }
+
+    /// Pastes `text` into `pane` as one paste: whole (stdin has no length limit, unlike an
+    /// argument), in order, bracketed if the program turned bracketed paste on. The buffer is
+    /// deleted by the paste (`-d`), or here when the paste fails.
+    async fn paste(&self, pane: &Pane, text: &str) -> Result<(), InjectError> {
+        let buffer = format!(
+            "ccr-{}-{}",
+            std::process::id(),
+            NEXT_BUFFER.fetch_add(1, Ordering::Relaxed)
+        );
+        self.run_with_input(
+            pane,
+            &["load-buffer", "-b", &buffer, "-"],
+            Some(text.as_bytes()),
+        )
+        .await?;
+        let pasted = self
+            .run(
+                pane,
+                &[
+                    "paste-buffer",
+                    "-p",
+                    "-d",
+                    "-b",
+                    &buffer,
+                    "-t",
+                    &pane.pane_id,
+                ],
+            )
+            .await;
+        if pasted.is_err() {
+            let _ = self.run(pane, &["delete-buffer", "-b", &buffer]).await;
+        }
+        pasted.map(drop)
+    }
+
+    /// Presses `keys` (tmux key names from `daemon::keys`' allow-list) in `pane`, in order,
+    /// with one `send-keys`.
+    pub(crate) async fn press(&self, pane: &Pane, keys: &[&str]) -> Result<(), InjectError> {
+        let mut args = vec!["send-keys", "-t", &pane.pane_id];
+        args.extend_from_slice(keys);
+        self.run(pane, &args).await.map(drop)
+    }
+
+    /// The text `pane` shows now (`capture-pane -p`: the visible screen, no escapes).
+    pub(crate) async fn capture(&self, pane: &Pane) -> Result<String, InjectError> {
+        self.run(pane, &["capture-pane", "-p", "-t", &pane.pane_id])
+            .await
     }
 
     /// Presses Enter in `pane` (PaneGone if it no longer exists).
@@ -270,16 +351,38 @@ impl Injector {
     }
 
     async fn run(&self, pane: &Pane, args: &[&str]) -> Result<String, InjectError> {
+        self.run_with_input(pane, args, None).await
+    }
+
+    /// Runs tmux with `args`, writing `input` (if any) to its stdin.
+    async fn run_with_input(
+        &self,
+        pane: &Pane,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<String, InjectError> {
         let mut cmd = Command::new(&self.tmux);
         if let Some(socket) = &pane.socket {
             cmd.arg("-S").arg(socket);
         }
         cmd.args(args)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let out = match tokio::time::timeout(self.timeout, cmd.output()).await {
+        let output = async {
+            let mut child = cmd.spawn()?;
+            if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+                stdin.write_all(input).await?;
+                // Dropped here: tmux reads to end of file.
+            }
+            child.wait_with_output().await
+        };
+        let out = match tokio::time::timeout(self.timeout, output).await {
             Err(_) => return Err(InjectError::Timeout(self.timeout)),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(InjectError::TmuxMissing)
@@ -580,6 +683,132 @@ mod tests {
         let after = inj.identity(&pane).await.unwrap();
         assert_eq!(after.pane_id, before.pane_id);
         assert!(before.difference(&after).is_some(), "{before:?} {after:?}");
+        let _ = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .arg("kill-server")
+            .status();
+    }
+
+    #[test]
+    fn only_text_with_line_breaks_is_pasted_and_it_cannot_end_its_paste() {
+        assert_eq!(paste_text("one line"), None);
+        assert_eq!(paste_text(""), None);
+        assert_eq!(paste_text("a\nb").as_deref(), Some("a\nb"));
+        assert_eq!(paste_text("a\r\nb\rc").as_deref(), Some("a\nb\nc"));
+        assert_eq!(
+            paste_text("x\n\u{1b}[201~rm -rf\t~\u{7}\u{9b}").as_deref(),
+            Some("x\n[201~rm -rf\t~")
+        );
+    }
+
+    /// A pane whose program turns bracketed paste on (as Claude Code does) and records every
+    /// byte it reads, raw. Returns the tmux socket, the pane and the recording file.
+    fn raw_recording_pane(dir: &Path) -> (PathBuf, Pane, PathBuf) {
+        let sock = dir.join("sock");
+        let rec = dir.join("raw.bin");
+        std::fs::write(&rec, "").unwrap();
+        let script = r#"stty raw -echo; printf '\033[?2004hREADY'; exec cat >> "$1""#;
+        let st = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args([
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "200",
+                "-y",
+                "50",
+            ])
+            .args(["sh", "-c", script, "rec"])
+            .arg(&rec)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let tmux = |args: &[&str]| {
+            let out = std::process::Command::new("tmux")
+                .arg("-S")
+                .arg(&sock)
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let pane_id = tmux(&["display-message", "-p", "#{pane_id}"]);
+        // tmux reads the pane's output in order: once READY shows, bracketed paste is on.
+        for _ in 0..200 {
+            if tmux(&["capture-pane", "-p", "-t", &pane_id]).contains("READY") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let pane = Pane {
+            pane_id,
+            socket: Some(sock.clone()),
+        };
+        (sock, pane, rec)
+    }
+
+    async fn wait_bytes(rec: &Path, ends_with: &[u8]) -> Vec<u8> {
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            got = std::fs::read(rec).unwrap();
+            if got.ends_with(ends_with) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        got
+    }
+
+    /// Real tmux: a multi-line text reaches a bracketed-paste program as one paste followed by
+    /// one Enter; 4,000 characters over many lines arrive whole and in order; a single line is
+    /// still typed (no paste brackets).
+    #[tokio::test]
+    async fn multi_line_text_is_one_bracketed_paste_then_one_enter() {
+        if !tmux_available() {
+            eprintln!("tmux not installed; skipping");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, pane, rec) = raw_recording_pane(dir.path());
+        let inj = Injector::new("tmux", Duration::from_millis(20));
+        let mut typed = 0;
+        inj.type_with(&pane, "first line\nsecond line\nthird `id` $(x)", || {
+            typed += 1
+        })
+        .await
+        .unwrap();
+        assert_eq!(typed, 1);
+        let expected = b"\x1b[200~first line\rsecond line\rthird `id` $(x)\x1b[201~\r".to_vec();
+        assert_eq!(wait_bytes(&rec, b"\x1b[201~\r").await, expected);
+
+        let long: String = (0..200)
+            .map(|i| format!("line {i:03}: {}\n", "é".repeat(28)))
+            .collect::<String>()
+            .chars()
+            .take(4000)
+            .collect();
+        assert_eq!(long.chars().count(), 4000);
+        std::fs::write(&rec, "").unwrap();
+        inj.type_into(&pane, &long).await.unwrap();
+        let got = wait_bytes(&rec, b"\x1b[201~\r").await;
+        let want = format!("\x1b[200~{}\x1b[201~\r", long.replace('\n', "\r"));
+        assert_eq!(String::from_utf8_lossy(&got), want);
+
+        std::fs::write(&rec, "").unwrap();
+        inj.type_into(&pane, "just one line").await.unwrap();
+        assert_eq!(wait_bytes(&rec, b"\r").await, b"just one line\r");
+        // The paste buffers were deleted by their pastes.
+        let buffers = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .arg("list-buffers")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&buffers.stdout).trim(), "");
         let _ = std::process::Command::new("tmux")
             .arg("-S")
             .arg(&sock)

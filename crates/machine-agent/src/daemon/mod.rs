@@ -8,7 +8,10 @@
 //!
 //! - `connection`: the socket — connect, keepalive, store-then-ack, results, backoff.
 //! - `inbox`: the exactly-once state machine `stored → acked → executing → typed → done`.
-//! - `inject`: `tmux send-keys -l`, pause, Enter, on the session's own tmux server.
+//! - `peek`: `/peek`: a verified pane's screen as text.
+//! - `keys`: the chat's key names (`/esc`, `/keys`) → tmux keys, from an allow-list.
+//! - `inject`: `tmux send-keys -l` (or one paste for text with line breaks), pause, Enter,
+//!   on the session's own tmux server.
 //! - `sessions`: the session → pane records the hooks write.
 //! - `status`: the connection state (one writer, typed readers) and `ccr-agent status`.
 
@@ -16,6 +19,8 @@ pub(crate) mod connection;
 pub(crate) mod decisions;
 pub(crate) mod inbox;
 pub(crate) mod inject;
+pub(crate) mod keys;
+pub(crate) mod peek;
 pub(crate) mod sessions;
 pub(crate) mod status;
 
@@ -55,6 +60,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         sessions: Sessions::new(db),
         commands_ready: Arc::new(Notify::new()),
         results_ready: Arc::new(Notify::new()),
+        injector: Injector::new(config.tmux.clone(), config.inject_delay),
     };
     // Before the inbox finishes them: the panes of commands a kill interrupted while tmux was
     // being handed their text get their input line cleared before the next command.
@@ -194,6 +200,16 @@ async fn type_verified(
 ) -> Outcome {
     if let Err(refused) = verify(shared, injector, rec, pane).await {
         return refused;
+    }
+    if let Some(names) = &cmd.keys {
+        // Named keys, not text: nothing to clear before them, no "typed" step (one tmux call).
+        return match keys::tmux_keys(names) {
+            Err(refused) => Outcome::failed(refused),
+            Ok(keys) => match injector.press(pane, &keys).await {
+                Ok(()) => Outcome::ok(),
+                Err(e) => Outcome::failed(e.to_string()),
+            },
+        };
     }
     if rec.input_dirty {
         // The input line may hold (part of) a command whose typing was interrupted: typed

@@ -350,6 +350,7 @@ mod tests {
             session_id: session.into(),
             command: "x".into(),
             chat_id: "1".into(),
+            keys: None,
         };
         inbox.store(&cmd("c1", "s1"), None, 1).unwrap();
         inbox.store(&cmd("c2", "s2"), None, 1).unwrap();

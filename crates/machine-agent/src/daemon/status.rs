@@ -271,6 +271,7 @@ mod tests {
                     session_id: "s1".into(),
                     command: "x".into(),
                     chat_id: "1".into(),
+                    keys: None,
                 },
                 None,
                 now,

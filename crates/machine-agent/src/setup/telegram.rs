@@ -347,7 +347,10 @@ mod tests {
             "http://127.0.0.1:9/base/webhook/telegram/y"
         );
         let cmds = set_my_commands_params();
-        assert_eq!(cmds["commands"].as_array().unwrap().len(), 5);
+        assert_eq!(
+            cmds["commands"].as_array().unwrap().len(),
+            bot::COMMANDS.len()
+        );
         for c in cmds["commands"].as_array().unwrap() {
             let d = c["description"].as_str().unwrap();
             // Telegram's limits: command 1-32 of a-z0-9_, description 1-256 characters.
