@@ -245,6 +245,12 @@ impl BotApi {
         .await
     }
 
+    /// The text of the first sendMessage containing `needle`, waiting up to `timeout`.
+    pub async fn wait_text(&self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let params = self.wait_message(needle, timeout).await?;
+        Ok(params["text"].as_str().unwrap_or_default().to_owned())
+    }
+
     /// Waits up to `timeout` for a call of `method`; returns the latest.
     pub async fn wait_call(&self, method: &str, timeout: Duration) -> anyhow::Result<Call> {
         crate::wait_for(&format!("a {method} call"), timeout, || async {

@@ -214,6 +214,16 @@ impl Worker {
             .await
     }
 
+    /// Telegram delivers, in `chat`, update `update_id`: a text reply to message `to` (how a
+    /// person answers a notification). Panics unless the webhook answers 200.
+    pub async fn reply(&self, chat: i64, update_id: i64, to: i64, text: &str) {
+        let resp = self
+            .send_update(&Update::reply(update_id, chat, to, text))
+            .await
+            .unwrap_or_else(|e| panic!("posting update {update_id}: {e}"));
+        assert_eq!(resp.status(), 200, "the webhook refused update {update_id}");
+    }
+
     /// A request to the Worker's API presenting `key` (as a bearer token) and, when given,
     /// the machine it acts for (`X-CCR-Machine-Id`); no key sends no credentials.
     pub fn api_request(

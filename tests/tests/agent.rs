@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use ccr_e2e::agent::{add_recording_pane, hook_input, recorded_lines, Agent};
-use ccr_e2e::telegram::{BotApi, Update};
+use ccr_e2e::telegram::BotApi;
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
 use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
@@ -23,21 +23,6 @@ async fn start() -> (Worker, BotApi) {
 
 fn agent(w: &Worker, machine: &str) -> Agent {
     Agent::start(&w.base_url(), TEST_API_KEY, machine).unwrap()
-}
-
-/// Telegram delivers a reply to message `to`.
-async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) {
-    let resp = w
-        .send_update(&Update::reply(update_id, CHAT, to, text))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-}
-
-/// Waits for a sendMessage whose text contains `needle`; its text.
-async fn wait_message(bot: &BotApi, needle: &str) -> String {
-    let params = bot.wait_message(needle, T).await.unwrap();
-    params["text"].as_str().unwrap_or_default().to_owned()
 }
 
 /// Asserts `lines()` stays exactly `want` for a while (nothing typed twice).
@@ -58,11 +43,13 @@ async fn a_telegram_reply_lands_in_the_pane_exactly_once() {
         .unwrap();
 
     let msg = w.notify("sess-1", "done").await.unwrap().message_id;
-    reply(&w, 1, msg, "run the tests; echo $HOME 'quoted'").await;
+    w.reply(CHAT, 1, msg, "run the tests; echo $HOME 'quoted'")
+        .await;
     let lines = tmux.wait_for_lines(1, T).await.unwrap();
     assert_eq!(lines, ["run the tests; echo $HOME 'quoted'"]);
     // The same update again (Telegram retries) and time for any redelivery: still once.
-    reply(&w, 1, msg, "run the tests; echo $HOME 'quoted'").await;
+    w.reply(CHAT, 1, msg, "run the tests; echo $HOME 'quoted'")
+        .await;
     stays("the pane", &["run the tests; echo $HOME 'quoted'"], || {
         tmux.lines()
     })
@@ -196,7 +183,7 @@ async fn a_command_stored_before_a_crash_runs_once_after_restart() {
         .await
         .unwrap();
     let msg = w.notify("sess-c", "ready").await.unwrap().message_id;
-    reply(&w, 2, msg, "survive the crash").await;
+    w.reply(CHAT, 2, msg, "survive the crash").await;
     agent
         .wait_log("command stored and acked", 1, T)
         .await
@@ -222,7 +209,7 @@ async fn the_agent_reconnects_after_a_worker_restart() {
         .await
         .unwrap();
     let msg = w.notify("sess-r", "before").await.unwrap().message_id;
-    reply(&w, 3, msg, "first").await;
+    w.reply(CHAT, 3, msg, "first").await;
     tmux.wait_for_lines(1, T).await.unwrap();
 
     w.restart().await.unwrap();
@@ -231,7 +218,7 @@ async fn the_agent_reconnects_after_a_worker_restart() {
         .await
         .unwrap();
     let msg = w.notify("sess-r", "after").await.unwrap().message_id;
-    reply(&w, 4, msg, "second").await;
+    w.reply(CHAT, 4, msg, "second").await;
     let lines = tmux.wait_for_lines(2, T).await.unwrap();
     assert_eq!(lines, ["first", "second"]);
 }
@@ -255,9 +242,9 @@ async fn two_sessions_on_two_panes_get_only_their_own_replies() {
 
     let msg_a = w.notify("sess-a", "alpha done").await.unwrap().message_id;
     let msg_b = w.notify("sess-b", "beta done").await.unwrap().message_id;
-    reply(&w, 5, msg_b, "for beta").await;
-    reply(&w, 6, msg_a, "for alpha").await;
-    reply(&w, 7, msg_b, "beta again").await;
+    w.reply(CHAT, 5, msg_b, "for beta").await;
+    w.reply(CHAT, 6, msg_a, "for alpha").await;
+    w.reply(CHAT, 7, msg_b, "beta again").await;
 
     tmux.wait_for_lines(1, T).await.unwrap();
     wait_for("two lines in pane b", T, || async {
@@ -320,7 +307,7 @@ async fn hooks_run_as_claude_code_runs_them() {
         .await
         .unwrap();
     assert!(out.status.success());
-    let sent = wait_message(&bot, "The build is green again.").await;
+    let sent = bot.wait_text("The build is green again.", T).await.unwrap();
     assert!(sent.contains("webshop"), "{sent}");
     assert!(sent.contains(cwd), "{sent}");
     assert!(
@@ -335,11 +322,13 @@ async fn hooks_run_as_claude_code_runs_them() {
         .await
         .unwrap();
     assert!(out.status.success());
-    wait_message(&bot, "Claude needs your permission to use Bash").await;
+    bot.wait_text("Claude needs your permission to use Bash", T)
+        .await
+        .unwrap();
 
     // The reply to the stop notification reaches the pane the hook recorded.
     let stop_msg = w.notify("sess-h", "direct").await.unwrap().message_id;
-    reply(&w, 8, stop_msg, "ship it").await;
+    w.reply(CHAT, 8, stop_msg, "ship it").await;
     assert_eq!(tmux.wait_for_lines(1, T).await.unwrap(), ["ship it"]);
 
     let out = agent

@@ -9,20 +9,11 @@ use ccr_e2e::agent::Agent;
 use ccr_e2e::telegram::Update;
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
+use ccr_e2e::worker::{start_with_bot, WorkerOptions, TEST_API_KEY};
 
 const CHAT: i64 = 4242;
 /// Generous: workerd and the agent share two cores with other test processes.
 const T: Duration = Duration::from_secs(30);
-
-/// Telegram delivers a reply to message `to`.
-async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) {
-    let resp = w
-        .send_update(&Update::reply(update_id, CHAT, to, text))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-}
 
 /// Waits until the raw recording holds `want` exactly (failing with what it holds).
 async fn wait_raw(record: &Path, want: &[u8]) -> Vec<u8> {
@@ -64,7 +55,8 @@ async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
     let msg = w.notify("sess-chat", "done").await.unwrap().message_id;
 
     // Three lines: one bracketed paste, then one Enter — one prompt, not three.
-    reply(&w, 1, msg, "fix the bug\nthen run the tests\nand commit").await;
+    w.reply(CHAT, 1, msg, "fix the bug\nthen run the tests\nand commit")
+        .await;
     let got = wait_raw(
         &record,
         b"\x1b[200~fix the bug\rthen run the tests\rand commit\x1b[201~\r",
@@ -84,13 +76,13 @@ async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
         .take(4000)
         .collect();
     let want = format!("\x1b[200~{}\x1b[201~\r", long.replace('\n', "\r"));
-    reply(&w, 2, msg, &long).await;
+    w.reply(CHAT, 2, msg, &long).await;
     let got = wait_raw(&record, want.as_bytes()).await;
     assert_eq!(String::from_utf8_lossy(&got), want);
 
     // A single line is still typed (no paste brackets) and one Enter.
     std::fs::write(&record, "").unwrap();
-    reply(&w, 3, msg, "one line").await;
+    w.reply(CHAT, 3, msg, "one line").await;
     let got = wait_raw(&record, b"one line\r").await;
     assert_eq!(got, b"one line\r");
 }
@@ -112,7 +104,7 @@ async fn esc_presses_one_escape_and_an_unknown_key_is_refused_before_queueing() 
     let msg = note.message_id;
 
     // An unknown name: the chat is told at once, nothing is queued (no ack, no reaction).
-    reply(&w, 1, msg, "/keys Enter F13").await;
+    w.reply(CHAT, 1, msg, "/keys Enter F13").await;
     let refusal = bot.wait_message("is not a key", T).await.unwrap();
     assert_eq!(
         refusal["reply_parameters"]["message_id"],
@@ -121,14 +113,14 @@ async fn esc_presses_one_escape_and_an_unknown_key_is_refused_before_queueing() 
     );
 
     // /esc: exactly one ESC byte reaches the pane, and the ack is reacted to.
-    reply(&w, 2, msg, "/esc").await;
+    w.reply(CHAT, 2, msg, "/esc").await;
     assert_eq!(wait_raw(&record, b"\x1b").await, b"\x1b");
     let reaction = bot.wait_call("setMessageReaction", T).await.unwrap();
     assert_eq!(reaction.params["message_id"], 2 + 10_000);
 
     // /keys: named keys in order (Down, Down, Enter = ESC[B ESC[B CR in the pane's raw mode).
     std::fs::write(&record, "").unwrap();
-    reply(&w, 3, msg, "/keys down Down 2 enter").await;
+    w.reply(CHAT, 3, msg, "/keys down Down 2 enter").await;
     assert_eq!(
         wait_raw(&record, b"\x1b[B\x1b[B2\r").await,
         b"\x1b[B\x1b[B2\r"
@@ -176,10 +168,10 @@ async fn peek_shows_the_pane_and_an_offline_machine_is_answered() {
     let (msg, token) = (note.message_id, note.token);
 
     // Something on the screen (the recorder's terminal echoes what is typed).
-    reply(&w, 1, msg, "echo <b>hi</b> & bye").await;
+    w.reply(CHAT, 1, msg, "echo <b>hi</b> & bye").await;
     tmux.wait_for_lines(1, T).await.unwrap();
 
-    reply(&w, 2, msg, "/peek").await;
+    w.reply(CHAT, 2, msg, "/peek").await;
     let shown = bot.wait_message("<pre>", T).await.unwrap();
     let text = shown["text"].as_str().unwrap();
     assert!(
@@ -225,7 +217,7 @@ async fn peek_shows_the_pane_and_an_offline_machine_is_answered() {
     })
     .await
     .unwrap();
-    reply(&w, 3, msg, "/peek").await;
+    w.reply(CHAT, 3, msg, "/peek").await;
     bot.wait_message("No screen: devbox is offline", T)
         .await
         .unwrap();

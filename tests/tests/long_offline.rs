@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ccr_e2e::agent::Agent;
-use ccr_e2e::telegram::{BotApi, Update};
+use ccr_e2e::telegram::BotApi;
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
 use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
@@ -31,21 +31,6 @@ const T: Duration = Duration::from_secs(60);
 async fn start(ttl_secs: u64) -> (Worker, BotApi) {
     let opts = WorkerOptions::default().var("COMMAND_TTL_SECS", ttl_secs.to_string());
     start_with_bot(opts, &[CHAT]).await.unwrap()
-}
-
-/// Telegram delivers a reply to message `to`.
-async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) {
-    let resp = w
-        .send_update(&Update::reply(update_id, CHAT, to, text))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-}
-
-/// The text of the first chat message containing `needle`, waiting for it.
-async fn told(bot: &BotApi, needle: &str) -> String {
-    let params = bot.wait_message(needle, T).await.unwrap();
-    params["text"].as_str().unwrap_or_default().to_owned()
 }
 
 /// A TCP proxy whose two directions can each be held: bytes read while a direction is held
@@ -164,8 +149,8 @@ async fn a_reply_queued_while_offline_is_typed_once_when_the_agent_returns_in_ti
     let msg = w.notify("sess-a", "done").await.unwrap().message_id;
     agent.terminate().await.unwrap();
 
-    reply(&w, 1, msg, "while you were away").await;
-    told(&bot, "offline").await;
+    w.reply(CHAT, 1, msg, "while you were away").await;
+    bot.wait_text("offline", T).await.unwrap();
     agent.restart().unwrap();
     let lines = tmux.wait_for_lines(1, T).await.unwrap();
     assert_eq!(lines, ["while you were away"]);
@@ -174,7 +159,7 @@ async fn a_reply_queued_while_offline_is_typed_once_when_the_agent_returns_in_ti
     agent.wait_log("command typed", 1, T).await.unwrap();
     assert!(!agent.log().contains("after it expired"), "{}", agent.log());
     // A later reply goes through the same socket, after the first: still one each.
-    reply(&w, 2, msg, "and one more").await;
+    w.reply(CHAT, 2, msg, "and one more").await;
     let lines = tmux.wait_for_lines(2, T).await.unwrap();
     assert_eq!(lines, ["while you were away", "and one more"]);
     assert!(bot.calls_of("sendMessage").iter().all(|c| {
@@ -196,14 +181,14 @@ async fn a_reply_that_expires_while_the_agent_is_offline_is_never_typed_and_the_
     let msg = w.notify("sess-b", "done").await.unwrap().message_id;
     agent.terminate().await.unwrap();
 
-    reply(&w, 1, msg, "too late for this").await;
-    let dead = told(&bot, "Not delivered").await;
+    w.reply(CHAT, 1, msg, "too late for this").await;
+    let dead = bot.wait_text("Not delivered", T).await.unwrap();
     assert!(dead.contains("too late for this"), "{dead}");
     agent.restart().unwrap();
     agent.wait_connected(2, T).await.unwrap();
     // A fresh reply is typed; the socket sends queued commands oldest first, so had the
     // expired one been sent it would be in the pane before this.
-    reply(&w, 2, msg, "a fresh one").await;
+    w.reply(CHAT, 2, msg, "a fresh one").await;
     let lines = tmux.wait_for_lines(1, T).await.unwrap();
     assert_eq!(lines, ["a fresh one"]);
     assert_eq!(agent.log().matches("command stored and acked").count(), 1);
@@ -225,8 +210,8 @@ async fn a_command_that_reaches_the_agent_after_its_expiry_is_refused_and_report
     // The link stalls towards the agent: the Worker pushes (and retries) the command into
     // it, then its time-to-live runs out and the chat hears it was not delivered.
     gate.down(false);
-    reply(&w, 1, msg, "stale words").await;
-    told(&bot, "Not delivered").await;
+    w.reply(CHAT, 1, msg, "stale words").await;
+    bot.wait_text("Not delivered", T).await.unwrap();
     // Now the held frames arrive, every one after the command's expiry.
     gate.down(true);
     let answer = wait_for("the agent's answer to the late command", T, || async {
@@ -250,7 +235,7 @@ async fn a_command_that_reaches_the_agent_after_its_expiry_is_refused_and_report
         .await
         .unwrap();
     // The connection still works, and only the fresh reply is typed.
-    reply(&w, 2, msg, "fresh words").await;
+    w.reply(CHAT, 2, msg, "fresh words").await;
     let lines = tmux.wait_for_lines(1, T).await.unwrap();
     assert_eq!(lines, ["fresh words"]);
     assert_eq!(agent.log().matches("command typed").count(), 1);
@@ -272,7 +257,7 @@ async fn a_command_typed_before_its_ack_reached_the_worker_is_not_typed_again() 
     // The link stalls towards the Worker: the agent stores, acks and types, but neither the
     // ack nor the result gets through before it is SIGKILLed and the link drops.
     gate.up(false);
-    reply(&w, 1, msg, "exactly once").await;
+    w.reply(CHAT, 1, msg, "exactly once").await;
     assert_eq!(tmux.wait_for_lines(1, T).await.unwrap(), ["exactly once"]);
     agent.wait_log("command typed", 1, T).await.unwrap();
     agent.kill9().await;
@@ -287,7 +272,7 @@ async fn a_command_typed_before_its_ack_reached_the_worker_is_not_typed_again() 
         .await
         .unwrap();
     bot.wait_call("setMessageReaction", T).await.unwrap();
-    reply(&w, 2, msg, "next").await;
+    w.reply(CHAT, 2, msg, "next").await;
     let lines = tmux.wait_for_lines(2, T).await.unwrap();
     assert_eq!(lines, ["exactly once", "next"]);
     assert!(bot.calls_of("sendMessage").iter().all(|c| {

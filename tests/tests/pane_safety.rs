@@ -18,15 +18,6 @@ const CHAT: i64 = 4242;
 /// Generous: workerd and the agent share two cores with other test processes.
 const T: Duration = Duration::from_secs(30);
 
-/// Telegram delivers a reply to message `to`.
-async fn reply(w: &Worker, update_id: i64, to: i64, text: &str) {
-    let resp = w
-        .send_update(&Update::reply(update_id, CHAT, to, text))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-}
-
 /// The `GET /sessions` row of `session`.
 async fn session_row(w: &Worker, session: &str) -> Value {
     let all = w.sessions().await.unwrap();
@@ -63,7 +54,7 @@ async fn a_reply_to_a_session_whose_tmux_server_was_replaced_reaches_no_pane() {
     let msg = w.notify("sess-old", "done").await.unwrap().message_id;
 
     // The healthy path: the identity check passes and the reply lands.
-    reply(&w, 1, msg, "before the restart").await;
+    w.reply(CHAT, 1, msg, "before the restart").await;
     assert_eq!(
         tmux.wait_for_lines(1, T).await.unwrap(),
         ["before the restart"]
@@ -77,7 +68,7 @@ async fn a_reply_to_a_session_whose_tmux_server_was_replaced_reaches_no_pane() {
     assert_eq!(tmux.pane_id, old_pane, "tmux numbers panes from %0 again");
     assert_ne!(tmux.record_path(), old_record);
 
-    reply(&w, 2, msg, "git push --force").await;
+    w.reply(CHAT, 2, msg, "git push --force").await;
     let told = bot.wait_message("pane is gone", T).await.unwrap();
     let text = told["text"].as_str().unwrap_or_default();
     assert!(text.contains("tmux server was restarted"), "{text}");
@@ -107,7 +98,7 @@ async fn a_reply_to_a_session_whose_tmux_server_was_replaced_reaches_no_pane() {
         .unwrap();
     assert_eq!(sessions.status(), 200);
     bot.wait_message("pane gone", T).await.unwrap();
-    reply(&w, 4, msg, "rm -rf build").await;
+    w.reply(CHAT, 4, msg, "rm -rf build").await;
     let refused = bot
         .wait_message("Not sent: the tmux pane", T)
         .await
@@ -137,7 +128,7 @@ async fn a_reply_to_a_session_whose_tmux_server_was_replaced_reaches_no_pane() {
         .unwrap();
     assert_eq!(session_row(&w, "sess-old").await["gone"], false);
     let msg2 = w.notify("sess-old", "back").await.unwrap().message_id;
-    reply(&w, 5, msg2, "after the restart").await;
+    w.reply(CHAT, 5, msg2, "after the restart").await;
     assert_eq!(
         tmux.wait_for_lines(1, T).await.unwrap(),
         ["after the restart"]
@@ -163,7 +154,7 @@ async fn a_reply_to_a_closed_pane_is_refused() {
     let msg = w.notify("sess-b", "done").await.unwrap().message_id;
     tmux.tmux(&["kill-pane", "-t", &pane_b]).unwrap();
 
-    reply(&w, 1, msg, "anything").await;
+    w.reply(CHAT, 1, msg, "anything").await;
     let told = bot.wait_message("pane is gone", T).await.unwrap();
     assert!(
         told["text"]
