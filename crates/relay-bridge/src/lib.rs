@@ -616,6 +616,15 @@ mod run_tests {
 
     /// A relay stand-in that answers every request with `status` and `body`, counting them.
     async fn fake_relay(status: &'static str, body: &'static str) -> (Url, Arc<AtomicUsize>) {
+        fake_relay_with(status, "", body).await
+    }
+
+    /// Like [`fake_relay`], with `extra` header lines (each ending in `\r\n`).
+    async fn fake_relay_with(
+        status: &'static str,
+        extra: &'static str,
+        body: &'static str,
+    ) -> (Url, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -627,7 +636,7 @@ mod run_tests {
                     let mut buf = [0u8; 4096];
                     let _ = sock.read(&mut buf).await;
                     let reply = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     let _ = sock.write_all(reply.as_bytes()).await;
@@ -664,24 +673,8 @@ mod run_tests {
         // Where the redirect points: it must never see a request (it would carry the token).
         let (elsewhere, elsewhere_hits) = fake_relay("200 OK", "{\"requests\":[]}").await;
         let location: &'static str =
-            Box::leak(format!("{}proxy/_poll", elsewhere).into_boxed_str());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    let _ = sock.read(&mut buf).await;
-                    let reply = format!(
-                        "HTTP/1.1 307 Temporary Redirect\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                    );
-                    let _ = sock.write_all(reply.as_bytes()).await;
-                });
-            }
-        });
+            Box::leak(format!("location: {elsewhere}proxy/_poll\r\n").into_boxed_str());
+        let (relay, hits) = fake_relay_with("307 Temporary Redirect", location, "").await;
         run_for(relay, 3).await;
         assert!(
             hits.load(Ordering::SeqCst) >= 1,
