@@ -476,7 +476,7 @@ fn handle_message(
             }
         }
     };
-    match queue_command(
+    let queued = queue_command(
         db,
         out,
         update_id,
@@ -487,23 +487,28 @@ fn handle_message(
         None,
         now,
         online,
-    )? {
+    )?;
+    if let Some(notice) = queued_notice(queued, "it will be delivered when it reconnects") {
+        reply(out, &notice);
+    }
+    Ok(())
+}
+
+/// What the chat is told about a reply or keys it queued: nothing when they went to a
+/// connected machine (the 👍 follows the ack) or were already handled; that the machine is
+/// offline, and `then`; or why they were refused.
+fn queued_notice(queueing: Queueing, then: &str) -> Option<String> {
+    match queueing {
         Queueing::Queued {
             machine,
             online: false,
-        } => {
-            reply(
-                out,
-                &format!(
-                    "Queued — {} is offline; it will be delivered when it reconnects.",
-                    escape_html(&machine)
-                ),
-            );
-        }
-        Queueing::Queued { online: true, .. } | Queueing::AlreadyHandled => {}
-        Queueing::Refused(why) => reply(out, &why),
+        } => Some(format!(
+            "Queued — {} is offline; {then}.",
+            escape_html(&machine)
+        )),
+        Queueing::Queued { online: true, .. } | Queueing::AlreadyHandled => None,
+        Queueing::Refused(why) => Some(why),
     }
-    Ok(())
 }
 
 /// `/esc` and `/keys` (see `conversation`): in a reply to a notification, queues the keys for
@@ -560,7 +565,7 @@ fn pane_keys(
         }
     };
     let stored = PaneIntent::stored(&keys);
-    match queue_command(
+    let queued = queue_command(
         db,
         out,
         update_id,
@@ -571,19 +576,9 @@ fn pane_keys(
         Some(stored),
         now,
         online,
-    )? {
-        Queueing::Queued {
-            machine,
-            online: false,
-        } => answer(
-            out,
-            &format!(
-                "Queued — {} is offline; the keys are pressed when it reconnects.",
-                escape_html(&machine)
-            ),
-        ),
-        Queueing::Queued { online: true, .. } | Queueing::AlreadyHandled => {}
-        Queueing::Refused(why) => answer(out, &why),
+    )?;
+    if let Some(notice) = queued_notice(queued, "the keys are pressed when it reconnects") {
+        answer(out, &notice);
     }
     Ok(())
 }
