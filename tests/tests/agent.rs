@@ -98,16 +98,20 @@ fn install_hooks_merges_into_settings_json() {
     assert!(out.status.success(), "{out:?}");
     let merged: Value = serde_json::from_str(&std::fs::read_to_string(&settings).unwrap()).unwrap();
     assert_eq!(merged["model"], "opus");
-    let stop: Vec<&str> = merged["hooks"]["Stop"]
+    let stop: Vec<&Value> = merged["hooks"]["Stop"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|g| g["hooks"].as_array().unwrap())
-        .map(|h| h["command"].as_str().unwrap())
         .collect();
     assert_eq!(stop.len(), 2, "{merged}");
-    assert_eq!(stop[0], "say done");
-    assert!(stop[1].ends_with("ccr-agent hook stop"), "{}", stop[1]);
+    assert_eq!(stop[0]["command"], "say done");
+    assert!(
+        stop[1]["command"].as_str().unwrap().ends_with("/ccr-agent"),
+        "{}",
+        stop[1]
+    );
+    assert_eq!(stop[1]["args"], json!(["hook", "stop"]), "exec form");
     for event in ["SessionStart", "Notification", "SessionEnd"] {
         assert_eq!(
             merged["hooks"][event].as_array().unwrap().len(),

@@ -24,9 +24,9 @@ async fn start() -> (Worker, BotApi) {
     start_with_bot(opts, &[CHAT]).await.unwrap()
 }
 
-/// `ccr-agent install-hooks` into a temporary `$HOME`; the PermissionRequest command and
+/// `ccr-agent install-hooks` into a temporary `$HOME`; the PermissionRequest handler and
 /// timeout it configured.
-fn install_hooks(agent: &Agent, home: &std::path::Path) -> (String, u64) {
+fn install_hooks(agent: &Agent, home: &std::path::Path) -> (Value, u64) {
     let out = std::process::Command::new(binary())
         .arg("--data-dir")
         .arg(agent.data_dir())
@@ -38,17 +38,28 @@ fn install_hooks(agent: &Agent, home: &std::path::Path) -> (String, u64) {
     let text = std::fs::read_to_string(home.join(".claude/settings.json")).unwrap();
     let settings: Value = serde_json::from_str(&text).unwrap();
     let hook = &settings["hooks"]["PermissionRequest"][0]["hooks"][0];
-    (
-        hook["command"].as_str().unwrap().to_owned(),
-        hook["timeout"].as_u64().unwrap(),
-    )
+    (hook.clone(), hook["timeout"].as_u64().unwrap())
 }
 
-/// Runs the configured hook command as Claude Code does (through a shell, JSON on stdin).
-/// `exec`: the child is the hook itself, so a test's signal reaches it.
-async fn spawn_hook(command: &str, input: &Value) -> Child {
-    let mut child = Command::new("sh")
-        .args(["-c", &format!("exec {command}")])
+/// Runs a configured command hook handler as Claude Code does, JSON on stdin: with `args`
+/// (exec form) the program itself with those arguments, no shell; without, the command line
+/// through `sh -c` (`exec`, so the child is the hook and a test's signal reaches it).
+async fn spawn_hook(handler: &Value, input: &Value) -> Child {
+    assert_eq!(handler["type"], "command", "{handler}");
+    let command = handler["command"].as_str().unwrap();
+    let mut cmd = match handler["args"].as_array() {
+        Some(args) => {
+            let mut cmd = Command::new(command);
+            cmd.args(args.iter().map(|a| a.as_str().unwrap()));
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", &format!("exec {command}")]);
+            cmd
+        }
+    };
+    let mut child = cmd
         .env_remove("CCR_WORKER_URL")
         .env_remove("CCR_API_KEY")
         .env_remove("CCR_MACHINE_ID")
@@ -159,7 +170,17 @@ async fn bash_always_allow_first_tap_wins_and_strangers_do_nothing() {
     let home = tempfile::tempdir().unwrap();
     let (command, timeout) = install_hooks(&agent, home.path());
     assert_eq!(timeout, 7200);
-    assert!(command.ends_with(" hook permission-request"), "{command}");
+    // Exec form: the agent itself, no shell, pointed at this agent's data directory.
+    assert_eq!(command["command"], binary().to_str().unwrap(), "{command}");
+    assert_eq!(
+        command["args"],
+        json!([
+            "--data-dir",
+            agent.data_dir().to_str().unwrap(),
+            "hook",
+            "permission-request"
+        ])
+    );
 
     let input = permission_input(
         "sess-bash",
@@ -367,7 +388,7 @@ async fn run_other_hook(home: &std::path::Path, event: &str, input: &Value) {
     let settings: Value = serde_json::from_str(&text).unwrap();
     let hook = &settings["hooks"][event][0]["hooks"][0];
     assert_eq!(hook["timeout"], 10, "{event} is a quick hook");
-    let child = spawn_hook(hook["command"].as_str().unwrap(), input).await;
+    let child = spawn_hook(hook, input).await;
     assert_eq!(stdout_of(child).await, "");
 }
 
@@ -461,11 +482,8 @@ async fn stop_tells_the_truth_and_a_permission_prompt_is_not_sent_twice() {
     )
     .unwrap();
     let run = |event: &str, input: Value| {
-        let cmd = settings["hooks"][event][0]["hooks"][0]["command"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        async move { stdout_of(spawn_hook(&cmd, &input).await).await }
+        let handler = settings["hooks"][event][0]["hooks"][0].clone();
+        async move { stdout_of(spawn_hook(&handler, &input).await).await }
     };
     // Stop: the final text from the hook input (the transcript does not exist).
     run(

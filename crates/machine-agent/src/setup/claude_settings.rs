@@ -20,35 +20,101 @@ const NEW_FILE_MODE: u32 = 0o600;
 /// Seconds Claude Code gives each of our hooks before killing it.
 pub(crate) const HOOK_TIMEOUT_SECS: u64 = 10;
 
-/// Quotes `s` for a POSIX shell (Claude Code runs hook commands through one).
-pub(crate) fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:,=@%".contains(&b))
-    {
-        return s.to_owned();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The hook command for `event`, e.g. `/usr/local/bin/ccr-agent hook stop`.
-pub(crate) fn hook_command(exe: &Path, data_dir: Option<&Path>, event: HookEvent) -> String {
-    let mut cmd = shell_quote(&exe.to_string_lossy());
+/// Our hook handler for `event`, in Claude Code's exec form: `command` is the program and
+/// `args` its arguments, run without a shell, e.g.
+/// `{"type":"command","command":"/usr/local/bin/ccr-agent","args":["hook","stop"],"timeout":10}`.
+///
+/// Exec form rather than a shell command line: a path with spaces or quotes needs no quoting,
+/// no shell starts before each hook, and the signal Claude Code sends a hook it gives up on
+/// reaches `ccr-agent` itself (the PermissionRequest hook reads it as "answered at the
+/// terminal"). A command hook rather than an http hook to the daemon: a waiting hook outlives
+/// a daemon restart (its decision is redelivered to it), and the daemon needs no listening
+/// port that every local process could call.
+pub(crate) fn hook_entry(
+    exe: &Path,
+    data_dir: Option<&Path>,
+    event: HookEvent,
+    timeout: u64,
+) -> Value {
+    let mut args = Vec::new();
     if let Some(dir) = data_dir {
-        cmd.push_str(" --data-dir ");
-        cmd.push_str(&shell_quote(&dir.to_string_lossy()));
+        args.push(Value::String("--data-dir".into()));
+        args.push(Value::String(dir.to_string_lossy().into_owned()));
     }
-    cmd.push_str(" hook ");
-    cmd.push_str(event.arg());
-    cmd
+    args.push(Value::String("hook".into()));
+    args.push(Value::String(event.arg().into()));
+    json!({
+        "type": "command",
+        "command": exe.to_string_lossy(),
+        "args": args,
+        "timeout": timeout,
+    })
 }
 
-/// Whether `command` is our hook for `event` (`ccr-agent … hook <event>`).
-pub(crate) fn is_ours(command: &str, event: HookEvent) -> bool {
-    command.contains("ccr-agent")
-        && command
-            .trim_end()
-            .ends_with(&format!(" hook {}", event.arg()))
+/// Whether the hook handler `entry` is ours for `event`: exec form (`command` is a
+/// `ccr-agent` program, `args` end with `hook <event>`) or the shell command line earlier
+/// versions installed (`ccr-agent … hook <event>`), which [`merge`] rewrites in exec form.
+pub(crate) fn is_ours(entry: &Value, event: HookEvent) -> bool {
+    let Some(command) = entry.get("command").and_then(Value::as_str) else {
+        return false;
+    };
+    match entry.get("args").and_then(Value::as_array) {
+        Some(args) => {
+            let program = Path::new(command)
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            let tail: Vec<&str> = args
+                .iter()
+                .rev()
+                .take(2)
+                .filter_map(Value::as_str)
+                .collect();
+            program.contains("ccr-agent") && tail == [event.arg(), "hook"]
+        }
+        None => {
+            command.contains("ccr-agent")
+                && command
+                    .trim_end()
+                    .ends_with(&format!(" hook {}", event.arg()))
+        }
+    }
+}
+
+/// The program our hook handler `entry` runs: `command` in exec form, else the first word
+/// of the shell command line (unquoted).
+pub(crate) fn hook_program(entry: &Value) -> String {
+    let command = entry.get("command").and_then(Value::as_str).unwrap_or("");
+    if entry.get("args").is_some() {
+        return command.to_owned();
+    }
+    shell_word(command)
+}
+
+/// The first word of a shell command line, unquoted (`'…'` with `'` written as `'\''`, as
+/// earlier versions quoted it).
+fn shell_word(command: &str) -> String {
+    let command = command.trim_start();
+    if let Some(rest) = command.strip_prefix('\'') {
+        let mut out = String::new();
+        let mut rest = rest;
+        loop {
+            match rest.find('\'') {
+                None => return out + rest,
+                Some(i) => {
+                    out.push_str(&rest[..i]);
+                    rest = &rest[i + 1..];
+                    if let Some(r) = rest.strip_prefix("\\''") {
+                        out.push('\'');
+                        rest = r;
+                    } else {
+                        return out;
+                    }
+                }
+            }
+        }
+    }
+    command.split_whitespace().next().unwrap_or("").to_owned()
 }
 
 /// Merges our hooks into `settings`; returns whether anything changed.
@@ -69,12 +135,12 @@ pub(crate) fn merge(
     };
     let mut changed = false;
     for event in HookEvent::ALL {
-        let wanted = hook_command(exe, data_dir, event);
         // The PermissionRequest hook waits for a person: hours, not seconds.
         let timeout = match event {
             HookEvent::PermissionRequest => permission_timeout,
             _ => HOOK_TIMEOUT_SECS,
         };
+        let wanted = hook_entry(exe, data_dir, event, timeout);
         let groups = hooks
             .entry(event.claude_name())
             .or_insert_with(|| Value::Array(Vec::new()));
@@ -90,27 +156,29 @@ pub(crate) fn merge(
                 continue;
             };
             for entry in entries.iter_mut() {
-                let Some(command) = entry.get("command").and_then(Value::as_str) else {
-                    continue;
-                };
-                if !is_ours(command, event) {
+                if !is_ours(entry, event) {
                     continue;
                 }
                 found = true;
-                if command != wanted {
-                    entry["command"] = Value::String(wanted.clone());
-                    changed = true;
+                // Ours is rewritten whole (a moved binary, a new timeout, the shell form of
+                // earlier versions); anything else the user put in it (`if`, `statusMessage`)
+                // stays.
+                let Some(fields) = entry.as_object_mut() else {
+                    continue;
+                };
+                if fields.get("args").is_none() {
+                    fields.remove("command");
                 }
-                if entry.get("timeout").and_then(Value::as_u64) != Some(timeout) {
-                    entry["timeout"] = json!(timeout);
-                    changed = true;
+                for key in ["type", "command", "args", "timeout"] {
+                    if fields.get(key) != wanted.get(key) {
+                        fields.insert(key.to_owned(), wanted[key].clone());
+                        changed = true;
+                    }
                 }
             }
         }
         if !found {
-            groups.push(json!({
-                "hooks": [{"type": "command", "command": wanted, "timeout": timeout}]
-            }));
+            groups.push(json!({ "hooks": [wanted] }));
             changed = true;
         }
     }
@@ -216,13 +284,20 @@ mod tests {
         })
     }
 
+    /// Each handler of `event` as one line: the command, then its exec-form arguments.
     fn commands(v: &Value, event: &str) -> Vec<String> {
         v["hooks"][event]
             .as_array()
             .unwrap()
             .iter()
             .flat_map(|g| g["hooks"].as_array().unwrap().iter())
-            .map(|h| h["command"].as_str().unwrap().to_owned())
+            .map(|h| {
+                let mut line = h["command"].as_str().unwrap().to_owned();
+                for a in h["args"].as_array().into_iter().flatten() {
+                    line.push_str(&format!(" [{}]", a.as_str().unwrap()));
+                }
+                line
+            })
             .collect()
     }
 
@@ -235,14 +310,19 @@ mod tests {
         assert_eq!(commands(&v, "PreToolUse"), ["audit"]);
         assert_eq!(
             commands(&v, "Stop"),
-            ["say done", "/opt/ccr/bin/ccr-agent hook stop"]
+            ["say done", "/opt/ccr/bin/ccr-agent [hook] [stop]"]
+        );
+        assert_eq!(
+            v["hooks"]["Stop"][1]["hooks"][0],
+            json!({"type": "command", "command": EXE, "args": ["hook", "stop"], "timeout": 10}),
+            "exec form: no shell"
         );
         for (event, arg) in [
             ("SessionStart", "session-start"),
             ("Notification", "notification"),
             ("SessionEnd", "session-end"),
         ] {
-            assert_eq!(commands(&v, event), [format!("{EXE} hook {arg}")]);
+            assert_eq!(commands(&v, event), [format!("{EXE} [hook] [{arg}]")]);
         }
         assert_eq!(
             v["hooks"]["Stop"][1]["hooks"][0]["timeout"],
@@ -281,7 +361,10 @@ mod tests {
         );
         assert_eq!(
             commands(&v, "Stop"),
-            ["say done", "'/new place/ccr-agent' --data-dir /d hook stop"]
+            [
+                "say done",
+                "/new place/ccr-agent [--data-dir] [/d] [hook] [stop]"
+            ]
         );
         assert_eq!(commands(&v, "SessionStart").len(), 1);
     }
@@ -341,8 +424,49 @@ mod tests {
     }
 
     #[test]
-    fn quoting() {
-        assert_eq!(shell_quote("/usr/bin/ccr-agent"), "/usr/bin/ccr-agent");
-        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    fn the_shell_form_of_earlier_versions_is_rewritten_in_exec_form() {
+        let mut v = json!({"hooks": {"Stop": [{"hooks": [
+            {"type": "command", "command": "say done"},
+            {"type": "command", "command": "'/old place/ccr-agent' hook stop",
+             "timeout": 10, "statusMessage": "telling the phone"}
+        ]}]}});
+        assert!(merge(&mut v, Path::new(EXE), None, 3600).unwrap());
+        assert_eq!(
+            v["hooks"]["Stop"][0]["hooks"][1],
+            json!({"type": "command", "command": EXE, "args": ["hook", "stop"], "timeout": 10,
+                   "statusMessage": "telling the phone"}),
+            "updated in place, the user's own field kept"
+        );
+        assert_eq!(v["hooks"]["Stop"].as_array().unwrap().len(), 1);
+        assert!(!merge(&mut v, Path::new(EXE), None, 3600).unwrap());
+    }
+
+    #[test]
+    fn ours_is_recognised_in_both_forms_and_only_for_its_event() {
+        let exec = hook_entry(
+            Path::new("/a b/ccr-agent"),
+            Some(Path::new("/d")),
+            HookEvent::Stop,
+            10,
+        );
+        assert!(is_ours(&exec, HookEvent::Stop));
+        assert!(!is_ours(&exec, HookEvent::SessionEnd));
+        assert_eq!(hook_program(&exec), "/a b/ccr-agent");
+        let shell = json!({"command": "'/a b/it'\\''s/ccr-agent' hook stop"});
+        assert!(is_ours(&shell, HookEvent::Stop));
+        assert_eq!(hook_program(&shell), "/a b/it's/ccr-agent");
+        assert_eq!(
+            hook_program(&json!({"command": "/bin/ccr-agent hook stop"})),
+            "/bin/ccr-agent"
+        );
+        assert!(!is_ours(
+            &json!({"command": "/bin/other", "args": ["hook", "stop"]}),
+            HookEvent::Stop
+        ));
+        assert!(!is_ours(&json!({"command": "say done"}), HookEvent::Stop));
+        assert!(!is_ours(
+            &json!({"args": ["hook", "stop"]}),
+            HookEvent::Stop
+        ));
     }
 }

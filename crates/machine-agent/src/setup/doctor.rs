@@ -578,32 +578,6 @@ async fn check_tmux(timeout: Duration) -> Outcome {
     }
 }
 
-/// The program a hook command runs: its first shell word, unquoted.
-fn hook_program(command: &str) -> String {
-    let command = command.trim_start();
-    if let Some(rest) = command.strip_prefix('\'') {
-        // `shell_quote` output: '...' with ' written as '\''.
-        let mut out = String::new();
-        let mut rest = rest;
-        loop {
-            match rest.find('\'') {
-                None => return out + rest,
-                Some(i) => {
-                    out.push_str(&rest[..i]);
-                    rest = &rest[i + 1..];
-                    if let Some(r) = rest.strip_prefix("\\''") {
-                        out.push('\'');
-                        rest = r;
-                    } else {
-                        return out;
-                    }
-                }
-            }
-        }
-    }
-    command.split_whitespace().next().unwrap_or("").to_owned()
-}
-
 fn check_hooks(path: Option<&Path>, explicit: bool) -> Outcome {
     let Some(path) = path else {
         return fail(
@@ -648,24 +622,26 @@ fn check_hooks(path: Option<&Path>, explicit: bool) -> Outcome {
     };
     let mut missing = Vec::new();
     let mut gone = Vec::new();
+    let mut shell_form = Vec::new();
     for event in HookEvent::ALL {
-        let commands: Vec<String> = settings
+        let ours: Vec<&Value> = settings
             .pointer(&format!("/hooks/{}", event.claude_name()))
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
             .filter_map(|g| g.get("hooks").and_then(Value::as_array))
             .flatten()
-            .filter_map(|h| h.get("command").and_then(Value::as_str))
-            .filter(|c| claude_settings::is_ours(c, event))
-            .map(str::to_owned)
+            .filter(|h| claude_settings::is_ours(h, event))
             .collect();
-        match commands.first() {
+        match ours.first() {
             None => missing.push(event.claude_name()),
-            Some(c) => {
-                let program = hook_program(c);
+            Some(h) => {
+                let program = claude_settings::hook_program(h);
                 if !Path::new(&program).exists() {
                     gone.push(program);
+                }
+                if h.get("args").is_none() {
+                    shell_form.push(event.claude_name());
                 }
             }
         }
@@ -689,10 +665,21 @@ fn check_hooks(path: Option<&Path>, explicit: bool) -> Outcome {
             format!("run `{install}` with the ccr-agent you use now"),
         );
     }
-    Outcome::Pass(format!(
-        "SessionStart, Stop, Notification and SessionEnd in {}",
-        path.display()
-    ))
+    if !shell_form.is_empty() {
+        // A shell between Claude Code and the hook: the signal of a PermissionRequest hook
+        // Claude Code gives up on may not reach it, so its card may not say "answered at the
+        // terminal".
+        return fail(
+            format!(
+                "the {} hooks in {} are the shell command lines of an earlier ccr-agent",
+                shell_form.join(", "),
+                path.display()
+            ),
+            format!("run `{install}` (it rewrites them in exec form, keeping your own hooks)"),
+        );
+    }
+    let names: Vec<&str> = HookEvent::ALL.iter().map(|e| e.claude_name()).collect();
+    Outcome::Pass(format!("{} in {}", names.join(", "), path.display()))
 }
 
 #[cfg(test)]
@@ -776,18 +763,6 @@ mod tests {
     }
 
     #[test]
-    fn hook_program_unquotes() {
-        assert_eq!(
-            hook_program("/usr/bin/ccr-agent hook stop"),
-            "/usr/bin/ccr-agent"
-        );
-        assert_eq!(
-            hook_program(r"'/a b/it'\''s/ccr-agent' --data-dir /d hook stop"),
-            "/a b/it's/ccr-agent"
-        );
-    }
-
-    #[test]
     fn hooks_check_names_missing_events_and_vanished_programs() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("settings.json");
@@ -814,6 +789,22 @@ mod tests {
             Outcome::Fail { problem, .. } => assert!(problem.contains("/nowhere/ccr-agent")),
             o => panic!("{o:?}"),
         }
+        // An earlier version's shell command line: found, but the fix is to reinstall.
+        claude_settings::install(&path, &exe, None, 3600).unwrap();
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let stop = &mut v["hooks"]["Stop"][0]["hooks"][0];
+        stop.as_object_mut().unwrap().remove("args");
+        stop["command"] = Value::String(format!("{} hook stop", exe.display()));
+        std::fs::write(&path, v.to_string()).unwrap();
+        match check_hooks(Some(&path), true) {
+            Outcome::Fail { problem, fix } => {
+                assert!(problem.contains("the Stop hooks"), "{problem}");
+                assert!(fix.contains("exec form"), "{fix}");
+            }
+            o => panic!("{o:?}"),
+        }
+        claude_settings::install(&path, &exe, None, 3600).unwrap();
+        assert!(matches!(check_hooks(Some(&path), true), Outcome::Pass(_)));
     }
 
     #[test]
