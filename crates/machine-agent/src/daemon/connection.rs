@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) sessions: Sessions,
     /// The database permission decisions are stored in (`decisions`).
     pub(crate) decisions: Db,
+    /// The data directory (where waiting hooks listen to be woken: `decisions::wake`).
+    pub(crate) data_dir: std::path::PathBuf,
     /// Rung when a command is stored (wakes the executor).
     pub(crate) commands_ready: Arc<Notify>,
     /// Rung when a result is ready (wakes the socket loop).
@@ -331,6 +333,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 error!(%request_id, "storing a decision failed, not acking: {e}");
                 return Ok(());
             }
+            super::decisions::wake(&shared.data_dir, &request_id);
             info!(%request_id, "decision stored and acked");
             return send(ws, SocketMessage::DecisionAck { request_id }.encode()).await;
         }

@@ -1,10 +1,12 @@
 //! Permission decisions from the chat, shared by the daemon (which stores each one before it
 //! acks it) and the waiting PermissionRequest hook (which takes it once and prints it).
 
+use std::path::{Path, PathBuf};
+
 use rusqlite::{params, OptionalExtension};
 use serde_json::Value;
 
-use crate::db::Db;
+use crate::db::{ensure_private_dir, Db};
 
 /// Taken or unclaimed decisions are forgotten after this long (ms).
 const RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -146,10 +148,95 @@ pub(crate) fn moved_on(
     })
 }
 
+/// The folder of the waiting hooks' wake-up sockets, in the data directory.
+const WAKE_DIR: &str = "wake";
+
+/// The wake-up socket of the hook waiting on `request_id`, or `None` for an id that is not
+/// 1–64 hex digits (ids come from the Worker: never a path of their choosing).
+fn wake_path(data_dir: &Path, request_id: &str) -> Option<PathBuf> {
+    let hex = !request_id.is_empty()
+        && request_id.len() <= 64
+        && request_id.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| data_dir.join(WAKE_DIR).join(request_id))
+}
+
+/// A waiting hook's wake-up socket: a Unix datagram socket the daemon sends one byte to once
+/// it has stored the hook's decision, so the decision is printed at once rather than at the
+/// hook's next look at the database. Only a shortcut: the hook still reads the database on
+/// its own every so often (a daemon that cannot reach the socket changes nothing but the
+/// delay). The socket file goes when this is dropped.
+pub(crate) struct Wake {
+    socket: tokio::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl Wake {
+    /// Listens for `request_id`'s decision (fails on a path too long for a Unix socket, a
+    /// read-only data directory…: the hook then only polls).
+    pub(crate) fn listen(data_dir: &Path, request_id: &str) -> std::io::Result<Wake> {
+        let path = wake_path(data_dir, request_id)
+            .ok_or_else(|| std::io::Error::other("not a request id"))?;
+        if let Some(dir) = path.parent() {
+            ensure_private_dir(dir)?;
+        }
+        // A socket file left by a hook that was killed (same id: never reused, but harmless).
+        let _ = std::fs::remove_file(&path);
+        let socket = tokio::net::UnixDatagram::bind(&path)?;
+        Ok(Wake { socket, path })
+    }
+
+    /// Returns when the daemon said a decision is in.
+    pub(crate) async fn rung(&self) {
+        let mut buf = [0u8; 8];
+        let _ = self.socket.recv(&mut buf).await;
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Tells the hook waiting on `request_id` (if one listens) that its decision is stored. Never
+/// blocks and never fails: nobody listening is the common case after a restart.
+pub(crate) fn wake(data_dir: &Path, request_id: &str) {
+    let Some(path) = wake_path(data_dir, request_id) else {
+        return;
+    };
+    if !path.exists() {
+        return;
+    }
+    if let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = socket.set_nonblocking(true);
+        let _ = socket.send_to(b"1", &path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn a_stored_decision_wakes_its_hook_and_odd_ids_are_no_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "0123456789abcdef0123456789abcdef";
+        let listening = Wake::listen(dir.path(), id).unwrap();
+        wake(dir.path(), "ffff"); // another request: nobody listens, nothing happens
+        wake(dir.path(), id);
+        tokio::time::timeout(std::time::Duration::from_secs(5), listening.rung())
+            .await
+            .expect("woken");
+        let path = dir.path().join("wake").join(id);
+        assert!(path.exists());
+        drop(listening);
+        assert!(!path.exists(), "the socket file goes with the listener");
+        for odd in ["", "../x", "a/b", "xyz", &"a".repeat(65)] {
+            assert_eq!(wake_path(dir.path(), odd), None, "{odd:?}");
+            assert!(Wake::listen(dir.path(), odd).is_err());
+        }
+    }
 
     #[test]
     fn a_decision_is_taken_once_and_a_redelivery_changes_nothing() {

@@ -56,6 +56,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     let shared = Shared {
         decisions: db.clone(),
+        data_dir: config.data_dir.clone(),
         inbox: Inbox::new(db.clone()),
         sessions: Sessions::new(db),
         commands_ready: Arc::new(Notify::new()),

@@ -28,7 +28,8 @@ use crate::settings::{hook_worker, RawSettings};
 const OPEN_GIVE_UP: Duration = Duration::from_secs(120);
 /// Each HTTP call gives up after this long.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the database is read for the decision.
+/// How often the database is read for the decision (the daemon also wakes the hook the
+/// moment it stores one: `decisions::Wake`).
 const POLL: Duration = Duration::from_millis(200);
 /// The longest wait, whatever Claude Code's timeout (a week).
 const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -85,6 +86,10 @@ pub(super) async fn run(
     input: &str,
     env: &HookEnv,
 ) -> anyhow::Result<Option<String>> {
+    // First of all: Claude Code may stop this hook at any moment from now on (the terminal's
+    // dialog was answered, or its timeout), and a SIGTERM before the handler exists would kill
+    // the hook without closing its card. A signal that comes early is kept for the wait below.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let parsed: PermissionInput =
         serde_json::from_str(input).context("the hook input is not a PermissionRequest")?;
     // Record the pane and register the session (bounded like any hook).
@@ -127,7 +132,15 @@ pub(super) async fn run(
             Ok(_) => break,
             Err(e) if started.elapsed() < OPEN_GIVE_UP => {
                 warn!("opening the card: {e:#}; trying again in {pause:?}");
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = term.recv() => {
+                        // Stopped before any card could be opened: nothing to close.
+                        info!("stopped while the Worker was unreachable; the terminal decides");
+                        let _ = decisions::forget(&db, id);
+                        return Ok(None);
+                    }
+                }
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
             Err(e) => {
@@ -138,7 +151,15 @@ pub(super) async fn run(
         }
     }
     info!(request_id = %body.request_id, tool = %body.tool_name, "card opened; waiting for the chat");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let wake = decisions::Wake::listen(data_dir, id)
+        .map_err(|e| warn!("no wake-up socket ({e}); reading the database every {POLL:?}"))
+        .ok();
+    let rung = || async {
+        match &wake {
+            Some(w) => w.rung().await,
+            None => std::future::pending().await,
+        }
+    };
     let deadline = Instant::now() + MAX_WAIT;
     let mut why = "expired";
     while Instant::now() < deadline {
@@ -159,6 +180,7 @@ pub(super) async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
+            _ = rung() => {}
             _ = term.recv() => {
                 // Claude Code stops a hook it no longer waits for (its timeout).
                 why = "expired (the hook was stopped)";
