@@ -259,6 +259,15 @@ impl BotApi {
         .await
     }
 
+    /// The calls after the first `n` (cheap enough to poll in a tight loop).
+    pub fn calls_since(&self, n: usize) -> Vec<Call> {
+        self.lock()
+            .calls
+            .get(n..)
+            .map(<[Call]>::to_vec)
+            .unwrap_or_default()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -344,7 +344,7 @@ async fn run() -> anyhow::Result<()> {
         agent_bin.display()
     );
 
-    let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT]).await?;
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT]).await?;
     let (target, _target_task) = start_target().await?;
     let max_callers = CALLERS.iter().copied().max().unwrap_or(1);
     let concurrency = max_callers.to_string();
@@ -378,6 +378,7 @@ async fn run() -> anyhow::Result<()> {
     let mut relay_json = Vec::new();
     let mut bridge_load = 0;
     let mut relay_p50_1 = f64::NAN;
+    let mut hop_p50_1 = f64::NAN;
     let mut tput_ratio_64 = f64::NAN;
     for &c in &CALLERS {
         eprintln!("bench: relay cells at {c} caller(s)");
@@ -411,6 +412,7 @@ async fn run() -> anyhow::Result<()> {
         });
         if c == 1 {
             relay_p50_1 = relay.ms(0.5);
+            hop_p50_1 = hop.ms(0.5);
         }
         if c == max_callers {
             tput_ratio_64 = r_tput;
@@ -493,6 +495,7 @@ async fn run() -> anyhow::Result<()> {
         let _ = connect_to_all.record(micros(t_all - t_conn));
         let _ = spawn_to_all.record(micros(t_all - t_spawn));
     }
+    let approvals = approvals(&w, &bot, &agent, hop_p50_1).await?;
     drop(agent);
     drop(tmux);
     drop(w);
@@ -551,7 +554,8 @@ async fn run() -> anyhow::Result<()> {
         n: format!("{} rounds", spawn_to_all.len()),
     });
 
-    let targets = [
+    rows.extend(approvals.rows);
+    let mut targets = vec![
         (
             "relay p50 at 1 caller ≤ 8 ms",
             format!("{relay_p50_1:.2} ms"),
@@ -583,6 +587,7 @@ async fn run() -> anyhow::Result<()> {
             wasm_gz <= 300_000,
         ),
     ];
+    targets.extend(approvals.targets);
 
     // The report.
     let commit = sh("git", &["rev-parse", "--short", "HEAD"]);
@@ -660,6 +665,7 @@ async fn run() -> anyhow::Result<()> {
             "processStartToAllDelivered": hist_json(&spawn_to_all),
             "queuedPerRound": queued,
         },
+        "approvals": approvals.json,
         "footprint": {
             "agentRssKib": {"idle": agent_idle, "load": agent_load},
             "bridgeRssKib": {"idle": bridge_idle, "load": bridge_load},
@@ -700,4 +706,138 @@ fn display(p: &Path) -> String {
         .unwrap_or_else(|_| p.to_owned())
         .display()
         .to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Permission requests: the PermissionRequest hook run as Claude Code runs it.
+
+/// What [`approvals`] measured: its table rows, its targets and its JSON.
+struct Measured {
+    rows: Vec<Row>,
+    targets: Vec<(&'static str, String, bool)>,
+    json: Value,
+}
+
+/// `BENCH_APPROVALS` rounds (default 40, after 5 unrecorded): the configured hook starts with
+/// Claude Code's input → its card reaches the Bot API; ✅ Allow is tapped → the hook has
+/// printed the decision and exited. Both as multiples of one Worker → RouterDO hop (`hop_ms`,
+/// the p50 of GET /sessions at 1 caller in this run).
+async fn approvals(
+    w: &Worker,
+    bot: &ccr_e2e::telegram::BotApi,
+    agent: &Agent,
+    hop_ms: f64,
+) -> anyhow::Result<Measured> {
+    use tokio::io::AsyncWriteExt;
+    let rounds = env_u64("BENCH_APPROVALS", 40) as usize;
+    let warm = 5;
+    eprintln!("bench: approvals, {rounds} cards");
+    let mut card = new_hist();
+    let mut decided = new_hist();
+    for i in 0..warm + rounds {
+        let marker = format!("bench-approval-{i}");
+        let input = json!({
+            "session_id": "bench-sess", "transcript_path": "/nonexistent.jsonl",
+            "cwd": "/home/ada/bench", "permission_mode": "default",
+            "hook_event_name": "PermissionRequest", "tool_name": "Bash",
+            "tool_input": {"command": format!("echo {marker}"), "description": "bench"},
+        });
+        let seen = bot.calls().len();
+        let t0 = Instant::now();
+        let mut hook = tokio::process::Command::new(ccr_e2e::agent::binary())
+            .arg("--data-dir")
+            .arg(agent.data_dir())
+            .args(["hook", "permission-request"])
+            .env_remove("TMUX")
+            .env_remove("TMUX_PANE")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the hook")?;
+        let mut stdin = hook.stdin.take().context("hook stdin")?;
+        stdin.write_all(input.to_string().as_bytes()).await?;
+        drop(stdin);
+        let deadline = Instant::now() + T;
+        let (message_id, allow) = loop {
+            let found = bot.calls_since(seen).into_iter().find(|c| {
+                c.ok && c.method == "sendMessage"
+                    && c.params["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains(&marker))
+            });
+            if let Some(c) = found {
+                let data = c.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
+                    .as_str()
+                    .context("the card has no first button")?
+                    .to_owned();
+                break (c.message_id.context("card without id")?, data);
+            }
+            if Instant::now() > deadline {
+                bail!("no card for {marker}");
+            }
+            tokio::time::sleep(Duration::from_micros(250)).await;
+        };
+        let t_card = Instant::now();
+        let update = Update::callback(50_000 + i as i64, CHAT, &format!("bq{i}"), &allow)
+            .message_id(message_id);
+        let t1 = Instant::now();
+        let status = w.send_update(&update).await?.status();
+        if !status.is_success() {
+            bail!("the tap's webhook answered {status}");
+        }
+        let out = tokio::time::timeout(T, hook.wait_with_output())
+            .await
+            .context("the hook did not print a decision")??;
+        let t2 = Instant::now();
+        let printed = String::from_utf8_lossy(&out.stdout);
+        if !printed.contains(r#""behavior":"allow""#) {
+            bail!("the hook printed {printed:?}");
+        }
+        if i >= warm {
+            let _ = card.record(micros(t_card - t0));
+            let _ = decided.record(micros(t2 - t1));
+        }
+    }
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let hops = |h: &Histogram<u64>, q: f64| ms(h, q) / hop_ms;
+    let row = |what: &str, h: &Histogram<u64>| Row {
+        what: what.into(),
+        callers: "1".into(),
+        p50: format!("{:.2} ({:.1} hops)", ms(h, 0.5), hops(h, 0.5)),
+        p90: format!("{:.2}", ms(h, 0.9)),
+        p99: format!("{:.2} ({:.1} hops)", ms(h, 0.99), hops(h, 0.99)),
+        rps: String::new(),
+        n: h.len().to_string(),
+    };
+    Ok(Measured {
+        rows: vec![
+            row(
+                "approvals: PermissionRequest hook started → its card sent to the Bot API",
+                &card,
+            ),
+            row(
+                "approvals: ✅ tapped (webhook POST) → the hook printed the decision and exited",
+                &decided,
+            ),
+        ],
+        targets: vec![
+            (
+                "hook start → card sent ≤ 4 Worker hops (p50)",
+                format!("{:.1} hops", hops(&card, 0.5)),
+                hops(&card, 0.5) <= 4.0,
+            ),
+            (
+                "tap → decision printed ≤ 4 Worker hops (p50)",
+                format!("{:.1} hops", hops(&decided, 0.5)),
+                hops(&decided, 0.5) <= 4.0,
+            ),
+        ],
+        json: json!({
+            "hopP50Ms": hop_ms,
+            "hookStartToCardSent": hist_json(&card),
+            "tapToDecisionPrinted": hist_json(&decided),
+        }),
+    })
 }
