@@ -3,7 +3,8 @@
 //! The request names a project; the directory is the one this machine's owner configured for
 //! that name (`settings::Launch`), checked again here — the Worker is not trusted with paths
 //! and sends none. tmux runs the command from an argument vector (`new-window … -- argv…`):
-//! the prompt from the chat is one argument and never passes through a shell. (tmux hands a
+//! the prompt from the chat is one argument and never passes through a shell, and never an
+//! option either (one starting with `-` gets a leading space). (tmux hands a
 //! command of exactly one word, i.e. the configured command with no prompt, to the shell;
 //! that word comes from the owner's settings, never from the chat.)
 //!
@@ -47,8 +48,9 @@ pub(crate) async fn start(
             p.dir.display()
         ));
     }
+    let prompt = prompt.map(prompt_arg);
     let mut argv: Vec<&str> = launch.command.iter().map(String::as_str).collect();
-    if let Some(prompt) = prompt {
+    if let Some(prompt) = &prompt {
         argv.push(prompt);
     }
     let dir = p.dir.to_string_lossy();
@@ -100,6 +102,16 @@ pub(crate) async fn start(
     }
 }
 
+/// The prompt as the command's last argument: a prompt that starts with `-` gets a leading
+/// space, so the chat can never pass the command an option (`--dangerously-…`) — only text.
+fn prompt_arg(prompt: &str) -> String {
+    if prompt.starts_with('-') {
+        format!(" {prompt}")
+    } else {
+        prompt.to_owned()
+    }
+}
+
 /// Whether tmux's refusal means the session or the server is missing.
 fn no_session(stderr: &str) -> bool {
     let lower = stderr.to_lowercase();
@@ -148,6 +160,14 @@ mod tests {
             .arg("-V")
             .output()
             .is_ok_and(|o| o.status.success())
+    }
+
+    #[test]
+    fn a_prompt_is_never_an_option() {
+        assert_eq!(prompt_arg("fix it"), "fix it");
+        assert_eq!(prompt_arg("--model opus"), " --model opus");
+        assert_eq!(prompt_arg("-p"), " -p");
+        assert_eq!(prompt_arg(" -p"), " -p");
     }
 
     #[tokio::test]
