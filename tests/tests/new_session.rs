@@ -284,6 +284,13 @@ async fn end_asks_first_and_then_types_exit_into_the_sessions_pane() {
     .await;
     let lines = tmux.wait_for_lines(1, T).await.unwrap();
     assert_eq!(lines, vec!["/exit".to_owned()]);
+    // Answered (cancel, then confirm): the confirmation's buttons are taken off each time.
+    wait_for("the confirmation's buttons removed", T, || async {
+        let edits = bot.calls_of("editMessageReplyMarkup");
+        (edits.len() == 2 && edits.iter().all(|c| c.params["message_id"] == 300)).then_some(())
+    })
+    .await
+    .unwrap();
     assert!(bot
         .calls_of("answerCallbackQuery")
         .iter()

@@ -519,6 +519,19 @@ pub fn end_prompt(session: &SessionRow, token: &str, chat: i64, reply_to: i64) -
     )
 }
 
+/// Takes the buttons off a message (the `/end` confirmation once answered, so a second tap
+/// cannot type `/exit` again).
+pub fn remove_buttons(chat: i64, message_id: i64) -> BotCall {
+    BotCall {
+        method: "editMessageReplyMarkup",
+        params: json!({
+            "chat_id": chat,
+            "message_id": message_id,
+            "reply_markup": {"inline_keyboard": []},
+        }),
+    }
+}
+
 /// Retention: launch rows after a day.
 pub fn prune(db: &impl Sql, now: i64) -> Result<(), StoreError> {
     db.exec(

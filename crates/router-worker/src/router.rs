@@ -712,6 +712,12 @@ fn launch_button(
     now: i64,
     online: &dyn Fn(&str) -> bool,
 ) -> Result<(), StoreError> {
+    let confirmation = cb.message.as_ref().map(|m| m.message_id);
+    let answered = |out: &mut Outcome| {
+        if let Some(message_id) = confirmation {
+            out.calls.push(launch::remove_buttons(chat, message_id));
+        }
+    };
     let toast = match button {
         launch::Button::New { launch_id, choice } => {
             let step = launch::on_new_button(db, chat, launch_id, choice, now, online)?;
@@ -721,6 +727,7 @@ fn launch_button(
             step.toast
         }
         launch::Button::Cancel => {
+            answered(out);
             out.log = format!("update {update_id}: /end cancelled");
             "Not ended.".to_owned()
         }
@@ -744,14 +751,19 @@ fn launch_button(
                 Queueing::Queued {
                     machine,
                     online: true,
-                } => format!("/exit → {machine}"),
+                } => {
+                    answered(out);
+                    format!("/exit → {machine}")
+                }
                 Queueing::Queued {
                     machine,
                     online: false,
-                } => format!("Queued: {machine} is offline"),
+                } => {
+                    answered(out);
+                    format!("Queued: {machine} is offline")
+                }
                 Queueing::Refused(why) => {
-                    let reply_to = cb.message.as_ref().map(|m| m.message_id);
-                    out.calls.push(BotCall::send(chat, &why, reply_to));
+                    out.calls.push(BotCall::send(chat, &why, confirmation));
                     "Not ended".to_owned()
                 }
                 Queueing::AlreadyHandled => "Already done.".to_owned(),
@@ -1494,6 +1506,9 @@ mod tests {
         assert_eq!(out.queued.len(), 1);
         assert_eq!(out.queued[0].command, "/exit");
         assert_eq!(out.queued[0].session_id, "s1");
+        // The confirmation loses its buttons, so a second tap cannot type /exit again.
+        assert_eq!(out.calls[1].method, "editMessageReplyMarkup");
+        assert_eq!(out.calls[1].params["message_id"], 300);
         // /end TOKEN works without a reply; without either, the chat is told how.
         let msg = |id: i64, text: &str| {
             update(json!({"update_id": id,
