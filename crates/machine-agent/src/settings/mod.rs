@@ -25,7 +25,7 @@ pub(crate) use machine_key::machine_key;
 pub(crate) use resolve::{data_dir, machine_id, parse_worker_url, RawSettings};
 pub use resolve::{ConfigError, WorkerConfig};
 pub(crate) use saved::{
-    hook_config_path, hook_worker, write_hook_config, write_settings, HookConfigFile,
+    hook_config_path, hook_worker, saved_launch, write_hook_config, write_settings, HookConfigFile,
 };
 
 #[cfg(test)]
