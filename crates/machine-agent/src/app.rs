@@ -148,8 +148,27 @@ fn telegram_setup(raw: &RawSettings, inputs: &telegram::Inputs) -> Result<(), Ap
 fn install_service(raw: &RawSettings, options: &service::Options) -> Result<(), AppError> {
     let exe = current_exe()?;
     let plan = service::plan(raw, options, exe)?;
+    // `/new`'s settings given here are checked before anything is written, and saved with
+    // the Worker settings for the service (which starts with no flags).
+    let given =
+        !raw.projects.is_empty() || raw.new_session_command.is_some() || raw.tmux_socket.is_some();
+    let launch = if given {
+        Some(settings::saved_launch(raw, &plan.spec.data_dir)?)
+    } else {
+        None
+    };
     let done = service::install(plan.platform, &plan.path, &plan.spec, &plan.worker)
         .map_err(AppError::Failed)?;
+    if let Some(launch) = &launch {
+        settings::write_settings(&plan.spec.data_dir, &plan.worker, Some(launch)).map_err(|e| {
+            AppError::Failed(anyhow!("writing {}: {e}", done.settings_path.display()))
+        })?;
+        println!(
+            "saved /new's {} project(s) in {}",
+            launch.projects.len(),
+            done.settings_path.display()
+        );
+    }
     for line in service::next_steps(plan.platform, &done) {
         println!("{line}");
     }

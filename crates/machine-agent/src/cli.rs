@@ -64,6 +64,24 @@ pub struct CommonArgs {
         value_parser = clap::builder::FalseyValueParser::new()
     )]
     pub hold_commands: bool,
+    /// A project root `/new` may start Claude Code in, as NAME=/absolute/path (repeat the
+    /// flag; in the environment, comma-separated). Names: letters, digits, '_', '.', '-'.
+    /// Saved in the data dir's agent.json; nothing outside these roots is ever started.
+    #[arg(
+        long = "project",
+        env = "CCR_PROJECTS",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub projects: Vec<String>,
+    /// The command `/new` runs in the project's directory, split on spaces (no shell); the
+    /// chat's prompt is passed as one more argument. Default: claude.
+    #[arg(long, env = "CCR_NEW_SESSION_COMMAND", global = true)]
+    pub new_session_command: Option<String>,
+    /// The tmux server's socket that `/new` starts windows on (in its session `ccr`, created
+    /// when missing); default: tmux's default server.
+    #[arg(long, env = "CCR_TMUX_SOCKET", global = true)]
+    pub tmux_socket: Option<PathBuf>,
 }
 
 impl CommonArgs {
@@ -76,6 +94,9 @@ impl CommonArgs {
             data_dir: self.data_dir.clone(),
             inject_delay_ms: self.inject_delay_ms,
             hold_commands: self.hold_commands,
+            projects: self.projects.clone(),
+            new_session_command: self.new_session_command.clone(),
+            tmux_socket: self.tmux_socket.clone(),
         }
     }
 }

@@ -90,6 +90,12 @@ CREATE INDEX IF NOT EXISTS open_requests_by_session ON open_requests (session_id
     r#"
 ALTER TABLE inbox ADD COLUMN keys TEXT;
 "#,
+    // `/new`: a `startSession` frame's project name (the row is a start request, not text for
+    // a pane), and what its result reports besides success (the new tmux window).
+    r#"
+ALTER TABLE inbox ADD COLUMN project TEXT;
+ALTER TABLE inbox ADD COLUMN detail TEXT;
+"#,
 ];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them

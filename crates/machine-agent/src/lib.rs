@@ -42,4 +42,4 @@ pub use daemon::run;
 pub use daemon::sessions::{SessionRecord, Sessions};
 pub use daemon::status::report as status_report;
 pub use db::{now_ms, Db};
-pub use settings::{Config, ConfigError, Timing, WorkerConfig};
+pub use settings::{Config, ConfigError, Launch, Project, Timing, WorkerConfig};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ccr_protocol::socket::{SocketMessage, PING_FRAME, PONG_FRAME};
 use futures_util::{SinkExt, StreamExt};
 use machine_agent::{
-    now_ms, Config, Db, PaneIdentity, Secret, SessionRecord, Sessions, Timing, WorkerConfig,
+    now_ms, Config, Db, Launch, PaneIdentity, Secret, SessionRecord, Sessions, Timing, WorkerConfig,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -117,7 +117,12 @@ async fn next_msg(ws: &mut Conn) -> SocketMessage {
                 ws.send(Message::text(PONG_FRAME)).await.unwrap();
                 continue;
             }
-            return SocketMessage::decode(text.as_str()).unwrap();
+            match SocketMessage::decode(text.as_str()).unwrap() {
+                // Sent once per connection (`/new`'s project names); not what these tests
+                // are about.
+                SocketMessage::Projects { .. } => continue,
+                msg => return msg,
+            }
         }
     }
 }
@@ -131,6 +136,7 @@ async fn quiet_for(ws: &mut Conn, d: Duration) {
             Ok(Some(Ok(Message::Text(t)))) if t.as_str() == PING_FRAME => {
                 ws.send(Message::text(PONG_FRAME)).await.unwrap();
             }
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains(r#""type":"projects""#) => {}
             Ok(other) => panic!("unexpected frame: {other:?}"),
         }
     }
@@ -220,6 +226,7 @@ fn config(port: u16, data_dir: &Path, tmux: &Path, key: &str) -> Config {
         inject_delay: Duration::from_millis(10),
         hold_commands: false,
         tmux: tmux.to_owned(),
+        launch: Launch::default(),
         timing: Timing {
             ping_interval: Duration::from_millis(300),
             pong_timeout: Duration::from_secs(1),
@@ -360,8 +367,15 @@ async fn pings_are_exact_and_silence_drops_the_connection() {
     let mut worker = FakeWorker::start().await;
     let agent = Agent::start(config(worker.port, dir.path(), &tmux, KEY));
     let mut ws = worker.accept().await;
-    // The first frame is the exact ping, after the interval.
+    // The first frame announces `/new`'s project names (none here); the next is the exact
+    // ping, after the interval.
     let started = tokio::time::Instant::now();
+    let frame = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(frame, Message::text(r#"{"type":"projects","projects":[]}"#));
     let frame = tokio::time::timeout(WAIT, ws.next())
         .await
         .unwrap()
@@ -541,6 +555,7 @@ async fn a_command_typed_before_a_crash_gets_only_its_enter() {
                         command: format!("text of {id}"),
                         chat_id: "42".into(),
                         keys: None,
+                        project: None,
                     },
                     None,
                     now_ms(),
@@ -804,6 +819,7 @@ async fn text_of_an_interrupted_command_is_cleared_before_the_next() {
                     command: "first half of cut-1".into(),
                     chat_id: "42".into(),
                     keys: None,
+                    project: None,
                 },
                 None,
                 now_ms(),

@@ -44,3 +44,5 @@ pub const MAX_PEEK_CHARS: usize = 8000;
 pub const PEEK_TIMEOUT_MS: i64 = 10_000;
 /// A command that has not been delivered after this long is dead and reported (ms).
 pub const COMMAND_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// Most project names an agent announces (`projects` frame); the Worker keeps no more.
+pub const MAX_PROJECTS: usize = 50;

@@ -115,6 +115,45 @@ pub enum SocketMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Agent → DO, once per connection: the names of the project roots its owner configured
+    /// (`ccr-agent --project name=/path`), so `/new` can list them and refuse an unknown name
+    /// before anything is queued. Names only: a path never travels on the wire. Each name
+    /// follows [`crate::validate::project_name`]; at most [`crate::MAX_PROJECTS`].
+    Projects {
+        /// The project names, in the owner's order.
+        projects: Vec<String>,
+    },
+    /// DO → agent: start Claude Code in a new tmux window in the project's directory (`/new`).
+    /// Delivered like [`SocketMessage::Command`] (acked once stored, executed once); the agent
+    /// looks the name up in its own list again and answers with a
+    /// [`SocketMessage::StartResult`]. A separate type so that an older agent skips it.
+    StartSession {
+        /// Unique id, shared with commands: the inbox executes each id at most once.
+        command_id: String,
+        /// The project's name (never a path).
+        project: String,
+        /// The first prompt, passed to the new session's command as one argument.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prompt: Option<String>,
+        /// The Telegram chat it came from (for the agent's own logs).
+        chat_id: String,
+        /// As [`SocketMessage::Command`]'s `expiresAt`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
+    /// Agent → DO: the outcome of a [`SocketMessage::StartSession`].
+    StartResult {
+        /// The start command this is the result of.
+        command_id: String,
+        /// Whether the window was started.
+        success: bool,
+        /// The new window (`session:index`), when started.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<String>,
+        /// Why not, in words a person understands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// The exact ping frame an agent sends; the DO's auto-response matches it byte for byte.
@@ -140,7 +179,7 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 11] = [
+const KNOWN_TYPES: [&str; 14] = [
     "command",
     "ack",
     "commandResult",
@@ -152,6 +191,9 @@ const KNOWN_TYPES: [&str; 11] = [
     "keys",
     "peekRequest",
     "peekResult",
+    "projects",
+    "startSession",
+    "startResult",
 ];
 
 impl SocketMessage {
@@ -193,6 +235,9 @@ impl SocketMessage {
             SocketMessage::Keys { .. } => "keys",
             SocketMessage::PeekRequest { .. } => "peekRequest",
             SocketMessage::PeekResult { .. } => "peekResult",
+            SocketMessage::Projects { .. } => "projects",
+            SocketMessage::StartSession { .. } => "startSession",
+            SocketMessage::StartResult { .. } => "startResult",
         }
     }
 }
@@ -286,6 +331,54 @@ mod tests {
                 request_id: "peek-9".into(),
                 screen: None,
                 error: Some("pane gone".into()),
+            },
+        );
+    }
+
+    #[test]
+    fn new_session_shapes() {
+        golden(
+            r#"{"type":"projects","projects":["api","web.v2"]}"#,
+            SocketMessage::Projects {
+                projects: vec!["api".into(), "web.v2".into()],
+            },
+        );
+        golden(
+            r#"{"type":"startSession","commandId":"tg-5","project":"api","prompt":"hello world","chatId":"42","expiresAt":1700000000000}"#,
+            SocketMessage::StartSession {
+                command_id: "tg-5".into(),
+                project: "api".into(),
+                prompt: Some("hello world".into()),
+                chat_id: "42".into(),
+                expires_at: Some(1_700_000_000_000),
+            },
+        );
+        golden(
+            r#"{"type":"startSession","commandId":"tg-6","project":"api","chatId":"42"}"#,
+            SocketMessage::StartSession {
+                command_id: "tg-6".into(),
+                project: "api".into(),
+                prompt: None,
+                chat_id: "42".into(),
+                expires_at: None,
+            },
+        );
+        golden(
+            r#"{"type":"startResult","commandId":"tg-5","success":true,"window":"ccr:1"}"#,
+            SocketMessage::StartResult {
+                command_id: "tg-5".into(),
+                success: true,
+                window: Some("ccr:1".into()),
+                error: None,
+            },
+        );
+        golden(
+            r#"{"type":"startResult","commandId":"tg-6","success":false,"error":"no project"}"#,
+            SocketMessage::StartResult {
+                command_id: "tg-6".into(),
+                success: false,
+                window: None,
+                error: Some("no project".into()),
             },
         );
     }

@@ -12,6 +12,25 @@ pub fn machine_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a project name (`/new <project>`, `ccr-agent --project name=/path`):
+/// `^[A-Za-z0-9_.-]{1,32}$`, and not `.` or `..`. Only names travel on the wire; each agent
+/// maps them to its own directories.
+pub fn project_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 32 {
+        return Err("a project name must be 1 to 32 characters".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err("a project name may contain only letters, digits, '_', '.' and '-'".into());
+    }
+    if name == "." || name == ".." {
+        return Err("a project name cannot be '.' or '..'".into());
+    }
+    Ok(())
+}
+
 /// Checks a session id: 1..=128 characters, none of them control characters.
 pub fn session_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.chars().count() > 128 {
@@ -51,6 +70,27 @@ pub fn channel(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn project_names() {
+        for good in ["api", "web.v2", "my_proj-2", &"a".repeat(32)] {
+            assert!(project_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a b",
+            "a/b",
+            "../x",
+            "é",
+            "x\n",
+            &"a".repeat(33),
+            "$(x)",
+        ] {
+            assert!(project_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn machine_ids() {

@@ -189,9 +189,15 @@ pub mod bot {
     /// `/peek`: the last screen of the session's pane.
     pub const PEEK: &str = "peek";
 
+    /// `/new [project] [prompt]`: start Claude Code in a configured project on a machine.
+    pub const NEW: &str = "new";
+    /// `/end`: in a reply to a notification (or `/end TOKEN`), end that session (`/exit`)
+    /// after a confirmation button.
+    pub const END: &str = "end";
+
     /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker parses
     /// these names and `ccr-agent telegram setup` registers this list.
-    pub const COMMANDS: [(&str, &str); 8] = [
+    pub const COMMANDS: [(&str, &str); 10] = [
         (START, "How to use this bot, and this chat's id"),
         (HELP, "How to reply to Claude from here"),
         (SESSIONS, "List sessions, their machines and who is online"),
@@ -211,6 +217,14 @@ pub mod bot {
         (
             PEEK,
             "In a reply to a notification: show the session's screen",
+        ),
+        (
+            NEW,
+            "/new PROJECT [prompt]: start Claude Code in a project (alone: choose)",
+        ),
+        (
+            END,
+            "In a reply to a notification: end that session (asks first)",
         ),
     ];
     /// The update types the webhook handles (replies, edits it explains, button presses).

@@ -11,6 +11,8 @@
 //! - `schema`, `store`: the RouterDO's SQLite schema and session operations.
 //! - `router`: what a Telegram update does (dedup, allow-lists, reply routing, queueing),
 //!   and the chat notices about commands a machine failed or never got.
+//! - `launch`: `/new` and `/end`: the project names machines announce, the start requests
+//!   queued for them, the choices offered as buttons, the `/end` confirmation.
 //! - `notify`: what `POST /notifications/send` does (chat, size, parts, buttons, its answer).
 //! - `outbox`: every Bot API call, stored before it is sent and retried until Telegram
 //!   answers: order per chat, backoff, `retry_after`, refusals, mappings on send, bounds.
@@ -44,6 +46,7 @@ pub(crate) mod approvals;
 pub(crate) mod auth;
 pub(crate) mod conversation;
 pub(crate) mod error;
+pub(crate) mod launch;
 pub(crate) mod notify;
 pub(crate) mod outbox;
 pub(crate) mod queue;

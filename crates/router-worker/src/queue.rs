@@ -52,6 +52,9 @@ pub struct NewCommand {
     /// Named keys to press instead of text (`/esc`, `/keys`): space-separated names from
     /// `wire::keys::NAMES`.
     pub keys: Option<String>,
+    /// A start request (`/new`): the project to start Claude Code in, pushed as a
+    /// `startSession` frame; `command` is then the first prompt and `session_id` is empty.
+    pub project: Option<String>,
 }
 
 /// A queued command as stored.
@@ -72,6 +75,9 @@ pub struct Queued {
     /// Named keys to press instead (space-separated), pushed as a `keys` frame.
     #[serde(default)]
     pub keys: Option<String>,
+    /// The project of a start request (`/new`), pushed as a `startSession` frame.
+    #[serde(default)]
+    pub project: Option<String>,
     /// State name.
     pub state: String,
     /// Sends so far.
@@ -88,7 +94,7 @@ impl Queued {
 }
 
 const COLUMNS: &str = "command_id, session_id, machine_id, chat_id, source_message_id, command, \
-                       keys, state, attempts, created_at";
+                       keys, project, state, attempts, created_at";
 
 /// Queues a command; returns false when the id was already queued (nothing changes).
 pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreError> {
@@ -97,9 +103,9 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
     }
     db.exec(
         "INSERT INTO command_queue (command_id, session_id, machine_id, chat_id,
-            source_message_id, command, keys, state, attempts, next_attempt_at, created_at,
-            updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            source_message_id, command, keys, project, state, attempts, next_attempt_at,
+            created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
         vec![
             cmd.command_id.as_str().into(),
             cmd.session_id.as_str().into(),
@@ -108,6 +114,7 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
             cmd.source_message_id.into(),
             cmd.command.as_str().into(),
             cmd.keys.as_deref().into(),
+            cmd.project.as_deref().into(),
             now.into(),
             now.into(),
             now.into(),
@@ -335,6 +342,7 @@ mod tests {
             source_message_id: Some(7),
             command: format!("echo {id}"),
             keys: None,
+            project: None,
         }
     }
 

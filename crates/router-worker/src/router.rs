@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::approvals;
 use crate::conversation::{self, PaneIntent};
+use crate::launch;
 use crate::outbox;
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{self, Sql, StoreError};
@@ -168,7 +169,10 @@ pub fn help_text(chat_id: i64) -> String {
          • /sessions lists sessions and whether their machines are online.\n\
          • In a reply to a notification: /esc presses Escape (stops Claude's turn); \
          <code>/keys Down Enter</code> presses keys (Enter Escape Tab Up Down C-c 0-9); \
-         /peek shows the session's screen.\n\n\
+         /peek shows the session's screen.\n\
+         • <code>/new PROJECT prompt</code> starts Claude Code in a project a machine's owner \
+         configured (/new alone lists them); /end in a reply to a notification ends that \
+         session after you confirm.\n\n\
          This chat's id is <code>{chat_id}</code> (put it in ALLOWED_CHAT_IDS)."
     )
 }
@@ -284,6 +288,19 @@ fn decide(
             out.calls = s.calls;
             out.decided.extend(s.push_to);
             out.log = format!("update {}: {}", update.update_id, s.log);
+            return Ok(out);
+        }
+        if let Some(button) = cb.data.as_deref().and_then(launch::parse_button) {
+            launch_button(
+                db,
+                &mut out,
+                update.update_id,
+                cb,
+                chat,
+                button,
+                now,
+                online,
+            )?;
             return Ok(out);
         }
         let parsed = cb.data.as_deref().and_then(telegram::parse_callback);
@@ -422,6 +439,9 @@ fn handle_message(
         out.log = format!("update {update_id}: non-text message; not forwarded");
         return Ok(());
     };
+    if let Some(intent) = launch::parse(text) {
+        return new_or_end(db, out, update_id, msg, intent, now, online);
+    }
     if let Some(intent) = conversation::parse(text) {
         return pane_keys(db, out, update_id, msg, intent, now, online);
     }
@@ -583,6 +603,178 @@ fn pane_keys(
     Ok(())
 }
 
+/// `/new` and `/end` (see `launch`): a start request queued or the choices offered; the
+/// `/end` confirmation for the replied-to (or token-named) session.
+fn new_or_end(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    msg: &Message,
+    intent: launch::Intent,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let chat = msg.chat.id;
+    let answer = |out: &mut Outcome, text: &str| {
+        out.calls
+            .push(BotCall::send(chat, text, Some(msg.message_id)))
+    };
+    let token = match intent {
+        launch::Intent::New { project, prompt } => {
+            let step = launch::on_new(
+                db,
+                chat,
+                msg.message_id,
+                update_id,
+                project.as_deref(),
+                prompt.as_deref(),
+                now,
+                online,
+            )?;
+            out.calls.extend(step.calls);
+            out.queued.extend(step.queued);
+            out.log = step.log;
+            return Ok(());
+        }
+        launch::Intent::End { token } => token,
+    };
+    let target = match (token, &msg.reply_to_message) {
+        (Some(token), _) => by_token(db, &token, chat)?.map(|m| (m.session_id, token)),
+        (None, Some(parent)) => reply_token(db, chat, parent.message_id)?,
+        (None, None) => {
+            answer(
+                out,
+                "Send /end as a reply to a notification of the session to end, or \
+                 <code>/end TOKEN</code> (/sessions shows each session's TOKEN).",
+            );
+            out.log = format!("update {update_id}: /end without a session");
+            return Ok(());
+        }
+    };
+    let session = match target {
+        Some((session_id, token)) => store::get_session(db, &session_id)?.map(|s| (s, token)),
+        None => None,
+    };
+    let Some((session, token)) = session else {
+        answer(
+            out,
+            "I don't know that session (it may have expired or ended). Reply to a recent \
+             notification.",
+        );
+        out.log = format!("update {update_id}: /end for an unknown session");
+        return Ok(());
+    };
+    if session.gone_at.is_some() {
+        let label = session.label.as_deref().unwrap_or(&session.machine_id);
+        answer(
+            out,
+            &pane_gone_text(label, &session.machine_id, session.gone_reason.as_deref()),
+        );
+        out.log = format!("update {update_id}: /end for a gone pane");
+        return Ok(());
+    }
+    out.calls
+        .push(launch::end_prompt(&session, &token, chat, msg.message_id));
+    out.log = format!("update {update_id}: /end asks for confirmation");
+    Ok(())
+}
+
+/// The session and token of a reply-mapped message in `chat`.
+fn reply_token(
+    db: &impl Sql,
+    chat: i64,
+    message_id: i64,
+) -> Result<Option<(String, String)>, StoreError> {
+    #[derive(Deserialize)]
+    struct Row {
+        session_id: String,
+        token: String,
+    }
+    Ok(db
+        .query::<Row>(
+            "SELECT session_id, token FROM messages WHERE chat_id = ? AND message_id = ?",
+            vec![chat.into(), message_id.into()],
+        )?
+        .into_iter()
+        .next()
+        .map(|r| (r.session_id, r.token)))
+}
+
+/// A tap on a `/new` choice or an `/end` confirmation (the router checked chat and user).
+#[allow(clippy::too_many_arguments)]
+fn launch_button(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    cb: &telegram::CallbackQuery,
+    chat: i64,
+    button: launch::Button,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let confirmation = cb.message.as_ref().map(|m| m.message_id);
+    let answered = |out: &mut Outcome| {
+        if let Some(message_id) = confirmation {
+            out.calls.push(launch::remove_buttons(chat, message_id));
+        }
+    };
+    let toast = match button {
+        launch::Button::New { launch_id, choice } => {
+            let step = launch::on_new_button(db, chat, launch_id, choice, now, online)?;
+            out.calls.extend(step.calls);
+            out.queued.extend(step.queued);
+            out.log = format!("update {update_id}: {}", step.log);
+            step.toast
+        }
+        launch::Button::Cancel => {
+            answered(out);
+            out.log = format!("update {update_id}: /end cancelled");
+            "Not ended.".to_owned()
+        }
+        launch::Button::End { token } => match by_token(db, &token, chat)? {
+            None => {
+                out.log = format!("update {update_id}: /end for an unknown token");
+                "This session has expired or is gone.".to_owned()
+            }
+            Some(m) => match queue_command(
+                db,
+                out,
+                update_id,
+                &m.session_id,
+                chat,
+                None,
+                "/exit",
+                None,
+                now,
+                online,
+            )? {
+                Queueing::Queued {
+                    machine,
+                    online: true,
+                } => {
+                    answered(out);
+                    format!("/exit → {machine}")
+                }
+                Queueing::Queued {
+                    machine,
+                    online: false,
+                } => {
+                    answered(out);
+                    format!("Queued: {machine} is offline")
+                }
+                Queueing::Refused(why) => {
+                    out.calls.push(BotCall::send(chat, &why, confirmation));
+                    "Not ended".to_owned()
+                }
+                Queueing::AlreadyHandled => "Already done.".to_owned(),
+            },
+        },
+    };
+    out.calls
+        .insert(0, BotCall::answer_callback(&cb.id, &toast));
+    Ok(())
+}
+
 /// Asks `session_id`'s machine for its pane's screen (`/peek`, the 👀 button), the answer to
 /// go to `chat` replying to `reply_to`; `Some(why not)` when it cannot be asked.
 #[allow(clippy::too_many_arguments)]
@@ -692,6 +884,7 @@ fn queue_command(
         source_message_id,
         command: command.to_owned(),
         keys,
+        project: None,
     };
     let created = queue::enqueue(db, &new, now)?;
     let existing = queue::get(db, &new.command_id)?;
@@ -1047,6 +1240,7 @@ mod tests {
             source_message_id: source,
             command: command.into(),
             keys: None,
+            project: None,
             state: "failed".into(),
             attempts: 1,
             created_at: 0,
@@ -1274,6 +1468,97 @@ mod tests {
         let out =
             handle_update(&db, &cfg(), &reply_update(40, 42, 100, "ls"), 7, &|_| true).unwrap();
         assert_eq!(out.queued.len(), 1);
+    }
+
+    #[test]
+    fn end_asks_first_and_its_button_types_exit() {
+        let db = setup();
+        let out = handle_update(&db, &cfg(), &reply_update(50, 42, 100, "/end"), 5, &|_| {
+            true
+        })
+        .unwrap();
+        assert!(out.queued.is_empty(), "nothing before the confirmation");
+        let kb = &out.calls[0].params["reply_markup"]["inline_keyboard"][0];
+        assert_eq!(kb[0]["callback_data"], "end:tok1");
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("End <b>api</b> on devbox?"));
+        let press = |id: i64, from: i64, data: &str| {
+            update(
+                json!({"update_id": id, "callback_query": {"id": "cb", "from": {"id": from},
+            "message": {"message_id": 300, "chat": {"id": 42}}, "data": data}}),
+            )
+        };
+        // A stranger's tap does nothing.
+        let only_7 = Config {
+            allowed_chats: vec![42],
+            allowed_users: vec![7],
+        };
+        let out = handle_update(&db, &only_7, &press(51, 8, "end:tok1"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty() && out.calls.is_empty());
+        // Cancel does nothing but say so.
+        let out = handle_update(&db, &only_7, &press(52, 7, "end-cancel"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert_eq!(out.calls[0].params["text"], "Not ended.");
+        // The owner's tap queues /exit for the session.
+        let out = handle_update(&db, &only_7, &press(53, 7, "end:tok1"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert_eq!(out.queued[0].command, "/exit");
+        assert_eq!(out.queued[0].session_id, "s1");
+        // The confirmation loses its buttons, so a second tap cannot type /exit again.
+        assert_eq!(out.calls[1].method, "editMessageReplyMarkup");
+        assert_eq!(out.calls[1].params["message_id"], 300);
+        // /end TOKEN works without a reply; without either, the chat is told how.
+        let msg = |id: i64, text: &str| {
+            update(json!({"update_id": id,
+            "message": {"message_id": id, "chat": {"id": 42}, "from": {"id": 7}, "text": text}}))
+        };
+        let out = handle_update(&db, &cfg(), &msg(54, "/end tok1"), 5, &|_| true).unwrap();
+        assert_eq!(
+            out.calls[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"],
+            "end:tok1"
+        );
+        let out = handle_update(&db, &cfg(), &msg(55, "/end"), 5, &|_| true).unwrap();
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("as a reply to a notification"));
+        let out = handle_update(&db, &cfg(), &msg(56, "/end nosuch"), 5, &|_| true).unwrap();
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("don't know that session"));
+    }
+
+    #[test]
+    fn new_queues_a_start_request_for_the_machine_with_the_project() {
+        let db = setup();
+        launch::record_projects(&db, "devbox", &["api".into()], 1).unwrap();
+        let msg = |id: i64, text: &str| {
+            update(json!({"update_id": id,
+            "message": {"message_id": id, "chat": {"id": 42}, "from": {"id": 7}, "text": text}}))
+        };
+        let out =
+            handle_update(&db, &cfg(), &msg(60, "/new api hello world"), 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert_eq!(out.queued[0].project.as_deref(), Some("api"));
+        assert_eq!(out.queued[0].command, "hello world");
+        let out = handle_update(&db, &cfg(), &msg(61, "/new nosuch"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        let out = handle_update(&db, &cfg(), &msg(62, "/new"), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert_eq!(
+            out.calls[0].params["reply_markup"]["inline_keyboard"][0][0]["callback_data"],
+            "new:62:0"
+        );
+        let tap = update(
+            json!({"update_id": 63, "callback_query": {"id": "cb", "from": {"id": 7},
+            "message": {"message_id": 400, "chat": {"id": 42}}, "data": "new:62:0"}}),
+        );
+        let out = handle_update(&db, &cfg(), &tap, 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert_eq!(out.calls[0].method, "answerCallbackQuery");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use crate::auth::Principal;
 use crate::conversation;
 use crate::error::ApiError;
 use crate::http::{self, json, parse_json, setting, Reply};
+use crate::launch;
 use crate::notify::{self, Answer};
 use crate::outbox::{self, GroupState};
 use crate::queue::{self, Queued};
@@ -259,15 +260,22 @@ impl RouterDO {
     /// Sends one command frame and records the attempt; false when the socket refused it.
     fn push(&self, ws: &WebSocket, q: &Queued, now: i64) -> Result<bool> {
         let expires_at = Some(q.created_at + self.command_ttl_ms());
-        let frame = match &q.keys {
-            Some(keys) => SocketMessage::Keys {
+        let frame = match (&q.keys, &q.project) {
+            (_, Some(project)) => SocketMessage::StartSession {
+                command_id: q.command_id.clone(),
+                project: project.clone(),
+                prompt: (!q.command.is_empty()).then(|| q.command.clone()),
+                chat_id: q.chat_id.to_string(),
+                expires_at,
+            },
+            (Some(keys), None) => SocketMessage::Keys {
                 command_id: q.command_id.clone(),
                 session_id: q.session_id.clone(),
                 keys: keys.split_whitespace().map(str::to_owned).collect(),
                 chat_id: q.chat_id.to_string(),
                 expires_at,
             },
-            None => SocketMessage::Command {
+            (None, None) => SocketMessage::Command {
                 command_id: q.command_id.clone(),
                 session_id: q.session_id.clone(),
                 command: q.command.clone(),
@@ -641,6 +649,30 @@ impl RouterDO {
                     self.tell(&[notice]).await?;
                 }
             }
+            Ok(SocketMessage::Projects { projects }) => {
+                let kept = launch::record_projects(&self.db(), &machine, &projects, now_ms())?;
+                console_log!("machine {machine} announced {} project(s)", kept.len());
+            }
+            Ok(SocketMessage::StartResult {
+                command_id,
+                success,
+                window,
+                error,
+            }) => {
+                let done = queue::complete(
+                    &self.db(),
+                    &command_id,
+                    &machine,
+                    success,
+                    error.as_deref(),
+                    now_ms(),
+                )?;
+                if let Some(q) = done {
+                    let notice =
+                        launch::start_result(&q, success, window.as_deref(), error.as_deref());
+                    self.tell(&[notice]).await?;
+                }
+            }
             Ok(SocketMessage::SessionGone { session_id, reason }) => {
                 // The chat already has the reason from the failed command's result; this only
                 // stops further replies from being queued for a pane that is gone.
@@ -766,7 +798,13 @@ impl DurableObject for RouterDO {
         let ttl = self.command_ttl_ms();
         db.transaction(|db| {
             let dead = queue::expire(db, now, ttl)?;
-            let notices: Vec<BotCall> = dead.iter().map(router::not_delivered).collect();
+            let notices: Vec<BotCall> = dead
+                .iter()
+                .map(|q| match q.project {
+                    Some(_) => launch::start_not_delivered(q),
+                    None => router::not_delivered(q),
+                })
+                .collect();
             for dropped in outbox::add_or_drop(db, &notices, now)? {
                 console_warn!("{dropped}");
             }
@@ -806,6 +844,7 @@ impl DurableObject for RouterDO {
         queue::prune(&db, now)?;
         outbox::prune(&db, now)?;
         approvals::prune(&db, now)?;
+        launch::prune(&db, now)?;
         self.arm_alarm().await?;
         Response::ok("")
     }

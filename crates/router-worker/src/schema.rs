@@ -133,6 +133,27 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         deadline   INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS peeks_by_deadline ON peeks (deadline)",
+], &[
+    // `/new`: each machine's project names as its agent last announced them (`projects`
+    // frame; names only, never paths). Kept while the machine is away so `/new` can queue
+    // for it; replaced on each connection.
+    "CREATE TABLE IF NOT EXISTS machine_projects (
+        machine_id TEXT PRIMARY KEY,
+        projects   TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    )",
+    // A start request (`startSession` frame) is a queued command with `project` set; its
+    // `command` is the first prompt and its `session_id` is empty (no session yet).
+    "ALTER TABLE command_queue ADD COLUMN project TEXT",
+    // The choices a `/new` answer offered as buttons (machine × project, and the prompt),
+    // so a button carries only `new:<launch_id>:<n>`. Retention: 1 day.
+    "CREATE TABLE IF NOT EXISTS launches (
+        launch_id  INTEGER PRIMARY KEY,
+        chat_id    INTEGER NOT NULL,
+        prompt     TEXT,
+        choices    TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    )",
 ]];
 
 /// Creates the version table itself; safe to run every time.

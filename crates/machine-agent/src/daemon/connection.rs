@@ -30,7 +30,7 @@ use super::peek;
 use super::sessions::Sessions;
 use super::status::{self, Connection};
 use crate::db::{now_ms, Db};
-use crate::settings::{Timing, WorkerConfig};
+use crate::settings::{Launch, Timing, WorkerConfig};
 
 /// Results sent per flush.
 const RESULT_BATCH: usize = 64;
@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) results_ready: Arc<Notify>,
     /// tmux, for `/peek` (answered on the socket task: one capture, within tmux's timeout).
     pub(crate) injector: Injector,
+    /// What `/new` may start (its names are announced on each connection).
+    pub(crate) launch: Arc<Launch>,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
@@ -247,6 +249,14 @@ async fn serve(
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    // The project names `/new` may start, once per connection (an empty list clears the
+    // Worker's copy).
+    let projects = SocketMessage::Projects {
+        projects: shared.launch.names(),
+    };
+    if let Err(e) = send(&mut ws, projects.encode()).await {
+        return Ended::Lost(e);
+    }
     // Results finished while no socket was up go out first.
     if let Err(e) = flush_results(&mut ws, shared).await {
         return Ended::Lost(e);
@@ -350,6 +360,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 command,
                 chat_id,
                 keys: None,
+                project: None,
             },
             expires_at,
         ),
@@ -367,6 +378,26 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 command: String::new(),
                 chat_id,
                 keys: Some(keys.join(" ")),
+                project: None,
+            },
+            expires_at,
+        ),
+        // A start request (`/new`) is stored, acked and executed exactly once like a command;
+        // the executor checks the name against this machine's own list.
+        SocketMessage::StartSession {
+            command_id,
+            project,
+            prompt,
+            chat_id,
+            expires_at,
+        } => (
+            Command {
+                command_id,
+                session_id: String::new(),
+                command: prompt.unwrap_or_default(),
+                chat_id,
+                keys: None,
+                project: Some(project),
             },
             expires_at,
         ),
@@ -444,11 +475,20 @@ async fn flush_results(ws: &mut Ws, shared: &Shared) -> Result<(), String> {
             }
         };
         let full = batch.len() == RESULT_BATCH;
-        for (command_id, outcome) in batch {
-            let msg = SocketMessage::CommandResult {
-                command_id: command_id.clone(),
-                success: outcome.success,
-                error: outcome.error,
+        for (command_id, outcome, is_start) in batch {
+            let msg = if is_start {
+                SocketMessage::StartResult {
+                    command_id: command_id.clone(),
+                    success: outcome.success,
+                    window: outcome.detail,
+                    error: outcome.error,
+                }
+            } else {
+                SocketMessage::CommandResult {
+                    command_id: command_id.clone(),
+                    success: outcome.success,
+                    error: outcome.error,
+                }
             };
             send(ws, msg.encode()).await?;
             if let Err(e) = shared.inbox.mark_result_sent(&command_id) {

@@ -90,6 +90,9 @@ pub struct Command {
     /// Named keys to press instead of typing (a `keys` frame: space-separated names from
     /// `wire::keys::NAMES`); `None` for text.
     pub keys: Option<String>,
+    /// A start request (a `startSession` frame): the project to start Claude Code in, with
+    /// `command` as its first prompt ("" = none) and no session yet.
+    pub project: Option<String>,
 }
 
 /// What storing a command found.
@@ -111,6 +114,8 @@ pub(crate) struct Outcome {
     pub(crate) success: bool,
     /// Why not, for a person.
     pub(crate) error: Option<String>,
+    /// What else the result reports (a start request: the new tmux window).
+    pub(crate) detail: Option<String>,
 }
 
 impl Outcome {
@@ -119,6 +124,7 @@ impl Outcome {
         Self {
             success: true,
             error: None,
+            detail: None,
         }
     }
 
@@ -127,6 +133,7 @@ impl Outcome {
         Self {
             success: false,
             error: Some(reason.into()),
+            detail: None,
         }
     }
 }
@@ -186,8 +193,8 @@ impl Inbox {
         self.db.with(|c| {
             let inserted = c.execute(
                 "INSERT INTO inbox (command_id, session_id, command, chat_id, state, success, \
-                 error, result_sent, received_at, updated_at, expires_at, keys) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9, ?10) \
+                 error, result_sent, received_at, updated_at, expires_at, keys, project) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9, ?10, ?11) \
                  ON CONFLICT (command_id) DO NOTHING",
                 params![
                     cmd.command_id,
@@ -200,6 +207,7 @@ impl Inbox {
                     now,
                     expires,
                     cmd.keys,
+                    cmd.project,
                 ],
             )?;
             if inserted == 1 {
@@ -260,7 +268,7 @@ impl Inbox {
     pub(crate) fn typed(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id, keys FROM inbox \
+                "SELECT command_id, session_id, command, chat_id, keys, project FROM inbox \
                  WHERE state = 'typed' ORDER BY received_at, rowid",
             )?;
             let rows = st.query_map([], |r| {
@@ -270,6 +278,7 @@ impl Inbox {
                     command: r.get(2)?,
                     chat_id: r.get(3)?,
                     keys: r.get(4)?,
+                    project: r.get(5)?,
                 })
             })?;
             rows.collect()
@@ -286,8 +295,15 @@ impl Inbox {
         self.db.with(|c| {
             c.execute(
                 "UPDATE inbox SET state = 'done', success = ?2, error = ?3, result_sent = 0, \
-                 updated_at = ?4 WHERE command_id = ?1 AND state IN ('executing', 'typed')",
-                params![command_id, outcome.success, outcome.error, now],
+                 updated_at = ?4, detail = ?5 \
+                 WHERE command_id = ?1 AND state IN ('executing', 'typed')",
+                params![
+                    command_id,
+                    outcome.success,
+                    outcome.error,
+                    now,
+                    outcome.detail
+                ],
             )
             .map(drop)
         })
@@ -297,7 +313,7 @@ impl Inbox {
     pub(crate) fn runnable(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id, keys FROM inbox \
+                "SELECT command_id, session_id, command, chat_id, keys, project FROM inbox \
                  WHERE state IN ('stored', 'acked') ORDER BY received_at, rowid",
             )?;
             let rows = st.query_map([], |r| {
@@ -307,6 +323,7 @@ impl Inbox {
                     command: r.get(2)?,
                     chat_id: r.get(3)?,
                     keys: r.get(4)?,
+                    project: r.get(5)?,
                 })
             })?;
             rows.collect()
@@ -330,11 +347,15 @@ impl Inbox {
         })
     }
 
-    /// Results not yet sent to the Worker, oldest first, at most `limit`.
-    pub(crate) fn unsent_results(&self, limit: usize) -> rusqlite::Result<Vec<(String, Outcome)>> {
+    /// Results not yet sent to the Worker, oldest first, at most `limit`: id, outcome, and
+    /// whether it is a start request's (sent as a `startResult`).
+    pub(crate) fn unsent_results(
+        &self,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<(String, Outcome, bool)>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, success, error FROM inbox \
+                "SELECT command_id, success, error, detail, project IS NOT NULL FROM inbox \
                  WHERE state = 'done' AND result_sent = 0 ORDER BY updated_at, rowid LIMIT ?1",
             )?;
             let rows = st.query_map([limit as i64], |r| {
@@ -343,7 +364,9 @@ impl Inbox {
                     Outcome {
                         success: r.get::<_, Option<bool>>(1)?.unwrap_or(false),
                         error: r.get(2)?,
+                        detail: r.get(3)?,
                     },
+                    r.get::<_, bool>(4)?,
                 ))
             })?;
             rows.collect()
@@ -437,6 +460,7 @@ impl Inbox {
                         outcome: success.map(|success| Outcome {
                             success,
                             error: r.get(4).ok().flatten(),
+                            detail: None,
                         }),
                         received_at: r.get(5)?,
                     })
@@ -477,6 +501,7 @@ mod tests {
             command: format!("text of {id}"),
             chat_id: "42".into(),
             keys: None,
+            project: None,
         }
     }
 
@@ -499,7 +524,7 @@ mod tests {
         assert_eq!(ib.state("c1").unwrap(), Some(State::Done));
         assert_eq!(
             ib.unsent_results(10).unwrap(),
-            vec![("c1".to_string(), Outcome::ok())]
+            vec![("c1".to_string(), Outcome::ok(), false)]
         );
         ib.mark_result_sent("c1").unwrap();
         assert!(ib.unsent_results(10).unwrap().is_empty());
@@ -684,9 +709,9 @@ mod tests {
         }
         assert_eq!(ib.runnable().unwrap(), vec![cmd("on-time")]);
         let results = ib.unsent_results(10).unwrap();
-        let ids: Vec<&str> = results.iter().map(|(id, _)| id.as_str()).collect();
+        let ids: Vec<&str> = results.iter().map(|(id, _, _)| id.as_str()).collect();
         assert_eq!(ids, ["at-expiry", "late"]);
-        for (_, outcome) in &results {
+        for (_, outcome, _) in &results {
             assert!(!outcome.success);
             let error = outcome.error.as_deref().unwrap();
             assert!(error.contains("after it expired"), "{error}");
@@ -719,7 +744,7 @@ mod tests {
             .unsent_results(10)
             .unwrap()
             .into_iter()
-            .map(|(id, _)| id)
+            .map(|(id, _, _)| id)
             .collect();
         assert_eq!(ids, ["unsent", "expired"]);
         // Once sent, they go at the next prune.

@@ -221,6 +221,11 @@ impl Injector {
         }
     }
 
+    /// The tmux program.
+    pub(crate) fn program(&self) -> &Path {
+        &self.tmux
+    }
+
     /// Reads `pane`'s identity now (one tmux call, plus a `/proc` read): PaneGone when the
     /// pane does not exist, ServerGone when its server does not.
     pub(crate) async fn identity(&self, pane: &Pane) -> Result<PaneIdentity, InjectError> {

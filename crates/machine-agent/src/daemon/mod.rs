@@ -20,6 +20,7 @@ pub(crate) mod decisions;
 pub(crate) mod inbox;
 pub(crate) mod inject;
 pub(crate) mod keys;
+pub(crate) mod launch;
 pub(crate) mod peek;
 pub(crate) mod sessions;
 pub(crate) mod status;
@@ -38,7 +39,7 @@ use inject::{InjectError, Injector, Pane};
 use sessions::{SessionRecord, Sessions};
 
 use crate::db::{now_ms, Db};
-use crate::settings::{write_hook_config, Config};
+use crate::settings::{write_settings, Config};
 
 /// Sessions not seen for this long are forgotten (their session-end hook never ran).
 const SESSION_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
@@ -48,7 +49,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60 * 60);
 /// Runs the daemon until `shutdown` completes; then closes the socket with 1000 and returns.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let db = Db::open(&config.data_dir)?;
-    if let Err(e) = write_hook_config(&config.data_dir, &config.worker) {
+    if let Err(e) = write_settings(&config.data_dir, &config.worker, Some(&config.launch)) {
         warn!(
             "could not write the hooks' settings file in {}: {e}",
             config.data_dir.display()
@@ -62,6 +63,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         commands_ready: Arc::new(Notify::new()),
         results_ready: Arc::new(Notify::new()),
         injector: Injector::new(config.tmux.clone(), config.inject_delay),
+        launch: Arc::new(config.launch.clone()),
     };
     // Before the inbox finishes them: the panes of commands a kill interrupted while tmux was
     // being handed their text get their input line cleared before the next command.
@@ -158,14 +160,20 @@ async fn execute(shared: &Shared, injector: &Injector, cmd: &Command) {
             return;
         }
     }
-    let outcome = match shared.sessions.get(&cmd.session_id) {
-        Err(e) => Outcome::failed(format!("the agent could not read its session records: {e}")),
-        Ok(None) => Outcome::failed(format!(
+    let outcome = match (&cmd.project, shared.sessions.get(&cmd.session_id)) {
+        (Some(project), _) => {
+            let prompt = (!cmd.command.is_empty()).then_some(cmd.command.as_str());
+            launch::start(injector.program(), &shared.launch, project, prompt).await
+        }
+        (None, Err(e)) => {
+            Outcome::failed(format!("the agent could not read its session records: {e}"))
+        }
+        (None, Ok(None)) => Outcome::failed(format!(
             "session {} is not known on this machine (its SessionStart hook did not run here, \
              or the session ended)",
             cmd.session_id
         )),
-        Ok(Some(rec)) => match rec.pane() {
+        (None, Ok(Some(rec))) => match rec.pane() {
             None => Outcome::failed(format!(
                 "session {} is not running inside tmux, so there is no pane to type into",
                 cmd.session_id

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::launch::Launch;
 use super::resolve::{data_dir, ConfigError, RawSettings, WorkerConfig};
-use super::saved::hook_worker;
+use super::saved::{hook_worker, saved_launch};
 
 /// Timings of the socket; the defaults follow the protocol's constants, tests shorten them.
 #[derive(Debug, Clone)]
@@ -58,6 +59,8 @@ pub struct Config {
     pub tmux: PathBuf,
     /// Socket timings.
     pub timing: Timing,
+    /// What `/new` may start.
+    pub launch: Launch,
 }
 
 impl Config {
@@ -71,6 +74,7 @@ impl Config {
             hold_commands: args.hold_commands,
             tmux: PathBuf::from("tmux"),
             timing: Timing::default(),
+            launch: Launch::default(),
         })
     }
 
@@ -81,6 +85,7 @@ impl Config {
         let data_dir = data_dir(args)?;
         Ok(Config {
             worker: hook_worker(args, &data_dir)?,
+            launch: saved_launch(args, &data_dir)?,
             data_dir,
             inject_delay: Duration::from_millis(args.inject_delay_ms),
             hold_commands: args.hold_commands,

@@ -14,15 +14,19 @@
 
 mod daemon_config;
 mod host;
+mod launch;
 mod machine_key;
 mod resolve;
 mod saved;
 
 pub use daemon_config::{Config, Timing};
+pub use launch::{Launch, Project};
 pub(crate) use machine_key::machine_key;
 pub(crate) use resolve::{data_dir, machine_id, parse_worker_url, RawSettings};
 pub use resolve::{ConfigError, WorkerConfig};
-pub(crate) use saved::{hook_config_path, hook_worker, write_hook_config, HookConfigFile};
+pub(crate) use saved::{
+    hook_config_path, hook_worker, saved_launch, write_hook_config, write_settings, HookConfigFile,
+};
 
 #[cfg(test)]
 mod tests {
@@ -38,6 +42,7 @@ mod tests {
             data_dir: Some("/tmp/x".into()),
             inject_delay_ms: 100,
             hold_commands: false,
+            ..Default::default()
         }
     }
 
@@ -108,6 +113,22 @@ mod tests {
             "m2"
         );
         assert!(Config::from_args(&args(None, None, None)).is_err());
+        // `/new`'s settings: saved by the daemon, found again by a run without flags, kept
+        // when `install-service` rewrites the Worker settings.
+        let project = tempfile::tempdir().unwrap();
+        let mut with = a.clone();
+        with.projects = vec![format!("api={}", project.path().display())];
+        with.new_session_command = Some("claude --verbose".into());
+        let launch = Config::from_args_or_saved(&with).unwrap().launch;
+        assert_eq!(launch.names(), vec!["api".to_owned()]);
+        write_settings(dir.path(), &w, Some(&launch)).unwrap();
+        write_hook_config(dir.path(), &w).unwrap();
+        let again = Config::from_args_or_saved(&a).unwrap().launch;
+        assert_eq!(again, launch);
+        assert_eq!(again.command, vec!["claude", "--verbose"]);
+        with.projects = vec!["api=/nonexistent/ccr-project".into()];
+        let e = Config::from_args_or_saved(&with).unwrap_err();
+        assert!(e.0.contains("not an existing directory"), "{e}");
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(hook_config_path(dir.path()))
             .unwrap()

@@ -24,6 +24,12 @@ pub(crate) struct RawSettings {
     pub(crate) inject_delay_ms: u64,
     /// `--hold-commands` / `CCR_HOLD_COMMANDS`.
     pub(crate) hold_commands: bool,
+    /// `--project NAME=/dir` (repeated) / `CCR_PROJECTS` (comma-separated).
+    pub(crate) projects: Vec<String>,
+    /// `--new-session-command` / `CCR_NEW_SESSION_COMMAND`.
+    pub(crate) new_session_command: Option<String>,
+    /// `--tmux-socket` / `CCR_TMUX_SOCKET`.
+    pub(crate) tmux_socket: Option<PathBuf>,
 }
 
 /// A setting that is missing or malformed: one line naming it and the fix.
