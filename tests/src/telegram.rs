@@ -734,6 +734,38 @@ mod tests {
     }
 
     #[test]
+    fn a_message_in_a_topic_is_what_telegram_posts() {
+        let plain = Update::message(8, -100_777)
+            .text("go on")
+            .in_topic(55)
+            .json();
+        let m = &plain["message"];
+        assert_eq!(
+            m["chat"],
+            json!({"id": -100_777, "type": "supergroup", "title": "CCR", "is_forum": true})
+        );
+        assert_eq!(
+            (
+                m["message_thread_id"].clone(),
+                m["is_topic_message"].clone()
+            ),
+            (json!(55), json!(true))
+        );
+        // Not a reply: marked as one to the topic's first message, as Telegram does.
+        assert_eq!(m["reply_to_message"]["message_id"], 55);
+        assert!(m["reply_to_message"].get("forum_topic_created").is_some());
+        let reply = Update::message(9, -100_777)
+            .text("x")
+            .in_topic(55)
+            .reply_to(70)
+            .json();
+        assert_eq!(reply["message"]["reply_to_message"]["message_id"], 70);
+        // A private chat with topics stays a private chat.
+        let private = Update::message(10, 4242).text("x").in_topic(55).json();
+        assert_eq!(private["message"]["chat"]["type"], "private");
+    }
+
+    #[test]
     fn edits_photos_and_button_presses_have_their_own_shapes() {
         let edited = Update::message(3, 5).text("x").edited().json();
         assert_eq!(edited["edited_message"]["text"], "x");
