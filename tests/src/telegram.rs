@@ -214,6 +214,14 @@ impl BotApi {
         g.forum_chats.insert(chat);
     }
 
+    /// Closes topic `thread` of `chat` as a person in the chat would (not through the bot).
+    pub fn close_topic(&self, chat: i64, thread: i64) {
+        let mut g = self.lock();
+        if let Some(topic) = g.topics.get_mut(&(chat, thread)) {
+            topic.closed = true;
+        }
+    }
+
     /// The topics of `chat` by `message_thread_id`.
     pub fn topics(&self, chat: i64) -> Vec<(i64, Topic)> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -190,6 +190,19 @@ async fn a_session_has_its_topic_and_a_message_in_it_reaches_the_pane_without_a_
     send(&w, Update::message(5, FORUM).text("go on").in_topic(thread)).await;
     typed(&record, b"go on\r").await;
 
+    // Someone closes the topic by hand: Telegram refuses the next notification there
+    // (TOPIC_CLOSED), and it goes to the chat instead, at once — not lost.
+    bot.close_topic(FORUM, thread);
+    let note = w.notify("sess-topic", "closed under me").await.unwrap();
+    let params = sent_message(&bot, note.message_id);
+    assert!(params.get("message_thread_id").is_none(), "{params}");
+    assert!(bot.calls_of("sendMessage").iter().any(|c| !c.ok
+        && c.params["message_thread_id"] == thread
+        && c.params["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("closed under me")));
+
     // One topic in all, and no message lost to a topic refusal.
     assert_eq!(bot.calls_of("createForumTopic").len(), 1);
     let status = outbox(&w).await;
