@@ -546,6 +546,10 @@ fn retry_at(
 
 /// Drops `entry` and, when it is a notification part, the parts after it.
 fn drop_group(db: &impl Sql, entry: &Entry, why: &str, now: i64) -> Result<Recorded, StoreError> {
+    if let (true, Some((chat, session))) = (entry.method == topics::CREATE, topic_of(entry)) {
+        // Never answered (24 h): the session's next message asks for its topic again.
+        topics::forget(db, chat, session, now)?;
+    }
     let count = match &entry.group_id {
         Some(g) => {
             let n = count(

@@ -282,6 +282,16 @@ pub fn reopened(db: &impl Sql, chat: i64, session: &str, now: i64) -> Result<(),
     )
 }
 
+/// The creation of the topic of `session` in `chat` was never answered (given up after
+/// 24 h): the session has no topic there, and its next message asks again.
+pub fn forget(db: &impl Sql, chat: i64, session: &str, now: i64) -> Result<(), StoreError> {
+    db.exec(
+        "UPDATE topics SET state = 'none', updated_at = ?
+         WHERE chat_id = ? AND session_id = ? AND thread_id IS NULL",
+        vec![now.into(), chat.into(), session.into()],
+    )
+}
+
 /// Telegram refused to create the topic of `session` in `chat`: the session's messages go
 /// to the chat, and the chat is not asked again for a while.
 pub fn refused(db: &impl Sql, chat: i64, session: &str, now: i64) -> Result<(), StoreError> {
@@ -600,6 +610,22 @@ mod tests {
                 usize::from(state == "none")
             );
         }
+    }
+
+    #[test]
+    fn a_creation_never_answered_is_asked_again_by_the_next_message() {
+        let db = db();
+        note(&db, "s1", "first", "t1", 0);
+        let down = |_: &outbox::Entry| ApiOutcome::Failed("down".into());
+        flush(&db, &lane(), 1, true, down);
+        for line in outbox::expire(&db, outbox::MAX_AGE_MS + 1).unwrap() {
+            assert!(line.contains("within 24 h"), "{line}");
+        }
+        assert_eq!(get(&db, CHAT, "s1").unwrap().unwrap().state, "none");
+        assert_eq!(
+            ensure(&db, CHAT, "s1", "x", outbox::MAX_AGE_MS + 2).unwrap()[0].method,
+            CREATE
+        );
     }
 
     #[test]
