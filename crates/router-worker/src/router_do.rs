@@ -485,7 +485,10 @@ impl RouterDO {
             Ok(calls)
         })?;
         if !calls.is_empty() {
-            self.send_stored(&calls).await;
+            // Sent by the alarm, not here: the hook that registers has a deadline, and
+            // Telegram's 429s may be waited out for seconds. The session's next notification
+            // sends its lane at once anyway, the topic call first.
+            self.arm_alarm().await?;
         }
         json(200, &OkBody::default())
     }
@@ -512,7 +515,9 @@ impl RouterDO {
                     Ok(calls)
                 })?;
                 if !calls.is_empty() {
-                    self.send_stored(&calls).await;
+                    // Sent by the alarm, like a registration's (the SessionEnd hook has a
+                    // deadline).
+                    self.arm_alarm().await?;
                 }
                 json(200, &OkBody::default())
             }
