@@ -214,6 +214,14 @@ impl BotApi {
         g.forum_chats.insert(chat);
     }
 
+    /// Closes topic `thread` of `chat` as a person in the chat would (not through the bot).
+    pub fn close_topic(&self, chat: i64, thread: i64) {
+        let mut g = self.lock();
+        if let Some(topic) = g.topics.get_mut(&(chat, thread)) {
+            topic.closed = true;
+        }
+    }
+
     /// The topics of `chat` by `message_thread_id`.
     pub fn topics(&self, chat: i64) -> Vec<(i64, Topic)> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -402,6 +410,31 @@ async fn handle(
                 .as_i64()
                 .or_else(|| chat_id.as_str().and_then(|s| s.parse().ok()))
                 .unwrap_or(0);
+            // Into a topic: Telegram refuses a thread the chat does not have, and a closed
+            // topic (the bot is no admin that may write there).
+            let thread = params.get("message_thread_id").and_then(Value::as_i64);
+            if let (Some(t), "sendMessage") = (thread, method.as_str()) {
+                let g = inner.lock().unwrap_or_else(|p| p.into_inner());
+                let closed = g.topics.get(&(chat_id, t)).map(|topic| topic.closed);
+                drop(g);
+                match closed {
+                    None => {
+                        return telegram_error(
+                            StatusCode::BAD_REQUEST,
+                            "Bad Request: message thread not found",
+                            None,
+                        )
+                    }
+                    Some(true) => {
+                        return telegram_error(
+                            StatusCode::BAD_REQUEST,
+                            "Bad Request: TOPIC_CLOSED",
+                            None,
+                        )
+                    }
+                    Some(false) => {}
+                }
+            }
             let message_id = if method == "editMessageText" {
                 params
                     .get("message_id")
@@ -412,12 +445,17 @@ async fn handle(
                 g.next_message_id += 1;
                 g.next_message_id
             };
-            ok(json!({
+            let mut result = json!({
                 "message_id": message_id,
                 "date": 1_700_000_000,
                 "chat": {"id": chat_id, "type": if chat_id < 0 { "group" } else { "private" }},
                 "text": text,
-            }))
+            });
+            if let Some(t) = thread {
+                result["message_thread_id"] = json!(t);
+                result["is_topic_message"] = json!(true);
+            }
+            ok(result)
         }
         "editMessageReplyMarkup" => {
             let chat_id = params.get("chat_id").and_then(Value::as_i64).unwrap_or(0);
@@ -544,6 +582,7 @@ pub struct Update {
     caption: Option<String>,
     photo: bool,
     reply_to: Option<i64>,
+    topic: Option<i64>,
 }
 
 impl Update {
@@ -559,6 +598,7 @@ impl Update {
             caption: None,
             photo: false,
             reply_to: None,
+            topic: None,
         }
     }
 
@@ -588,6 +628,14 @@ impl Update {
     /// Makes it a reply to message `message_id` (a bot's message, as notifications are).
     pub fn reply_to(mut self, message_id: i64) -> Update {
         self.reply_to = Some(message_id);
+        self
+    }
+
+    /// Sends it in topic `thread` of a chat with topics (a forum supergroup for a negative
+    /// chat id, else a private chat with topics), marked as Telegram marks it: a reply to the
+    /// topic's first message unless it replies to another.
+    pub fn in_topic(mut self, thread: i64) -> Update {
+        self.topic = Some(thread);
         self
     }
 
@@ -628,7 +676,12 @@ impl Update {
 
     /// The JSON Telegram would post.
     pub fn json(&self) -> Value {
-        let chat = json!({"id": self.chat, "type": "private"});
+        let chat = match (self.topic, self.chat < 0) {
+            (Some(_), true) => {
+                json!({"id": self.chat, "type": "supergroup", "title": "CCR", "is_forum": true})
+            }
+            _ => json!({"id": self.chat, "type": "private"}),
+        };
         let mut message = json!({
             "message_id": self.message_id,
             "date": DATE,
@@ -651,6 +704,17 @@ impl Update {
         }
         if let Some(caption) = &self.caption {
             message["caption"] = json!(caption);
+        }
+        if let Some(thread) = self.topic {
+            message["message_thread_id"] = json!(thread);
+            message["is_topic_message"] = json!(true);
+            if self.reply_to.is_none() {
+                message["reply_to_message"] = json!({
+                    "message_id": thread, "date": DATE, "chat": chat,
+                    "message_thread_id": thread, "is_topic_message": true,
+                    "forum_topic_created": {"name": "topic", "icon_color": 7322096},
+                });
+            }
         }
         if let Some(to) = self.reply_to {
             message["reply_to_message"] = json!({
@@ -684,6 +748,38 @@ mod tests {
                 "from": {"id": 1, "is_bot": true, "first_name": "CCR"}, "text": "notification"}
         }});
         assert_eq!(Update::reply(7, 4242, 101, "run the tests").json(), want);
+    }
+
+    #[test]
+    fn a_message_in_a_topic_is_what_telegram_posts() {
+        let plain = Update::message(8, -100_777)
+            .text("go on")
+            .in_topic(55)
+            .json();
+        let m = &plain["message"];
+        assert_eq!(
+            m["chat"],
+            json!({"id": -100_777, "type": "supergroup", "title": "CCR", "is_forum": true})
+        );
+        assert_eq!(
+            (
+                m["message_thread_id"].clone(),
+                m["is_topic_message"].clone()
+            ),
+            (json!(55), json!(true))
+        );
+        // Not a reply: marked as one to the topic's first message, as Telegram does.
+        assert_eq!(m["reply_to_message"]["message_id"], 55);
+        assert!(m["reply_to_message"].get("forum_topic_created").is_some());
+        let reply = Update::message(9, -100_777)
+            .text("x")
+            .in_topic(55)
+            .reply_to(70)
+            .json();
+        assert_eq!(reply["message"]["reply_to_message"]["message_id"], 70);
+        // A private chat with topics stays a private chat.
+        let private = Update::message(10, 4242).text("x").in_topic(55).json();
+        assert_eq!(private["message"]["chat"]["type"], "private");
     }
 
     #[test]

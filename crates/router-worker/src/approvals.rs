@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::outbox::{self, Mapping};
 use crate::store::{self, Sql, StoreError};
 use crate::telegram::{self, escape_html, BotCall};
+use crate::topics;
 
 /// Callback data prefix of a card's buttons: `ap:<requestId>:<choice>`.
 pub const CALLBACK_PREFIX: &str = "ap:";
@@ -712,6 +713,10 @@ pub fn open(
             token: body.request_id.clone(),
         };
         let group = format!("{CALLBACK_PREFIX}{}", body.request_id);
+        // The card goes to the session's topic, asked for first if it has none yet.
+        let topic_name = topics::name(session.label.as_deref(), machine);
+        let topic = topics::ensure(db, chat_id, &session.session_id, &topic_name, now)?;
+        outbox::add_for_session(db, &topic, &session.session_id, now)?;
         match outbox::add_notification(db, &calls, &group, &mapping, now)? {
             Ok(()) => Ok(Ok(())),
             Err(why) => Ok(Err(why)),

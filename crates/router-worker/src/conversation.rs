@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::store::{Sql, StoreError};
 use crate::telegram::{self, escape_html, BotCall};
+use crate::topics;
 
 /// Most UTF-16 units of screen text in a `/peek` answer (Telegram allows 4096 per message;
 /// the rest is the heading, the `<pre>` tags and the escapes' growth).
@@ -35,6 +36,20 @@ struct PendingPeek {
     machine_id: String,
     chat_id: i64,
     reply_to: i64,
+    session_id: String,
+}
+
+impl PendingPeek {
+    /// The answer: a reply to the `/peek`, in the session's topic when it has one.
+    fn answer(&self, db: &impl Sql, text: &str) -> Result<BotCall, StoreError> {
+        let call = BotCall::send(self.chat_id, text, Some(self.reply_to));
+        Ok(
+            match topics::thread_to_send(db, self.chat_id, &self.session_id)? {
+                Some(thread) => call.with_param("message_thread_id", thread.into()),
+                None => call,
+            },
+        )
+    }
 }
 
 /// Remembers a `/peek` until its answer or its deadline.
@@ -69,7 +84,7 @@ pub fn peek_answered(
     error: Option<&str>,
 ) -> Result<Option<BotCall>, StoreError> {
     let pending = db.query::<PendingPeek>(
-        "SELECT machine_id, chat_id, reply_to FROM peeks WHERE request_id = ?",
+        "SELECT machine_id, chat_id, reply_to, session_id FROM peeks WHERE request_id = ?",
         vec![request_id.into()],
     )?;
     let Some(p) = pending.into_iter().find(|p| p.machine_id == machine) else {
@@ -86,30 +101,26 @@ pub fn peek_answered(
             escape_html(error.unwrap_or("the machine gave no reason"))
         ),
     };
-    Ok(Some(BotCall::send(p.chat_id, &text, Some(p.reply_to))))
+    Ok(Some(p.answer(db, &text)?))
 }
 
 /// The chat answers of every `/peek` whose deadline has passed (and forgets them).
 pub fn expire_peeks(db: &impl Sql, now: i64) -> Result<Vec<BotCall>, StoreError> {
     let due = db.query::<PendingPeek>(
-        "SELECT machine_id, chat_id, reply_to FROM peeks WHERE deadline <= ?",
+        "SELECT machine_id, chat_id, reply_to, session_id FROM peeks WHERE deadline <= ?",
         vec![now.into()],
     )?;
     db.exec("DELETE FROM peeks WHERE deadline <= ?", vec![now.into()])?;
-    Ok(due
-        .into_iter()
+    due.iter()
         .map(|p| {
-            BotCall::send(
-                p.chat_id,
-                &format!(
-                    "No screen: {} did not answer within {} s.",
-                    escape_html(&p.machine_id),
-                    PEEK_TIMEOUT_MS / 1000
-                ),
-                Some(p.reply_to),
-            )
+            let text = format!(
+                "No screen: {} did not answer within {} s.",
+                escape_html(&p.machine_id),
+                PEEK_TIMEOUT_MS / 1000
+            );
+            p.answer(db, &text)
         })
-        .collect())
+        .collect()
 }
 
 /// The earliest deadline of a waiting `/peek`, for the alarm.
@@ -284,6 +295,10 @@ mod tests {
             .unwrap();
         assert_eq!(call.params["text"], "<pre>a &lt;b&gt;\n$ </pre>");
         assert_eq!(call.params["reply_parameters"]["message_id"], 7);
+        assert!(call.params.get("message_thread_id").is_none(), "no topic");
+        // With a topic, the answers go to it.
+        crate::topics::ensure(&db, 42, "s1", "api", 1_500).unwrap();
+        crate::topics::created(&db, 42, "s1", 500, 1_500).unwrap();
         assert!(peek_answered(&db, "peek-1", "devbox", Some("x"), None)
             .unwrap()
             .is_none());
@@ -292,6 +307,7 @@ mod tests {
             .is_empty());
         let late = expire_peeks(&db, 2_000 + PEEK_TIMEOUT_MS).unwrap();
         assert_eq!(late.len(), 1);
+        assert_eq!(late[0].params["message_thread_id"], 500);
         assert!(late[0].params["text"]
             .as_str()
             .unwrap()

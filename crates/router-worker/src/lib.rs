@@ -16,6 +16,8 @@
 //! - `notify`: what `POST /notifications/send` does (chat, size, parts, buttons, its answer).
 //! - `outbox`: every Bot API call, stored before it is sent and retried until Telegram
 //!   answers: order per chat, backoff, `retry_after`, refusals, mappings on send, bounds.
+//! - `topics`: a Telegram topic per session in chats that have topics: created, renamed,
+//!   closed and reopened through the outbox; which session a topic's messages go to.
 //! - `queue`: the command queue: delivery, acks, retries, expiry.
 //! - `telegram`: Bot API types, HTML escaping and splitting, Bot API URLs, answers and
 //!   429 retries.
@@ -56,6 +58,7 @@ pub(crate) mod router;
 pub(crate) mod schema;
 pub(crate) mod store;
 pub(crate) mod telegram;
+pub(crate) mod topics;
 
 #[cfg(target_arch = "wasm32")]
 mod binding;

@@ -17,6 +17,7 @@ use crate::outbox::{self, GroupState, Mapping};
 use crate::router::Config;
 use crate::store::{self, Sql};
 use crate::telegram::{self, BotCall};
+use crate::topics;
 
 /// Largest notification text accepted (bytes); longer texts are split into many messages.
 pub(crate) const MAX_NOTIFICATION_BYTES: usize = 32 * 1024;
@@ -29,6 +30,10 @@ pub(crate) struct Plan {
     /// The notification's token: its id in the outbox and in a 202 answer.
     pub(crate) token: String,
     session_id: String,
+    /// Its chat.
+    chat_id: i64,
+    /// The name of the session's topic, should the chat have topics.
+    topic_name: String,
 }
 
 impl Plan {
@@ -114,7 +119,9 @@ pub(crate) fn prepare(
     Ok(Plan {
         calls,
         token,
+        topic_name: topics::name(session.label.as_deref(), &session.machine_id),
         session_id: session.session_id,
+        chat_id,
     })
 }
 
@@ -136,13 +143,17 @@ fn choose_chat(cfg: &Config, asked: Option<i64>) -> Result<i64, ApiError> {
 }
 
 /// Stores the plan's parts in the outbox, all or none, and marks the session active. 503
-/// (with `Retry-After`) when the outbox has no room for them.
+/// (with `Retry-After`) when the outbox has no room for them. The session's topic is asked
+/// for first when it has none in the chat yet (`topics::ensure`): the parts wait behind it
+/// in the lane and go to it.
 pub(crate) fn store(db: &impl Sql, plan: &Plan, now: i64) -> Result<(), ApiError> {
     let mapping = Mapping {
         session_id: plan.session_id.clone(),
         token: plan.token.clone(),
     };
     db.transaction(|db| {
+        let topic = topics::ensure(db, plan.chat_id, &plan.session_id, &plan.topic_name, now)?;
+        outbox::add_for_session(db, &topic, &plan.session_id, now)?;
         let added = outbox::add_notification(db, &plan.calls, &plan.token, &mapping, now)?;
         if added.is_ok() {
             store::touch_session(db, &plan.session_id, now)?;
@@ -539,12 +550,20 @@ mod tests {
         assert!(!t.contains(['l', 'o', '0', '1']));
     }
 
+    /// Telegram's answer to `createForumTopic` in a chat without topics (these tests' chats).
+    fn not_a_forum() -> ApiOutcome {
+        ApiOutcome::Refused("Bad Request: the chat is not a forum".into())
+    }
+
     /// Stores the plan, sends its lane through `answers` (then "down" when they run out) as
     /// the RouterDO does at once, and gives the answer.
     fn deliver(db: &MemDb, p: &Plan, answers: Vec<ApiOutcome>) -> Result<Answer, ApiError> {
         store(db, p, 100)?;
         let mut answers = answers.into_iter();
-        outbox::testing::flush(db, &p.lane(), 100, true, |_| {
+        outbox::testing::flush(db, &p.lane(), 100, true, |e| {
+            if e.method == topics::CREATE {
+                return not_a_forum();
+            }
             answers
                 .next()
                 .unwrap_or_else(|| ApiOutcome::Failed("cannot reach Telegram".into()))
@@ -613,7 +632,10 @@ mod tests {
         );
         // When Telegram is back the mappings appear as the parts go out.
         let mut id = 0;
-        outbox::testing::flush(&db, &p.lane(), 60_000, false, |_| {
+        outbox::testing::flush(&db, &p.lane(), 60_000, false, |e| {
+            if e.method == topics::CREATE {
+                return not_a_forum();
+            }
             id += 1;
             sent(id)
         });

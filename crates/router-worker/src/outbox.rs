@@ -17,6 +17,13 @@
 //!   counted. A pending call older than [`MAX_AGE_MS`] is dropped and counted.
 //! - **Mapping on send.** A notification part carries its session and token; the reply
 //!   mapping (message → session) is recorded when Telegram gives the part's message id.
+//! - **Topics on send.** A call about a session (a notification part, or one stored with
+//!   [`add_for_session`]) gets the `message_thread_id` of the session's topic in its chat
+//!   when it is sent ([`head`]), so a call stored before the topic exists still lands in it;
+//!   a created topic's thread id is recorded from Telegram's answer. A message refused
+//!   because of its topic (closed, deleted) goes again without it, to the chat; a topic
+//!   call Telegram refuses (a chat without topics, nothing to change) loses no message and
+//!   is not counted as dropped (`topics`).
 //!
 //! Delivery is at least once: Telegram may have delivered a call whose answer never reached
 //! the Worker, and that call is sent again.
@@ -30,6 +37,7 @@ use serde_json::Value;
 
 use crate::store::{self, Sql, StoreError};
 use crate::telegram::{ApiOutcome, BotCall};
+use crate::topics;
 
 /// Most pending calls one chat (lane) may have.
 pub const MAX_PENDING_PER_CHAT: i64 = 1_000;
@@ -105,6 +113,9 @@ pub struct Entry {
     pub held: i64,
     /// When it was stored (ms).
     pub created_at: i64,
+    /// The session whose topic it goes to (besides a notification part's `map_session`).
+    #[serde(default)]
+    pub topic_session: Option<String>,
 }
 
 impl Entry {
@@ -121,7 +132,7 @@ impl Entry {
 }
 
 const COLUMNS: &str = "id, lane, chat_id, method, params, group_id, part, parts, map_session, \
-                       map_token, attempts, next_attempt_at, held, created_at";
+                       map_token, attempts, next_attempt_at, held, created_at, topic_session";
 
 #[derive(Deserialize)]
 struct N {
@@ -178,6 +189,7 @@ fn insert(
     db: &impl Sql,
     call: &BotCall,
     group: Option<(&str, i64, i64, &Mapping)>,
+    topic_session: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
     let (lane, chat) = lane_of(call);
@@ -193,8 +205,9 @@ fn insert(
     };
     db.exec(
         "INSERT INTO outbox (lane, chat_id, method, params, group_id, part, parts, map_session,
-            map_token, state, attempts, next_attempt_at, held, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, 0, ?, ?)",
+            map_token, state, attempts, next_attempt_at, held, created_at, updated_at,
+            topic_session)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, 0, ?, ?, ?)",
         vec![
             lane.into(),
             chat.into(),
@@ -208,6 +221,7 @@ fn insert(
             now.into(),
             now.into(),
             now.into(),
+            topic_session.into(),
         ],
     )
 }
@@ -215,6 +229,26 @@ fn insert(
 /// Stores chat answers and notices. One that does not fit is dropped and counted; the
 /// returned lines say so, for the log.
 pub fn add_or_drop(db: &impl Sql, calls: &[BotCall], now: i64) -> Result<Vec<String>, StoreError> {
+    add_calls(db, calls, None, now)
+}
+
+/// Stores calls about `session` (its topic's calls, notices about its commands) like
+/// [`add_or_drop`]; each goes to the session's topic in its chat when it is sent.
+pub fn add_for_session(
+    db: &impl Sql,
+    calls: &[BotCall],
+    session: &str,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
+    add_calls(db, calls, Some(session), now)
+}
+
+fn add_calls(
+    db: &impl Sql,
+    calls: &[BotCall],
+    session: Option<&str>,
+    now: i64,
+) -> Result<Vec<String>, StoreError> {
     let mut dropped = Vec::new();
     for call in calls {
         let (lane, _) = lane_of(call);
@@ -223,7 +257,7 @@ pub fn add_or_drop(db: &impl Sql, calls: &[BotCall], now: i64) -> Result<Vec<Str
                 bump(db, DROPPED, 1)?;
                 dropped.push(format!("Telegram {} dropped: {why}", call.method));
             }
-            None => insert(db, call, None, now)?,
+            None => insert(db, call, None, session, now)?,
         }
     }
     Ok(dropped)
@@ -246,24 +280,86 @@ pub fn add_notification(
         return Ok(Err(why));
     }
     for (part, call) in (0..).zip(calls) {
-        insert(db, call, Some((group_id, part, parts, mapping)), now)?;
+        insert(db, call, Some((group_id, part, parts, mapping)), None, now)?;
     }
     Ok(Ok(()))
 }
 
-/// The first pending call of `lane`, when it may be sent at `now` (see [`Entry::sendable`]).
+/// The first pending call of `lane`, when it may be sent at `now` (see [`Entry::sendable`]),
+/// its parameters with the `message_thread_id` of its session's topic. A topic call whose
+/// topic never came to be (the chat refused it) is dropped on the way, quietly: no message
+/// is lost with it.
 pub fn head(db: &impl Sql, lane: &str, now: i64, eager: bool) -> Result<Option<Entry>, StoreError> {
-    Ok(db
-        .query::<Entry>(
-            &format!(
-                "SELECT {COLUMNS} FROM outbox WHERE state = 'pending' AND lane = ?
-                 ORDER BY id LIMIT 1"
-            ),
-            vec![lane.into()],
-        )?
-        .into_iter()
-        .next()
-        .filter(|e| e.sendable(now, eager)))
+    loop {
+        let Some(mut e) = db
+            .query::<Entry>(
+                &format!(
+                    "SELECT {COLUMNS} FROM outbox WHERE state = 'pending' AND lane = ?
+                     ORDER BY id LIMIT 1"
+                ),
+                vec![lane.into()],
+            )?
+            .into_iter()
+            .next()
+            .filter(|e| e.sendable(now, eager))
+        else {
+            return Ok(None);
+        };
+        if with_thread(db, &mut e)? {
+            return Ok(Some(e));
+        }
+        quiet_drop(db, &e, "no topic to act on", now)?;
+    }
+}
+
+/// The session whose topic `e` goes to, and its chat.
+fn topic_of(e: &Entry) -> Option<(i64, &str)> {
+    let session = e.topic_session.as_deref().or(e.map_session.as_deref())?;
+    Some((e.chat_id?, session))
+}
+
+/// Fills in `e`'s `message_thread_id` from its session's topic; false for a topic call
+/// with no topic to act on.
+fn with_thread(db: &impl Sql, e: &mut Entry) -> Result<bool, StoreError> {
+    let Some((chat, session)) = topic_of(e) else {
+        return Ok(true);
+    };
+    if e.method == topics::CREATE {
+        return Ok(true);
+    }
+    let mut params = e.params();
+    if params.get("message_thread_id").is_some() {
+        return Ok(true);
+    }
+    let thread = if topics::acts_on_topic(&e.method) {
+        match topics::thread_of(db, chat, session)? {
+            Some(t) => t,
+            None => return Ok(false),
+        }
+    } else {
+        match topics::thread_to_send(db, chat, session)? {
+            Some(t) => t,
+            None => return Ok(true),
+        }
+    };
+    if let Some(obj) = params.as_object_mut() {
+        obj.insert("message_thread_id".to_owned(), thread.into());
+    }
+    e.params = params.to_string();
+    Ok(true)
+}
+
+/// Marks `e` finished without counting it as dropped: a topic call Telegram refused costs
+/// no message.
+fn quiet_drop(db: &impl Sql, e: &Entry, why: &str, now: i64) -> Result<Recorded, StoreError> {
+    db.exec(
+        "UPDATE outbox SET state = 'dropped', last_error = ?, updated_at = ? WHERE id = ?",
+        vec![why.into(), now.into(), e.id.into()],
+    )?;
+    Ok(Recorded::Dropped {
+        why: why.to_owned(),
+        count: 0,
+    })
 }
 
 /// The heads of every lane (one pending call each, the oldest).
@@ -333,6 +429,13 @@ pub fn record(
     let too_old = now - entry.created_at >= MAX_AGE_MS;
     match outcome {
         ApiOutcome::Ok(result) => {
+            if let (true, Some((chat, session))) = (entry.method == topics::CREATE, topic_of(entry))
+            {
+                match result.get("message_thread_id").and_then(Value::as_i64) {
+                    Some(thread) => topics::created(db, chat, session, thread, now)?,
+                    None => topics::refused(db, chat, session, now)?,
+                }
+            }
             let message_id = result.get("message_id").and_then(Value::as_i64);
             if let (Some(session), Some(token), Some(chat)) =
                 (&entry.map_session, &entry.map_token, entry.chat_id)
@@ -349,7 +452,7 @@ pub fn record(
             bump(db, SENT, 1)?;
             Ok(Recorded::Sent { message_id })
         }
-        ApiOutcome::Refused(why) => drop_group(db, entry, why, now),
+        ApiOutcome::Refused(why) => refused(db, entry, why, now),
         _ if too_old => drop_group(
             db,
             entry,
@@ -377,6 +480,48 @@ pub fn record(
     }
 }
 
+/// Telegram refused `entry` for good: a topic call costs no message; a message refused
+/// because of its topic goes again, to the chat; anything else is dropped.
+fn refused(db: &impl Sql, entry: &Entry, why: &str, now: i64) -> Result<Recorded, StoreError> {
+    let topic = topic_of(entry);
+    if entry.method == topics::CREATE {
+        if let Some((chat, session)) = topic {
+            topics::refused(db, chat, session, now)?;
+        }
+        return quiet_drop(db, entry, &format!("no topic: {why}"), now);
+    }
+    let mut params = entry.params();
+    let thread = params.get("message_thread_id").and_then(Value::as_i64);
+    let refusal = topics::thread_refusal(why);
+    if topics::acts_on_topic(&entry.method) {
+        if let (Some(chat), Some(thread), Some(r)) = (entry.chat_id, thread, refusal) {
+            topics::lost(db, chat, thread, r, now)?;
+        }
+        return quiet_drop(db, entry, why, now);
+    }
+    match (entry.chat_id, thread, refusal) {
+        (Some(chat), Some(thread), Some(r)) => {
+            topics::lost(db, chat, thread, r, now)?;
+            if let Some(obj) = params.as_object_mut() {
+                obj.remove("message_thread_id");
+            }
+            db.exec(
+                "UPDATE outbox SET params = ?, next_attempt_at = ?, held = 0, last_error = ?,
+                    updated_at = ? WHERE id = ?",
+                vec![
+                    params.to_string().into(),
+                    now.into(),
+                    format!("sent again without its topic: {why}").into(),
+                    now.into(),
+                    entry.id.into(),
+                ],
+            )?;
+            Ok(Recorded::Retry { at: now })
+        }
+        _ => drop_group(db, entry, why, now),
+    }
+}
+
 fn retry_at(
     db: &impl Sql,
     entry: &Entry,
@@ -401,6 +546,10 @@ fn retry_at(
 
 /// Drops `entry` and, when it is a notification part, the parts after it.
 fn drop_group(db: &impl Sql, entry: &Entry, why: &str, now: i64) -> Result<Recorded, StoreError> {
+    if let (true, Some((chat, session))) = (entry.method == topics::CREATE, topic_of(entry)) {
+        // Never answered (24 h): the session's next message asks for its topic again.
+        topics::forget(db, chat, session, now)?;
+    }
     let count = match &entry.group_id {
         Some(g) => {
             let n = count(

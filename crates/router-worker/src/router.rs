@@ -15,6 +15,7 @@ use crate::outbox;
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{self, Sql, StoreError};
 use crate::telegram::{self, escape_html, BotCall, Message, TextIntent, Update};
+use crate::topics;
 
 /// The router's settings.
 #[derive(Debug, Clone, Default)]
@@ -170,6 +171,8 @@ pub fn help_text(chat_id: i64) -> String {
          • In a reply to a notification: /esc presses Escape (stops Claude's turn); \
          <code>/keys Down Enter</code> presses keys (Enter Escape Tab Up Down C-c 0-9); \
          /peek shows the session's screen.\n\
+         • In a chat with topics, each session has its own topic: write in it, no reply \
+         needed (/esc, /keys and /peek too).\n\
          • <code>/new PROJECT prompt</code> starts Claude Code in a project a machine's owner \
          configured (/new alone lists them); /end in a reply to a notification ends that \
          session after you confirm.\n\n\
@@ -254,6 +257,7 @@ pub fn handle_update<D: Sql>(
 ) -> Result<Outcome, StoreError> {
     db.transaction(|db| {
         let mut out = decide(db, cfg, update, now, online)?;
+        in_its_topic(update, &mut out.calls);
         for dropped in outbox::add_or_drop(db, &out.calls, now)? {
             out.log.push_str("; ");
             out.log.push_str(&dropped);
@@ -261,6 +265,74 @@ pub fn handle_update<D: Sql>(
         Ok(out)
     })
 }
+
+/// The chat answers to a message sent in a topic (or a button pressed there) go to that
+/// topic.
+fn in_its_topic(update: &Update, calls: &mut [BotCall]) {
+    let from = update.message.as_ref().or_else(|| {
+        update
+            .callback_query
+            .as_ref()
+            .and_then(|cb| cb.message.as_ref())
+    });
+    let Some((chat, thread)) = from.and_then(|m| m.topic().map(|t| (m.chat.id, t))) else {
+        return;
+    };
+    for call in calls {
+        let same_chat = outbox::lane_of(call).1 == Some(chat);
+        if call.method == "sendMessage" && same_chat {
+            if let Some(obj) = call.params.as_object_mut() {
+                obj.entry("message_thread_id").or_insert(thread.into());
+            }
+        }
+    }
+}
+
+/// Whom a message is for: the session of the notification it replies to, else the session
+/// of the topic it was sent in.
+enum Addressee {
+    Session(String),
+    /// A topic whose session ended (unregistered): nothing to send to.
+    EndedTopic,
+    /// A reply to a message that maps to no session, outside a topic of ours.
+    UnknownReply,
+    /// Neither a reply nor in a topic of ours.
+    Nobody,
+}
+
+fn addressee(db: &impl Sql, msg: &Message, now: i64) -> Result<Addressee, StoreError> {
+    let chat = msg.chat.id;
+    if let Some(parent) = msg.replied_to() {
+        if let Some(m) = by_reply(db, chat, parent.message_id)? {
+            return Ok(Addressee::Session(m.session_id));
+        }
+    }
+    if let Some(t) = msg
+        .topic()
+        .map(|t| topics::by_thread(db, chat, t))
+        .transpose()?
+        .flatten()
+    {
+        if store::get_session(db, &t.session_id)?.is_none() {
+            return Ok(Addressee::EndedTopic);
+        }
+        if !t.is_open() {
+            // Someone reopened it by hand: it is open, the session's messages go there again.
+            topics::reopened(db, chat, &t.session_id, now)?;
+        }
+        return Ok(Addressee::Session(t.session_id));
+    }
+    Ok(if msg.replied_to().is_some() {
+        Addressee::UnknownReply
+    } else {
+        Addressee::Nobody
+    })
+}
+
+/// The answer to a message in the topic of a session that ended.
+pub const ENDED_TOPIC: &str = "⚠️ Not sent: the session of this topic has ended. Resume it in \
+    tmux (<code>claude --resume</code>) and this topic opens again; /sessions lists the \
+    sessions there are.";
 
 fn decide(
     db: &impl Sql,
@@ -392,6 +464,9 @@ fn decide(
         );
         return Ok(out);
     }
+    if msg.chat.is_forum == Some(true) || msg.topic().is_some() {
+        topics::seen_topics(db, msg.chat.id)?;
+    }
     if let Some(s) = approvals::on_pending(db, msg, now)? {
         out.calls = s.calls;
         out.log = format!("update {}: {}", update.update_id, s.log);
@@ -476,25 +551,24 @@ fn handle_message(
                 return Ok(());
             }
         },
-        TextIntent::Plain(text) => {
-            let target = match &msg.reply_to_message {
-                Some(parent) => by_reply(db, chat, parent.message_id)?,
-                None => None,
-            };
-            match target {
-                Some(m) => (m.session_id, text),
-                None if msg.reply_to_message.is_some() => {
-                    reply(out, "I don't know which session that message belongs to (it may have expired). Reply to a recent notification, or use /cmd TOKEN text.");
-                    out.log = format!("update {update_id}: reply to an unknown message");
-                    return Ok(());
-                }
-                None => {
-                    reply(out, "To send this to a session, reply to one of its notifications. /help shows how.");
-                    out.log = format!("update {update_id}: text that is not a reply");
-                    return Ok(());
-                }
+        TextIntent::Plain(text) => match addressee(db, msg, now)? {
+            Addressee::Session(session) => (session, text),
+            Addressee::EndedTopic => {
+                reply(out, ENDED_TOPIC);
+                out.log = format!("update {update_id}: text in the topic of an ended session");
+                return Ok(());
             }
-        }
+            Addressee::UnknownReply => {
+                reply(out, "I don't know which session that message belongs to (it may have expired). Reply to a recent notification, or use /cmd TOKEN text.");
+                out.log = format!("update {update_id}: reply to an unknown message");
+                return Ok(());
+            }
+            Addressee::Nobody => {
+                reply(out, "To send this to a session, reply to one of its notifications. /help shows how.");
+                out.log = format!("update {update_id}: text that is not a reply");
+                return Ok(());
+            }
+        },
     };
     let queued = queue_command(
         db,
@@ -552,17 +626,21 @@ fn pane_keys(
         out.log = format!("update {update_id}: keys refused");
         return Ok(());
     }
-    let target = match &msg.reply_to_message {
-        Some(parent) => by_reply(db, chat, parent.message_id)?,
-        None => None,
-    };
-    let Some(m) = target else {
-        answer(
-            out,
-            "Send this as a reply to a notification of the session whose pane it is for.",
-        );
-        out.log = format!("update {update_id}: pane command without a session");
-        return Ok(());
+    let m = match addressee(db, msg, now)? {
+        Addressee::Session(session_id) => Mapping { session_id },
+        Addressee::EndedTopic => {
+            answer(out, ENDED_TOPIC);
+            out.log = format!("update {update_id}: pane command in the topic of an ended session");
+            return Ok(());
+        }
+        Addressee::UnknownReply | Addressee::Nobody => {
+            answer(
+                out,
+                "Send this as a reply to a notification of the session whose pane it is for.",
+            );
+            out.log = format!("update {update_id}: pane command without a session");
+            return Ok(());
+        }
     };
     let keys = match intent {
         PaneIntent::Keys(keys) => keys,
@@ -640,6 +718,12 @@ fn new_or_end(
     };
     let target = match (token, &msg.reply_to_message) {
         (Some(token), _) => by_token(db, &token, chat)?.map(|m| (m.session_id, token)),
+        // In a session's topic (which Telegram marks a reply to the topic's first message)
+        // the topic names the session; the confirmation carries its latest token.
+        (None, _) if msg.topic().is_some() => match addressee(db, msg, now)? {
+            Addressee::Session(id) => store::latest_token(db, &id, chat)?.map(|t| (id, t)),
+            _ => None,
+        },
         (None, Some(parent)) => reply_token(db, chat, parent.message_id)?,
         (None, None) => {
             answer(
@@ -944,6 +1028,130 @@ mod tests {
             json!({"update_id": id, "message": {"message_id": id + 1000, "chat": {"id": chat},
             "from": {"id": 7}, "text": text, "reply_to_message": {"message_id": to, "chat": {"id": chat}}}}),
         )
+    }
+
+    /// A message in topic `thread` of chat 42, as Telegram sends it: marked a reply to the
+    /// topic's first message unless it replies to another.
+    fn in_topic(id: i64, thread: i64, text: &str, reply_to: Option<i64>) -> Update {
+        update(json!({"update_id": id, "message": {"message_id": id + 1000,
+            "chat": {"id": 42, "type": "supergroup", "is_forum": true}, "from": {"id": 7},
+            "text": text, "message_thread_id": thread, "is_topic_message": true,
+            "reply_to_message": {"message_id": reply_to.unwrap_or(thread), "chat": {"id": 42}}}}))
+    }
+
+    /// s1 has topic 500 in chat 42; s2 (another session) has topic 600.
+    fn with_topics() -> MemDb {
+        let db = setup();
+        store::upsert_session(&db, "s2", "devbox", Some("web"), 0).unwrap();
+        for (session, thread) in [("s1", 500), ("s2", 600)] {
+            topics::ensure(&db, 42, session, "x", 0).unwrap();
+            topics::created(&db, 42, session, thread, 0).unwrap();
+        }
+        store::record_message(&db, 42, 601, "s2", "tok2", 0).unwrap();
+        db
+    }
+
+    #[test]
+    fn plain_text_in_a_topic_goes_to_its_session_and_answers_stay_in_the_topic() {
+        let db = with_topics();
+        let out = handle_update(&db, &cfg(), &in_topic(1, 500, "ls", None), 5, &|_| false).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert_eq!(
+            (
+                out.queued[0].session_id.as_str(),
+                out.queued[0].command.as_str()
+            ),
+            ("s1", "ls")
+        );
+        // The "queued, offline" answer goes to the topic.
+        assert_eq!(out.calls[0].params["message_thread_id"], 500);
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("offline"));
+        // A reply to a notification still goes to the notification's session.
+        let out = handle_update(&db, &cfg(), &in_topic(2, 500, "pwd", Some(601)), 5, &|_| {
+            true
+        })
+        .unwrap();
+        assert_eq!(out.queued[0].session_id, "s2");
+        // A reply to any other message in the topic: the topic's session.
+        let out = handle_update(&db, &cfg(), &in_topic(3, 600, "x", Some(12345)), 5, &|_| {
+            true
+        })
+        .unwrap();
+        assert_eq!(out.queued[0].session_id, "s2");
+        // /help in a topic is answered there.
+        let out =
+            handle_update(&db, &cfg(), &in_topic(4, 600, "/help", None), 5, &|_| true).unwrap();
+        assert_eq!(out.calls[0].params["message_thread_id"], 600);
+        // Outside a topic: as before.
+        let plain = update(
+            json!({"update_id": 5, "message": {"message_id": 9, "chat": {"id": 42},
+            "from": {"id": 7}, "text": "hi"}}),
+        );
+        let out = handle_update(&db, &cfg(), &plain, 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params.get("message_thread_id").is_none());
+    }
+
+    #[test]
+    fn pane_commands_in_a_topic_need_no_reply() {
+        let db = with_topics();
+        let out =
+            handle_update(&db, &cfg(), &in_topic(1, 500, "/esc", None), 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1);
+        assert_eq!(out.queued[0].session_id, "s1");
+        assert_eq!(out.queued[0].keys.as_deref(), Some("Escape"));
+        let out =
+            handle_update(&db, &cfg(), &in_topic(2, 600, "/peek", None), 5, &|_| true).unwrap();
+        assert_eq!(out.peeks.len(), 1);
+        assert_eq!(out.peeks[0].session_id, "s2");
+    }
+
+    #[test]
+    fn end_in_a_topic_asks_about_the_topics_session() {
+        let db = with_topics();
+        let out =
+            handle_update(&db, &cfg(), &in_topic(1, 600, "/end", None), 5, &|_| true).unwrap();
+        assert!(
+            out.queued.is_empty(),
+            "nothing is typed before the confirmation"
+        );
+        let data = out.calls[0].params["reply_markup"].to_string();
+        assert!(data.contains("end:tok2"), "{data}");
+        assert_eq!(out.calls[0].params["message_thread_id"], 600);
+    }
+
+    #[test]
+    fn a_message_in_the_topic_of_an_ended_session_is_answered() {
+        let db = with_topics();
+        topics::on_unregister(&db, "s1", 3).unwrap();
+        store::delete_session(&db, "s1").unwrap();
+        for (id, text) in [(1, "ls"), (2, "/esc")] {
+            let out =
+                handle_update(&db, &cfg(), &in_topic(id, 500, text, None), 5, &|_| true).unwrap();
+            assert!(out.queued.is_empty());
+            assert_eq!(out.calls[0].params["text"], ENDED_TOPIC);
+            assert_eq!(out.calls[0].params["message_thread_id"], 500);
+        }
+        // A topic we did not make (a user's own): the usual "reply to a notification".
+        let out = handle_update(&db, &cfg(), &in_topic(3, 777, "ls", None), 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("reply to one of its notifications"));
+    }
+
+    #[test]
+    fn an_update_from_a_forum_lets_the_chat_be_asked_for_topics_again() {
+        let db = setup();
+        topics::ensure(&db, 42, "s1", "x", 0).unwrap();
+        topics::refused(&db, 42, "s1", 1).unwrap();
+        assert!(topics::ensure(&db, 42, "s1", "x", 2).unwrap().is_empty());
+        handle_update(&db, &cfg(), &in_topic(1, 900, "hi", None), 3, &|_| true).unwrap();
+        assert_eq!(topics::ensure(&db, 42, "s1", "x", 4).unwrap().len(), 1);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::route::{route, Route};
 use crate::router::{self, Config};
 use crate::store::{self, Sql, SqlValue, StoreError};
 use crate::telegram::{self, ApiOutcome, BotCall, Retry, Update};
+use crate::topics;
 
 /// Longest total wait for Telegram's 429 `retry_after` within one request.
 const MAX_RETRY_WAIT_SECS: u64 = 10;
@@ -359,6 +360,9 @@ impl RouterDO {
         let Some(_held) = self.lock_lane(lane) else {
             return Ok(false);
         };
+        // A message refused because of its topic is due again at once, without it; a few
+        // of those go on in this pass, the rest on the alarm.
+        let mut again_now = 3;
         while let Some(entry) = outbox::head(&self.db(), lane, now_ms(), eager)? {
             let outcome = self.bot(&entry.method, &entry.params()).await;
             let recorded = outbox::record(&self.db(), &entry, &outcome, now_ms())?;
@@ -374,6 +378,12 @@ impl RouterDO {
                     "Telegram {} in {lane} dropped ({count} call(s)): {why}",
                     entry.method
                 ),
+            }
+            if let outbox::Recorded::Retry { at } = recorded {
+                if at <= now_ms() && again_now > 0 {
+                    again_now -= 1;
+                    continue;
+                }
             }
             if !recorded.lane_moves_on() {
                 break;
@@ -395,6 +405,15 @@ impl RouterDO {
         if let Err(e) = self.arm_alarm().await {
             console_error!("arming the alarm failed: {e}");
         }
+    }
+
+    /// Stores calls about `session` in the outbox (they go to its topic) and sends them.
+    async fn tell_about(&self, session: &str, calls: &[BotCall]) -> Result<()> {
+        for dropped in outbox::add_for_session(&self.db(), calls, session, now_ms())? {
+            console_warn!("{dropped}");
+        }
+        self.send_stored(calls).await;
+        Ok(())
     }
 
     /// Stores chat answers and notices in the outbox and sends them.
@@ -452,13 +471,33 @@ impl RouterDO {
         if let Some(why) = store::no_room_for_session(&db, &body.session_id, &body.machine_id)? {
             return Err(ApiError::new(409, why));
         }
-        store::upsert_session(
-            &db,
-            &body.session_id,
-            &body.machine_id,
-            body.label.as_deref(),
-            now_ms(),
-        )?;
+        // The session and its topic's calls (created, reopened, renamed) commit together.
+        let now = now_ms();
+        let chat = self.config().allowed_chats.first().copied();
+        let calls = db.transaction(|db| {
+            store::upsert_session(
+                db,
+                &body.session_id,
+                &body.machine_id,
+                body.label.as_deref(),
+                now,
+            )?;
+            let (Some(chat), Some(s)) = (chat, store::get_session(db, &body.session_id)?) else {
+                return Ok(vec![]);
+            };
+            let name = topics::name(s.label.as_deref(), &s.machine_id);
+            let calls = topics::on_register(db, chat, &s.session_id, &name, now)?;
+            for dropped in outbox::add_for_session(db, &calls, &s.session_id, now)? {
+                console_warn!("{dropped}");
+            }
+            Ok(calls)
+        })?;
+        if !calls.is_empty() {
+            // Sent by the alarm, not here: the hook that registers has a deadline, and
+            // Telegram's 429s may be waited out for seconds. The session's next notification
+            // sends its lane at once anyway, the topic call first.
+            self.arm_alarm().await?;
+        }
         json(200, &OkBody::default())
     }
 
@@ -473,7 +512,21 @@ impl RouterDO {
                 "this session belongs to another machine",
             )),
             Some(_) => {
-                store::delete_session(&db, &body.session_id)?;
+                // The session goes and its topics close, together.
+                let now = now_ms();
+                let calls = db.transaction(|db| {
+                    let calls = topics::on_unregister(db, &body.session_id, now)?;
+                    for dropped in outbox::add_for_session(db, &calls, &body.session_id, now)? {
+                        console_warn!("{dropped}");
+                    }
+                    store::delete_session(db, &body.session_id)?;
+                    Ok(calls)
+                })?;
+                if !calls.is_empty() {
+                    // Sent by the alarm, like a registration's (the SessionEnd hook has a
+                    // deadline).
+                    self.arm_alarm().await?;
+                }
                 json(200, &OkBody::default())
             }
         }
@@ -646,7 +699,7 @@ impl RouterDO {
                         .and_then(|s| s.label)
                         .unwrap_or_else(|| machine.clone());
                     let notice = router::command_failed(&q, &label, &machine, error.as_deref());
-                    self.tell(&[notice]).await?;
+                    self.tell_about(&q.session_id, &[notice]).await?;
                 }
             }
             Ok(SocketMessage::Projects { projects }) => {
@@ -798,15 +851,15 @@ impl DurableObject for RouterDO {
         let ttl = self.command_ttl_ms();
         db.transaction(|db| {
             let dead = queue::expire(db, now, ttl)?;
-            let notices: Vec<BotCall> = dead
-                .iter()
-                .map(|q| match q.project {
+            for q in &dead {
+                // A start request (`/new`) has no session yet: its notice goes to the chat.
+                let notice = match q.project {
                     Some(_) => launch::start_not_delivered(q),
                     None => router::not_delivered(q),
-                })
-                .collect();
-            for dropped in outbox::add_or_drop(db, &notices, now)? {
-                console_warn!("{dropped}");
+                };
+                for dropped in outbox::add_for_session(db, &[notice], &q.session_id, now)? {
+                    console_warn!("{dropped}");
+                }
             }
             Ok(())
         })?;
@@ -845,6 +898,7 @@ impl DurableObject for RouterDO {
         outbox::prune(&db, now)?;
         approvals::prune(&db, now)?;
         launch::prune(&db, now)?;
+        topics::prune(&db, now)?;
         self.arm_alarm().await?;
         Response::ok("")
     }

@@ -154,6 +154,31 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         choices    TEXT NOT NULL,
         created_at INTEGER NOT NULL
     )",
+], &[
+    // A topic per session (`topics.rs`), in chats that have topics. `thread_id` is NULL
+    // while `createForumTopic` waits in the outbox; `state` 'none' when the chat refused it
+    // (the session's messages go to the chat as they do without topics). Rows outlive their
+    // session (unregister closes the topic, a resume reopens it); retention: 30 days
+    // without a change.
+    "CREATE TABLE IF NOT EXISTS topics (
+        chat_id    INTEGER NOT NULL,
+        session_id TEXT NOT NULL,
+        thread_id  INTEGER,
+        name       TEXT NOT NULL,
+        state      TEXT NOT NULL CHECK (state IN ('open', 'closed', 'none')),
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, session_id)
+    )",
+    "CREATE INDEX IF NOT EXISTS topics_by_thread ON topics (chat_id, thread_id)",
+    // Chats that refused `createForumTopic` (no topics): not asked again for a day, or
+    // until an update shows topics in them.
+    "CREATE TABLE IF NOT EXISTS topic_chats (
+        chat_id    INTEGER PRIMARY KEY,
+        refused_at INTEGER NOT NULL
+    )",
+    // The session whose topic a call goes to: its `message_thread_id` is filled in when the
+    // call is sent, so a call stored before its topic exists still lands in it.
+    "ALTER TABLE outbox ADD COLUMN topic_session TEXT",
 ]];
 
 /// Creates the version table itself; safe to run every time.

@@ -32,6 +32,9 @@ pub struct Update {
 pub struct Chat {
     /// The chat id (negative for groups).
     pub id: i64,
+    /// A supergroup with topics.
+    #[serde(default)]
+    pub is_forum: Option<bool>,
 }
 
 /// A user.
@@ -63,6 +66,28 @@ pub struct Message {
     /// The message this one replies to.
     #[serde(default)]
     pub reply_to_message: Option<Box<Message>>,
+    /// The topic (or, outside forums, the reply thread) it belongs to.
+    #[serde(default)]
+    pub message_thread_id: Option<i64>,
+    /// Sent in a topic (`message_thread_id` is then the topic's).
+    #[serde(default)]
+    pub is_topic_message: Option<bool>,
+}
+
+impl Message {
+    /// The topic it was sent in, if any (a reply thread outside a forum is not a topic).
+    pub fn topic(&self) -> Option<i64> {
+        self.message_thread_id
+            .filter(|_| self.is_topic_message == Some(true))
+    }
+
+    /// The message it replies to, unless that is only its topic's first message (Telegram
+    /// marks every message in a topic as a reply to the topic's creation).
+    pub fn replied_to(&self) -> Option<&Message> {
+        self.reply_to_message
+            .as_deref()
+            .filter(|parent| Some(parent.message_id) != self.topic())
+    }
 }
 
 /// A button press on an inline keyboard.
