@@ -1347,6 +1347,27 @@ mod tests {
     }
 
     #[test]
+    fn the_card_goes_to_the_session_s_topic_asked_for_first() {
+        let db = setup();
+        let lane = open(&db, &[42], &Principal::Admin, &body("r1"), 10)
+            .unwrap()
+            .unwrap();
+        let done = outbox::testing::flush(&db, &lane, 11, true, |e| match e.method.as_str() {
+            topics::CREATE => crate::telegram::ApiOutcome::Ok(json!({"message_thread_id": 77})),
+            _ => crate::telegram::ApiOutcome::Ok(json!({"message_id": 500 + e.id})),
+        });
+        let sent: Vec<(String, Value)> = done
+            .iter()
+            .map(|(e, _)| (e.method.clone(), e.params()))
+            .collect();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!(sent[0].0, topics::CREATE);
+        assert_eq!(sent[0].1["name"], "web · m1");
+        assert_eq!(sent[1].1["message_thread_id"], 77);
+        assert!(sent[1].1.get("reply_markup").is_some(), "the card");
+    }
+
+    #[test]
     fn first_choice_wins_and_is_pushed_until_acked() {
         let db = setup();
         let lane = open(&db, &[42], &Principal::Admin, &body("r1"), 10).unwrap();
