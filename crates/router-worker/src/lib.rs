@@ -44,6 +44,7 @@ pub(crate) mod approvals;
 pub(crate) mod auth;
 pub(crate) mod conversation;
 pub(crate) mod error;
+pub(crate) mod files;
 pub(crate) mod notify;
 pub(crate) mod outbox;
 pub(crate) mod queue;

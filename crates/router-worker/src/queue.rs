@@ -5,6 +5,7 @@
 //! (1 s doubling to a 5 min cap) while the machine is connected; everything unacked is sent
 //! again, oldest first, when the machine connects.
 
+use ccr_protocol::socket::FileRef;
 use ccr_protocol::COMMAND_TTL_MS;
 use serde::Deserialize;
 
@@ -52,6 +53,9 @@ pub struct NewCommand {
     /// Named keys to press instead of text (`/esc`, `/keys`): space-separated names from
     /// `wire::keys::NAMES`.
     pub keys: Option<String>,
+    /// A file to download and type the path of, after `command` (the caption): pushed as a
+    /// `file` frame.
+    pub file: Option<FileRef>,
 }
 
 /// A queued command as stored.
@@ -72,6 +76,9 @@ pub struct Queued {
     /// Named keys to press instead (space-separated), pushed as a `keys` frame.
     #[serde(default)]
     pub keys: Option<String>,
+    /// A file (the `FileRef` JSON), pushed as a `file` frame with `command` as its caption.
+    #[serde(default)]
+    pub file: Option<String>,
     /// State name.
     pub state: String,
     /// Sends so far.
@@ -81,6 +88,14 @@ pub struct Queued {
 }
 
 impl Queued {
+    /// The file this command delivers, if it is a file command (a row whose JSON does not
+    /// read — never written so — counts as none).
+    pub fn file_ref(&self) -> Option<FileRef> {
+        self.file
+            .as_deref()
+            .and_then(|f| serde_json::from_str(f).ok())
+    }
+
     /// Still waiting for the agent's ack (`pending` or `sent`): may be pushed (again).
     pub fn is_unacked(&self) -> bool {
         matches!(self.state.as_str(), "pending" | "sent")
@@ -88,7 +103,7 @@ impl Queued {
 }
 
 const COLUMNS: &str = "command_id, session_id, machine_id, chat_id, source_message_id, command, \
-                       keys, state, attempts, created_at";
+                       keys, file, state, attempts, created_at";
 
 /// Queues a command; returns false when the id was already queued (nothing changes).
 pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreError> {
@@ -97,9 +112,9 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
     }
     db.exec(
         "INSERT INTO command_queue (command_id, session_id, machine_id, chat_id,
-            source_message_id, command, keys, state, attempts, next_attempt_at, created_at,
-            updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            source_message_id, command, keys, file, file_id, state, attempts, next_attempt_at,
+            created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
         vec![
             cmd.command_id.as_str().into(),
             cmd.session_id.as_str().into(),
@@ -108,6 +123,12 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
             cmd.source_message_id.into(),
             cmd.command.as_str().into(),
             cmd.keys.as_deref().into(),
+            cmd.file
+                .as_ref()
+                .and_then(|f| serde_json::to_string(f).ok())
+                .as_deref()
+                .into(),
+            cmd.file.as_ref().map(|f| f.file_id.as_str()).into(),
             now.into(),
             now.into(),
             now.into(),
@@ -335,6 +356,7 @@ mod tests {
             source_message_id: Some(7),
             command: format!("echo {id}"),
             keys: None,
+            file: None,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::approvals;
 use crate::auth::Principal;
 use crate::conversation;
 use crate::error::ApiError;
+use crate::files;
 use crate::http::{self, json, parse_json, setting, Reply};
 use crate::notify::{self, Answer};
 use crate::outbox::{self, GroupState};
@@ -259,15 +260,23 @@ impl RouterDO {
     /// Sends one command frame and records the attempt; false when the socket refused it.
     fn push(&self, ws: &WebSocket, q: &Queued, now: i64) -> Result<bool> {
         let expires_at = Some(q.created_at + self.command_ttl_ms());
-        let frame = match &q.keys {
-            Some(keys) => SocketMessage::Keys {
+        let frame = match (&q.keys, q.file_ref()) {
+            (_, Some(file)) => SocketMessage::File {
+                command_id: q.command_id.clone(),
+                session_id: q.session_id.clone(),
+                file,
+                caption: q.command.clone(),
+                chat_id: q.chat_id.to_string(),
+                expires_at,
+            },
+            (Some(keys), None) => SocketMessage::Keys {
                 command_id: q.command_id.clone(),
                 session_id: q.session_id.clone(),
                 keys: keys.split_whitespace().map(str::to_owned).collect(),
                 chat_id: q.chat_id.to_string(),
                 expires_at,
             },
-            None => SocketMessage::Command {
+            (None, None) => SocketMessage::Command {
                 command_id: q.command_id.clone(),
                 session_id: q.session_id.clone(),
                 command: q.command.clone(),
@@ -731,6 +740,11 @@ impl RouterDO {
                 let body: CloseApprovals = parse_json(&mut req).await?;
                 let calls = approvals::close_all(&self.db(), &principal, &body, now_ms())?;
                 self.tell(&calls).await?;
+                json(200, &OkBody::default())
+            }
+            // Whether this caller may fetch the file; the Worker then streams it from Telegram.
+            Route::File(file_id) => {
+                files::may_fetch(&self.db(), &principal, &file_id)?;
                 json(200, &OkBody::default())
             }
             _ => Err(ApiError::new(404, "no such router operation")),

@@ -133,6 +133,13 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
         deadline   INTEGER NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS peeks_by_deadline ON peeks (deadline)",
+], &[
+    // A file the chat sent (photo, document, voice note): `file` is the `FileRef` JSON the
+    // `file` frame carries (the caption is `command`), `file_id` is Telegram's id, indexed
+    // because `GET /files/{file_id}` serves only files of a machine's live commands.
+    "ALTER TABLE command_queue ADD COLUMN file TEXT",
+    "ALTER TABLE command_queue ADD COLUMN file_id TEXT",
+    "CREATE INDEX IF NOT EXISTS queue_by_file ON command_queue (file_id)",
 ]];
 
 /// Creates the version table itself; safe to run every time.
