@@ -90,6 +90,10 @@ CREATE INDEX IF NOT EXISTS open_requests_by_session ON open_requests (session_id
     r#"
 ALTER TABLE inbox ADD COLUMN keys TEXT;
 "#,
+    // A file the chat sent (`file` frame): the `FileRef` JSON; the caption is `command`.
+    r#"
+ALTER TABLE inbox ADD COLUMN file TEXT;
+"#,
 ];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them

@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error, info, warn};
 
+use super::files::Fetcher;
 use super::inbox::{Command, Inbox, Receipt, State};
 use super::inject::Injector;
 use super::peek;
@@ -75,6 +76,8 @@ pub(crate) struct Shared {
     pub(crate) results_ready: Arc<Notify>,
     /// tmux, for `/peek` (answered on the socket task: one capture, within tmux's timeout).
     pub(crate) injector: Injector,
+    /// Downloads the files the chat sends (`file` commands) from the Worker.
+    pub(crate) files: Fetcher,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
@@ -347,6 +350,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 command,
                 chat_id,
                 keys: None,
+                file: None,
             },
             expires_at,
         ),
@@ -364,6 +368,27 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 command: String::new(),
                 chat_id,
                 keys: Some(keys.join(" ")),
+                file: None,
+            },
+            expires_at,
+        ),
+        // A file is stored, acked and executed exactly once like a command; executing it
+        // downloads it, then types the caption and the saved path.
+        SocketMessage::File {
+            command_id,
+            session_id,
+            file,
+            caption,
+            chat_id,
+            expires_at,
+        } => (
+            Command {
+                command_id,
+                session_id,
+                command: caption,
+                chat_id,
+                keys: None,
+                file: Some(file),
             },
             expires_at,
         ),

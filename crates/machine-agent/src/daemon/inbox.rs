@@ -19,6 +19,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use ccr_protocol::socket::FileRef;
 use ccr_protocol::COMMAND_TTL_MS;
 
 use crate::db::Db;
@@ -90,6 +91,14 @@ pub struct Command {
     /// Named keys to press instead of typing (a `keys` frame: space-separated names from
     /// `wire::keys::NAMES`); `None` for text.
     pub keys: Option<String>,
+    /// A file to download before typing (a `file` frame): `command` is its caption, and the
+    /// saved file's path is typed after it.
+    pub file: Option<FileRef>,
+}
+
+/// The `file` column: a row whose JSON does not read (never written so) has no file.
+fn file_column(text: Option<String>) -> Option<FileRef> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
 /// What storing a command found.
@@ -186,8 +195,8 @@ impl Inbox {
         self.db.with(|c| {
             let inserted = c.execute(
                 "INSERT INTO inbox (command_id, session_id, command, chat_id, state, success, \
-                 error, result_sent, received_at, updated_at, expires_at, keys) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9, ?10) \
+                 error, result_sent, received_at, updated_at, expires_at, keys, file) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9, ?10, ?11) \
                  ON CONFLICT (command_id) DO NOTHING",
                 params![
                     cmd.command_id,
@@ -200,6 +209,9 @@ impl Inbox {
                     now,
                     expires,
                     cmd.keys,
+                    cmd.file
+                        .as_ref()
+                        .and_then(|f| serde_json::to_string(f).ok()),
                 ],
             )?;
             if inserted == 1 {
@@ -260,7 +272,7 @@ impl Inbox {
     pub(crate) fn typed(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id, keys FROM inbox \
+                "SELECT command_id, session_id, command, chat_id, keys, file FROM inbox \
                  WHERE state = 'typed' ORDER BY received_at, rowid",
             )?;
             let rows = st.query_map([], |r| {
@@ -270,6 +282,7 @@ impl Inbox {
                     command: r.get(2)?,
                     chat_id: r.get(3)?,
                     keys: r.get(4)?,
+                    file: file_column(r.get(5)?),
                 })
             })?;
             rows.collect()
@@ -297,7 +310,7 @@ impl Inbox {
     pub(crate) fn runnable(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id, keys FROM inbox \
+                "SELECT command_id, session_id, command, chat_id, keys, file FROM inbox \
                  WHERE state IN ('stored', 'acked') ORDER BY received_at, rowid",
             )?;
             let rows = st.query_map([], |r| {
@@ -307,6 +320,7 @@ impl Inbox {
                     command: r.get(2)?,
                     chat_id: r.get(3)?,
                     keys: r.get(4)?,
+                    file: file_column(r.get(5)?),
                 })
             })?;
             rows.collect()
@@ -477,6 +491,7 @@ mod tests {
             command: format!("text of {id}"),
             chat_id: "42".into(),
             keys: None,
+            file: None,
         }
     }
 

@@ -351,6 +351,7 @@ mod tests {
             command: "x".into(),
             chat_id: "1".into(),
             keys: None,
+            file: None,
         };
         inbox.store(&cmd("c1", "s1"), None, 1).unwrap();
         inbox.store(&cmd("c2", "s2"), None, 1).unwrap();

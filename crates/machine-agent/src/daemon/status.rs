@@ -272,6 +272,7 @@ mod tests {
                     command: "x".into(),
                     chat_id: "1".into(),
                     keys: None,
+                    file: None,
                 },
                 None,
                 now,
