@@ -496,7 +496,6 @@ async fn run() -> anyhow::Result<()> {
     drop(agent);
     drop(tmux);
     drop(w);
-    rows.extend(paste_and_photo_rows(replies).await?);
 
     // Footprint of the Worker's code.
     let wasm_raw = std::fs::metadata(&wasm)?.len();
@@ -551,6 +550,7 @@ async fn run() -> anyhow::Result<()> {
         rps: String::new(),
         n: format!("{} rounds", spawn_to_all.len()),
     });
+    rows.extend(paste_and_photo_rows(replies).await?);
 
     let targets = [
         (
