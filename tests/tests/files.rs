@@ -302,3 +302,65 @@ async fn only_the_machine_a_file_was_sent_to_may_fetch_it() {
     assert_eq!(own.status(), 200);
     assert_eq!(own.bytes().await.unwrap().as_ref(), bytes.as_slice());
 }
+
+#[tokio::test]
+async fn a_file_stored_before_a_crash_is_fetched_and_typed_once_after_restart() {
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
+    let tmux = Tmux::start().unwrap();
+    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
+    // The first run stores and acks commands but does not execute them, so SIGKILL lands
+    // between storing the file command and fetching the file.
+    let mut agent = Agent::start_with(
+        &w.base_url(),
+        &machine_key("devbox"),
+        "devbox",
+        vec![("CCR_HOLD_COMMANDS".into(), "1".into())],
+    )
+    .unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    agent
+        .start_session(&tmux, &pane, "sess-crash", &cwd.path().to_string_lossy())
+        .await
+        .unwrap();
+    let note = w.notify("sess-crash", "done").await.unwrap().message_id;
+    let bytes = pattern(70_000, 11);
+    bot.add_file("ph-crash", "photos/file_5.jpg", bytes.clone());
+    post(
+        &w,
+        &Update::message(8, CHAT)
+            .photo_sizes(&[("ph-crash", bytes.len() as u64, 800, 600)])
+            .caption("after the crash")
+            .reply_to(note),
+    )
+    .await;
+    agent
+        .wait_log("command stored and acked", 1, T)
+        .await
+        .unwrap();
+    agent.kill9().await;
+    assert!(bot.downloads().is_empty());
+
+    agent.env.clear();
+    agent.restart().unwrap();
+    let path = cwd.path().join(".ccr/files/photo-tg-8.jpg");
+    let want = format!("after the crash {}\r", path.display());
+    assert_eq!(wait_raw(&record, want.as_bytes()).await, want.as_bytes());
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+    // Another restart (and the Worker's view of the command) fetch and type nothing more.
+    agent.kill9().await;
+    agent.restart().unwrap();
+    agent.wait_connected(3, T).await.unwrap();
+    let again = w
+        .notify("sess-crash", "still there?")
+        .await
+        .unwrap()
+        .message_id;
+    w.reply(CHAT, 9, again, "next").await;
+    let both = format!("{want}next\r");
+    assert_eq!(wait_raw(&record, both.as_bytes()).await, both.as_bytes());
+    assert_eq!(bot.downloads(), vec!["photos/file_5.jpg".to_owned()]);
+}
