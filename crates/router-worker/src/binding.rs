@@ -6,10 +6,7 @@
 
 use ccr_protocol::wire;
 use ccr_protocol::{validate, MAX_API_BODY_BYTES};
-use worker::{
-    console_error, event, Context, Env, Fetch, Headers, Method, Request, RequestInit, Response,
-    Stub,
-};
+use worker::{console_error, event, Context, Env, Fetch, Headers, Method, Request, Response, Stub};
 
 use crate::auth::{self, Principal};
 use crate::error::ApiError;
@@ -201,7 +198,7 @@ async fn handle_file(req: Request, env: &Env, file_id: &str) -> Reply {
     let url = crate::telegram::api_url(&base, &token, "getFile")
         .map_err(|o| ApiError::new(503, o.why()))?;
     let params = serde_json::json!({ "file_id": file_id });
-    let outcome = match bot_post(&url, &params).await {
+    let outcome = match http::post_json(&url, &params).await {
         Ok((status, body)) => crate::telegram::read_answer(status, &body),
         Err(e) => crate::telegram::ApiOutcome::Failed(crate::telegram::unreachable(
             &e.to_string(),
@@ -237,20 +234,4 @@ async fn handle_file(req: Request, env: &Env, file_id: &str) -> Reply {
     let out = Headers::new();
     out.set(wire::header::CONTENT_TYPE, "application/octet-stream")?;
     Ok(Response::from_body(fetched.body().clone())?.with_headers(out))
-}
-
-/// POSTs JSON to the Bot API; returns status and body text.
-async fn bot_post(url: &str, params: &serde_json::Value) -> worker::Result<(u16, String)> {
-    let headers = Headers::new();
-    headers.set(wire::header::CONTENT_TYPE, wire::header::JSON)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(serde_json::to_string(params)?.into()));
-    let mut resp = Fetch::Request(Request::new_with_init(url, &init)?)
-        .send()
-        .await?;
-    let status = resp.status_code();
-    let body = resp.text().await.unwrap_or_default();
-    Ok((status, body))
 }

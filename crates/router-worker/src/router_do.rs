@@ -331,7 +331,7 @@ impl RouterDO {
         };
         let mut waited = 0;
         loop {
-            let outcome = match bot_request(&url, params).await {
+            let outcome = match http::post_json(&url, params).await {
                 Ok((status, body)) => telegram::read_answer(status, &body),
                 Err(e) => ApiOutcome::Failed(telegram::unreachable(&e.to_string(), &token)),
             };
@@ -696,22 +696,6 @@ fn new_token() -> std::result::Result<String, ApiError> {
     let mut bytes = [0u8; 12];
     getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("randomness: {e}")))?;
     Ok(notify::token_from(&bytes))
-}
-
-/// POSTs JSON to the Bot API; returns status and body text.
-async fn bot_request(url: &str, params: &Value) -> Result<(u16, String)> {
-    let headers = Headers::new();
-    headers.set(wire::header::CONTENT_TYPE, wire::header::JSON)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(serde_json::to_string(params)?.into()));
-    let mut resp = Fetch::Request(Request::new_with_init(url, &init)?)
-        .send()
-        .await?;
-    let status = resp.status_code();
-    let body = resp.text().await.unwrap_or_default();
-    Ok((status, body))
 }
 
 impl RouterDO {
