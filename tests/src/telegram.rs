@@ -61,7 +61,24 @@ struct Inner {
     forum_chats: std::collections::HashSet<i64>,
     /// Topics by (chat, message_thread_id).
     topics: std::collections::BTreeMap<(i64, i64), Topic>,
+    /// Files `getFile` knows, by file_id.
+    files: std::collections::HashMap<String, StoredFile>,
+    /// The file paths downloaded from `/file/bot<token>/…`, in order.
+    downloads: Vec<String>,
 }
+
+/// A file the stand-in serves, as Telegram keeps one.
+#[derive(Debug, Clone)]
+struct StoredFile {
+    /// `getFile`'s `file_path`.
+    path: String,
+    bytes: Arc<Vec<u8>>,
+    /// The download answers 404 (the file is gone from Telegram's side).
+    lost: bool,
+}
+
+/// The most a bot may download from Telegram (`getFile` refuses bigger files).
+pub const BOT_FILE_LIMIT: usize = 20 * 1024 * 1024;
 
 /// A forum topic as the stand-in keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +139,7 @@ impl BotApi {
         let state: Shared = (token.to_owned(), inner.clone());
         let app = Router::new()
             .route("/{bot}/{method}", any(handle))
+            .route("/file/{bot}/{*path}", any(download))
             .with_state(state);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -192,6 +210,31 @@ impl BotApi {
     /// The token it expects.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// Makes `bytes` a file `getFile` knows as `file_id`, at `file_path` (e.g.
+    /// `photos/file_0.jpg`), downloadable from `{base}/file/bot<token>/{file_path}`.
+    pub fn add_file(&self, file_id: &str, file_path: &str, bytes: Vec<u8>) {
+        self.lock().files.insert(
+            file_id.to_owned(),
+            StoredFile {
+                path: file_path.to_owned(),
+                bytes: Arc::new(bytes),
+                lost: false,
+            },
+        );
+    }
+
+    /// `getFile` still answers for `file_id`, but its download answers 404.
+    pub fn lose_file(&self, file_id: &str) {
+        if let Some(f) = self.lock().files.get_mut(file_id) {
+            f.lost = true;
+        }
+    }
+
+    /// The file paths downloaded so far, in order.
+    pub fn downloads(&self) -> Vec<String> {
+        self.lock().downloads.clone()
     }
 
     /// Every call so far, in order.
@@ -540,9 +583,60 @@ async fn handle(
         | "setWebhook"
         | "deleteWebhook"
         | "setMyCommands" => ok(json!(true)),
+        "getFile" => {
+            let id = params.get("file_id").and_then(Value::as_str).unwrap_or("");
+            let file = inner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .files
+                .get(id)
+                .cloned();
+            match file {
+                None => telegram_error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: invalid file_id",
+                    None,
+                ),
+                Some(f) if f.bytes.len() > BOT_FILE_LIMIT => telegram_error(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: file is too big",
+                    None,
+                ),
+                Some(f) => ok(json!({
+                    "file_id": id,
+                    "file_unique_id": format!("u-{id}"),
+                    "file_size": f.bytes.len(),
+                    "file_path": f.path,
+                })),
+            }
+        }
         "getMe" => ok(
             json!({"id": 123456, "is_bot": true, "first_name": "CCR", "username": "ccr_test_bot"}),
         ),
+        _ => telegram_error(StatusCode::NOT_FOUND, "Not Found", None),
+    }
+}
+
+/// `GET /file/bot<token>/<file_path>`: a file's bytes, as Telegram serves downloads.
+async fn download(
+    State((token, inner)): State<Shared>,
+    Path((bot, path)): Path<(String, String)>,
+) -> Response {
+    if bot.strip_prefix("bot") != Some(token.as_str()) {
+        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    }
+    let file = {
+        let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.downloads.push(path.clone());
+        g.files.values().find(|f| f.path == path).cloned()
+    };
+    match file {
+        Some(f) if !f.lost => (
+            StatusCode::OK,
+            [("content-type", "application/octet-stream")],
+            f.bytes.as_ref().clone(),
+        )
+            .into_response(),
         _ => telegram_error(StatusCode::NOT_FOUND, "Not Found", None),
     }
 }
@@ -581,6 +675,8 @@ pub struct Update {
     text: Option<String>,
     caption: Option<String>,
     photo: bool,
+    /// A photo's sizes, a document or a voice note: (message field, its JSON).
+    attachment: Option<(&'static str, Value)>,
     reply_to: Option<i64>,
     topic: Option<i64>,
 }
@@ -597,6 +693,7 @@ impl Update {
             text: None,
             caption: None,
             photo: false,
+            attachment: None,
             reply_to: None,
             topic: None,
         }
@@ -657,6 +754,41 @@ impl Update {
         self
     }
 
+    /// Attaches a photo in these sizes: `(file_id, file_size, width, height)`, smallest first
+    /// as Telegram lists them.
+    pub fn photo_sizes(mut self, sizes: &[(&str, u64, u64, u64)]) -> Update {
+        let sizes: Vec<Value> = sizes
+            .iter()
+            .map(|(id, size, w, h)| {
+                json!({"file_id": id, "file_unique_id": format!("u-{id}"), "file_size": size,
+                       "width": w, "height": h})
+            })
+            .collect();
+        self.attachment = Some(("photo", Value::Array(sizes)));
+        self
+    }
+
+    /// Attaches a document.
+    pub fn document(mut self, file_id: &str, file_name: &str, size: u64) -> Update {
+        self.attachment = Some((
+            "document",
+            json!({"file_id": file_id, "file_unique_id": format!("u-{file_id}"),
+                   "file_name": file_name, "mime_type": "application/octet-stream",
+                   "file_size": size}),
+        ));
+        self
+    }
+
+    /// Attaches a voice note.
+    pub fn voice(mut self, file_id: &str, size: u64) -> Update {
+        self.attachment = Some((
+            "voice",
+            json!({"file_id": file_id, "file_unique_id": format!("u-{file_id}"),
+                   "duration": 3, "mime_type": "audio/ogg", "file_size": size}),
+        ));
+        self
+    }
+
     /// The caption of an attachment.
     pub fn caption(mut self, caption: &str) -> Update {
         self.caption = Some(caption.to_owned());
@@ -701,6 +833,9 @@ impl Update {
         if self.photo {
             message["photo"] =
                 json!([{"file_id": "f", "file_unique_id": "u", "width": 9, "height": 9}]);
+        }
+        if let Some((field, value)) = &self.attachment {
+            message[*field] = value.clone();
         }
         if let Some(caption) = &self.caption {
             message["caption"] = json!(caption);

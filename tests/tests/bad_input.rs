@@ -618,6 +618,24 @@ fn cases() -> Vec<Case> {
             vec![b'x'; 10 * 1024 * 1024 + 1],
             413,
         ),
+        // GET /files/{file_id}: the id is checked before anything is asked of Telegram.
+        api("files: id with a dot", g.clone(), "/files/a.b", "", 400),
+        api("files: encoded slash", g.clone(), "/files/a%2Fb", "", 400),
+        api(
+            "files: id over 256",
+            g.clone(),
+            &format!("/files/{}", long(257)),
+            "",
+            400,
+        ),
+        api(
+            "files: id never sent",
+            g.clone(),
+            "/files/never-sent",
+            "",
+            404,
+        ),
+        api("files: POST", p.clone(), "/files/x", "", 405),
     ]
 }
 

@@ -45,9 +45,17 @@ fn presented(c: Cred) -> (Option<String>, Option<&'static str>) {
 
 #[tokio::test]
 async fn credential_matrix() {
-    let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
         .await
         .unwrap();
+    // A photo sent to s-dev (its command stays queued: no agent takes it), for /files.
+    w.register("s-dev", "devbox", None).await.unwrap();
+    let note = w.notify("s-dev", "n").await.unwrap().message_id;
+    bot.add_file("mx-photo", "photos/mx.jpg", b"jpeg bytes".to_vec());
+    let photo = Update::message(900, CHAT)
+        .photo_sizes(&[("mx-photo", 10, 1, 1)])
+        .reply_to(note);
+    assert_eq!(w.send_update(&photo).await.unwrap().status(), 200);
 
     // (route, method, body, expected status per credential in CREDS order)
     let table: Vec<(&str, reqwest::Method, Option<Value>, [u16; 5])> = vec![
@@ -67,6 +75,12 @@ async fn credential_matrix() {
             "/notifications/send",
             reqwest::Method::POST,
             Some(json!({"sessionId": "s-dev", "text": "hello"})),
+            [401, 401, 401, 200, 200],
+        ),
+        (
+            "/files/mx-photo",
+            reqwest::Method::GET,
+            None,
             [401, 401, 401, 200, 200],
         ),
         (

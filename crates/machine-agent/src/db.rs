@@ -96,6 +96,10 @@ ALTER TABLE inbox ADD COLUMN keys TEXT;
 ALTER TABLE inbox ADD COLUMN project TEXT;
 ALTER TABLE inbox ADD COLUMN detail TEXT;
 "#,
+    // A file the chat sent (`file` frame): the `FileRef` JSON; the caption is `command`.
+    r#"
+ALTER TABLE inbox ADD COLUMN file TEXT;
+"#,
 ];
 
 /// A shared handle on the SQLite connection. Every statement is short, so callers run them

@@ -46,3 +46,7 @@ pub const PEEK_TIMEOUT_MS: i64 = 10_000;
 pub const COMMAND_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most project names an agent announces (`projects` frame); the Worker keeps no more.
 pub const MAX_PROJECTS: usize = 50;
+/// Largest file a chat may send to a session (bytes): Telegram's own limit on what a bot may
+/// download (`getFile` refuses bigger files). The Worker refuses before queueing when the
+/// update says the size, the route refuses before streaming, the agent counts while writing.
+pub const MAX_FILE_BYTES: u64 = 20 * 1024 * 1024;

@@ -154,6 +154,68 @@ pub enum SocketMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// DO → agent: a file the chat sent to the session (a photo, document or voice note).
+    /// Delivered like [`SocketMessage::Command`] — acked once stored, executed once, its
+    /// outcome reported as a [`SocketMessage::CommandResult`] — but executed by downloading
+    /// `GET /files/{fileId}` from the Worker into the session's folder and typing the caption
+    /// followed by the saved file's path. A separate type so that an agent older than it
+    /// skips the frame (the command expires and the chat is told) instead of typing only
+    /// the caption.
+    File {
+        /// Unique id, shared with commands: the inbox executes each id at most once.
+        command_id: String,
+        /// The Claude Code session the file is for.
+        session_id: String,
+        /// Which file, and what the chat said about it.
+        file: FileRef,
+        /// The message's caption ("" when none): typed before the path.
+        caption: String,
+        /// The Telegram chat the file came from (for the agent's own logs).
+        chat_id: String,
+        /// As [`SocketMessage::Command`]'s `expiresAt`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
+}
+
+/// What kind of attachment a chat sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FileKind {
+    /// A photo (the largest size Telegram made of it).
+    Photo,
+    /// A file sent as a document (any type).
+    Document,
+    /// A voice note (OGG/Opus); saved as a file, not transcribed.
+    Voice,
+}
+
+impl FileKind {
+    /// The word for it in names and chat answers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Photo => "photo",
+            FileKind::Document => "document",
+            FileKind::Voice => "voice",
+        }
+    }
+}
+
+/// A file the chat sent, as Telegram described it in the update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileRef {
+    /// Telegram's `file_id` (checked with [`crate::validate::file_id`]).
+    pub file_id: String,
+    /// Its size in bytes, when Telegram said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Photo, document or voice note.
+    pub kind: FileKind,
+    /// The sender's file name (documents only). Never used as a path: the agent takes at most
+    /// a short alphanumeric extension from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The exact ping frame an agent sends; the DO's auto-response matches it byte for byte.
@@ -179,7 +241,7 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 14] = [
+const KNOWN_TYPES: [&str; 15] = [
     "command",
     "ack",
     "commandResult",
@@ -194,6 +256,7 @@ const KNOWN_TYPES: [&str; 14] = [
     "projects",
     "startSession",
     "startResult",
+    "file",
 ];
 
 impl SocketMessage {
@@ -238,6 +301,7 @@ impl SocketMessage {
             SocketMessage::Projects { .. } => "projects",
             SocketMessage::StartSession { .. } => "startSession",
             SocketMessage::StartResult { .. } => "startResult",
+            SocketMessage::File { .. } => "file",
         }
     }
 }
@@ -490,6 +554,42 @@ mod tests {
             Ok(SocketMessage::Ack {
                 command_id: "c".into()
             })
+        );
+    }
+
+    #[test]
+    fn file_shape() {
+        golden(
+            r#"{"type":"file","commandId":"tg-9","sessionId":"s1","file":{"fileId":"AgAC-x_1","size":2048,"kind":"document","name":"notes.txt"},"caption":"read this","chatId":"42","expiresAt":1700000000000}"#,
+            SocketMessage::File {
+                command_id: "tg-9".into(),
+                session_id: "s1".into(),
+                file: FileRef {
+                    file_id: "AgAC-x_1".into(),
+                    size: Some(2048),
+                    kind: FileKind::Document,
+                    name: Some("notes.txt".into()),
+                },
+                caption: "read this".into(),
+                chat_id: "42".into(),
+                expires_at: Some(1_700_000_000_000),
+            },
+        );
+        golden(
+            r#"{"type":"file","commandId":"tg-10","sessionId":"s1","file":{"fileId":"v","kind":"voice"},"caption":"","chatId":"42"}"#,
+            SocketMessage::File {
+                command_id: "tg-10".into(),
+                session_id: "s1".into(),
+                file: FileRef {
+                    file_id: "v".into(),
+                    size: None,
+                    kind: FileKind::Voice,
+                    name: None,
+                },
+                caption: String::new(),
+                chat_id: "42".into(),
+                expires_at: None,
+            },
         );
     }
 }

@@ -67,6 +67,22 @@ pub fn channel(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a Telegram `file_id` as the file route takes it in its path: 1..=256 characters of
+/// `A-Z a-z 0-9 - _` (Telegram's ids are URL-safe base64), so it can never be a path or a
+/// query of the Bot API URL it is put in.
+pub fn file_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 256 {
+        return Err("file id must be 1 to 256 characters".into());
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("file id may contain only letters, digits, '-' and '_'".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,5 +145,15 @@ mod tests {
         for bad in ["", "Team", "a_b", "a/b"] {
             assert!(channel(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn file_ids() {
+        assert!(file_id("AgACAgQAAxkBAAIB-2_x").is_ok());
+        assert!(file_id(&"a".repeat(256)).is_ok());
+        for bad in ["", "a/b", "a.b", "../x", "a b", "a?b", "a%2Fb", "é"] {
+            assert!(file_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(file_id(&"a".repeat(257)).is_err());
     }
 }

@@ -35,6 +35,10 @@ pub mod route {
     pub const PROXY: &str = "/proxy";
     /// Named relay channels live under `{RELAY}/{channel}`.
     pub const RELAY: &str = "/relay";
+    /// `GET {FILES}/{file_id}` (a machine's key): the bytes of a file a chat sent to one of
+    /// the machine's sessions, streamed from Telegram by the Worker (the bot token never
+    /// leaves it).
+    pub const FILES: &str = "/files";
     /// Last segment of a channel's bridge long-poll: `GET {prefix}/_poll`.
     pub const POLL: &str = "_poll";
     /// Last segment of a channel's bridge answer: `POST {prefix}/_respond`.
@@ -48,6 +52,11 @@ pub mod route {
     /// The webhook path for `secret`: `/webhook/telegram/{secret}`.
     pub fn webhook(secret: &str) -> String {
         format!("{WEBHOOK_TELEGRAM}/{secret}")
+    }
+
+    /// The path of one file: `/files/{file_id}`.
+    pub fn file(file_id: &str) -> String {
+        format!("{FILES}/{file_id}")
     }
 
     /// The public prefix of a named relay channel: `/relay/{channel}`.

@@ -6,10 +6,11 @@
 
 use ccr_protocol::wire;
 use ccr_protocol::{validate, MAX_API_BODY_BYTES};
-use worker::{console_error, event, Context, Env, Headers, Method, Request, Response, Stub};
+use worker::{console_error, event, Context, Env, Fetch, Headers, Method, Request, Response, Stub};
 
 use crate::auth::{self, Principal};
 use crate::error::ApiError;
+use crate::files;
 use crate::http::{self, header, read_body, setting, Reply};
 use crate::route::{route, Route};
 
@@ -56,6 +57,7 @@ async fn handle(req: Request, env: &Env) -> Reply {
             forward_to_router(req, env, &principal).await
         }
         Route::Webhook(secret) => handle_webhook(req, env, &secret).await,
+        Route::File(file_id) => handle_file(req, env, &file_id).await,
         Route::MachineSocket => handle_socket(req, env).await,
         Route::MethodNotAllowed(allowed) => {
             Err(ApiError::method_not_allowed(&method, &path, allowed))
@@ -170,4 +172,66 @@ async fn handle_socket(req: Request, env: &Env) -> Reply {
         None,
     )?;
     Ok(router_stub(env)?.fetch_with_request(inner).await?)
+}
+
+/// `GET /files/{file_id}`: a file a chat sent to one of the caller's sessions, streamed from
+/// Telegram. The RouterDO says whether the caller may have it (`files::may_fetch`); the
+/// Worker asks `getFile`, refuses a file over the bots' limit (413), then passes Telegram's
+/// body through as a stream, never holding it whole. The token is in both Telegram URLs:
+/// neither is logged, and errors are reported without them.
+async fn handle_file(req: Request, env: &Env, file_id: &str) -> Reply {
+    let principal = authenticate_http(&req, env)?;
+    files::check_id(file_id)?;
+    let headers = router_headers(&principal, &[])?;
+    let inner = http::internal_request(
+        &format!("{ROUTER_URL}{}", wire::route::file(file_id)),
+        Method::Get,
+        headers,
+        None,
+    )?;
+    let allowed = router_stub(env)?.fetch_with_request(inner).await?;
+    if allowed.status_code() != 200 {
+        return Ok(allowed);
+    }
+    let token = setting(env, "TELEGRAM_BOT_TOKEN");
+    let base = setting(env, "TELEGRAM_API_BASE");
+    let url = crate::telegram::api_url(&base, &token, "getFile")
+        .map_err(|o| ApiError::new(503, o.why()))?;
+    let params = serde_json::json!({ "file_id": file_id });
+    let outcome = match http::post_json(&url, &params).await {
+        Ok((status, body)) => crate::telegram::read_answer(status, &body),
+        Err(e) => crate::telegram::ApiOutcome::Failed(crate::telegram::unreachable(
+            &e.to_string(),
+            &token,
+        )),
+    };
+    let located = files::located(outcome)?;
+    let download = files::download_url(&base, &token, &located.file_path);
+    let fetched = match Fetch::Url(
+        download
+            .parse()
+            .map_err(|_| ApiError::new(502, "Telegram's file path does not make a URL"))?,
+    )
+    .send()
+    .await
+    {
+        Ok(resp) => resp,
+        Err(e) => {
+            return Err(ApiError::new(
+                502,
+                crate::telegram::unreachable(&e.to_string(), &token),
+            ))
+        }
+    };
+    let status = fetched.status_code();
+    if status != 200 {
+        return Err(ApiError::new(
+            502,
+            format!("the download from Telegram failed: HTTP {status}"),
+        ));
+    }
+    // Telegram's body as it arrives (the runtime passes its length on when known).
+    let out = Headers::new();
+    out.set(wire::header::CONTENT_TYPE, "application/octet-stream")?;
+    Ok(Response::from_body(fetched.body().clone())?.with_headers(out))
 }

@@ -133,3 +133,22 @@ pub(crate) fn internal_request(
     }
     Request::new_with_init(url, &init)
 }
+
+/// POSTs `params` as JSON to `url` (the Bot API); returns the status and the body's text.
+pub(crate) async fn post_json(
+    url: &str,
+    params: &serde_json::Value,
+) -> worker::Result<(u16, String)> {
+    let headers = Headers::new();
+    headers.set(wire::header::CONTENT_TYPE, wire::header::JSON)?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(serde_json::to_string(params)?.into()));
+    let mut resp = worker::Fetch::Request(Request::new_with_init(url, &init)?)
+        .send()
+        .await?;
+    let status = resp.status_code();
+    let body = resp.text().await.unwrap_or_default();
+    Ok((status, body))
+}

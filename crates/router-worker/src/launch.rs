@@ -423,6 +423,7 @@ fn start(
         command: prompt.unwrap_or_default().to_owned(),
         keys: None,
         project: Some(choice.project.clone()),
+        file: None,
     };
     // A second tap (or a replay) finds the id queued: the first one's delivery goes on, and
     // nothing more is said or pushed.

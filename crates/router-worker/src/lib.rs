@@ -8,6 +8,8 @@
 //! - `route`: which handler a method + path goes to.
 //! - `error`: `ApiError`, the one error type of every request path: the status, message and
 //!   `Retry-After` a refused request is answered with.
+//! - `files`: `GET /files/{id}`: which machine may fetch a file a chat sent, Telegram's
+//!   `getFile` answer, the download URL.
 //! - `schema`, `store`: the RouterDO's SQLite schema and session operations.
 //! - `router`: what a Telegram update does (dedup, allow-lists, reply routing, queueing),
 //!   and the chat notices about commands a machine failed or never got.
@@ -48,6 +50,7 @@ pub(crate) mod approvals;
 pub(crate) mod auth;
 pub(crate) mod conversation;
 pub(crate) mod error;
+pub(crate) mod files;
 pub(crate) mod launch;
 pub(crate) mod notify;
 pub(crate) mod outbox;

@@ -5,6 +5,7 @@
 //! (1 s doubling to a 5 min cap) while the machine is connected; everything unacked is sent
 //! again, oldest first, when the machine connects.
 
+use ccr_protocol::socket::FileRef;
 use ccr_protocol::COMMAND_TTL_MS;
 use serde::Deserialize;
 
@@ -55,6 +56,9 @@ pub struct NewCommand {
     /// A start request (`/new`): the project to start Claude Code in, pushed as a
     /// `startSession` frame; `command` is then the first prompt and `session_id` is empty.
     pub project: Option<String>,
+    /// A file to download and type the path of, after `command` (the caption): pushed as a
+    /// `file` frame.
+    pub file: Option<FileRef>,
 }
 
 /// A queued command as stored.
@@ -78,6 +82,9 @@ pub struct Queued {
     /// The project of a start request (`/new`), pushed as a `startSession` frame.
     #[serde(default)]
     pub project: Option<String>,
+    /// A file (the `FileRef` JSON), pushed as a `file` frame with `command` as its caption.
+    #[serde(default)]
+    pub file: Option<String>,
     /// State name.
     pub state: String,
     /// Sends so far.
@@ -87,6 +94,14 @@ pub struct Queued {
 }
 
 impl Queued {
+    /// The file this command delivers, if it is a file command (a row whose JSON does not
+    /// read — never written so — counts as none).
+    pub fn file_ref(&self) -> Option<FileRef> {
+        self.file
+            .as_deref()
+            .and_then(|f| serde_json::from_str(f).ok())
+    }
+
     /// Still waiting for the agent's ack (`pending` or `sent`): may be pushed (again).
     pub fn is_unacked(&self) -> bool {
         matches!(self.state.as_str(), "pending" | "sent")
@@ -94,7 +109,7 @@ impl Queued {
 }
 
 const COLUMNS: &str = "command_id, session_id, machine_id, chat_id, source_message_id, command, \
-                       keys, project, state, attempts, created_at";
+                       keys, project, file, state, attempts, created_at";
 
 /// Queues a command; returns false when the id was already queued (nothing changes).
 pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreError> {
@@ -103,9 +118,9 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
     }
     db.exec(
         "INSERT INTO command_queue (command_id, session_id, machine_id, chat_id,
-            source_message_id, command, keys, project, state, attempts, next_attempt_at,
-            created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
+            source_message_id, command, keys, project, file, file_id, state, attempts,
+            next_attempt_at, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
         vec![
             cmd.command_id.as_str().into(),
             cmd.session_id.as_str().into(),
@@ -115,6 +130,12 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
             cmd.command.as_str().into(),
             cmd.keys.as_deref().into(),
             cmd.project.as_deref().into(),
+            cmd.file
+                .as_ref()
+                .and_then(|f| serde_json::to_string(f).ok())
+                .as_deref()
+                .into(),
+            cmd.file.as_ref().map(|f| f.file_id.as_str()).into(),
             now.into(),
             now.into(),
             now.into(),
@@ -343,6 +364,7 @@ mod tests {
             command: format!("echo {id}"),
             keys: None,
             project: None,
+            file: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub enum Route {
     OpenApproval,
     /// `POST /approvals/close`.
     CloseApprovals,
+    /// `GET /files/{file_id}` (the id as given: the handler validates it).
+    File(String),
     /// A known path with the wrong method; carries the allowed one.
     MethodNotAllowed(&'static str),
     /// No such route.
@@ -40,6 +42,10 @@ pub fn route(method: &str, path: &str) -> Route {
         .strip_prefix(route::WEBHOOK_TELEGRAM)
         .and_then(|rest| rest.strip_prefix('/'))
         .filter(|secret| !secret.contains('/'));
+    let file_id = path
+        .strip_prefix(route::FILES)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|id| !id.contains('/'));
     let (route, allowed) = match path.as_str() {
         route::HEALTH => (Route::Health, "GET"),
         route::SESSIONS => (Route::ListSessions, "GET"),
@@ -50,9 +56,10 @@ pub fn route(method: &str, path: &str) -> Route {
         route::OUTBOX => (Route::Outbox, "GET"),
         route::APPROVALS => (Route::OpenApproval, "POST"),
         route::APPROVALS_CLOSE => (Route::CloseApprovals, "POST"),
-        _ => match webhook_secret {
-            Some(secret) => (Route::Webhook(secret.to_owned()), "POST"),
-            None => return Route::NotFound,
+        _ => match (webhook_secret, file_id) {
+            (Some(secret), _) => (Route::Webhook(secret.to_owned()), "POST"),
+            (None, Some(id)) => (Route::File(id.to_owned()), "GET"),
+            (None, None) => return Route::NotFound,
         },
     };
     let head_ok = allowed == "GET" && method == "HEAD";
@@ -92,6 +99,13 @@ mod tests {
         assert_eq!(route("POST", "/webhook/telegram"), Route::NotFound);
         assert_eq!(route("POST", "/webhook/telegram/a/b"), Route::NotFound);
         assert_eq!(route("GET", "/ws"), Route::MachineSocket);
+        assert_eq!(
+            route("GET", "/files/AgAC_x-1"),
+            Route::File("AgAC_x-1".into())
+        );
+        assert_eq!(route("GET", "/files/a/b"), Route::NotFound);
+        assert_eq!(route("GET", "/files"), Route::NotFound);
+        assert_eq!(route("POST", "/files/x"), Route::MethodNotAllowed("GET"));
         assert_eq!(route("GET", "/healthz"), Route::NotFound);
         assert_eq!(route("GET", "/x/health"), Route::NotFound);
         assert_eq!(route("GET", "/sessions/register/x"), Route::NotFound);

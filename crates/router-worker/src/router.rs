@@ -5,7 +5,8 @@
 //! pushes queued commands to connected sockets).
 
 use ccr_protocol::api::ButtonAction;
-use ccr_protocol::MAX_COMMAND_BYTES;
+use ccr_protocol::socket::{FileKind, FileRef};
+use ccr_protocol::{validate, MAX_COMMAND_BYTES, MAX_FILE_BYTES};
 use serde::Deserialize;
 
 use crate::approvals;
@@ -104,7 +105,11 @@ pub fn not_delivered(q: &queue::Queued) -> BotCall {
     let preview: String = q.command.chars().take(80).collect();
     let text = format!(
         "⚠️ Not delivered: <code>{}</code> waited too long for {} to come online and was dropped. Send it again when the machine is back.",
-        escape_html(if preview.is_empty() { "(Enter)" } else { &preview }),
+        escape_html(match (preview.is_empty(), q.file.is_some()) {
+            (true, true) => "(file)",
+            (true, false) => "(Enter)",
+            (false, _) => &preview,
+        }),
         escape_html(&q.machine_id)
     );
     BotCall::send(q.chat_id, &text, q.source_message_id)
@@ -422,6 +427,7 @@ fn decide(
                     None,
                     action.command_text(),
                     action.keys().map(str::to_owned),
+                    None,
                     now,
                     online,
                 )? {
@@ -506,10 +512,14 @@ fn handle_message(
         out.calls
             .push(BotCall::send(chat, text, Some(msg.message_id)))
     };
+    if let Some(file) = msg.attachment() {
+        return route_file(db, out, update_id, msg, file, now, online);
+    }
     let Some(text) = &msg.text else {
         reply(
             out,
-            "Only text can be sent to a session: photos, stickers and files are not forwarded.",
+            "Only text, photos, files and voice notes can be sent to a session: stickers, \
+             videos and the like are not forwarded.",
         );
         out.log = format!("update {update_id}: non-text message; not forwarded");
         return Ok(());
@@ -579,6 +589,7 @@ fn handle_message(
         Some(msg.message_id),
         &command,
         None,
+        None,
         now,
         online,
     )?;
@@ -586,6 +597,130 @@ fn handle_message(
         reply(out, &notice);
     }
     Ok(())
+}
+
+/// A photo, document or voice note: for the session of the notification it replies to, or
+/// of the `/cmd TOKEN` its caption starts with (the rest of the caption is then the text).
+fn route_file(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    msg: &Message,
+    file: FileRef,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let chat = msg.chat.id;
+    let caption = msg.caption.as_deref().unwrap_or("");
+    // A `/cmd TOKEN` caption, else a reply to a notification or the session's topic.
+    let (target, caption) = match telegram::parse_text(caption) {
+        TextIntent::Cmd { token, text } => {
+            (by_token(db, &token, chat)?.map(|m| m.session_id), text)
+        }
+        _ => match addressee(db, msg, now)? {
+            Addressee::Session(id) => (Some(id), caption.to_owned()),
+            Addressee::EndedTopic => {
+                out.calls
+                    .push(BotCall::send(chat, ENDED_TOPIC, Some(msg.message_id)));
+                out.log = format!("update {update_id}: file in the topic of an ended session");
+                return Ok(());
+            }
+            Addressee::UnknownReply | Addressee::Nobody => (None, caption.to_owned()),
+        },
+    };
+    let Some(session_id) = target else {
+        out.calls.push(BotCall::send(
+            chat,
+            "To send a file to a session, send it in the session's topic or as a reply to one \
+             of its notifications (or caption it <code>/cmd TOKEN text</code>).",
+            Some(msg.message_id),
+        ));
+        out.log = format!("update {update_id}: file without a session");
+        return Ok(());
+    };
+    queue_file(
+        db,
+        out,
+        update_id,
+        &session_id,
+        chat,
+        msg.message_id,
+        file,
+        &caption,
+        now,
+        online,
+    )
+}
+
+/// Queues a file the chat sent (`message_id` in `chat`) for `session_id`, with `caption` to
+/// type before the saved file's path, and adds the chat's answers. Finding the session is the
+/// caller's (a reply, a `/cmd` caption, a session's topic). Refused before queueing when
+/// Telegram says the file is over what a bot may download; a voice note's answer says it is
+/// not transcribed.
+#[allow(clippy::too_many_arguments)]
+pub fn queue_file(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    session_id: &str,
+    chat: i64,
+    message_id: i64,
+    file: FileRef,
+    caption: &str,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let answer =
+        |out: &mut Outcome, text: &str| out.calls.push(BotCall::send(chat, text, Some(message_id)));
+    if validate::file_id(&file.file_id).is_err() {
+        answer(
+            out,
+            "Not sent: Telegram gave this file an id the bot cannot fetch.",
+        );
+        out.log = format!("update {update_id}: file with an unusable file_id");
+        return Ok(());
+    }
+    if let Some(size) = file.size.filter(|s| *s > MAX_FILE_BYTES) {
+        answer(out, &too_big_text(size));
+        out.log = format!("update {update_id}: file of {size} bytes is over the limit");
+        return Ok(());
+    }
+    let kind = file.kind;
+    let queued = queue_command(
+        db,
+        out,
+        update_id,
+        session_id,
+        chat,
+        Some(message_id),
+        caption,
+        None,
+        Some(file),
+        now,
+        online,
+    )?;
+    let sent = matches!(queued, Queueing::Queued { .. });
+    if let Some(notice) = queued_notice(queued, "the file is fetched when it reconnects") {
+        answer(out, &notice);
+    }
+    if sent && kind == FileKind::Voice {
+        answer(
+            out,
+            "🎤 The voice note is saved as an audio file and its path typed for Claude; it \
+             is not transcribed (transcription is not supported).",
+        );
+    }
+    Ok(())
+}
+
+/// The answer to a file over Telegram's limit for bots.
+pub fn too_big_text(size: u64) -> String {
+    format!(
+        "⚠️ Not sent: the file is {:.1} MB, and Telegram lets bots download at most {} MB. \
+         Send a smaller file, or copy it to the machine another way.",
+        size as f64 / (1024.0 * 1024.0),
+        MAX_FILE_BYTES / (1024 * 1024)
+    )
 }
 
 /// What the chat is told about a reply or keys it queued: nothing when they went to a
@@ -672,6 +807,7 @@ fn pane_keys(
         Some(msg.message_id),
         "",
         Some(stored),
+        None,
         now,
         online,
     )?;
@@ -829,6 +965,7 @@ fn launch_button(
                 None,
                 "/exit",
                 None,
+                None,
                 now,
                 online,
             )? {
@@ -922,6 +1059,7 @@ fn queue_command(
     source_message_id: Option<i64>,
     command: &str,
     keys: Option<String>,
+    file: Option<FileRef>,
     now: i64,
     online: &dyn Fn(&str) -> bool,
 ) -> Result<Queueing, StoreError> {
@@ -969,6 +1107,7 @@ fn queue_command(
         command: command.to_owned(),
         keys,
         project: None,
+        file,
     };
     let created = queue::enqueue(db, &new, now)?;
     let existing = queue::get(db, &new.command_id)?;
@@ -1107,6 +1246,22 @@ mod tests {
             handle_update(&db, &cfg(), &in_topic(2, 600, "/peek", None), 5, &|_| true).unwrap();
         assert_eq!(out.peeks.len(), 1);
         assert_eq!(out.peeks[0].session_id, "s2");
+    }
+
+    #[test]
+    fn a_photo_in_a_topic_goes_to_its_session() {
+        let db = with_topics();
+        let photo = update(json!({"update_id": 9, "message": {"message_id": 1009,
+            "chat": {"id": 42, "type": "supergroup", "is_forum": true}, "from": {"id": 7},
+            "photo": [{"file_id": "small", "width": 9, "height": 9},
+                      {"file_id": "big", "width": 90, "height": 90, "file_size": 500}],
+            "caption": "what is this", "message_thread_id": 600, "is_topic_message": true,
+            "reply_to_message": {"message_id": 600, "chat": {"id": 42}}}}));
+        let out = handle_update(&db, &cfg(), &photo, 5, &|_| true).unwrap();
+        assert_eq!(out.queued.len(), 1, "{:?}", out.calls);
+        assert_eq!(out.queued[0].session_id, "s2");
+        assert_eq!(out.queued[0].command, "what is this");
+        assert!(out.queued[0].file.as_deref().unwrap().contains("\"big\""));
     }
 
     #[test]
@@ -1326,9 +1481,9 @@ mod tests {
     #[test]
     fn non_commands_get_explanations_never_empty_commands() {
         let db = setup();
-        let photo = update(
+        let sticker = update(
             json!({"update_id": 11, "message": {"message_id": 1, "chat": {"id": 42}, "from": {"id": 7},
-            "photo": [{"file_id": "x"}], "caption": "c", "reply_to_message": {"message_id": 100, "chat": {"id": 42}}}}),
+            "sticker": {"file_id": "x"}, "reply_to_message": {"message_id": 100, "chat": {"id": 42}}}}),
         );
         let unknown = reply_update(12, 42, 555, "ls");
         let plain = update(
@@ -1344,7 +1499,7 @@ mod tests {
             json!({"update_id": 16, "message": {"message_id": 4, "chat": {"id": 42}, "from": {"id": 7}, "text": "/sessions"}}),
         );
         for (u, needle) in [
-            (photo, "Only text"),
+            (sticker, "stickers"),
             (unknown, "don't know which session"),
             (plain, "reply to one of its notifications"),
             (edited, "Edits are not sent"),
@@ -1361,6 +1516,100 @@ mod tests {
                 "{needle}"
             );
         }
+    }
+
+    fn file_update(id: i64, content: serde_json::Value) -> Update {
+        let mut message = json!({"message_id": id + 1000, "chat": {"id": 42}, "from": {"id": 7}});
+        for (k, v) in content.as_object().unwrap() {
+            message[k] = v.clone();
+        }
+        update(json!({"update_id": id, "message": message}))
+    }
+
+    #[test]
+    fn a_photo_replying_to_a_notification_queues_its_largest_size_with_the_caption() {
+        let db = setup();
+        let u = file_update(
+            60,
+            json!({"photo": [
+                {"file_id": "small", "width": 90, "height": 60, "file_size": 900},
+                {"file_id": "large", "width": 1280, "height": 853, "file_size": 90_000},
+                {"file_id": "mid", "width": 320, "height": 213, "file_size": 9_000}],
+              "caption": "what is wrong here?",
+              "reply_to_message": {"message_id": 100, "chat": {"id": 42}}}),
+        );
+        let out = handle_update(&db, &cfg(), &u, 5, &|_| true).unwrap();
+        assert!(out.calls.is_empty(), "{:?}", out.calls);
+        let q = &out.queued[0];
+        assert_eq!(q.session_id, "s1");
+        assert_eq!(q.command, "what is wrong here?");
+        assert_eq!(q.source_message_id, Some(1060));
+        let file = q.file_ref().unwrap();
+        assert_eq!(file.file_id, "large");
+        assert_eq!(file.kind, FileKind::Photo);
+        assert_eq!(file.size, Some(90_000));
+    }
+
+    #[test]
+    fn a_file_finds_its_session_by_a_cmd_caption_or_is_answered() {
+        let db = setup();
+        let by_token = file_update(
+            61,
+            json!({"document": {"file_id": "doc1", "file_name": "log.txt", "file_size": 10},
+                   "caption": "/cmd tok1 read this log"}),
+        );
+        let out = handle_update(&db, &cfg(), &by_token, 5, &|_| true).unwrap();
+        let q = &out.queued[0];
+        assert_eq!(q.command, "read this log");
+        let file = q.file_ref().unwrap();
+        assert_eq!(
+            (file.kind, file.name.as_deref()),
+            (FileKind::Document, Some("log.txt"))
+        );
+
+        let lost = file_update(62, json!({"document": {"file_id": "doc2"}}));
+        let out = handle_update(&db, &cfg(), &lost, 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("as a reply to one"));
+    }
+
+    #[test]
+    fn an_over_limit_file_is_refused_and_a_voice_note_is_not_transcribed() {
+        let db = setup();
+        let big = file_update(
+            63,
+            json!({"document": {"file_id": "big", "file_size": MAX_FILE_BYTES + 1},
+                   "reply_to_message": {"message_id": 100, "chat": {"id": 42}}}),
+        );
+        let out = handle_update(&db, &cfg(), &big, 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
+        let text = out.calls[0].params["text"].as_str().unwrap();
+        assert!(
+            text.contains("Not sent") && text.contains("20 MB"),
+            "{text}"
+        );
+        assert!(queue::get(&db, "tg-63").unwrap().is_none());
+
+        let voice = file_update(
+            64,
+            json!({"voice": {"file_id": "v1", "file_size": 3000},
+                   "reply_to_message": {"message_id": 100, "chat": {"id": 42}}}),
+        );
+        let out = handle_update(&db, &cfg(), &voice, 5, &|_| true).unwrap();
+        assert_eq!(out.queued[0].file_ref().unwrap().kind, FileKind::Voice);
+        let text = out.calls[0].params["text"].as_str().unwrap();
+        assert!(text.contains("not transcribed"), "{text}");
+
+        let bad_id = file_update(
+            65,
+            json!({"voice": {"file_id": "../../etc"},
+                   "reply_to_message": {"message_id": 100, "chat": {"id": 42}}}),
+        );
+        let out = handle_update(&db, &cfg(), &bad_id, 5, &|_| true).unwrap();
+        assert!(out.queued.is_empty());
     }
 
     #[test]
@@ -1449,6 +1698,7 @@ mod tests {
             command: command.into(),
             keys: None,
             project: None,
+            file: None,
             state: "failed".into(),
             attempts: 1,
             created_at: 0,

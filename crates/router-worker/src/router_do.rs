@@ -24,6 +24,7 @@ use crate::approvals;
 use crate::auth::Principal;
 use crate::conversation;
 use crate::error::ApiError;
+use crate::files;
 use crate::http::{self, json, parse_json, setting, Reply};
 use crate::launch;
 use crate::notify::{self, Answer};
@@ -261,28 +262,39 @@ impl RouterDO {
     /// Sends one command frame and records the attempt; false when the socket refused it.
     fn push(&self, ws: &WebSocket, q: &Queued, now: i64) -> Result<bool> {
         let expires_at = Some(q.created_at + self.command_ttl_ms());
-        let frame = match (&q.keys, &q.project) {
-            (_, Some(project)) => SocketMessage::StartSession {
+        let frame = if let Some(project) = &q.project {
+            SocketMessage::StartSession {
                 command_id: q.command_id.clone(),
                 project: project.clone(),
                 prompt: (!q.command.is_empty()).then(|| q.command.clone()),
                 chat_id: q.chat_id.to_string(),
                 expires_at,
-            },
-            (Some(keys), None) => SocketMessage::Keys {
+            }
+        } else if let Some(file) = q.file_ref() {
+            SocketMessage::File {
+                command_id: q.command_id.clone(),
+                session_id: q.session_id.clone(),
+                file,
+                caption: q.command.clone(),
+                chat_id: q.chat_id.to_string(),
+                expires_at,
+            }
+        } else if let Some(keys) = &q.keys {
+            SocketMessage::Keys {
                 command_id: q.command_id.clone(),
                 session_id: q.session_id.clone(),
                 keys: keys.split_whitespace().map(str::to_owned).collect(),
                 chat_id: q.chat_id.to_string(),
                 expires_at,
-            },
-            (None, None) => SocketMessage::Command {
+            }
+        } else {
+            SocketMessage::Command {
                 command_id: q.command_id.clone(),
                 session_id: q.session_id.clone(),
                 command: q.command.clone(),
                 chat_id: q.chat_id.to_string(),
                 expires_at,
-            },
+            }
         }
         .encode();
         if let Err(e) = ws.send_with_str(&frame) {
@@ -331,7 +343,7 @@ impl RouterDO {
         };
         let mut waited = 0;
         loop {
-            let outcome = match bot_request(&url, params).await {
+            let outcome = match http::post_json(&url, params).await {
                 Ok((status, body)) => telegram::read_answer(status, &body),
                 Err(e) => ApiOutcome::Failed(telegram::unreachable(&e.to_string(), &token)),
             };
@@ -774,22 +786,6 @@ fn new_token() -> std::result::Result<String, ApiError> {
     Ok(notify::token_from(&bytes))
 }
 
-/// POSTs JSON to the Bot API; returns status and body text.
-async fn bot_request(url: &str, params: &Value) -> Result<(u16, String)> {
-    let headers = Headers::new();
-    headers.set(wire::header::CONTENT_TYPE, wire::header::JSON)?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post)
-        .with_headers(headers)
-        .with_body(Some(serde_json::to_string(params)?.into()));
-    let mut resp = Fetch::Request(Request::new_with_init(url, &init)?)
-        .send()
-        .await?;
-    let status = resp.status_code();
-    let body = resp.text().await.unwrap_or_default();
-    Ok((status, body))
-}
-
 impl RouterDO {
     /// One request from the Worker, which has authenticated it.
     async fn serve(&self, mut req: Request) -> Reply {
@@ -816,6 +812,11 @@ impl RouterDO {
                 let body: CloseApprovals = parse_json(&mut req).await?;
                 let calls = approvals::close_all(&self.db(), &principal, &body, now_ms())?;
                 self.tell(&calls).await?;
+                json(200, &OkBody::default())
+            }
+            // Whether this caller may fetch the file; the Worker then streams it from Telegram.
+            Route::File(file_id) => {
+                files::may_fetch(&self.db(), &principal, &file_id)?;
                 json(200, &OkBody::default())
             }
             _ => Err(ApiError::new(404, "no such router operation")),

@@ -179,6 +179,13 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
     // The session whose topic a call goes to: its `message_thread_id` is filled in when the
     // call is sent, so a call stored before its topic exists still lands in it.
     "ALTER TABLE outbox ADD COLUMN topic_session TEXT",
+], &[
+    // A file the chat sent (photo, document, voice note): `file` is the `FileRef` JSON the
+    // `file` frame carries (the caption is `command`), `file_id` is Telegram's id, indexed
+    // because `GET /files/{file_id}` serves only files of a machine's live commands.
+    "ALTER TABLE command_queue ADD COLUMN file TEXT",
+    "ALTER TABLE command_queue ADD COLUMN file_id TEXT",
+    "CREATE INDEX IF NOT EXISTS queue_by_file ON command_queue (file_id)",
 ]];
 
 /// Creates the version table itself; safe to run every time.

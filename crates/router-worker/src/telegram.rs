@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use ccr_protocol::api::ButtonAction;
+use ccr_protocol::socket::{FileKind, FileRef};
 use ccr_protocol::TELEGRAM_MAX_TEXT;
 
 /// One webhook update.
@@ -72,6 +73,76 @@ pub struct Message {
     /// Sent in a topic (`message_thread_id` is then the topic's).
     #[serde(default)]
     pub is_topic_message: Option<bool>,
+    /// A photo: the sizes Telegram made of it, smallest first.
+    #[serde(default)]
+    pub photo: Option<Vec<PhotoSize>>,
+    /// A file sent as a document.
+    #[serde(default)]
+    pub document: Option<Attachment>,
+    /// A voice note.
+    #[serde(default)]
+    pub voice: Option<Attachment>,
+    /// The caption of a photo, document or voice note.
+    #[serde(default)]
+    pub caption: Option<String>,
+}
+
+/// One size of a photo.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PhotoSize {
+    /// The id to download it with.
+    pub file_id: String,
+    /// Width in pixels.
+    #[serde(default)]
+    pub width: u64,
+    /// Height in pixels.
+    #[serde(default)]
+    pub height: u64,
+    /// Bytes, when Telegram says.
+    #[serde(default)]
+    pub file_size: Option<u64>,
+}
+
+/// A document or voice note.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Attachment {
+    /// The id to download it with.
+    pub file_id: String,
+    /// The sender's file name (documents).
+    #[serde(default)]
+    pub file_name: Option<String>,
+    /// Bytes, when Telegram says.
+    #[serde(default)]
+    pub file_size: Option<u64>,
+}
+
+impl Message {
+    /// The file this message carries, if any: a photo's largest size (by pixels, then
+    /// bytes; Telegram lists them smallest first), a document, or a voice note.
+    pub fn attachment(&self) -> Option<FileRef> {
+        if let Some(sizes) = &self.photo {
+            let largest = sizes
+                .iter()
+                .max_by_key(|p| (p.width.saturating_mul(p.height), p.file_size))?;
+            return Some(FileRef {
+                file_id: largest.file_id.clone(),
+                size: largest.file_size,
+                kind: FileKind::Photo,
+                name: None,
+            });
+        }
+        let (a, kind) = match (&self.document, &self.voice) {
+            (Some(d), _) => (d, FileKind::Document),
+            (None, Some(v)) => (v, FileKind::Voice),
+            (None, None) => return None,
+        };
+        Some(FileRef {
+            file_id: a.file_id.clone(),
+            size: a.file_size,
+            kind,
+            name: a.file_name.clone(),
+        })
+    }
 }
 
 impl Message {

@@ -553,6 +553,7 @@ async fn run() -> anyhow::Result<()> {
         rps: String::new(),
         n: format!("{} rounds", spawn_to_all.len()),
     });
+    rows.extend(paste_and_photo_rows(replies).await?);
 
     rows.extend(approvals.rows);
     let mut targets = vec![
@@ -840,4 +841,137 @@ async fn approvals(
             "tapToDecisionPrinted": hist_json(&decided),
         }),
     })
+}
+
+/// The router's row for a 3-line reply (one bracketed paste, then Enter) and for a photo
+/// (the agent fetches it through the Worker from the Bot API stand-in, saves it in the
+/// session's `.ccr/files/`, then types caption + path), measured like the one-line row:
+/// webhook POST → the whole prompt in the pane, inject delay 0. `n` of each (`replies` / 2).
+async fn paste_and_photo_rows(replies: usize) -> anyhow::Result<Vec<Row>> {
+    /// Spins (250 µs steps, off the runtime) until `path` holds at least `len` bytes.
+    async fn until_len(path: &Path, len: u64) -> anyhow::Result<Instant> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + T;
+            loop {
+                if std::fs::metadata(&path).map_or(0, |m| m.len()) >= len {
+                    return Ok(Instant::now());
+                }
+                if Instant::now() > deadline {
+                    bail!("timed out waiting for {len} bytes in the pane");
+                }
+                std::thread::sleep(Duration::from_micros(250));
+            }
+        })
+        .await?
+    }
+    let n = (replies / 2).max(10);
+    let warm = 10;
+    eprintln!("bench: router, {n} 3-line replies and {n} photos");
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT]).await?;
+    let tmux = Tmux::start()?;
+    let (pane_id, record) = tmux.add_raw_pane("claude").await?;
+    let agent = Agent::start_with(
+        &w.base_url(),
+        TEST_API_KEY,
+        "benchbox",
+        vec![("CCR_INJECT_DELAY_MS".into(), "0".into())],
+    )?;
+    agent.wait_connected(1, T).await?;
+    let cwd = tempfile::tempdir()?;
+    agent
+        .start_session(
+            &tmux,
+            &pane_id,
+            "bench-files",
+            &cwd.path().to_string_lossy(),
+        )
+        .await?;
+    let msg = w.notify("bench-files", "bench").await?.message_id;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut update_id = 5_000_i64;
+    let post = |update: Update| {
+        let w = &w;
+        async move {
+            let status = w.send_update(&update).await?.status();
+            if !status.is_success() {
+                bail!("webhook answered {status}");
+            }
+            anyhow::Ok(())
+        }
+    };
+
+    let mut paste = new_hist();
+    for i in 0..warm + n {
+        update_id += 1;
+        let text = format!("bench paste {i}\nsecond line\nthird line");
+        let want = format!("\x1b[200~{}\x1b[201~\r", text.replace('\n', "\r"));
+        let before = std::fs::metadata(&record)?.len();
+        let t0 = Instant::now();
+        post(Update::reply(update_id, CHAT, msg, &text)).await?;
+        let t = until_len(&record, before + want.len() as u64).await?;
+        let raw = std::fs::read(&record)?;
+        if !raw.ends_with(want.as_bytes()) {
+            bail!("the pane did not get the paste {want:?}");
+        }
+        if i >= warm {
+            let _ = paste.record(micros(t - t0));
+        }
+    }
+
+    // A 100 KB photo each time (its own file id, as Telegram gives every upload).
+    let photo: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(31) >> 3) as u8)
+        .collect();
+    let mut fetched = new_hist();
+    for i in 0..warm + n {
+        update_id += 1;
+        let file_id = format!("bench-photo-{i}");
+        bot.add_file(&file_id, &format!("photos/file_{i}.jpg"), photo.clone());
+        let saved = cwd
+            .path()
+            .join(format!(".ccr/files/photo-tg-{update_id}.jpg"));
+        let want = format!("see {}\r", saved.display());
+        let before = std::fs::metadata(&record)?.len();
+        let update = Update::message(update_id, CHAT)
+            .photo_sizes(&[(&file_id, photo.len() as u64, 1280, 960)])
+            .caption("see")
+            .reply_to(msg);
+        let t0 = Instant::now();
+        post(update).await?;
+        let t = until_len(&record, before + want.len() as u64).await?;
+        if !std::fs::read(&record)?.ends_with(want.as_bytes()) {
+            bail!("the pane did not get {want:?}");
+        }
+        if std::fs::read(&saved)? != photo {
+            bail!("{} is not the photo sent", saved.display());
+        }
+        if i >= warm {
+            let _ = fetched.record(micros(t - t0));
+        }
+    }
+    drop(agent);
+    drop(tmux);
+    drop(w);
+
+    let ms = |h: &Histogram<u64>, q: f64| format!("{:.2}", h.value_at_quantile(q) as f64 / 1000.0);
+    let row = |what: &str, h: &Histogram<u64>| Row {
+        what: what.into(),
+        callers: "1".into(),
+        p50: ms(h, 0.5),
+        p90: ms(h, 0.9),
+        p99: ms(h, 0.99),
+        rps: String::new(),
+        n: h.len().to_string(),
+    };
+    Ok(vec![
+        row(
+            "router: webhook POST → 3-line reply in the pane (one bracketed paste + Enter)",
+            &paste,
+        ),
+        row(
+            "router: webhook POST → 100 KB photo on disk and caption + path in the pane",
+            &fetched,
+        ),
+    ])
 }

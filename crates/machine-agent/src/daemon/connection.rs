@@ -24,6 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{debug, error, info, warn};
 
+use super::files::Fetcher;
 use super::inbox::{Command, Inbox, Receipt, State};
 use super::inject::Injector;
 use super::peek;
@@ -79,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) injector: Injector,
     /// What `/new` may start (its names are announced on each connection).
     pub(crate) launch: Arc<Launch>,
+    /// Downloads the files the chat sends (`file` commands) from the Worker.
+    pub(crate) files: Fetcher,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
@@ -361,6 +364,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 chat_id,
                 keys: None,
                 project: None,
+                file: None,
             },
             expires_at,
         ),
@@ -379,6 +383,7 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 chat_id,
                 keys: Some(keys.join(" ")),
                 project: None,
+                file: None,
             },
             expires_at,
         ),
@@ -398,6 +403,28 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 chat_id,
                 keys: None,
                 project: Some(project),
+                file: None,
+            },
+            expires_at,
+        ),
+        // A file is stored, acked and executed exactly once like a command; executing it
+        // downloads it, then types the caption and the saved path.
+        SocketMessage::File {
+            command_id,
+            session_id,
+            file,
+            caption,
+            chat_id,
+            expires_at,
+        } => (
+            Command {
+                command_id,
+                session_id,
+                command: caption,
+                chat_id,
+                keys: None,
+                project: None,
+                file: Some(file),
             },
             expires_at,
         ),

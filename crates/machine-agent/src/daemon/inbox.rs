@@ -19,6 +19,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use ccr_protocol::socket::FileRef;
 use ccr_protocol::COMMAND_TTL_MS;
 
 use crate::db::Db;
@@ -93,6 +94,14 @@ pub struct Command {
     /// A start request (a `startSession` frame): the project to start Claude Code in, with
     /// `command` as its first prompt ("" = none) and no session yet.
     pub project: Option<String>,
+    /// A file to download before typing (a `file` frame): `command` is its caption, and the
+    /// saved file's path is typed after it.
+    pub file: Option<FileRef>,
+}
+
+/// The `file` column: a row whose JSON does not read (never written so) has no file.
+fn file_column(text: Option<String>) -> Option<FileRef> {
+    text.and_then(|t| serde_json::from_str(&t).ok())
 }
 
 /// What storing a command found.
@@ -193,8 +202,8 @@ impl Inbox {
         self.db.with(|c| {
             let inserted = c.execute(
                 "INSERT INTO inbox (command_id, session_id, command, chat_id, state, success, \
-                 error, result_sent, received_at, updated_at, expires_at, keys, project) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9, ?10, ?11) \
+                 error, result_sent, received_at, updated_at, expires_at, keys, project, file) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?8, ?9, ?10, ?11, ?12) \
                  ON CONFLICT (command_id) DO NOTHING",
                 params![
                     cmd.command_id,
@@ -208,6 +217,9 @@ impl Inbox {
                     expires,
                     cmd.keys,
                     cmd.project,
+                    cmd.file
+                        .as_ref()
+                        .and_then(|f| serde_json::to_string(f).ok()),
                 ],
             )?;
             if inserted == 1 {
@@ -268,7 +280,7 @@ impl Inbox {
     pub(crate) fn typed(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id, keys, project FROM inbox \
+                "SELECT command_id, session_id, command, chat_id, keys, project, file FROM inbox \
                  WHERE state = 'typed' ORDER BY received_at, rowid",
             )?;
             let rows = st.query_map([], |r| {
@@ -279,6 +291,7 @@ impl Inbox {
                     chat_id: r.get(3)?,
                     keys: r.get(4)?,
                     project: r.get(5)?,
+                    file: file_column(r.get(6)?),
                 })
             })?;
             rows.collect()
@@ -313,7 +326,7 @@ impl Inbox {
     pub(crate) fn runnable(&self) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
             let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id, keys, project FROM inbox \
+                "SELECT command_id, session_id, command, chat_id, keys, project, file FROM inbox \
                  WHERE state IN ('stored', 'acked') ORDER BY received_at, rowid",
             )?;
             let rows = st.query_map([], |r| {
@@ -324,6 +337,7 @@ impl Inbox {
                     chat_id: r.get(3)?,
                     keys: r.get(4)?,
                     project: r.get(5)?,
+                    file: file_column(r.get(6)?),
                 })
             })?;
             rows.collect()
@@ -502,6 +516,7 @@ mod tests {
             chat_id: "42".into(),
             keys: None,
             project: None,
+            file: None,
         }
     }
 

@@ -17,6 +17,7 @@
 
 pub(crate) mod connection;
 pub(crate) mod decisions;
+pub(crate) mod files;
 pub(crate) mod inbox;
 pub(crate) mod inject;
 pub(crate) mod keys;
@@ -64,6 +65,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         results_ready: Arc::new(Notify::new()),
         injector: Injector::new(config.tmux.clone(), config.inject_delay),
         launch: Arc::new(config.launch.clone()),
+        files: files::Fetcher::new(config.worker.clone(), config.data_dir.clone())
+            .context("building the HTTP client for files")?,
     };
     // Before the inbox finishes them: the panes of commands a kill interrupted while tmux was
     // being handed their text get their input line cleared before the next command.
@@ -178,7 +181,10 @@ async fn execute(shared: &Shared, injector: &Injector, cmd: &Command) {
                 "session {} is not running inside tmux, so there is no pane to type into",
                 cmd.session_id
             )),
-            Some(pane) => type_verified(shared, injector, cmd, &rec, &pane).await,
+            Some(pane) => match &cmd.file {
+                Some(file) => type_file(shared, injector, cmd, file, &rec, &pane).await,
+                None => type_verified(shared, injector, cmd, &rec, &pane).await,
+            },
         },
     };
     if outcome.success {
@@ -244,6 +250,39 @@ async fn type_verified(
             Outcome::failed(e.to_string())
         }
     }
+}
+
+/// A file from the chat: the pane is checked first (nothing is fetched for a pane that is
+/// gone), the file downloaded into the session's folder, then the caption and the saved path
+/// typed like a reply (checked again: a download can take a while). Runs once per command
+/// id like any command (`Inbox::begin`): a crash mid-download is reported as failed at
+/// start-up, never fetched and typed again.
+async fn type_file(
+    shared: &Shared,
+    injector: &Injector,
+    cmd: &Command,
+    file: &ccr_protocol::socket::FileRef,
+    rec: &SessionRecord,
+    pane: &Pane,
+) -> Outcome {
+    if let Err(refused) = verify(shared, injector, rec, pane).await {
+        return refused;
+    }
+    let path = match shared
+        .files
+        .save(&cmd.command_id, file, rec.cwd.as_deref())
+        .await
+    {
+        Ok(path) => path,
+        Err(why) => return Outcome::failed(format!("nothing was typed: {why}")),
+    };
+    info!(command_id = %cmd.command_id, path = %path.display(), "file saved");
+    let typed = Command {
+        command: files::prompt(&cmd.command, &path),
+        file: None,
+        ..cmd.clone()
+    };
+    type_verified(shared, injector, &typed, rec, pane).await
 }
 
 /// After a failed `send-keys`, part of the text may be in the input line (a timeout, or the

@@ -352,6 +352,7 @@ mod tests {
             chat_id: "1".into(),
             keys: None,
             project: None,
+            file: None,
         };
         inbox.store(&cmd("c1", "s1"), None, 1).unwrap();
         inbox.store(&cmd("c2", "s2"), None, 1).unwrap();

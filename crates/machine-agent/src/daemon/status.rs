@@ -273,6 +273,7 @@ mod tests {
                     chat_id: "1".into(),
                     keys: None,
                     project: None,
+                    file: None,
                 },
                 None,
                 now,
