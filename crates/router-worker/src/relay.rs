@@ -136,6 +136,8 @@ pub enum RelayRoute {
     BadChannel(String),
     /// `/relay` with no channel.
     NoChannel,
+    /// `GET {prefix}/_ws`: a bridge's WebSocket transport.
+    BridgeSocket(Channel),
 }
 
 /// Whether a path belongs to the relay (`/ping`, `/proxy[/...]`, `/relay[/...]`).
@@ -218,6 +220,7 @@ pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
         route::POLL => want("GET", RelayRoute::Poll(channel)),
         route::RESPOND => want("POST", RelayRoute::Respond(channel)),
         route::ACK => want("POST", RelayRoute::Ack(channel)),
+        route::BRIDGE_SOCKET => want("GET", RelayRoute::BridgeSocket(channel)),
         _ => match op
             .strip_prefix(route::RESULT)
             .and_then(|r| r.strip_prefix('/'))
@@ -929,6 +932,14 @@ mod tests {
         assert_eq!(parse_route("GET", "/health"), None);
         assert_eq!(parse_route("GET", "/proxyx"), None);
         assert_eq!(parse_route("GET", "/relayed/x"), None);
+        assert_eq!(
+            parse_route("GET", "/relay/alpha/_ws"),
+            Some(BridgeSocket(Channel::Named("alpha".into())))
+        );
+        assert_eq!(
+            parse_route("POST", "/proxy/_ws"),
+            Some(MethodNotAllowed("GET"))
+        );
         assert_eq!(
             parse_route("GET", "/proxy"),
             Some(Public {
