@@ -412,3 +412,174 @@ async fn auto_falls_back_to_long_polling_when_upgrades_are_refused() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", forced.log()));
     assert!(!forced.log().contains("long-polling instead"));
 }
+
+/// A handshake the echo target saw: its path and query, and the subprotocol offered.
+type Handshake = (String, Option<String>);
+
+/// A WebSocket echo server as the bridge's target: `echo: {text}` for text, the same bytes
+/// for binary; `close-me` makes it close with 4000 "bye". It records each handshake's path and
+/// offered subprotocol, and the closes callers sent it.
+struct EchoTarget {
+    addr: SocketAddr,
+    handshakes: Arc<std::sync::Mutex<Vec<Handshake>>>,
+    closes_seen: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for EchoTarget {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl EchoTarget {
+    async fn start() -> EchoTarget {
+        use tokio_tungstenite::tungstenite::handshake::server::{Request, Response as WsResponse};
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let closes_seen = Arc::new(AtomicUsize::new(0));
+        let (log, closes) = (handshakes.clone(), closes_seen.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let (log, closes) = (log.clone(), closes.clone());
+                tokio::spawn(async move {
+                    #[allow(clippy::result_large_err)] // tungstenite's callback type
+                    let callback = |req: &Request, mut resp: WsResponse| {
+                        let protocol = req
+                            .headers()
+                            .get("sec-websocket-protocol")
+                            .map(|v| v.to_str().unwrap().to_owned());
+                        let path = req.uri().to_string();
+                        if let Some(p) = &protocol {
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", p.parse().unwrap());
+                        }
+                        log.lock().unwrap().push((path, protocol));
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(sock, callback).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(m)) = ws.next().await {
+                        let reply = match m {
+                            Message::Text(t) if t.as_str() == "close-me" => {
+                                let _ = ws
+                                    .close(Some(CloseFrame {
+                                        code: CloseCode::from(4000),
+                                        reason: "bye".into(),
+                                    }))
+                                    .await;
+                                continue;
+                            }
+                            Message::Text(t) => Message::text(format!("echo: {}", t.as_str())),
+                            Message::Binary(b) => Message::Binary(b),
+                            Message::Close(_) => {
+                                closes.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
+                            _ => continue,
+                        };
+                        if futures_util::SinkExt::send(&mut ws, reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        EchoTarget {
+            addr,
+            handshakes,
+            closes_seen,
+            task,
+        }
+    }
+}
+
+/// The next message on a caller's socket (within [`CALL_TIMEOUT`]).
+async fn next_message<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> tokio_tungstenite::tungstenite::Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::time::timeout(CALL_TIMEOUT, ws.next())
+        .await
+        .expect("a message arrives")
+        .expect("the socket is open")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_browser_style_websocket_crosses_the_relay_both_ways() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let w = Worker::start_default().await.unwrap();
+    let target = EchoTarget::start().await;
+    let target_url = format!("http://{}", target.addr);
+    let bridge = Bridge::start(&w, &target_url, Some("hmr"), &["--transport", "ws"])
+        .await
+        .unwrap();
+    connected(&bridge).await;
+    let open = || async {
+        let url = w
+            .url("/relay/hmr/socket?token=1")
+            .replacen("http://", "ws://", 1);
+        let mut req = url.into_client_request().unwrap();
+        // What a browser sends for a dev server's hot-reload socket.
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "vite-hmr".parse().unwrap());
+        req.headers_mut()
+            .insert("origin", w.base_url().parse().unwrap());
+        tokio::time::timeout(CALL_TIMEOUT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("the upgrade is answered")
+            .unwrap_or_else(|e| panic!("{e}\nbridge log:\n{}", bridge.log()))
+    };
+    let (mut ws, resp) = open().await;
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "vite-hmr");
+    for i in 0..3 {
+        futures_util::SinkExt::send(&mut ws, Message::text(format!("hello {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_message(&mut ws).await,
+            Message::text(format!("echo: hello {i}"))
+        );
+    }
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    futures_util::SinkExt::send(&mut ws, Message::binary(bytes.clone()))
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::binary(bytes));
+    // The target saw the caller's path, query and subprotocol.
+    let seen = target.handshakes.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![("/socket?token=1".to_owned(), Some("vite-hmr".to_owned()))]
+    );
+    // The caller's close reaches the target.
+    ws.close(None).await.unwrap();
+    let closes = target.closes_seen.clone();
+    ccr_e2e::wait_for("the target to see the close", CALL_TIMEOUT, || async {
+        (closes.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", bridge.log()));
+    // The target's close reaches the caller, code and reason.
+    let (mut ws, _) = open().await;
+    futures_util::SinkExt::send(&mut ws, Message::text("close-me"))
+        .await
+        .unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 4000);
+            assert_eq!(frame.reason.as_str(), "bye");
+        }
+        other => panic!("expected the target's close, got {other:?}"),
+    }
+}

@@ -264,6 +264,34 @@ pub enum RelayDown {
         /// The request id.
         id: String,
     },
+    /// A caller opened a WebSocket on the channel: open one to the target at this path.
+    /// Its binary messages travel as binary frames prefixed with `id`, like body chunks.
+    SocketOpen {
+        /// The connection id (same form as a request id).
+        id: String,
+        /// Path below the channel prefix.
+        path: String,
+        /// Query without `?`.
+        query: String,
+        /// The caller's headers (hop-by-hop removed; the bridge drops the handshake's own).
+        headers: Vec<(String, String)>,
+    },
+    /// A text message from the caller.
+    SocketText {
+        /// The connection id.
+        id: String,
+        /// The message.
+        text: String,
+    },
+    /// The caller closed its socket.
+    SocketClose {
+        /// The connection id.
+        id: String,
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
 }
 
 /// Bridge → relay text frames. A streamed body's bytes go as binary frames:
@@ -300,6 +328,46 @@ pub enum BridgeUp {
     },
     /// The bridge is shutting down: push no more requests to this socket.
     Draining,
+    /// A text message from the target's WebSocket to the caller's.
+    SocketText {
+        /// The connection id.
+        id: String,
+        /// The message.
+        text: String,
+    },
+    /// The target's WebSocket closed (or could not be opened): close the caller's.
+    SocketClose {
+        /// The connection id.
+        id: String,
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+}
+
+/// A close code that may be sent in a close frame: 1005 and 1006 only describe a close that
+/// had none, so they become 1000; anything outside 1000–4999 becomes 1011.
+pub fn sendable_close_code(code: u16) -> u16 {
+    match code {
+        1005 | 1006 => 1000,
+        1000..=4999 if code != 1004 && code != 1015 => code,
+        _ => 1011,
+    }
+}
+
+/// Whether a caller's header goes on to the target's WebSocket handshake: what
+/// [`target_request_header`] lets through, less the handshake's own `sec-websocket-key`,
+/// `-version` and `-extensions` (the bridge makes its own handshake, without compression).
+pub fn target_socket_header(name: &str) -> bool {
+    target_request_header(name)
+        && ![
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-extensions",
+        ]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// One binary frame of a streamed body: the request id (ASCII, [`REQUEST_ID_LEN`] bytes), then
@@ -506,5 +574,11 @@ mod tests {
                 bytes: 5
             }
         );
+        assert_eq!(sendable_close_code(1006), 1000);
+        assert_eq!(sendable_close_code(4001), 4001);
+        assert_eq!(sendable_close_code(999), 1011);
+        assert!(target_socket_header("Sec-WebSocket-Protocol"));
+        assert!(!target_socket_header("Sec-WebSocket-Key"));
+        assert!(!target_socket_header("upgrade"));
     }
 }

@@ -113,6 +113,9 @@ pub mod header {
     pub const WEBSOCKET: &str = "websocket";
     /// Worker → `RelayDO` only: the channel key of a bridge socket being handed to the object.
     pub const RELAY_SOCKET_CHANNEL: &str = "x-ccr-relay-channel";
+    /// Worker → `RelayDO` only: a caller's WebSocket upgrade on a channel (hex of the JSON
+    /// of the relay's `SocketCall`).
+    pub const RELAY_CALLER_SOCKET: &str = "x-ccr-relay-caller-socket";
     /// The media type of every JSON body.
     pub const JSON: &str = "application/json";
 }

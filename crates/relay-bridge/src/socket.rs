@@ -19,15 +19,17 @@ use std::time::Duration;
 
 use ccr_native::{Backoff, Jitter};
 use ccr_protocol::relay::{
-    chunk_frame, BridgeUp, RelayDown, RelayRequest, RelayResponse, STREAM_CHUNK_BYTES,
-    STREAM_WINDOW_BYTES, WHOLE_RESPONSE_BYTES,
+    chunk_frame, sendable_close_code, split_chunk_frame, target_socket_header, BridgeUp, RelayDown,
+    RelayRequest, RelayResponse, STREAM_CHUNK_BYTES, STREAM_WINDOW_BYTES, WHOLE_RESPONSE_BYTES,
 };
 use ccr_protocol::wire::{header, route};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tracing::{debug, info, warn};
@@ -227,6 +229,143 @@ impl Streams {
     }
 }
 
+/// Callers' WebSockets carried on one bridge socket: connection id → its messages to the
+/// target.
+#[derive(Default)]
+struct CallerSockets(Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>);
+
+impl CallerSockets {
+    fn send(&self, id: &str, message: Message) {
+        let tx = self.0.lock().ok().and_then(|map| map.get(id).cloned());
+        if let Some(tx) = tx {
+            let _ = tx.send(message);
+        }
+    }
+
+    fn insert(&self, id: String, tx: mpsc::UnboundedSender<Message>) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id, tx);
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(id);
+        }
+    }
+}
+
+/// A close frame with `code` (made sendable) and `reason`.
+fn close_frame(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(sendable_close_code(code)),
+        reason: reason.into(),
+    }))
+}
+
+/// Carries one caller's WebSocket to the target: opens the target's socket (the caller's
+/// headers but the handshake's own), then relays messages both ways until either side
+/// closes, and passes the close on.
+async fn caller_socket(
+    shared: Arc<Shared>,
+    id: String,
+    (path, query, headers): (String, String, Vec<(String, String)>),
+    mut from_caller: mpsc::UnboundedReceiver<Message>,
+    out: mpsc::Sender<Message>,
+    sockets: Arc<CallerSockets>,
+) {
+    let cfg = &shared.config;
+    let close_up = |code: u16, reason: String| BridgeUp::SocketClose {
+        id: id.clone(),
+        code,
+        reason,
+    };
+    let opened = async {
+        let mut url = forward::target_url(&cfg.target, &path, &query)?;
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme)
+            .map_err(|()| anyhow::anyhow!("no WebSocket URL for {url}"))?;
+        let mut request = url.as_str().into_client_request()?;
+        for (name, value) in &headers {
+            if !target_socket_header(name) {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                request.headers_mut().append(n, v);
+            }
+        }
+        let (socket, _) = tokio::time::timeout(
+            cfg.target_timeout,
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {:?}", cfg.target_timeout))??;
+        anyhow::Ok(socket)
+    };
+    let target = match opened.await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(%id, "the target refused the WebSocket {path}: {e:#}");
+            send_up(
+                &out,
+                &close_up(1011, format!("the target refused the WebSocket: {e:#}")),
+            )
+            .await;
+            sockets.remove(&id);
+            return;
+        }
+    };
+    info!(%id, "WebSocket {path} open to the target");
+    let (mut to_target, mut from_target) = target.split();
+    loop {
+        tokio::select! {
+            m = from_caller.recv() => match m {
+                Some(Message::Close(frame)) => {
+                    let _ = to_target.send(Message::Close(frame)).await;
+                    break;
+                }
+                Some(m) => if to_target.send(m).await.is_err() {
+                    send_up(&out, &close_up(1011, "the target's socket failed".into())).await;
+                    break;
+                },
+                None => {
+                    let _ = to_target.send(close_frame(1001, "the relay went away".into())).await;
+                    break;
+                }
+            },
+            m = from_target.next() => match m {
+                Some(Ok(Message::Text(text))) => {
+                    send_up(&out, &BridgeUp::SocketText { id: id.clone(), text: text.as_str().to_owned() }).await;
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    let _ = out.send(Message::binary(chunk_frame(&id, &bytes))).await;
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                        .unwrap_or((1000, String::new()));
+                    send_up(&out, &close_up(code, reason)).await;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    send_up(&out, &close_up(1011, format!("the target's socket failed: {e}"))).await;
+                    break;
+                }
+                None => {
+                    send_up(&out, &close_up(1000, String::new())).await;
+                    break;
+                }
+            },
+        }
+    }
+    debug!(%id, "WebSocket {path} closed");
+    sockets.remove(&id);
+}
+
 /// Serves one connected socket until it drops (`false`) or shutdown (`true`, after draining).
 async fn serve<F: Future<Output = ()>>(
     socket: Socket,
@@ -246,12 +385,22 @@ async fn serve<F: Future<Output = ()>>(
         let _ = sink.close().await;
     });
     let streams = Arc::new(Streams::default());
+    let callers = Arc::new(CallerSockets::default());
+    // Callers' sockets live as long as this bridge socket; they are not drained.
+    let mut socket_tasks = JoinSet::new();
     let mut tasks = JoinSet::new();
     let mut ping = tokio::time::interval(PING_EVERY);
     let mut last_heard = tokio::time::Instant::now();
-    let on_frame = |frame: Message, tasks: &mut JoinSet<()>| {
-        let Message::Text(text) = frame else {
-            return;
+    let mut on_frame = |frame: Message, tasks: &mut JoinSet<()>| {
+        let text = match frame {
+            Message::Text(text) => text,
+            Message::Binary(bytes) => {
+                if let Some((id, bytes)) = split_chunk_frame(&bytes) {
+                    callers.send(id, Message::binary(bytes.to_vec()));
+                }
+                return;
+            }
+            _ => return,
         };
         match serde_json::from_str::<RelayDown>(text.as_str()) {
             Ok(RelayDown::Requests { requests }) => {
@@ -271,6 +420,27 @@ async fn serve<F: Future<Output = ()>>(
             }
             Ok(RelayDown::Credit { id, bytes }) => streams.credit(&id, bytes),
             Ok(RelayDown::Cancel { id }) => streams.cancel(&id),
+            Ok(RelayDown::SocketOpen {
+                id,
+                path,
+                query,
+                headers,
+            }) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                callers.insert(id.clone(), tx);
+                socket_tasks.spawn(caller_socket(
+                    shared.clone(),
+                    id,
+                    (path, query, headers),
+                    rx,
+                    out.clone(),
+                    callers.clone(),
+                ));
+            }
+            Ok(RelayDown::SocketText { id, text }) => callers.send(&id, Message::text(text)),
+            Ok(RelayDown::SocketClose { id, code, reason }) => {
+                callers.send(&id, close_frame(code, reason));
+            }
             Err(e) => warn!("an unreadable frame from the relay: {e}"),
         }
     };
@@ -334,6 +504,8 @@ async fn serve<F: Future<Output = ()>>(
     // gives those callers a 502 when the socket closes.
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
+    socket_tasks.abort_all();
+    while socket_tasks.join_next().await.is_some() {}
     drop(out);
     let _ = writer.await;
     shut

@@ -407,6 +407,30 @@ pub enum DoCall {
     },
 }
 
+/// A caller's WebSocket upgrade on a channel, as the Worker hands it to the channel's object
+/// (hex-encoded JSON in a header: an upgrade request has no body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCall {
+    /// [`Channel::key`].
+    pub channel: String,
+    /// Path below the channel prefix.
+    pub path: String,
+    /// Query without `?` (relay parameters removed).
+    pub query: String,
+    /// Forwarded headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The subprotocol to accept for a caller's socket: the first one it offers (the target
+/// answers on the other side of the bridge, after the caller's handshake is done).
+pub fn first_subprotocol(offered: &str) -> Option<String> {
+    offered
+        .split(',')
+        .map(str::trim)
+        .find(|p| !p.is_empty())
+        .map(str::to_owned)
+}
+
 /// Frames a JSON head and a raw payload as one body: 4-byte big-endian head length, head,
 /// payload. Used for Worker → object calls and for response values in KV.
 pub fn frame(head: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -932,6 +956,11 @@ mod tests {
         assert_eq!(parse_route("GET", "/health"), None);
         assert_eq!(parse_route("GET", "/proxyx"), None);
         assert_eq!(parse_route("GET", "/relayed/x"), None);
+        assert_eq!(
+            first_subprotocol(" vite-hmr, other"),
+            Some("vite-hmr".into())
+        );
+        assert_eq!(first_subprotocol(" , "), None);
         assert_eq!(
             parse_route("GET", "/relay/alpha/_ws"),
             Some(BridgeSocket(Channel::Named("alpha".into())))

@@ -40,6 +40,8 @@ const KV_BINDING: &str = "RELAY";
 const INTERNAL_URL: &str = "https://relay.internal/call";
 /// The hibernation tag of bridge sockets.
 const BRIDGE_TAG: &str = "bridge";
+/// The hibernation tag of callers' sockets (each also tagged with its connection id).
+const CALLER_TAG: &str = "caller";
 
 /// With `RELAY_HOST_SUFFIX` set, the named channel whose own host the request is for
 /// (`<channel>.<suffix>`): then every path of it is that channel's.
@@ -163,6 +165,29 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
                     }
                 })
                 .collect();
+            let upgrade = header(&req, wire::header::UPGRADE).unwrap_or_default();
+            if upgrade.eq_ignore_ascii_case(wire::header::WEBSOCKET) {
+                // A caller's WebSocket (a dev server's hot reload): the channel's object
+                // accepts it and carries it to the target through the bridge's socket.
+                let call = relay::SocketCall {
+                    channel: channel.key(),
+                    path,
+                    query,
+                    headers,
+                };
+                let inner_headers = Headers::new();
+                inner_headers.set(wire::header::UPGRADE, wire::header::WEBSOCKET)?;
+                inner_headers.set(
+                    wire::header::RELAY_CALLER_SOCKET,
+                    &hex::encode(serde_json::to_vec(&call)?),
+                )?;
+                let inner = http::internal_request(INTERNAL_URL, Method::Get, inner_headers, None)?;
+                let stub = env
+                    .durable_object(RELAY_DO_BINDING)?
+                    .id_from_name(&channel.key())?
+                    .get_stub()?;
+                return Ok(stub.fetch_with_request(inner).await?);
+            }
             let mut body = read_limited(&mut req, MAX_RELAY_BODY_BYTES).await?;
             // A large body goes to KV from here, and only its key to the channel's object:
             // the object, shared by every caller of the channel, never holds it.
@@ -395,6 +420,15 @@ struct BridgeSocket {
     /// The bridge is shutting down: push nothing more to it.
     #[serde(default)]
     draining: bool,
+}
+
+/// What a caller socket's attachment remembers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CallerSocket {
+    /// The connection id (also a tag of the socket).
+    conn: String,
+    /// The id of the bridge socket carrying it.
+    bridge: String,
 }
 
 fn random_id() -> std::result::Result<String, ApiError> {
@@ -847,6 +881,11 @@ fn socket_meta(ws: &WebSocket) -> Option<BridgeSocket> {
     ws.deserialize_attachment().ok().flatten()
 }
 
+/// A caller socket's attachment; `None` for a bridge's.
+fn caller_meta(ws: &WebSocket) -> Option<CallerSocket> {
+    ws.deserialize_attachment().ok().flatten()
+}
+
 /// Sends one relay → bridge frame; `false` when the socket refused it.
 fn send_down(ws: &WebSocket, frame: &RelayDown) -> bool {
     match serde_json::to_string(frame) {
@@ -878,6 +917,110 @@ impl RelayDO {
         // Whatever waited for a bridge goes to this one.
         self.push_queued().await;
         Ok(Response::from_websocket(pair.client)?)
+    }
+
+    /// A caller's WebSocket upgrade: accepted here (hibernatable), then opened to the target
+    /// through the newest bridge socket. Frames cross both ways; either side's close closes
+    /// the other. Only the WebSocket transport can carry one: without a bridge socket, 502.
+    fn accept_caller(&self, call: &str) -> Reply {
+        let call: relay::SocketCall = hex::decode(call)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::new(400, "malformed relay call: bad socket call"))?;
+        let Some((bridge_ws, bridge)) = self.bridge_socket() else {
+            return Err(ApiError::new(
+                502,
+                "no bridge is connected over a WebSocket: a WebSocket upgrade needs the \
+                 bridge's WebSocket transport (relay-bridge --transport ws or auto)",
+            ));
+        };
+        let conn = random_id()?;
+        let pair = WebSocketPair::new()?;
+        self.state
+            .accept_websocket_with_tags(&pair.server, &[CALLER_TAG, &conn]);
+        pair.server.serialize_attachment(&CallerSocket {
+            conn: conn.clone(),
+            bridge: bridge.id,
+        })?;
+        let protocol = call
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(wire::header::WEBSOCKET_PROTOCOL))
+            .and_then(|(_, v)| relay::first_subprotocol(v));
+        let open = RelayDown::SocketOpen {
+            id: conn,
+            path: call.path,
+            query: call.query,
+            headers: call.headers,
+        };
+        if !send_down(&bridge_ws, &open) {
+            return Err(ApiError::new(502, "the bridge's connection dropped"));
+        }
+        let headers = Headers::new();
+        if let Some(p) = protocol {
+            headers.set(wire::header::WEBSOCKET_PROTOCOL, &p)?;
+        }
+        Ok(ResponseBuilder::new()
+            .with_status(101)
+            .with_headers(headers)
+            .with_websocket(pair.client)
+            .empty())
+    }
+
+    /// The caller socket of connection `id`, if it is open.
+    fn caller_socket(&self, id: &str) -> Option<WebSocket> {
+        if !relay::valid_id(id) {
+            return None;
+        }
+        self.state.get_websockets_with_tag(id).into_iter().next()
+    }
+
+    /// The bridge socket whose id is `id`.
+    fn bridge_by_id(&self, id: &str) -> Option<WebSocket> {
+        self.state
+            .get_websockets_with_tag(BRIDGE_TAG)
+            .into_iter()
+            .find(|ws| socket_meta(ws).is_some_and(|m| m.id == id))
+    }
+
+    /// A message from a caller's socket, on to the bridge carrying it.
+    fn caller_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
+        let Some(caller) = caller_meta(ws) else {
+            return;
+        };
+        let Some(bridge) = self.bridge_by_id(&caller.bridge) else {
+            let _ = ws.close(Some(1011), Some("the bridge's connection dropped"));
+            return;
+        };
+        match message {
+            WebSocketIncomingMessage::String(text) => {
+                send_down(
+                    &bridge,
+                    &RelayDown::SocketText {
+                        id: caller.conn,
+                        text,
+                    },
+                );
+            }
+            WebSocketIncomingMessage::Binary(bytes) => {
+                let frame = ccr_protocol::relay::chunk_frame(&caller.conn, &bytes);
+                let _ = bridge.send_with_bytes(frame);
+            }
+        }
+    }
+
+    /// A caller closed its socket: the bridge closes the target's.
+    fn caller_closed(&self, caller: &CallerSocket, code: usize, reason: &str) {
+        if let Some(bridge) = self.bridge_by_id(&caller.bridge) {
+            send_down(
+                &bridge,
+                &RelayDown::SocketClose {
+                    id: caller.conn.clone(),
+                    code: u16::try_from(code).unwrap_or(1000),
+                    reason: reason.to_owned(),
+                },
+            );
+        }
     }
 
     /// The newest bridge socket that is not draining.
@@ -998,6 +1141,27 @@ impl RelayDO {
                 meta.draining = true;
                 ws.serialize_attachment(&meta)?;
             }
+            BridgeUp::SocketText { id, text } => match self.caller_socket(&id) {
+                Some(caller) => {
+                    let _ = caller.send_with_str(text);
+                }
+                None => {
+                    send_down(
+                        ws,
+                        &RelayDown::SocketClose {
+                            id,
+                            code: 1000,
+                            reason: "the caller is gone".into(),
+                        },
+                    );
+                }
+            },
+            BridgeUp::SocketClose { id, code, reason } => {
+                if let Some(caller) = self.caller_socket(&id) {
+                    let code = ccr_protocol::relay::sendable_close_code(code);
+                    let _ = caller.close(Some(code), Some(reason));
+                }
+            }
         }
         Ok(())
     }
@@ -1012,6 +1176,12 @@ impl RelayDO {
             .borrow()
             .get(id)
             .map(|tx| tx.unbounded_send(Ok(bytes.to_vec())).is_ok());
+        if sent.is_none() {
+            if let Some(caller) = self.caller_socket(id) {
+                let _ = caller.send_with_bytes(bytes);
+                return;
+            }
+        }
         if sent != Some(true) {
             // The caller is gone: forget the stream (its credit already said cancel).
             self.streams.borrow_mut().remove(id);
@@ -1027,6 +1197,11 @@ impl RelayDO {
         let Some(meta) = socket_meta(ws) else {
             return;
         };
+        for caller in self.state.get_websockets_with_tag(CALLER_TAG) {
+            if caller_meta(&caller).is_some_and(|c| c.bridge == meta.id) {
+                let _ = caller.close(Some(1011), Some("the bridge's connection dropped"));
+            }
+        }
         let ids: Vec<String> = self
             .pushed
             .borrow()
@@ -1066,6 +1241,9 @@ impl DurableObject for RelayDO {
         if let Some(channel_key) = header(&req, wire::header::RELAY_SOCKET_CHANNEL) {
             return http::finish(self.accept_bridge(&channel_key).await);
         }
+        if let Some(call) = header(&req, wire::header::RELAY_CALLER_SOCKET) {
+            return http::finish(self.accept_caller(&call));
+        }
         let resp = http::finish(self.serve(req).await)?;
         // Best effort: a response whose headers are immutable simply goes without it.
         let _ = resp
@@ -1084,6 +1262,7 @@ impl DurableObject for RelayDO {
         message: WebSocketIncomingMessage,
     ) -> Result<()> {
         let Some(meta) = socket_meta(&ws) else {
+            self.caller_message(&ws, message);
             return Ok(());
         };
         match message {
@@ -1104,17 +1283,25 @@ impl DurableObject for RelayDO {
     async fn websocket_close(
         &self,
         ws: WebSocket,
-        _code: usize,
-        _reason: String,
+        code: usize,
+        reason: String,
         _clean: bool,
     ) -> Result<()> {
-        self.bridge_gone(&ws);
+        if let Some(caller) = caller_meta(&ws) {
+            self.caller_closed(&caller, code, &reason);
+        } else {
+            self.bridge_gone(&ws);
+        }
         let _ = ws.close(Some(1000), Some("closed"));
         Ok(())
     }
 
     async fn websocket_error(&self, ws: WebSocket, _err: Error) -> Result<()> {
-        self.bridge_gone(&ws);
+        if let Some(caller) = caller_meta(&ws) {
+            self.caller_closed(&caller, 1011, "the caller's socket failed");
+        } else {
+            self.bridge_gone(&ws);
+        }
         Ok(())
     }
 }
