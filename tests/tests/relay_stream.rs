@@ -42,6 +42,8 @@ struct Shared {
     written: AtomicUsize,
     /// Requests that reached `/hold`.
     held: AtomicUsize,
+    /// `/endless` bodies the target stopped producing (their reader went away).
+    endless_dropped: AtomicUsize,
 }
 
 impl Default for Shared {
@@ -50,6 +52,7 @@ impl Default for Shared {
             go: Semaphore::new(0),
             written: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            endless_dropped: AtomicUsize::new(0),
         }
     }
 }
@@ -74,6 +77,7 @@ impl Target {
             .route("/events", get(events))
             .route("/big", get(big))
             .route("/hold", get(hold))
+            .route("/endless", get(endless))
             .route("/hello", get(|| async { "hello" }))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -132,6 +136,29 @@ async fn big(Query(q): Query<Vec<(String, String)>>) -> Response {
     Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, (mb * MIB).to_string())
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// Counts an `/endless` body dropped by the server (its connection closed).
+struct DropFlag(Arc<Shared>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.endless_dropped.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A body that never ends: 64 KiB chunks for as long as someone reads.
+async fn endless(State(shared): State<Arc<Shared>>) -> Response {
+    let flag = DropFlag(shared);
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let stream = futures_util::stream::repeat(chunk).map(move |c| {
+        let _alive = &flag;
+        Ok::<_, std::io::Error>(c)
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(Body::from_stream(stream))
         .unwrap()
 }
@@ -582,4 +609,44 @@ async fn a_browser_style_websocket_crosses_the_relay_both_ways() {
         }
         other => panic!("expected the target's close, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_stops_the_bridge_reading_the_target() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    let bridge = Bridge::start(&w, &target.url(), Some("gone"), &["--transport", "ws"])
+        .await
+        .unwrap();
+    connected(&bridge).await;
+    let mut resp = client()
+        .get(w.url("/relay/gone/endless"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    let mut read = 0usize;
+    while read < 4 * 1024 * 1024 {
+        read += resp.chunk().await.unwrap().expect("an endless body").len();
+    }
+    assert_eq!(target.shared.endless_dropped.load(Ordering::SeqCst), 0);
+    drop(resp);
+    // The bridge stops reading the target: on the relay's cancel, or once the caller has read
+    // nothing for 30 s (workerd does not always report a caller that went away). The target
+    // sees its reader go.
+    let shared = target.shared.clone();
+    ccr_e2e::wait_for(
+        "the target's body to be dropped",
+        CALL_TIMEOUT * 2,
+        || async { (shared.endless_dropped.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", bridge.log()));
+    // The channel still serves.
+    let resp = client()
+        .get(w.url("/relay/gone/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "hello");
 }

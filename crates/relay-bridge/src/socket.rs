@@ -48,6 +48,11 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(70);
 const OUTGOING_FRAMES: usize = 32;
 /// A socket that lived this long resets the reconnect backoff.
 const HEALTHY_FOR: Duration = Duration::from_secs(10);
+/// A streamed response whose window stays exhausted this long (its caller read nothing) is
+/// given up: a caller that went away is not always reported to the relay (workerd does not
+/// cancel a Durable Object's response stream when the caller disconnects), and its slot and
+/// the target's connection must not be held for ever.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Largest frame accepted from the relay (a request carries at most a 10 MiB body in base64).
 const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
 
@@ -208,12 +213,15 @@ impl Streams {
         }
     }
 
-    fn cancel(&self, id: &str) {
+    /// Stops `id`'s task; whether it was still running.
+    fn cancel(&self, id: &str) -> bool {
         let entry = self.0.lock().ok().and_then(|mut map| map.remove(id));
-        if let Some((_, abort)) = entry {
-            debug!(%id, "the caller went away: stopping");
-            abort.abort();
-        }
+        let Some((_, abort)) = entry else {
+            return false;
+        };
+        debug!(%id, "the caller went away: stopping");
+        abort.abort();
+        true
     }
 
     fn insert(&self, id: String, window: Arc<Semaphore>, abort: AbortHandle) {
@@ -419,7 +427,18 @@ async fn serve<F: Future<Output = ()>>(
                 }
             }
             Ok(RelayDown::Credit { id, bytes }) => streams.credit(&id, bytes),
-            Ok(RelayDown::Cancel { id }) => streams.cancel(&id),
+            Ok(RelayDown::Cancel { id }) => {
+                if streams.cancel(&id) {
+                    // The stopped task sends nothing more: this ends the stream at the relay.
+                    let abort = BridgeUp::Abort {
+                        id,
+                        error: "the caller went away".into(),
+                    };
+                    if let Ok(text) = serde_json::to_string(&abort) {
+                        let _ = out.try_send(Message::text(text));
+                    }
+                }
+            }
             Ok(RelayDown::SocketOpen {
                 id,
                 path,
@@ -594,13 +613,20 @@ async fn stream_body(
             Ok(Some(bytes)) => {
                 for piece in bytes.chunks(STREAM_CHUNK_BYTES) {
                     let n = u32::try_from(piece.len()).unwrap_or(u32::MAX);
-                    match window.acquire_many(n).await {
-                        Ok(p) => p.forget(),
-                        Err(_) => {
+                    match tokio::time::timeout(STALL_LIMIT, window.acquire_many(n)).await {
+                        Ok(Ok(p)) => p.forget(),
+                        Ok(Err(_)) => {
                             return BridgeUp::Abort {
                                 id: id.to_owned(),
                                 error: "stopped".into(),
                             }
+                        }
+                        Err(_) => {
+                            info!(%id, "the caller read nothing for {STALL_LIMIT:?}: giving up");
+                            return BridgeUp::Abort {
+                                id: id.to_owned(),
+                                error: format!("the caller read nothing for {STALL_LIMIT:?}"),
+                            };
                         }
                     }
                     if out
