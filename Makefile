@@ -50,6 +50,8 @@ unit: setup
 
 e2e: build
 	cargo test -p ccr-e2e --locked -- --test-threads=2
+	# The relay suite again over long-polling (the run above used the WebSocket transport).
+	CCR_E2E_RELAY_TRANSPORT=poll cargo test -p ccr-e2e --locked --test relay -- --test-threads=2
 
 ## Delivery under faults at full size (1,000 commands; `make test` runs about 100).
 chaos: build

@@ -9,6 +9,16 @@ use tokio::process::{Child, Command};
 
 use crate::worker::{channel_token, Worker, TEST_RELAY_TOKEN};
 
+/// The transport a bridge uses unless its test names one (`--transport` in `extra`):
+/// `CCR_E2E_RELAY_TRANSPORT` (`ws`, `poll`, `auto`), by default `ws`, so the relay suites run
+/// over either transport unchanged (`make e2e` runs the relay suite once more with `poll`).
+pub fn default_transport() -> String {
+    std::env::var("CCR_E2E_RELAY_TRANSPORT")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .unwrap_or_else(|| "ws".to_owned())
+}
+
 /// A running `relay-bridge` logging to its own file. Dropping it kills it.
 pub struct Bridge {
     child: Option<Child>,
@@ -49,9 +59,14 @@ impl Bridge {
         // unnoticed while cargo runs.
         let bin = tokio::task::spawn_blocking(crate::bins::relay_bridge).await?;
         let mut cmd = Command::new(bin);
-        cmd.arg("--relay-url")
-            .arg(worker.base_url())
-            .arg("--target")
+        if !extra.iter().any(|a| a.starts_with("--transport")) {
+            cmd.arg("--transport").arg(default_transport());
+        }
+        // A test may point the bridge elsewhere (a proxy in front of the Worker).
+        if !extra.iter().any(|a| a.starts_with("--relay-url")) {
+            cmd.arg("--relay-url").arg(worker.base_url());
+        }
+        cmd.arg("--target")
             .arg(target)
             .args(extra)
             .env("RELAY_TOKEN", token)

@@ -832,7 +832,8 @@ async fn the_bridge_reaches_the_relay_through_the_environment_proxy() {
         &w,
         &target.url(),
         None,
-        &[],
+        // `auto`: with a proxy configured for the relay, the bridge long-polls through it.
+        &["--transport", "auto"],
         &[("HTTP_PROXY", proxy_url.as_str()), ("NO_PROXY", "")],
     )
     .await

@@ -43,7 +43,10 @@ async fn start_bridge(w: &Worker, target: &str) -> Bridge {
         w,
         target,
         None,
-        &["--concurrency", "64"],
+        // Long-poll: this is the leased hand-over at work (a killed bridge's requests go to
+        // its successor). Over the WebSocket a dropped socket's requests get a clean 502
+        // instead — relay_stream.rs covers that.
+        &["--concurrency", "64", "--transport", "poll"],
         &[("RUST_LOG", "warn")],
     )
     .await

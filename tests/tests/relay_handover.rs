@@ -14,6 +14,9 @@ use ccr_e2e::worker::{Worker, TEST_RELAY_TOKEN};
 use serde_json::Value;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// These cases are the long-poll hand-over (leases, polls left behind): over the WebSocket
+/// transport a request goes to the live socket only, and a dropped one's get a 502.
+const POLL: &[&str] = &["--transport", "poll"];
 
 async fn start_target() -> String {
     let app = Router::new().route(
@@ -67,7 +70,7 @@ async fn a_bridge_killed_while_polling_does_not_take_the_next_request() {
     let w = Worker::start_default().await.unwrap();
     let target = start_target().await;
     let http = client();
-    let mut old = Bridge::start(&w, &target, None, &[]).await.unwrap();
+    let mut old = Bridge::start(&w, &target, None, POLL).await.unwrap();
     // One request through it; then its next long-poll is pending in the channel's object.
     let (status, text, _) = timed_get(&http, w.url("/proxy/id/warm")).await;
     assert_eq!((status, text.as_str()), (200, "response for warm"));
@@ -76,7 +79,7 @@ async fn a_bridge_killed_while_polling_does_not_take_the_next_request() {
     old.kill().await;
     // The timing: the new bridge starts a second after the old one died.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let new = Bridge::start(&w, &target, None, &[]).await.unwrap();
+    let new = Bridge::start(&w, &target, None, POLL).await.unwrap();
     wait_polls_over(&new, 0).await;
 
     let (status, text, took) = timed_get(&http, w.url("/proxy/id/after-kill")).await;
@@ -126,7 +129,7 @@ async fn a_request_handed_to_a_poll_that_never_confirms_goes_to_the_next_bridge(
     let (handed_at, batch) = lost_poll.await.unwrap();
     assert_eq!(batch["requests"][0]["path"], "/id/leased", "{batch}");
     // A new bridge starts: the request must reach it, not wait out the caller's 25 s.
-    let new = Bridge::start(&w, &target, None, &[]).await.unwrap();
+    let new = Bridge::start(&w, &target, None, POLL).await.unwrap();
     let (status, text, _) = caller.await.unwrap();
     let after_hand_over = handed_at.elapsed();
     println!(

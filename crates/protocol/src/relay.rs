@@ -230,6 +230,168 @@ pub fn scrub_referer(value: &str) -> String {
     out
 }
 
+/// Most body bytes a bridge sends for one streamed response before the relay grants more
+/// ([`RelayDown::Credit`]): what one response may hold in the relay's memory at once.
+pub const STREAM_WINDOW_BYTES: u64 = 1024 * 1024;
+/// Most body bytes in one binary frame of a streamed response.
+pub const STREAM_CHUNK_BYTES: usize = 64 * 1024;
+/// A response whose `content-length` is at most this goes over the bridge's socket whole, as
+/// one [`BridgeUp::Respond`] (kept for `_result` if its caller stopped waiting); every other
+/// one streams: [`BridgeUp::Head`], binary chunks, [`BridgeUp::End`].
+pub const WHOLE_RESPONSE_BYTES: u64 = 256 * 1024;
+/// The length of a relay request id (hex), the prefix of every binary frame.
+pub const REQUEST_ID_LEN: usize = 32;
+
+/// Relay → bridge text frames on the bridge's WebSocket (`{prefix}/_ws`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum RelayDown {
+    /// Requests to forward, as a poll would hand them out (never leased: the socket is the
+    /// confirmation; if it drops, their callers get a 502).
+    Requests {
+        /// The requests.
+        requests: Vec<RelayRequest>,
+    },
+    /// The caller of a streamed response read `bytes` more: send that many more.
+    Credit {
+        /// The request id.
+        id: String,
+        /// Bytes granted.
+        bytes: u64,
+    },
+    /// The caller went away: stop forwarding this response.
+    Cancel {
+        /// The request id.
+        id: String,
+    },
+    /// A caller opened a WebSocket on the channel: open one to the target at this path.
+    /// Its binary messages travel as binary frames prefixed with `id`, like body chunks.
+    SocketOpen {
+        /// The connection id (same form as a request id).
+        id: String,
+        /// Path below the channel prefix.
+        path: String,
+        /// Query without `?`.
+        query: String,
+        /// The caller's headers (hop-by-hop removed; the bridge drops the handshake's own).
+        headers: Vec<(String, String)>,
+    },
+    /// A text message from the caller.
+    SocketText {
+        /// The connection id.
+        id: String,
+        /// The message.
+        text: String,
+    },
+    /// The caller closed its socket.
+    SocketClose {
+        /// The connection id.
+        id: String,
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+}
+
+/// Bridge → relay text frames. A streamed body's bytes go as binary frames:
+/// [`chunk_frame`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum BridgeUp {
+    /// Whole responses, as `_respond` takes them.
+    Respond {
+        /// The responses.
+        responses: Vec<RelayResponse>,
+    },
+    /// A streamed response's status and headers; its body follows as binary frames.
+    Head {
+        /// The request id.
+        id: String,
+        /// HTTP status.
+        status: u16,
+        /// Headers (hop-by-hop removed).
+        headers: Vec<(String, String)>,
+    },
+    /// A streamed response's body is complete.
+    End {
+        /// The request id.
+        id: String,
+    },
+    /// A streamed response broke off (the target failed mid-body): the caller's body ends
+    /// in an error, never looks complete.
+    Abort {
+        /// The request id.
+        id: String,
+        /// Why.
+        error: String,
+    },
+    /// The bridge is shutting down: push no more requests to this socket.
+    Draining,
+    /// A text message from the target's WebSocket to the caller's.
+    SocketText {
+        /// The connection id.
+        id: String,
+        /// The message.
+        text: String,
+    },
+    /// The target's WebSocket closed (or could not be opened): close the caller's.
+    SocketClose {
+        /// The connection id.
+        id: String,
+        /// The close code.
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+}
+
+/// A close code that may be sent in a close frame: 1005 and 1006 only describe a close that
+/// had none, so they become 1000; anything outside 1000–4999 becomes 1011.
+pub fn sendable_close_code(code: u16) -> u16 {
+    match code {
+        1005 | 1006 => 1000,
+        1000..=4999 if code != 1004 && code != 1015 => code,
+        _ => 1011,
+    }
+}
+
+/// Whether a caller's header goes on to the target's WebSocket handshake: what
+/// [`target_request_header`] lets through, less the handshake's own `sec-websocket-key`,
+/// `-version` and `-extensions` (the bridge makes its own handshake, without compression).
+pub fn target_socket_header(name: &str) -> bool {
+    target_request_header(name)
+        && ![
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-extensions",
+        ]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// One binary frame of a streamed body: the request id (ASCII, [`REQUEST_ID_LEN`] bytes), then
+/// the bytes.
+pub fn chunk_frame(id: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(id.len() + bytes.len());
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Splits a binary frame into its request id and bytes; `None` when it is too short or the
+/// id is not hex.
+pub fn split_chunk_frame(frame: &[u8]) -> Option<(&str, &[u8])> {
+    if frame.len() < REQUEST_ID_LEN {
+        return None;
+    }
+    let (id, bytes) = frame.split_at(REQUEST_ID_LEN);
+    let id = std::str::from_utf8(id).ok()?;
+    id.bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then_some((id, bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +554,31 @@ mod tests {
             "https://w.example/p?x_relay_key=1"
         );
         assert_eq!(scrub_referer("https://w.example/p"), "https://w.example/p");
+    }
+
+    #[test]
+    fn socket_frames() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let f = chunk_frame(id, b"data");
+        assert_eq!(split_chunk_frame(&f), Some((id, &b"data"[..])));
+        assert_eq!(split_chunk_frame(b"short"), None);
+        assert_eq!(split_chunk_frame(&chunk_frame(&"z".repeat(32), b"")), None);
+        let up = serde_json::to_string(&BridgeUp::End { id: id.into() }).unwrap();
+        assert_eq!(up, format!(r#"{{"type":"end","id":"{id}"}}"#));
+        let down: RelayDown =
+            serde_json::from_str(r#"{"type":"credit","id":"a","bytes":5}"#).unwrap();
+        assert_eq!(
+            down,
+            RelayDown::Credit {
+                id: "a".into(),
+                bytes: 5
+            }
+        );
+        assert_eq!(sendable_close_code(1006), 1000);
+        assert_eq!(sendable_close_code(4001), 4001);
+        assert_eq!(sendable_close_code(999), 1011);
+        assert!(target_socket_header("Sec-WebSocket-Protocol"));
+        assert!(!target_socket_header("Sec-WebSocket-Key"));
+        assert!(!target_socket_header("upgrade"));
     }
 }

@@ -48,6 +48,9 @@ pub mod route {
     /// Last segment of a bridge's confirmation of requests it received:
     /// `POST {prefix}/_ack` with `{"ids":[...]}`.
     pub const ACK: &str = "_ack";
+    /// Last segment of a bridge's WebSocket transport: `GET {prefix}/_ws` with an upgrade and
+    /// the channel's token; requests are pushed over it instead of long-polled.
+    pub const BRIDGE_SOCKET: &str = "_ws";
 
     /// The webhook path for `secret`: `/webhook/telegram/{secret}`.
     pub fn webhook(secret: &str) -> String {
@@ -117,6 +120,11 @@ pub mod header {
     pub const UPGRADE: &str = "upgrade";
     /// The [`UPGRADE`] value of a WebSocket handshake.
     pub const WEBSOCKET: &str = "websocket";
+    /// Worker → `RelayDO` only: the channel key of a bridge socket being handed to the object.
+    pub const RELAY_SOCKET_CHANNEL: &str = "x-ccr-relay-channel";
+    /// Worker → `RelayDO` only: a caller's WebSocket upgrade on a channel (hex of the JSON
+    /// of the relay's `SocketCall`).
+    pub const RELAY_CALLER_SOCKET: &str = "x-ccr-relay-caller-socket";
     /// The media type of every JSON body.
     pub const JSON: &str = "application/json";
 }

@@ -43,27 +43,35 @@ pub(crate) fn bad_gateway(id: &str, message: &str) -> RelayResponse {
     }
 }
 
-/// Sends `request` to the target and returns what the caller should get. Never fails: a target
-/// that is down, too slow or too big becomes a 502 JSON.
-pub(crate) async fn forward(
+/// The target's response headers that go back to the caller.
+pub(crate) fn response_headers(resp: &reqwest::Response) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in resp.headers() {
+        if forward_response_header(name.as_str()) {
+            if let Ok(v) = value.to_str() {
+                out.push((name.as_str().to_owned(), v.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+/// Sends `request` to the target and waits for its response's head (at most `timeout`); the
+/// body is left to read. A target that is down or too slow, or a request that cannot be
+/// built, is the 502 to answer instead.
+pub(crate) async fn send(
     client: &reqwest::Client,
     target: &Url,
     timeout: Duration,
     request: &RelayRequest,
-) -> RelayResponse {
+) -> Result<reqwest::Response, RelayResponse> {
     let id = request.id.as_str();
-    let url = match target_url(target, &request.path, &request.query) {
-        Ok(u) => u,
-        Err(e) => return bad_gateway(id, &format!("cannot build the target URL: {e}")),
-    };
-    let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => return bad_gateway(id, &format!("invalid method {:?}", request.method)),
-    };
-    let body = match decode_body(request.body_base64.as_deref(), request.body.as_deref()) {
-        Ok(b) => b,
-        Err(e) => return bad_gateway(id, &format!("the request body is not valid base64: {e}")),
-    };
+    let url = target_url(target, &request.path, &request.query)
+        .map_err(|e| bad_gateway(id, &format!("cannot build the target URL: {e}")))?;
+    let method = reqwest::Method::from_bytes(request.method.as_bytes())
+        .map_err(|_| bad_gateway(id, &format!("invalid method {:?}", request.method)))?;
+    let body = decode_body(request.body_base64.as_deref(), request.body.as_deref())
+        .map_err(|e| bad_gateway(id, &format!("the request body is not valid base64: {e}")))?;
     let mut headers = HeaderMap::new();
     for (name, value) in &request.headers {
         if !target_request_header(name) {
@@ -76,22 +84,50 @@ pub(crate) async fn forward(
             headers.append(n, v);
         }
     }
-    let exchange = async {
-        let mut resp = client
-            .request(method, url.clone())
-            .headers(headers)
-            .body(body)
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        let mut out_headers = Vec::new();
-        for (name, value) in resp.headers() {
-            if forward_response_header(name.as_str()) {
-                if let Ok(v) = value.to_str() {
-                    out_headers.push((name.as_str().to_owned(), v.to_owned()));
-                }
-            }
-        }
+    let sent = client
+        .request(method, url)
+        .headers(headers)
+        .body(body)
+        .send();
+    match tokio::time::timeout(timeout, sent).await {
+        Err(_) => Err(too_slow(id, target, timeout)),
+        Ok(Err(e)) => Err(unreachable(id, target, e)),
+        Ok(Ok(resp)) => Ok(resp),
+    }
+}
+
+fn too_slow(id: &str, target: &Url, timeout: Duration) -> RelayResponse {
+    bad_gateway(
+        id,
+        &format!(
+            "the target {target} did not answer within {} s",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
+fn unreachable(id: &str, target: &Url, e: reqwest::Error) -> RelayResponse {
+    bad_gateway(
+        id,
+        &format!(
+            "relay-bridge could not reach the target {target}: {:#}",
+            anyhow::Error::new(e)
+        ),
+    )
+}
+
+/// Reads a response's whole body (at most [`MAX_RELAY_BODY_BYTES`], until `deadline`) into
+/// the envelope for request `id`; anything else is a 502.
+pub(crate) async fn whole(
+    id: &str,
+    target: &Url,
+    timeout: Duration,
+    deadline: tokio::time::Instant,
+    mut resp: reqwest::Response,
+) -> RelayResponse {
+    let status = resp.status().as_u16();
+    let headers = response_headers(&resp);
+    let read = async {
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await? {
             if bytes.len() + chunk.len() > MAX_RELAY_BODY_BYTES {
@@ -101,25 +137,13 @@ pub(crate) async fn forward(
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok::<_, reqwest::Error>(Ok((status, out_headers, bytes)))
+        Ok::<_, reqwest::Error>(Ok(bytes))
     };
-    match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => bad_gateway(
-            id,
-            &format!(
-                "the target {target} did not answer within {} s",
-                timeout.as_secs_f64()
-            ),
-        ),
-        Ok(Err(e)) => bad_gateway(
-            id,
-            &format!(
-                "relay-bridge could not reach the target {target}: {:#}",
-                anyhow::Error::new(e)
-            ),
-        ),
+    match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => too_slow(id, target, timeout),
+        Ok(Err(e)) => unreachable(id, target, e),
         Ok(Ok(Err(message))) => bad_gateway(id, &message),
-        Ok(Ok(Ok((status, headers, bytes)))) => {
+        Ok(Ok(Ok(bytes))) => {
             // Base64 only: the relay reads `bodyBase64` first, and a text copy would double
             // the upload.
             let (body_base64, _) = encode_body(&bytes);
@@ -132,6 +156,21 @@ pub(crate) async fn forward(
                 content_type: None,
             }
         }
+    }
+}
+
+/// Sends `request` to the target and returns what the caller should get, body and all, within
+/// `timeout`. Never fails: a target that is down, too slow or too big becomes a 502 JSON.
+pub(crate) async fn forward(
+    client: &reqwest::Client,
+    target: &Url,
+    timeout: Duration,
+    request: &RelayRequest,
+) -> RelayResponse {
+    let deadline = tokio::time::Instant::now() + timeout;
+    match send(client, target, timeout, request).await {
+        Ok(resp) => whole(&request.id, target, timeout, deadline, resp).await,
+        Err(bad) => bad,
     }
 }
 

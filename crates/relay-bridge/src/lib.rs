@@ -12,9 +12,12 @@
 //! - `post_responses`: the responder, one task posting one `_respond` at a time; responses
 //!   that finish while a post is in flight go together in the next, as a batch.
 //! - `forward`: one request to the target and back into a response envelope.
+//! - `socket`: the WebSocket transport ([`Transport`]), tried first; the poll loop above is
+//!   its fallback.
 #![deny(missing_docs)]
 
 mod forward;
+mod socket;
 
 use ccr_protocol::wire::{header, query, route};
 use std::future::Future;
@@ -46,13 +49,25 @@ const RESPOND_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Attempts to post one response before giving up on it.
 const RESPOND_ATTEMPTS: u32 = 5;
 /// After a failed (or instantly empty) poll the bridge waits from about this long…
-const POLL_BACKOFF_BASE: Duration = Duration::from_millis(500);
+pub(crate) const POLL_BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// …doubling up to about this long; a poll that brings requests resets it.
-const POLL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const POLL_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Retries of one response post wait from about this long…
 const RESPOND_BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// …doubling up to about this long.
 const RESPOND_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// How requests reach the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The WebSocket when it opens; long-polling when the upgrade is refused (a proxy that
+    /// forbids upgrades, an older Worker) or a proxy is configured for the relay.
+    Auto,
+    /// Only the WebSocket (a refused upgrade is retried with backoff).
+    WebSocket,
+    /// Only long-polling (the seed protocol's transport).
+    Poll,
+}
 
 /// Everything the bridge needs.
 #[derive(Debug, Clone)]
@@ -73,6 +88,8 @@ pub struct Config {
     pub poll_wait: Duration,
     /// On shutdown, how long in-flight requests may take to finish.
     pub drain_timeout: Duration,
+    /// How requests reach the bridge.
+    pub transport: Transport,
 }
 
 impl Config {
@@ -87,6 +104,7 @@ impl Config {
             target_timeout: Duration::from_secs(30),
             poll_wait: Duration::from_secs(ccr_protocol::MAX_RELAY_WAIT_SECS),
             drain_timeout: Duration::from_secs(30),
+            transport: Transport::Auto,
         }
     }
 
@@ -196,6 +214,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         concurrency = config.concurrency,
         "relay-bridge started"
     );
+
+    if config.transport != Transport::Poll {
+        let auto = config.transport == Transport::Auto;
+        match socket::run(shared.clone(), permits.clone(), auto, shutdown.as_mut()).await {
+            socket::Ended::Shutdown => {
+                drop(responses);
+                let _ = responder.await;
+                info!("relay-bridge stopped");
+                return Ok(());
+            }
+            socket::Ended::Unavailable(why) => {
+                warn!("the relay's WebSocket is unavailable ({why}): long-polling instead");
+            }
+        }
+    }
 
     loop {
         while tasks.try_join_next().is_some() {}
@@ -652,6 +685,8 @@ mod run_tests {
             Secret::new("tok"),
             Url::parse("http://127.0.0.1:9").unwrap(),
         );
+        let mut config = config;
+        config.transport = Transport::Poll;
         let stop = tokio::time::sleep(Duration::from_secs(secs));
         tokio::time::timeout(Duration::from_secs(secs + 10), run(config, stop))
             .await
@@ -803,6 +838,7 @@ mod confirm_tests {
             Url::parse("http://127.0.0.1:9").unwrap(),
         );
         config.concurrency = concurrency;
+        config.transport = Transport::Poll;
         let stop = async move {
             for _ in 0..200 {
                 if done(&seen.lock().unwrap()) {

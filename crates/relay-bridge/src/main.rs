@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use clap::Parser;
-use relay_bridge::{Config, Secret};
+use clap::{Parser, ValueEnum};
+use relay_bridge::{Config, Secret, Transport};
 use url::Url;
 
 /// Serves a local HTTP server through the CCR Worker's relay, with outbound calls only.
@@ -35,6 +35,17 @@ struct Args {
     /// On SIGTERM, seconds in-flight requests may take to finish.
     #[arg(long, default_value_t = 30.0)]
     drain_timeout: f64,
+    /// How requests arrive: a WebSocket to the relay (ws), long-polling (poll), or the
+    /// WebSocket with long-polling as the fallback when the upgrade is refused (auto).
+    #[arg(long, env = "RELAY_TRANSPORT", value_enum, default_value_t = TransportArg::Auto)]
+    transport: TransportArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TransportArg {
+    Auto,
+    Ws,
+    Poll,
 }
 
 fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -66,6 +77,11 @@ async fn main() -> std::process::ExitCode {
         c.target_timeout = secs("target-timeout", args.target_timeout)?;
         c.poll_wait = secs("poll-wait", args.poll_wait)?;
         c.drain_timeout = secs("drain-timeout", args.drain_timeout)?;
+        c.transport = match args.transport {
+            TransportArg::Auto => Transport::Auto,
+            TransportArg::Ws => Transport::WebSocket,
+            TransportArg::Poll => Transport::Poll,
+        };
         anyhow::Ok(c)
     })();
     let result = match config {

@@ -136,6 +136,8 @@ pub enum RelayRoute {
     BadChannel(String),
     /// `/relay` with no channel.
     NoChannel,
+    /// `GET {prefix}/_ws`: a bridge's WebSocket transport.
+    BridgeSocket(Channel),
 }
 
 /// Whether a path belongs to the relay (`/ping`, `/proxy[/...]`, `/relay[/...]`).
@@ -218,6 +220,7 @@ pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
         route::POLL => want("GET", RelayRoute::Poll(channel)),
         route::RESPOND => want("POST", RelayRoute::Respond(channel)),
         route::ACK => want("POST", RelayRoute::Ack(channel)),
+        route::BRIDGE_SOCKET => want("GET", RelayRoute::BridgeSocket(channel)),
         _ => match op
             .strip_prefix(route::RESULT)
             .and_then(|r| r.strip_prefix('/'))
@@ -402,6 +405,30 @@ pub enum DoCall {
         #[serde(default)]
         prefix: Option<String>,
     },
+}
+
+/// A caller's WebSocket upgrade on a channel, as the Worker hands it to the channel's object
+/// (hex-encoded JSON in a header: an upgrade request has no body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCall {
+    /// [`Channel::key`].
+    pub channel: String,
+    /// Path below the channel prefix.
+    pub path: String,
+    /// Query without `?` (relay parameters removed).
+    pub query: String,
+    /// Forwarded headers.
+    pub headers: Vec<(String, String)>,
+}
+
+/// The subprotocol to accept for a caller's socket: the first one it offers (the target
+/// answers on the other side of the bridge, after the caller's handshake is done).
+pub fn first_subprotocol(offered: &str) -> Option<String> {
+    offered
+        .split(',')
+        .map(str::trim)
+        .find(|p| !p.is_empty())
+        .map(str::to_owned)
 }
 
 /// Frames a JSON head and a raw payload as one body: 4-byte big-endian head length, head,
@@ -929,6 +956,19 @@ mod tests {
         assert_eq!(parse_route("GET", "/health"), None);
         assert_eq!(parse_route("GET", "/proxyx"), None);
         assert_eq!(parse_route("GET", "/relayed/x"), None);
+        assert_eq!(
+            first_subprotocol(" vite-hmr, other"),
+            Some("vite-hmr".into())
+        );
+        assert_eq!(first_subprotocol(" , "), None);
+        assert_eq!(
+            parse_route("GET", "/relay/alpha/_ws"),
+            Some(BridgeSocket(Channel::Named("alpha".into())))
+        );
+        assert_eq!(
+            parse_route("POST", "/proxy/_ws"),
+            Some(MethodNotAllowed("GET"))
+        );
         assert_eq!(
             parse_route("GET", "/proxy"),
             Some(Public {

@@ -16,11 +16,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ccr_protocol::api::OkBody;
-use ccr_protocol::relay::{AckBody, PollBatch, RespondBody};
+use ccr_protocol::relay::{AckBody, BridgeUp, PollBatch, RelayDown, RespondBody};
 use ccr_protocol::MAX_RELAY_BODY_BYTES;
-use futures_channel::oneshot;
+use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use worker::*;
 
@@ -37,6 +38,10 @@ const RELAY_DO_BINDING: &str = "RELAY_DO";
 const KV_BINDING: &str = "RELAY";
 /// Worker → object calls go to this URL; only the body matters.
 const INTERNAL_URL: &str = "https://relay.internal/call";
+/// The hibernation tag of bridge sockets.
+const BRIDGE_TAG: &str = "bridge";
+/// The hibernation tag of callers' sockets (each also tagged with its connection id).
+const CALLER_TAG: &str = "caller";
 
 /// With `RELAY_HOST_SUFFIX` set, the named channel whose own host the request is for
 /// (`<channel>.<suffix>`): then every path of it is that channel's.
@@ -111,6 +116,25 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
             };
             call_channel(env, &channel, &call, body).await
         }
+        RelayRoute::BridgeSocket(channel) => {
+            check_bridge(&req, &relay_token, &channel)?;
+            let upgrade = header(&req, wire::header::UPGRADE).unwrap_or_default();
+            if !upgrade.eq_ignore_ascii_case(wire::header::WEBSOCKET) {
+                return Err(ApiError::new(
+                    426,
+                    "this is a bridge's WebSocket: send Upgrade: websocket (or long-poll _poll)",
+                ));
+            }
+            let headers = Headers::new();
+            headers.set(wire::header::UPGRADE, wire::header::WEBSOCKET)?;
+            headers.set(wire::header::RELAY_SOCKET_CHANNEL, &channel.key())?;
+            let inner = http::internal_request(INTERNAL_URL, Method::Get, headers, None)?;
+            let stub = env
+                .durable_object(RELAY_DO_BINDING)?
+                .id_from_name(&channel.key())?
+                .get_stub()?;
+            Ok(stub.fetch_with_request(inner).await?)
+        }
         RelayRoute::Result { channel, id } => {
             let (_, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
             check_public(&req, env, &relay_token, key_param)?;
@@ -141,6 +165,29 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
                     }
                 })
                 .collect();
+            let upgrade = header(&req, wire::header::UPGRADE).unwrap_or_default();
+            if upgrade.eq_ignore_ascii_case(wire::header::WEBSOCKET) {
+                // A caller's WebSocket (a dev server's hot reload): the channel's object
+                // accepts it and carries it to the target through the bridge's socket.
+                let call = relay::SocketCall {
+                    channel: channel.key(),
+                    path,
+                    query,
+                    headers,
+                };
+                let inner_headers = Headers::new();
+                inner_headers.set(wire::header::UPGRADE, wire::header::WEBSOCKET)?;
+                inner_headers.set(
+                    wire::header::RELAY_CALLER_SOCKET,
+                    &hex::encode(serde_json::to_vec(&call)?),
+                )?;
+                let inner = http::internal_request(INTERNAL_URL, Method::Get, inner_headers, None)?;
+                let stub = env
+                    .durable_object(RELAY_DO_BINDING)?
+                    .id_from_name(&channel.key())?
+                    .get_stub()?;
+                return Ok(stub.fetch_with_request(inner).await?);
+            }
             let mut body = read_limited(&mut req, MAX_RELAY_BODY_BYTES).await?;
             // A large body goes to KV from here, and only its key to the channel's object:
             // the object, shared by every caller of the channel, never holds it.
@@ -281,6 +328,109 @@ fn answer_response(answer: Answer, prefix: &str) -> Reply {
     }
 }
 
+/// The headers a caller gets for a bridge's response head.
+fn caller_header_map(head: &ResponseHead, prefix: &str) -> Headers {
+    let headers = Headers::new();
+    for (name, value) in &relay::caller_headers(&head.headers, prefix) {
+        if headers.append(name, value).is_err() {
+            console_warn!("relay: dropped response header {name:?}");
+        }
+    }
+    headers
+}
+
+/// A body chunk of a streamed response, or the error that breaks it off.
+type Chunk = Result<Vec<u8>>;
+
+/// What a waiting caller receives: a whole answer, or a streamed response's head with its
+/// body still arriving over the bridge's socket.
+enum Delivery {
+    Whole(Answer),
+    Stream {
+        head: ResponseHead,
+        body: mpsc::UnboundedReceiver<Chunk>,
+        credit: Credit,
+    },
+}
+
+/// Grants a streaming bridge more window as the caller's body is read, and tells it to stop
+/// when the body is dropped (finished, or the caller went away: then the bridge stops reading
+/// the target).
+struct Credit {
+    ws: WebSocket,
+    id: String,
+}
+
+impl Credit {
+    fn grant(&self, bytes: usize) {
+        let frame = RelayDown::Credit {
+            id: self.id.clone(),
+            bytes: bytes as u64,
+        };
+        if let Ok(text) = serde_json::to_string(&frame) {
+            let _ = self.ws.send_with_str(text);
+        }
+    }
+}
+
+impl Drop for Credit {
+    fn drop(&mut self) {
+        let frame = RelayDown::Cancel {
+            id: std::mem::take(&mut self.id),
+        };
+        if let Ok(text) = serde_json::to_string(&frame) {
+            let _ = self.ws.send_with_str(text);
+        }
+    }
+}
+
+/// The caller's response for a streamed answer: the body flows as the bridge sends it, each
+/// chunk read granting the bridge as many bytes more.
+fn stream_response(
+    head: ResponseHead,
+    body: mpsc::UnboundedReceiver<Chunk>,
+    credit: Credit,
+    prefix: &str,
+) -> Reply {
+    let builder = ResponseBuilder::new()
+        .with_status(head.status)
+        .with_headers(caller_header_map(&head, prefix))
+        .with_encode_body(EncodeBody::Manual);
+    if relay::null_body_status(head.status) {
+        return Ok(builder.empty());
+    }
+    let body = body.map(move |chunk| {
+        if let Ok(bytes) = &chunk {
+            credit.grant(bytes.len());
+        }
+        chunk
+    });
+    Ok(builder.from_stream(body)?)
+}
+
+/// What a bridge socket's attachment remembers (it survives hibernation; memory does not).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BridgeSocket {
+    /// Random per socket: which requests went to it.
+    id: String,
+    /// [`Channel::key`].
+    channel: String,
+    /// When it was accepted (ms): the newest socket gets the requests.
+    since: u64,
+    /// The bridge is shutting down: push nothing more to it.
+    #[serde(default)]
+    draining: bool,
+}
+
+/// What a caller socket's attachment remembers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CallerSocket {
+    /// The connection id (also a tag of the socket).
+    conn: String,
+    /// The id of the bridge socket carrying it.
+    bridge: String,
+}
+
 fn random_id() -> std::result::Result<String, ApiError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("no randomness: {e}")))?;
@@ -293,12 +443,17 @@ pub struct RelayDO {
     env: Env,
     channel: RefCell<relay::ChannelState>,
     /// Request id → the waiting caller.
-    callers: RefCell<HashMap<String, oneshot::Sender<Answer>>>,
+    callers: RefCell<HashMap<String, oneshot::Sender<Delivery>>>,
     /// Waiting long-polls; fired (all of them) when a request is queued.
     polls: RefCell<Vec<oneshot::Sender<()>>>,
     /// Random per instance, memory only: every answer carries it in `X-CCR-Relay-Instance`,
     /// so a rebuilt object (its waiting callers lost) shows.
     instance: String,
+    state: State,
+    /// Request id → the id of the bridge socket it was pushed to, until answered.
+    pushed: RefCell<HashMap<String, String>>,
+    /// Request id → the body of a response streaming to its caller.
+    streams: RefCell<HashMap<String, mpsc::UnboundedSender<Chunk>>>,
 }
 
 /// Removes a caller's bookkeeping if its wait ends without an answer, including when the
@@ -355,7 +510,7 @@ impl RelayDO {
     fn fail_caller(&self, id: &str, message: &str) {
         let tx = self.callers.borrow_mut().remove(id);
         if let Some(tx) = tx {
-            let _ = tx.send(relay::bad_gateway(message));
+            let _ = tx.send(Delivery::Whole(relay::bad_gateway(message)));
         }
     }
 
@@ -419,6 +574,7 @@ impl RelayDO {
             id: id.clone(),
             armed: true,
         };
+        self.push_queued().await;
         self.wake_polls();
 
         let timer = std::pin::pin!(Delay::from(Duration::from_millis(relay::CALLER_WAIT_MS)));
@@ -433,7 +589,10 @@ impl RelayDO {
         };
         let cancelled = guard.finish();
         match outcome {
-            Ok(answer) => answer_response(answer, prefix),
+            Ok(Delivery::Whole(answer)) => answer_response(answer, prefix),
+            Ok(Delivery::Stream { head, body, credit }) => {
+                stream_response(head, body, credit, prefix)
+            }
             Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
             Err(Some(())) => json(504, &relay::unanswered_body(&id, prefix, &cancelled)),
         }
@@ -604,7 +763,11 @@ impl RelayDO {
         }
         let tx = self.callers.borrow_mut().remove(&r.id);
         let unsent = match tx {
-            Some(tx) => tx.send(answer).err(),
+            Some(tx) => match tx.send(Delivery::Whole(answer)) {
+                Ok(()) => None,
+                Err(Delivery::Whole(answer)) => Some(answer),
+                Err(Delivery::Stream { .. }) => None,
+            },
             None => Some(answer),
         };
         if let Some(answer) = unsent {
@@ -713,9 +876,359 @@ impl RelayDO {
     }
 }
 
+/// A bridge socket's attachment; `None` for a socket that has none (not a bridge's).
+fn socket_meta(ws: &WebSocket) -> Option<BridgeSocket> {
+    ws.deserialize_attachment().ok().flatten()
+}
+
+/// A caller socket's attachment; `None` for a bridge's.
+fn caller_meta(ws: &WebSocket) -> Option<CallerSocket> {
+    ws.deserialize_attachment().ok().flatten()
+}
+
+/// Sends one relay → bridge frame; `false` when the socket refused it.
+fn send_down(ws: &WebSocket, frame: &RelayDown) -> bool {
+    match serde_json::to_string(frame) {
+        Ok(text) => ws.send_with_str(text).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// The WebSocket transport: a bridge holds one socket to its channel's object (accepted with
+/// the hibernation API, so an idle channel costs nothing), requests are pushed over it as they
+/// arrive, and responses come back over it — whole, or streamed as a head, binary chunks and
+/// an end. One Worker invocation per relayed request instead of a poll, a respond and the
+/// caller's. Requests pushed to a socket are handed over for good (the socket is the
+/// confirmation): if it drops before answering, their callers get a 502 at once.
+impl RelayDO {
+    async fn accept_bridge(&self, channel_key: &str) -> Reply {
+        if Channel::from_key(channel_key).is_none() {
+            return Err(ApiError::new(400, "malformed relay call: bad channel"));
+        }
+        let pair = WebSocketPair::new()?;
+        self.state
+            .accept_websocket_with_tags(&pair.server, &[BRIDGE_TAG]);
+        pair.server.serialize_attachment(&BridgeSocket {
+            id: random_id()?,
+            channel: channel_key.to_owned(),
+            since: now_ms(),
+            draining: false,
+        })?;
+        // Whatever waited for a bridge goes to this one.
+        self.push_queued().await;
+        Ok(Response::from_websocket(pair.client)?)
+    }
+
+    /// A caller's WebSocket upgrade: accepted here (hibernatable), then opened to the target
+    /// through the newest bridge socket. Frames cross both ways; either side's close closes
+    /// the other. Only the WebSocket transport can carry one: without a bridge socket, 502.
+    fn accept_caller(&self, call: &str) -> Reply {
+        let call: relay::SocketCall = hex::decode(call)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| ApiError::new(400, "malformed relay call: bad socket call"))?;
+        let Some((bridge_ws, bridge)) = self.bridge_socket() else {
+            return Err(ApiError::new(
+                502,
+                "no bridge is connected over a WebSocket: a WebSocket upgrade needs the \
+                 bridge's WebSocket transport (relay-bridge --transport ws or auto)",
+            ));
+        };
+        let conn = random_id()?;
+        let pair = WebSocketPair::new()?;
+        self.state
+            .accept_websocket_with_tags(&pair.server, &[CALLER_TAG, &conn]);
+        pair.server.serialize_attachment(&CallerSocket {
+            conn: conn.clone(),
+            bridge: bridge.id,
+        })?;
+        let protocol = call
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(wire::header::WEBSOCKET_PROTOCOL))
+            .and_then(|(_, v)| relay::first_subprotocol(v));
+        let open = RelayDown::SocketOpen {
+            id: conn,
+            path: call.path,
+            query: call.query,
+            headers: call.headers,
+        };
+        if !send_down(&bridge_ws, &open) {
+            return Err(ApiError::new(502, "the bridge's connection dropped"));
+        }
+        let headers = Headers::new();
+        if let Some(p) = protocol {
+            headers.set(wire::header::WEBSOCKET_PROTOCOL, &p)?;
+        }
+        Ok(ResponseBuilder::new()
+            .with_status(101)
+            .with_headers(headers)
+            .with_websocket(pair.client)
+            .empty())
+    }
+
+    /// The caller socket of connection `id`, if it is open.
+    fn caller_socket(&self, id: &str) -> Option<WebSocket> {
+        if !relay::valid_id(id) {
+            return None;
+        }
+        self.state.get_websockets_with_tag(id).into_iter().next()
+    }
+
+    /// The bridge socket whose id is `id`.
+    fn bridge_by_id(&self, id: &str) -> Option<WebSocket> {
+        self.state
+            .get_websockets_with_tag(BRIDGE_TAG)
+            .into_iter()
+            .find(|ws| socket_meta(ws).is_some_and(|m| m.id == id))
+    }
+
+    /// A message from a caller's socket, on to the bridge carrying it.
+    fn caller_message(&self, ws: &WebSocket, message: WebSocketIncomingMessage) {
+        let Some(caller) = caller_meta(ws) else {
+            return;
+        };
+        let Some(bridge) = self.bridge_by_id(&caller.bridge) else {
+            let _ = ws.close(Some(1011), Some("the bridge's connection dropped"));
+            return;
+        };
+        match message {
+            WebSocketIncomingMessage::String(text) => {
+                send_down(
+                    &bridge,
+                    &RelayDown::SocketText {
+                        id: caller.conn,
+                        text,
+                    },
+                );
+            }
+            WebSocketIncomingMessage::Binary(bytes) => {
+                let frame = ccr_protocol::relay::chunk_frame(&caller.conn, &bytes);
+                let _ = bridge.send_with_bytes(frame);
+            }
+        }
+    }
+
+    /// A caller closed its socket: the bridge closes the target's.
+    fn caller_closed(&self, caller: &CallerSocket, code: usize, reason: &str) {
+        if let Some(bridge) = self.bridge_by_id(&caller.bridge) {
+            send_down(
+                &bridge,
+                &RelayDown::SocketClose {
+                    id: caller.conn.clone(),
+                    code: u16::try_from(code).unwrap_or(1000),
+                    reason: reason.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// The newest bridge socket that is not draining.
+    fn bridge_socket(&self) -> Option<(WebSocket, BridgeSocket)> {
+        self.state
+            .get_websockets_with_tag(BRIDGE_TAG)
+            .into_iter()
+            .filter_map(|ws| socket_meta(&ws).map(|m| (ws, m)))
+            .filter(|(_, m)| !m.draining)
+            .max_by_key(|(_, m)| m.since)
+    }
+
+    /// Pushes every queued request to the bridge's socket, if one is open, one frame each.
+    async fn push_queued(&self) {
+        loop {
+            let Some((ws, meta)) = self.bridge_socket() else {
+                return;
+            };
+            let Some(item) = self
+                .channel
+                .borrow_mut()
+                .take_batch(1, now_ms(), false)
+                .pop()
+            else {
+                return;
+            };
+            let body = match item.body {
+                BodyAt::Empty => Some(Vec::new()),
+                BodyAt::Inline(b) => Some(b),
+                BodyAt::Kv(_) => {
+                    let key = relay::request_body_key(&meta.channel, &item.id);
+                    match self.kv().map(|kv| kv.get(&key)) {
+                        Ok(get) => get.bytes().await.ok().flatten(),
+                        Err(_) => None,
+                    }
+                }
+            };
+            let Some(body) = body else {
+                console_error!("relay: body of {} unreadable", item.id);
+                self.channel.borrow_mut().drop_in_flight(&item.id);
+                self.fail_caller(&item.id, "the relay lost this request's body");
+                continue;
+            };
+            let frame = RelayDown::Requests {
+                requests: vec![relay::envelope(&item.meta, &item.id, &body)],
+            };
+            drop(body);
+            self.pushed
+                .borrow_mut()
+                .insert(item.id.clone(), meta.id.clone());
+            if !send_down(&ws, &frame) {
+                self.pushed.borrow_mut().remove(&item.id);
+                self.channel.borrow_mut().drop_in_flight(&item.id);
+                self.fail_caller(&item.id, "the bridge's connection dropped");
+            }
+        }
+    }
+
+    /// One text frame from a bridge.
+    async fn bridge_frame(
+        &self,
+        ws: &WebSocket,
+        mut meta: BridgeSocket,
+        up: BridgeUp,
+    ) -> Result<()> {
+        match up {
+            BridgeUp::Respond { responses } => {
+                for r in responses {
+                    let id = r.id.clone();
+                    self.pushed.borrow_mut().remove(&id);
+                    match self.accept_one(&meta.channel, r).await {
+                        Ok(()) => {}
+                        Err(ApiError::Answer { message, .. }) => {
+                            console_warn!("relay: refused a response for {id}: {message}");
+                        }
+                        Err(e) => return Err(Error::RustError(format!("{e:?}"))),
+                    }
+                }
+            }
+            BridgeUp::Head {
+                id,
+                status,
+                headers,
+            } => {
+                self.pushed.borrow_mut().remove(&id);
+                let accepted = self.channel.borrow_mut().accept_response(&id, now_ms());
+                let tx = self.callers.borrow_mut().remove(&id);
+                let Some(tx) = tx.filter(|_| accepted.is_ok() && (200..=599).contains(&status))
+                else {
+                    // Nobody waits for it (any more): the bridge stops reading the target.
+                    send_down(ws, &RelayDown::Cancel { id });
+                    return Ok(());
+                };
+                let (body_tx, body) = mpsc::unbounded();
+                let delivery = Delivery::Stream {
+                    head: ResponseHead { status, headers },
+                    body,
+                    credit: Credit {
+                        ws: ws.clone(),
+                        id: id.clone(),
+                    },
+                };
+                // A caller that just gave up drops the delivery, whose credit cancels.
+                if tx.send(delivery).is_ok() {
+                    self.streams.borrow_mut().insert(id, body_tx);
+                }
+            }
+            BridgeUp::End { id } => {
+                self.streams.borrow_mut().remove(&id);
+            }
+            BridgeUp::Abort { id, error } => {
+                let tx = self.streams.borrow_mut().remove(&id);
+                if let Some(tx) = tx {
+                    let _ = tx.unbounded_send(Err(Error::RustError(error)));
+                }
+            }
+            BridgeUp::Draining => {
+                meta.draining = true;
+                ws.serialize_attachment(&meta)?;
+            }
+            BridgeUp::SocketText { id, text } => match self.caller_socket(&id) {
+                Some(caller) => {
+                    let _ = caller.send_with_str(text);
+                }
+                None => {
+                    send_down(
+                        ws,
+                        &RelayDown::SocketClose {
+                            id,
+                            code: 1000,
+                            reason: "the caller is gone".into(),
+                        },
+                    );
+                }
+            },
+            BridgeUp::SocketClose { id, code, reason } => {
+                if let Some(caller) = self.caller_socket(&id) {
+                    let code = ccr_protocol::relay::sendable_close_code(code);
+                    let _ = caller.close(Some(code), Some(reason));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One binary frame: a chunk of a streamed body.
+    fn bridge_chunk(&self, ws: &WebSocket, frame: &[u8]) {
+        let Some((id, bytes)) = ccr_protocol::relay::split_chunk_frame(frame) else {
+            return;
+        };
+        let sent = self
+            .streams
+            .borrow()
+            .get(id)
+            .map(|tx| tx.unbounded_send(Ok(bytes.to_vec())).is_ok());
+        if sent.is_none() {
+            if let Some(caller) = self.caller_socket(id) {
+                let _ = caller.send_with_bytes(bytes);
+                return;
+            }
+        }
+        if sent != Some(true) {
+            // The caller is gone: forget the stream (its credit already said cancel).
+            self.streams.borrow_mut().remove(id);
+            if sent.is_none() {
+                send_down(ws, &RelayDown::Cancel { id: id.to_owned() });
+            }
+        }
+    }
+
+    /// A bridge socket closed: every request pushed to it and not answered gets a 502, and a
+    /// response streaming from it breaks off — never another caller's bytes.
+    fn bridge_gone(&self, ws: &WebSocket) {
+        let Some(meta) = socket_meta(ws) else {
+            return;
+        };
+        for caller in self.state.get_websockets_with_tag(CALLER_TAG) {
+            if caller_meta(&caller).is_some_and(|c| c.bridge == meta.id) {
+                let _ = caller.close(Some(1011), Some("the bridge's connection dropped"));
+            }
+        }
+        let ids: Vec<String> = self
+            .pushed
+            .borrow()
+            .iter()
+            .filter(|(_, socket)| **socket == meta.id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.pushed.borrow_mut().remove(&id);
+            self.channel.borrow_mut().drop_in_flight(&id);
+            self.fail_caller(&id, "the bridge's connection dropped before it answered");
+            let tx = self.streams.borrow_mut().remove(&id);
+            if let Some(tx) = tx {
+                let _ = tx.unbounded_send(Err(Error::RustError(
+                    "the bridge's connection dropped mid-response".into(),
+                )));
+            }
+        }
+    }
+}
+
 impl DurableObject for RelayDO {
-    fn new(_state: State, env: Env) -> Self {
+    fn new(state: State, env: Env) -> Self {
         Self {
+            state,
+            pushed: RefCell::new(HashMap::new()),
+            streams: RefCell::new(HashMap::new()),
             env,
             channel: RefCell::new(relay::ChannelState::default()),
             callers: RefCell::new(HashMap::new()),
@@ -725,6 +1238,12 @@ impl DurableObject for RelayDO {
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
+        if let Some(channel_key) = header(&req, wire::header::RELAY_SOCKET_CHANNEL) {
+            return http::finish(self.accept_bridge(&channel_key).await);
+        }
+        if let Some(call) = header(&req, wire::header::RELAY_CALLER_SOCKET) {
+            return http::finish(self.accept_caller(&call));
+        }
         let resp = http::finish(self.serve(req).await)?;
         // Best effort: a response whose headers are immutable simply goes without it.
         let _ = resp
@@ -739,23 +1258,50 @@ impl DurableObject for RelayDO {
 
     async fn websocket_message(
         &self,
-        _ws: WebSocket,
-        _message: WebSocketIncomingMessage,
+        ws: WebSocket,
+        message: WebSocketIncomingMessage,
     ) -> Result<()> {
-        Ok(())
+        let Some(meta) = socket_meta(&ws) else {
+            self.caller_message(&ws, message);
+            return Ok(());
+        };
+        match message {
+            WebSocketIncomingMessage::String(text) => match serde_json::from_str(&text) {
+                Ok(up) => self.bridge_frame(&ws, meta, up).await,
+                Err(e) => {
+                    console_warn!("relay: unreadable frame from a bridge: {e}");
+                    Ok(())
+                }
+            },
+            WebSocketIncomingMessage::Binary(bytes) => {
+                self.bridge_chunk(&ws, &bytes);
+                Ok(())
+            }
+        }
     }
 
     async fn websocket_close(
         &self,
-        _ws: WebSocket,
-        _code: usize,
-        _reason: String,
+        ws: WebSocket,
+        code: usize,
+        reason: String,
         _clean: bool,
     ) -> Result<()> {
+        if let Some(caller) = caller_meta(&ws) {
+            self.caller_closed(&caller, code, &reason);
+        } else {
+            self.bridge_gone(&ws);
+        }
+        let _ = ws.close(Some(1000), Some("closed"));
         Ok(())
     }
 
-    async fn websocket_error(&self, _ws: WebSocket, _err: Error) -> Result<()> {
+    async fn websocket_error(&self, ws: WebSocket, _err: Error) -> Result<()> {
+        if let Some(caller) = caller_meta(&ws) {
+            self.caller_closed(&caller, 1011, "the caller's socket failed");
+        } else {
+            self.bridge_gone(&ws);
+        }
         Ok(())
     }
 }

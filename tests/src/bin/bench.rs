@@ -423,6 +423,7 @@ async fn run() -> anyhow::Result<()> {
         }));
     }
     bridge.kill().await;
+    rows.extend(relay_transports(&w, warmup, secs).await?);
 
     // The router: webhook POST → the line in the pane, with no pause before Enter.
     eprintln!("bench: router, {replies} replies");
@@ -974,4 +975,257 @@ async fn paste_and_photo_rows(replies: usize) -> anyhow::Result<Vec<Row>> {
             &fetched,
         ),
     ])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay's two transports, side by side in one run (issue #15 items 3–4).
+
+/// Relay over the WebSocket transport and over long-poll, each against one Worker → Durable
+/// Object hop measured in the same run: p50 at 1 caller and req/s at 64 as ratios to the hop,
+/// time to first byte and per-event delay of a server-sent event stream (an event every
+/// 200 ms), and the bridge's peak RSS during a large download (`BENCH_DOWNLOAD_MB`, 300).
+/// Rows for the table; the figures also go to `target/bench/relay-transports.json`.
+async fn relay_transports(
+    w: &Worker,
+    warmup: Duration,
+    secs: Duration,
+) -> anyhow::Result<Vec<Row>> {
+    use axum::body::{Body, Bytes};
+    use axum::extract::Query;
+    use futures_util::StreamExt as _;
+    const EVENTS: u64 = 10;
+    let download_mb = env_u64("BENCH_DOWNLOAD_MB", 300);
+    let since_epoch_us = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    };
+    let app = Router::new()
+        .route(
+            "/bench",
+            get(|| async { ([("content-type", "application/json")], TARGET_BODY) }),
+        )
+        .route(
+            "/sse",
+            get(move || async move {
+                // Each event carries the time it was written (µs since the epoch).
+                let events = futures_util::stream::unfold(0u64, move |i| async move {
+                    if i == EVENTS {
+                        return None;
+                    }
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    let line = format!("data: {}\n\n", since_epoch_us());
+                    Some((Ok::<_, std::io::Error>(Bytes::from(line)), i + 1))
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    Body::from_stream(events),
+                )
+            }),
+        )
+        .route(
+            "/big",
+            get(|Query(q): Query<Vec<(String, String)>>| async move {
+                let mb: u64 = q
+                    .iter()
+                    .find(|(k, _)| k == "mb")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(1);
+                let chunk = Bytes::from(vec![0x5au8; 1024 * 1024]);
+                let body = futures_util::stream::iter(0..mb)
+                    .map(move |_| Ok::<_, std::io::Error>(chunk.clone()));
+                (
+                    [
+                        ("content-type", "application/octet-stream".to_owned()),
+                        ("content-length", (mb * 1024 * 1024).to_string()),
+                    ],
+                    Body::from_stream(body),
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let target = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let worker_url = w.url(route::SESSIONS);
+    let mut rows = Vec::new();
+    let mut report = Vec::new();
+    let mut targets = Vec::new();
+    for transport in ["ws", "poll"] {
+        eprintln!("bench: relay over {transport}");
+        let channel = format!("bench-{transport}");
+        let mut bridge = Bridge::start_with_env(
+            w,
+            &target,
+            Some(&channel),
+            &["--concurrency", "64", "--transport", transport],
+            &[("RUST_LOG", "warn")],
+        )
+        .await?;
+        let pid = bridge.pid().context("bridge pid")?;
+        let relay_url = w.url(&format!("/relay/{channel}/bench"));
+        wait_for("the relay to answer", T, || async {
+            one(http.get(&relay_url)).await.then_some(())
+        })
+        .await
+        .with_context(|| bridge.log())?;
+        let mut cells = Vec::new();
+        for c in [1usize, 64] {
+            let hop = load(&http, &worker_url, Some(TEST_API_KEY), c, warmup, secs).await;
+            let relay = load(&http, &relay_url, None, c, warmup, secs).await;
+            rows.push(cell_row(&format!("relay over {transport}"), c, &relay));
+            rows.push(cell_row("  the Worker → DO hop, same moment", c, &hop));
+            cells.push((c, relay, hop));
+        }
+        let p50_ratio = cells
+            .first()
+            .map_or(f64::NAN, |(_, r, h)| r.ms(0.5) / h.ms(0.5));
+        let rps_share = cells.last().map_or(f64::NAN, |(_, r, h)| r.rps() / h.rps());
+
+        // Streaming: time to the first byte, and how late each event is.
+        let sent = Instant::now();
+        let mut resp = http
+            .get(w.url(&format!("/relay/{channel}/sse")))
+            .send()
+            .await?;
+        let mut ttfb = None;
+        let mut late_ms: Vec<f64> = Vec::new();
+        let mut buf = String::new();
+        while let Some(chunk) = resp.chunk().await? {
+            let now = since_epoch_us();
+            ttfb.get_or_insert_with(|| sent.elapsed());
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let event: String = buf.drain(..end + 2).collect();
+                if let Some(at) = event
+                    .trim()
+                    .strip_prefix("data: ")
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    late_ms.push(now.saturating_sub(at) as f64 / 1000.0);
+                }
+            }
+        }
+        let ttfb_ms = ttfb.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+        let late_max = late_ms.iter().copied().fold(0.0f64, f64::max);
+        let late_p50 = {
+            let mut v = late_ms.clone();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+
+        // A large download, sampling the bridge's RSS.
+        let peak = RssPeak::start(pid);
+        let t0 = Instant::now();
+        let mut got = 0u64;
+        let mut status = 0;
+        if let Ok(mut r) = http
+            .get(w.url(&format!("/relay/{channel}/big?mb={download_mb}")))
+            .send()
+            .await
+        {
+            status = r.status().as_u16();
+            while let Ok(Some(c)) = r.chunk().await {
+                got += c.len() as u64;
+            }
+        }
+        let took = t0.elapsed().as_secs_f64();
+        let rss_peak = peak.finish().await;
+        let complete = got == download_mb * 1024 * 1024 && status == 200;
+        bridge.kill().await;
+
+        rows.push(Row {
+            what: format!(
+                "relay over {transport}: p50 ÷ hop p50 (1 caller); req/s ÷ hop req/s (64)"
+            ),
+            callers: "1 / 64".into(),
+            p50: format!("{p50_ratio:.2}×"),
+            p90: String::new(),
+            p99: String::new(),
+            rps: format!("{:.0} %", rps_share * 100.0),
+            n: String::new(),
+        });
+        rows.push(Row {
+            what: format!(
+                "relay over {transport}: SSE first byte; event delay p50 / max ({} events, 200 ms apart)",
+                late_ms.len()
+            ),
+            callers: "1".into(),
+            p50: format!("{ttfb_ms:.1} / {late_p50:.1} / {late_max:.1}"),
+            p90: String::new(),
+            p99: String::new(),
+            rps: String::new(),
+            n: String::new(),
+        });
+        rows.push(Row {
+            what: format!(
+                "relay over {transport}: {download_mb} MB download — bridge peak RSS, MB/s{}",
+                if complete {
+                    String::new()
+                } else {
+                    format!(" (answer {status}, {got} B: not streamed)")
+                }
+            ),
+            callers: "1".into(),
+            p50: format!("{:.1} MiB", rss_peak as f64 / 1024.0),
+            p90: String::new(),
+            p99: String::new(),
+            rps: if complete {
+                format!("{:.0} MB/s", got as f64 / 1e6 / took)
+            } else {
+                "—".into()
+            },
+            n: String::new(),
+        });
+        match transport {
+            "ws" => {
+                targets.push((
+                    "WebSocket relay p50 ≤ 1.5× the hop's (1 caller)".to_owned(),
+                    p50_ratio <= 1.5,
+                ));
+                targets.push((
+                    "WebSocket relay req/s ≥ 80 % of the hop's (64 callers)".to_owned(),
+                    rps_share >= 0.8,
+                ));
+                targets.push((
+                    format!("WebSocket: bridge RSS < 64 MiB during {download_mb} MB"),
+                    complete && rss_peak < 64 * 1024,
+                ));
+            }
+            _ => targets.push((
+                "long-poll relay req/s ≥ 50 % of the hop's (64 callers)".to_owned(),
+                rps_share >= 0.5,
+            )),
+        }
+        report.push(json!({
+            "transport": transport,
+            "cells": cells.iter().map(|(c, r, h)| json!({"callers": c, "relay": r.json(), "hop": h.json()})).collect::<Vec<_>>(),
+            "p50OverHop1": p50_ratio, "rpsShareOfHop64": rps_share,
+            "sseTtfbMs": ttfb_ms, "sseEventDelayMs": late_ms,
+            "download": {"mb": download_mb, "status": status, "bytes": got, "secs": took, "bridgePeakRssKib": rss_peak},
+        }));
+    }
+    for (what, ok) in targets {
+        rows.push(Row {
+            what: format!("target: {what}"),
+            callers: String::new(),
+            p50: mark(ok).into(),
+            p90: String::new(),
+            p99: String::new(),
+            rps: String::new(),
+            n: String::new(),
+        });
+    }
+    server.abort();
+    let out = workspace_root().join("target/bench/relay-transports.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    Ok(rows)
 }

@@ -1,0 +1,720 @@
+//! The WebSocket transport: one socket to the channel's relay object (`{prefix}/_ws`), over
+//! which the relay pushes requests as they arrive and the bridge sends responses back — whole
+//! (a small `content-length` body, one text frame) or streamed (a head, binary chunks of at
+//! most [`STREAM_CHUNK_BYTES`], an end), each stream within a window of
+//! [`STREAM_WINDOW_BYTES`] that the relay refills as its caller reads. So a download of any
+//! size passes with bounded memory on both sides, and an event stream's events reach the
+//! caller as the target writes them.
+//!
+//! A socket that drops is reconnected with jittered backoff; the requests it carried are
+//! abandoned here (the relay answers their callers 502 itself). An upgrade the relay — or a
+//! proxy in between — refuses (any HTTP answer but 101) ends this transport in `auto` mode:
+//! the bridge long-polls instead.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ccr_native::{Backoff, Jitter};
+use ccr_protocol::relay::{
+    chunk_frame, sendable_close_code, split_chunk_frame, target_socket_header, BridgeUp, RelayDown,
+    RelayRequest, RelayResponse, STREAM_CHUNK_BYTES, STREAM_WINDOW_BYTES, WHOLE_RESPONSE_BYTES,
+};
+use ccr_protocol::wire::{header, route};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::{forward, Config, Shared};
+
+/// How long opening the socket may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// A ping this often keeps idle-closing proxies away and finds a dead connection.
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// No frame at all (not even a pong) for this long: the connection is dead.
+const SILENCE_LIMIT: Duration = Duration::from_secs(70);
+/// Outgoing frames queued for the writer; a full queue holds back the senders (so a target
+/// faster than the relay's link waits instead of filling memory).
+const OUTGOING_FRAMES: usize = 32;
+/// A socket that lived this long resets the reconnect backoff.
+const HEALTHY_FOR: Duration = Duration::from_secs(10);
+/// A streamed response whose window stays exhausted this long (its caller read nothing) is
+/// given up: a caller that went away is not always reported to the relay (workerd does not
+/// cancel a Durable Object's response stream when the caller disconnects), and its slot and
+/// the target's connection must not be held for ever.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// Largest frame accepted from the relay (a request carries at most a 10 MiB body in base64).
+const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How the transport ended.
+pub(crate) enum Ended {
+    /// Shutdown was requested (in-flight requests are drained).
+    Shutdown,
+    /// The socket cannot be used here (why); long-poll instead.
+    Unavailable(String),
+}
+
+/// Why a connection attempt failed.
+enum ConnectError {
+    /// An HTTP answer other than 101: upgrades are refused on this path.
+    Refused(String),
+    /// Anything else (network, TLS, timeout): worth retrying.
+    Failed(String),
+}
+
+/// The socket URL: the relay endpoint with `ws`/`wss` for `http`/`https`.
+pub(crate) fn socket_url(cfg: &Config) -> anyhow::Result<Url> {
+    let mut url = Url::parse(&cfg.relay_endpoint(route::BRIDGE_SOCKET))?;
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    url.set_scheme(scheme)
+        .map_err(|()| anyhow::anyhow!("cannot make a WebSocket URL of {url}"))?;
+    Ok(url)
+}
+
+/// Whether the environment sends the relay's traffic through a proxy (`HTTPS_PROXY`,
+/// `HTTP_PROXY`, `ALL_PROXY`, less `NO_PROXY`). The socket is dialled directly, so with a
+/// proxy in the way `auto` long-polls (through the proxy, like every other call).
+pub(crate) fn proxy_applies(relay: &Url, env: impl Fn(&str) -> Option<String>) -> bool {
+    let get = |name: &str| {
+        env(name)
+            .or_else(|| env(&name.to_ascii_lowercase()))
+            .filter(|v| !v.trim().is_empty())
+    };
+    let proxy = match relay.scheme() {
+        "https" => get("HTTPS_PROXY"),
+        _ => get("HTTP_PROXY"),
+    }
+    .or_else(|| get("ALL_PROXY"));
+    if proxy.is_none() {
+        return false;
+    }
+    let host = relay.host_str().unwrap_or_default().to_ascii_lowercase();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let bypassed = get("NO_PROXY").is_some_and(|list| {
+        list.split(',').map(str::trim).any(|entry| {
+            let entry = entry.trim_start_matches('.').to_ascii_lowercase();
+            entry == "*"
+                || (!entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}"))))
+        })
+    });
+    !bypassed
+}
+
+async fn connect(cfg: &Config) -> Result<Socket, ConnectError> {
+    let url = socket_url(cfg).map_err(|e| ConnectError::Refused(format!("{e:#}")))?;
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ConnectError::Refused(e.to_string()))?;
+    let token = HeaderValue::from_str(cfg.token.expose())
+        .map_err(|_| ConnectError::Refused("the token is not a valid header value".into()))?;
+    request.headers_mut().insert(header::RELAY_TOKEN, token);
+    request.headers_mut().insert(
+        "user-agent",
+        HeaderValue::from_static(concat!("relay-bridge/", env!("CARGO_PKG_VERSION"))),
+    );
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let opened = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+    )
+    .await;
+    match opened {
+        Err(_) => Err(ConnectError::Failed(format!(
+            "no answer within {CONNECT_TIMEOUT:?}"
+        ))),
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(tungstenite::Error::Http(resp))) => Err(ConnectError::Refused(format!(
+            "the upgrade was answered {}",
+            resp.status()
+        ))),
+        Ok(Err(e)) => Err(ConnectError::Failed(e.to_string())),
+    }
+}
+
+/// Runs the WebSocket transport until shutdown (then drains), or until it turns out unusable
+/// and `auto` says to long-poll instead. With `auto` off, a refused upgrade is retried like
+/// any other failure.
+pub(crate) async fn run<F: Future<Output = ()>>(
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    auto: bool,
+    mut shutdown: Pin<&mut F>,
+) -> Ended {
+    let cfg = &shared.config;
+    if auto && proxy_applies(&cfg.relay_url, |k| std::env::var(k).ok()) {
+        return Ended::Unavailable("a proxy is configured for the relay".into());
+    }
+    let mut backoff = Backoff::new(
+        crate::POLL_BACKOFF_BASE,
+        crate::POLL_BACKOFF_MAX,
+        Jitter::UpperHalf,
+    );
+    loop {
+        let connected = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => return Ended::Shutdown,
+            c = connect(cfg) => c,
+        };
+        match connected {
+            Ok(socket) => {
+                info!(relay = %cfg.relay_endpoint(route::BRIDGE_SOCKET), "connected: requests come over the WebSocket");
+                let since = tokio::time::Instant::now();
+                if serve(socket, &shared, &permits, shutdown.as_mut()).await {
+                    return Ended::Shutdown;
+                }
+                if since.elapsed() >= HEALTHY_FOR {
+                    backoff.reset();
+                }
+            }
+            Err(ConnectError::Refused(why)) if auto => return Ended::Unavailable(why),
+            Err(ConnectError::Refused(why) | ConnectError::Failed(why)) => {
+                warn!("opening the relay's WebSocket failed: {why}");
+            }
+        }
+        let pause = backoff.next_delay(&mut rand::rng());
+        warn!("reconnecting the WebSocket in {pause:?}");
+        tokio::select! {
+            biased;
+            () = shutdown.as_mut() => return Ended::Shutdown,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// The streams in flight on one socket: each one's window and how to stop it.
+#[derive(Default)]
+struct Streams(Mutex<HashMap<String, (Arc<Semaphore>, AbortHandle)>>);
+
+impl Streams {
+    fn credit(&self, id: &str, bytes: u64) {
+        if let Ok(map) = self.0.lock() {
+            if let Some((window, _)) = map.get(id) {
+                // Never more than a few windows ahead, whatever the relay says.
+                let room =
+                    (STREAM_WINDOW_BYTES as usize * 4).saturating_sub(window.available_permits());
+                window.add_permits(usize::try_from(bytes).unwrap_or(usize::MAX).min(room));
+            }
+        }
+    }
+
+    /// Stops `id`'s task; whether it was still running.
+    fn cancel(&self, id: &str) -> bool {
+        let entry = self.0.lock().ok().and_then(|mut map| map.remove(id));
+        let Some((_, abort)) = entry else {
+            return false;
+        };
+        debug!(%id, "the caller went away: stopping");
+        abort.abort();
+        true
+    }
+
+    fn insert(&self, id: String, window: Arc<Semaphore>, abort: AbortHandle) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id, (window, abort));
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(id);
+        }
+    }
+}
+
+/// Callers' WebSockets carried on one bridge socket: connection id → its messages to the
+/// target.
+#[derive(Default)]
+struct CallerSockets(Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>);
+
+impl CallerSockets {
+    fn send(&self, id: &str, message: Message) {
+        let tx = self.0.lock().ok().and_then(|map| map.get(id).cloned());
+        if let Some(tx) = tx {
+            let _ = tx.send(message);
+        }
+    }
+
+    fn insert(&self, id: String, tx: mpsc::UnboundedSender<Message>) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id, tx);
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(id);
+        }
+    }
+}
+
+/// A close frame with `code` (made sendable) and `reason`.
+fn close_frame(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(sendable_close_code(code)),
+        reason: reason.into(),
+    }))
+}
+
+/// Carries one caller's WebSocket to the target: opens the target's socket (the caller's
+/// headers but the handshake's own), then relays messages both ways until either side
+/// closes, and passes the close on.
+async fn caller_socket(
+    shared: Arc<Shared>,
+    id: String,
+    (path, query, headers): (String, String, Vec<(String, String)>),
+    mut from_caller: mpsc::UnboundedReceiver<Message>,
+    out: mpsc::Sender<Message>,
+    sockets: Arc<CallerSockets>,
+) {
+    let cfg = &shared.config;
+    let close_up = |code: u16, reason: String| BridgeUp::SocketClose {
+        id: id.clone(),
+        code,
+        reason,
+    };
+    let opened = async {
+        let mut url = forward::target_url(&cfg.target, &path, &query)?;
+        let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+        url.set_scheme(scheme)
+            .map_err(|()| anyhow::anyhow!("no WebSocket URL for {url}"))?;
+        let mut request = url.as_str().into_client_request()?;
+        for (name, value) in &headers {
+            if !target_socket_header(name) {
+                continue;
+            }
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                request.headers_mut().append(n, v);
+            }
+        }
+        let (socket, _) = tokio::time::timeout(
+            cfg.target_timeout,
+            tokio_tungstenite::connect_async(request),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {:?}", cfg.target_timeout))??;
+        anyhow::Ok(socket)
+    };
+    let target = match opened.await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(%id, "the target refused the WebSocket {path}: {e:#}");
+            send_up(
+                &out,
+                &close_up(1011, format!("the target refused the WebSocket: {e:#}")),
+            )
+            .await;
+            sockets.remove(&id);
+            return;
+        }
+    };
+    info!(%id, "WebSocket {path} open to the target");
+    let (mut to_target, mut from_target) = target.split();
+    loop {
+        tokio::select! {
+            m = from_caller.recv() => match m {
+                Some(Message::Close(frame)) => {
+                    let _ = to_target.send(Message::Close(frame)).await;
+                    break;
+                }
+                Some(m) => if to_target.send(m).await.is_err() {
+                    send_up(&out, &close_up(1011, "the target's socket failed".into())).await;
+                    break;
+                },
+                None => {
+                    let _ = to_target.send(close_frame(1001, "the relay went away".into())).await;
+                    break;
+                }
+            },
+            m = from_target.next() => match m {
+                Some(Ok(Message::Text(text))) => {
+                    send_up(&out, &BridgeUp::SocketText { id: id.clone(), text: text.as_str().to_owned() }).await;
+                }
+                Some(Ok(Message::Binary(bytes))) => {
+                    let _ = out.send(Message::binary(chunk_frame(&id, &bytes))).await;
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
+                        .unwrap_or((1000, String::new()));
+                    send_up(&out, &close_up(code, reason)).await;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    send_up(&out, &close_up(1011, format!("the target's socket failed: {e}"))).await;
+                    break;
+                }
+                None => {
+                    send_up(&out, &close_up(1000, String::new())).await;
+                    break;
+                }
+            },
+        }
+    }
+    debug!(%id, "WebSocket {path} closed");
+    sockets.remove(&id);
+}
+
+/// Serves one connected socket until it drops (`false`) or shutdown (`true`, after draining).
+async fn serve<F: Future<Output = ()>>(
+    socket: Socket,
+    shared: &Arc<Shared>,
+    permits: &Arc<Semaphore>,
+    mut shutdown: Pin<&mut F>,
+) -> bool {
+    let (mut sink, mut incoming) = socket.split();
+    let (out, mut outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if let Err(e) = sink.send(frame).await {
+                debug!("writing to the WebSocket failed: {e}");
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let streams = Arc::new(Streams::default());
+    let callers = Arc::new(CallerSockets::default());
+    // Callers' sockets live as long as this bridge socket; they are not drained.
+    let mut socket_tasks = JoinSet::new();
+    let mut tasks = JoinSet::new();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    let mut last_heard = tokio::time::Instant::now();
+    let mut on_frame = |frame: Message, tasks: &mut JoinSet<()>| {
+        let text = match frame {
+            Message::Text(text) => text,
+            Message::Binary(bytes) => {
+                if let Some((id, bytes)) = split_chunk_frame(&bytes) {
+                    callers.send(id, Message::binary(bytes.to_vec()));
+                }
+                return;
+            }
+            _ => return,
+        };
+        match serde_json::from_str::<RelayDown>(text.as_str()) {
+            Ok(RelayDown::Requests { requests }) => {
+                for request in requests {
+                    let window = Arc::new(Semaphore::new(STREAM_WINDOW_BYTES as usize));
+                    let id = request.id.clone();
+                    let abort = tasks.spawn(relay_one(
+                        shared.clone(),
+                        permits.clone(),
+                        request,
+                        out.clone(),
+                        window.clone(),
+                        streams.clone(),
+                    ));
+                    streams.insert(id, window, abort);
+                }
+            }
+            Ok(RelayDown::Credit { id, bytes }) => streams.credit(&id, bytes),
+            Ok(RelayDown::Cancel { id }) => {
+                if streams.cancel(&id) {
+                    // The stopped task sends nothing more: this ends the stream at the relay.
+                    let abort = BridgeUp::Abort {
+                        id,
+                        error: "the caller went away".into(),
+                    };
+                    if let Ok(text) = serde_json::to_string(&abort) {
+                        let _ = out.try_send(Message::text(text));
+                    }
+                }
+            }
+            Ok(RelayDown::SocketOpen {
+                id,
+                path,
+                query,
+                headers,
+            }) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                callers.insert(id.clone(), tx);
+                socket_tasks.spawn(caller_socket(
+                    shared.clone(),
+                    id,
+                    (path, query, headers),
+                    rx,
+                    out.clone(),
+                    callers.clone(),
+                ));
+            }
+            Ok(RelayDown::SocketText { id, text }) => callers.send(&id, Message::text(text)),
+            Ok(RelayDown::SocketClose { id, code, reason }) => {
+                callers.send(&id, close_frame(code, reason));
+            }
+            Err(e) => warn!("an unreadable frame from the relay: {e}"),
+        }
+    };
+    let shut = loop {
+        while tasks.try_join_next().is_some() {}
+        let frame = tokio::select! {
+            biased;
+            () = shutdown.as_mut() => break true,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    warn!("the relay's WebSocket went silent");
+                    break false;
+                }
+                if out.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    break false;
+                }
+                continue;
+            }
+            f = incoming.next() => f,
+        };
+        last_heard = tokio::time::Instant::now();
+        match frame {
+            Some(Ok(Message::Close(close))) => {
+                info!("the relay closed the WebSocket: {close:?}");
+                break false;
+            }
+            Some(Ok(frame)) => on_frame(frame, &mut tasks),
+            Some(Err(e)) => {
+                warn!("the relay's WebSocket failed: {e}");
+                break false;
+            }
+            None => {
+                warn!("the relay's WebSocket ended");
+                break false;
+            }
+        }
+    };
+    if shut {
+        // No more requests to this socket; finish the ones it has (credits still arrive).
+        send_up(&out, &BridgeUp::Draining).await;
+        info!(
+            in_flight = tasks.len(),
+            "relay-bridge stopping: finishing in-flight requests"
+        );
+        let deadline = tokio::time::Instant::now() + shared.config.drain_timeout;
+        loop {
+            tokio::select! {
+                joined = tasks.join_next() => if joined.is_none() { break },
+                f = incoming.next() => match f {
+                    Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                    Some(Ok(frame)) => on_frame(frame, &mut tasks),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    warn!(abandoned = tasks.len(), "in-flight requests did not finish within {:?}", shared.config.drain_timeout);
+                    break;
+                }
+            }
+        }
+    }
+    // Whatever is still running answered no one in time, or its socket is gone: the relay
+    // gives those callers a 502 when the socket closes.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    socket_tasks.abort_all();
+    while socket_tasks.join_next().await.is_some() {}
+    drop(out);
+    let _ = writer.await;
+    shut
+}
+
+/// Sends one text frame; `false` when the socket is gone.
+async fn send_up(out: &mpsc::Sender<Message>, frame: &BridgeUp) -> bool {
+    match serde_json::to_string(frame) {
+        Ok(text) => out.send(Message::text(text)).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Forwards one pushed request (within the bridge's concurrency) and sends its response
+/// back: whole when the target declares a small body, else streamed within `window`.
+async fn relay_one(
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    request: RelayRequest,
+    out: mpsc::Sender<Message>,
+    window: Arc<Semaphore>,
+    streams: Arc<Streams>,
+) {
+    let Ok(_permit) = permits.acquire_owned().await else {
+        return;
+    };
+    let cfg = &shared.config;
+    let id = request.id.clone();
+    debug!(%id, method = %request.method, path = %request.path, "forwarding");
+    let started = tokio::time::Instant::now();
+    let deadline = started + cfg.target_timeout;
+    let whole = |r: RelayResponse| BridgeUp::Respond { responses: vec![r] };
+    let resp = match forward::send(&shared.target, &cfg.target, cfg.target_timeout, &request).await
+    {
+        Ok(resp) => resp,
+        Err(bad) => {
+            info!(
+                "{} {} → 502 in {} ms",
+                request.method,
+                request.path,
+                started.elapsed().as_millis()
+            );
+            send_up(&out, &whole(bad)).await;
+            streams.remove(&id);
+            return;
+        }
+    };
+    let status = resp.status().as_u16();
+    info!(
+        "{} {} → {status} in {} ms",
+        request.method,
+        request.path,
+        started.elapsed().as_millis()
+    );
+    if resp
+        .content_length()
+        .is_some_and(|n| n <= WHOLE_RESPONSE_BYTES)
+    {
+        let answer = forward::whole(&id, &cfg.target, cfg.target_timeout, deadline, resp).await;
+        send_up(&out, &whole(answer)).await;
+        streams.remove(&id);
+        return;
+    }
+    let head = BridgeUp::Head {
+        id: id.clone(),
+        status,
+        headers: forward::response_headers(&resp),
+    };
+    if !send_up(&out, &head).await {
+        return;
+    }
+    let end = stream_body(&id, resp, &out, &window).await;
+    send_up(&out, &end).await;
+    streams.remove(&id);
+}
+
+/// Sends a response body as binary frames, each waiting for window; the frame that ends it.
+async fn stream_body(
+    id: &str,
+    mut resp: reqwest::Response,
+    out: &mpsc::Sender<Message>,
+    window: &Semaphore,
+) -> BridgeUp {
+    loop {
+        match resp.chunk().await {
+            Ok(Some(bytes)) => {
+                for piece in bytes.chunks(STREAM_CHUNK_BYTES) {
+                    let n = u32::try_from(piece.len()).unwrap_or(u32::MAX);
+                    match tokio::time::timeout(STALL_LIMIT, window.acquire_many(n)).await {
+                        Ok(Ok(p)) => p.forget(),
+                        Ok(Err(_)) => {
+                            return BridgeUp::Abort {
+                                id: id.to_owned(),
+                                error: "stopped".into(),
+                            }
+                        }
+                        Err(_) => {
+                            info!(%id, "the caller read nothing for {STALL_LIMIT:?}: giving up");
+                            return BridgeUp::Abort {
+                                id: id.to_owned(),
+                                error: format!("the caller read nothing for {STALL_LIMIT:?}"),
+                            };
+                        }
+                    }
+                    if out
+                        .send(Message::binary(chunk_frame(id, piece)))
+                        .await
+                        .is_err()
+                    {
+                        return BridgeUp::Abort {
+                            id: id.to_owned(),
+                            error: "the socket closed".into(),
+                        };
+                    }
+                }
+            }
+            Ok(None) => return BridgeUp::End { id: id.to_owned() },
+            Err(e) => {
+                warn!(%id, "the target's body broke off: {e}");
+                return BridgeUp::Abort {
+                    id: id.to_owned(),
+                    error: format!("the target's body broke off: {e}"),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Secret;
+
+    #[test]
+    fn socket_urls() {
+        let mut c = Config::new(
+            Url::parse("https://relay.example/").unwrap(),
+            Secret::new("t"),
+            Url::parse("http://127.0.0.1:8000").unwrap(),
+        );
+        assert_eq!(
+            socket_url(&c).unwrap().as_str(),
+            "wss://relay.example/proxy/_ws"
+        );
+        c.relay_url = Url::parse("http://127.0.0.1:8787").unwrap();
+        c.channel = Some("alpha".into());
+        assert_eq!(
+            socket_url(&c).unwrap().as_str(),
+            "ws://127.0.0.1:8787/relay/alpha/_ws"
+        );
+    }
+
+    #[test]
+    fn proxies_in_the_environment() {
+        let relay = Url::parse("https://ccr.example.workers.dev").unwrap();
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(!proxy_applies(&relay, env(&[])));
+        assert!(proxy_applies(
+            &relay,
+            env(&[("HTTPS_PROXY", "http://p:3128")])
+        ));
+        assert!(proxy_applies(
+            &relay,
+            env(&[("https_proxy", "http://p:3128")])
+        ));
+        assert!(!proxy_applies(
+            &relay,
+            env(&[("HTTP_PROXY", "http://p:3128")])
+        ));
+        assert!(!proxy_applies(
+            &relay,
+            env(&[
+                ("HTTPS_PROXY", "http://p:3128"),
+                ("NO_PROXY", "localhost,.workers.dev")
+            ])
+        ));
+        let local = Url::parse("http://127.0.0.1:8787").unwrap();
+        assert!(!proxy_applies(
+            &local,
+            env(&[
+                ("ALL_PROXY", "http://p:3128"),
+                ("NO_PROXY", "127.0.0.1,localhost")
+            ])
+        ));
+    }
+}
