@@ -108,6 +108,12 @@ pub mod header {
     pub const UPGRADE: &str = "upgrade";
     /// The [`UPGRADE`] value of a WebSocket handshake.
     pub const WEBSOCKET: &str = "websocket";
+    /// Standard: whether and how long a response may be cached.
+    pub const CACHE_CONTROL: &str = "cache-control";
+    /// Inside the Worker only: the origin (`https://host`) a webhook came to, which the
+    /// RouterDO builds a preview's public link from. Set by the Worker on its own request to
+    /// the RouterDO, never read from a caller.
+    pub const PUBLIC_ORIGIN: &str = "x-ccr-public-origin";
     /// The media type of every JSON body.
     pub const JSON: &str = "application/json";
 }
@@ -188,10 +194,15 @@ pub mod bot {
     pub const KEYS: &str = "keys";
     /// `/peek`: the last screen of the session's pane.
     pub const PEEK: &str = "peek";
+    /// `/preview PORT` (or `/preview stop`): serve the session machine's `127.0.0.1:PORT`
+    /// through the relay on a fresh channel, or end the session's previews.
+    pub const PREVIEW: &str = "preview";
+    /// `/previews`: the open previews, their sessions, ports, links and time left.
+    pub const PREVIEWS: &str = "previews";
 
     /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker parses
     /// these names and `ccr-agent telegram setup` registers this list.
-    pub const COMMANDS: [(&str, &str); 8] = [
+    pub const COMMANDS: [(&str, &str); 10] = [
         (START, "How to use this bot, and this chat's id"),
         (HELP, "How to reply to Claude from here"),
         (SESSIONS, "List sessions, their machines and who is online"),
@@ -212,6 +223,11 @@ pub mod bot {
             PEEK,
             "In a reply to a notification: show the session's screen",
         ),
+        (
+            PREVIEW,
+            "In a reply: /preview PORT shows that machine's dev server by link; /preview stop",
+        ),
+        (PREVIEWS, "Open previews, their links and time left"),
     ];
     /// The update types the webhook handles (replies, edits it explains, button presses).
     pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];
