@@ -909,6 +909,89 @@ mod tests {
     }
 
     #[test]
+    fn preview_in_a_reply_asks_the_sessions_machine_and_stop_ends_it() {
+        let db = setup();
+        let mut with_relay = cfg();
+        with_relay.preview = preview::Settings {
+            relay_configured: true,
+            ttl_ms: 60_000,
+            origin: "https://w.example".into(),
+            fresh_channel: "pv-first".into(),
+            ..preview::Settings::default()
+        };
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &reply_update(1, 42, 100, "/preview 3000"),
+            5,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(out.preview_starts.len(), 1, "{}", out.log);
+        assert_eq!(out.preview_starts[0].machine_id, "devbox");
+        assert_eq!(out.preview_starts[0].port, 3000);
+        assert_eq!(out.preview_starts[0].expires_at, 60_005);
+        assert!(out.queued.is_empty() && out.calls.is_empty());
+        // Not a reply: no session to ask; a bad port: usage; offline: said so.
+        let text_update = |id: i64, text: &str| {
+            update(json!({"update_id": id, "message": {"message_id": id + 1000,
+                "chat": {"id": 42}, "from": {"id": 7}, "text": text}}))
+        };
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &text_update(2, "/preview 3000"),
+            6,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(out.preview_starts.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("as a reply"));
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &reply_update(3, 42, 100, "/preview 99999"),
+            7,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(out.preview_starts.is_empty());
+        with_relay.preview.fresh_channel = "pv-second".into();
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &reply_update(4, 42, 100, "/preview 4000"),
+            8,
+            &|_| false,
+        )
+        .unwrap();
+        assert!(out.preview_starts.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("devbox is offline"));
+        // /preview stop in a reply ends the session's previews.
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &reply_update(5, 42, 100, "/preview stop"),
+            9,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(
+            out.preview_stops,
+            vec![preview::Stop {
+                channel: "pv-first".into(),
+                machine_id: "devbox".into()
+            }]
+        );
+    }
+
+    #[test]
     fn reply_routes_to_the_session_once() {
         let db = setup();
         let out =
