@@ -147,7 +147,11 @@ fn link_in(text: &str) -> String {
 
 /// A visitor's client: no credentials of any kind, a generous timeout.
 fn visitor() -> reqwest::Client {
-    reqwest::Client::builder().timeout(T).build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(T)
+        .build()
+        .unwrap()
 }
 
 /// GETs `url` until it answers `status`; returns the body.
@@ -354,4 +358,41 @@ async fn a_preview_carries_the_dev_servers_websocket_for_hot_reload() {
         .expect("the WebSocket closed")
         .unwrap();
     assert_eq!(answer, Message::text("reload after saved main.rs"));
+}
+
+#[tokio::test]
+async fn with_a_host_suffix_the_link_is_the_channels_own_host() {
+    let opts = WorkerOptions::default().var("RELAY_HOST_SUFFIX", "relay.test");
+    let (w, bot, _agent, msg) = setup(opts).await;
+    let dev = DevServer::start().await;
+    let url = link_in(&open_preview(&w, &bot, 1, msg, dev.port).await);
+    let host = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(host, _)| host.to_owned())
+        .unwrap_or_else(|| panic!("not a host link: {url}"));
+    assert!(
+        host.starts_with("pv-") && host.ends_with(".relay.test"),
+        "{url}"
+    );
+    assert_eq!(url, format!("http://{host}:{}/", w.addr().port()));
+    // The host resolves to the Worker here (in production: a wildcard DNS record and route).
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(T)
+        .resolve(&host, w.addr())
+        .build()
+        .unwrap();
+    let page = client.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains(PAGE_MARKER));
+    w.reply(CHAT, 2, msg, "/preview stop").await;
+    bot.wait_text("Preview ended", T).await.unwrap();
+    let gone = client.get(&url).send().await.unwrap();
+    assert_eq!(gone.status(), 410);
+    assert!(gone
+        .text()
+        .await
+        .unwrap()
+        .contains("This preview has ended"));
 }

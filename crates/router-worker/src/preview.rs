@@ -128,12 +128,15 @@ pub fn public_url(origin: &str, host_suffix: &str, channel: &str) -> String {
             ccr_protocol::wire::route::relay_channel(channel)
         );
     }
-    let scheme = if origin.starts_with("http://") {
-        "http"
-    } else {
-        "https"
-    };
-    format!("{scheme}://{channel}.{suffix}/")
+    let (scheme, authority) = origin.split_once("://").unwrap_or(("https", origin));
+    let scheme = if scheme == "http" { "http" } else { "https" };
+    // A port the Worker is reached on (local development) is the channel host's port too.
+    let port = authority
+        .rsplit_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or_else(String::new, |p| format!(":{p}"));
+    format!("{scheme}://{channel}.{suffix}{port}/")
 }
 
 /// The page an ended preview's link answers with (410).
@@ -565,6 +568,14 @@ mod tests {
         );
         assert_eq!(
             public_url("http://127.0.0.1:8787", ".localhost", "pv-x"),
+            "http://pv-x.localhost:8787/"
+        );
+        assert_eq!(
+            public_url("http://[::1]:8787", "localhost", "pv-x"),
+            "http://pv-x.localhost:8787/"
+        );
+        assert_eq!(
+            public_url("http://[::1]", "localhost", "pv-x"),
             "http://pv-x.localhost/"
         );
     }
