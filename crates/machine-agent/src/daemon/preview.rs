@@ -71,6 +71,13 @@ impl Previews {
         {
             return Ok(());
         }
+        if !relay_allowed(&self.relay_url) {
+            return Err(format!(
+                "{} reaches the Worker over plain http:// ({}), which would carry the \
+                 preview's token in clear text; set its Worker URL to https://",
+                self.machine_id, self.relay_url
+            ));
+        }
         let target = self.listening(ask.port).await?;
         let mut config = relay_bridge::Config::new(
             self.relay_url.clone(),
@@ -142,6 +149,19 @@ impl Previews {
     }
 }
 
+/// The bridge sends the channel's token with every poll: over https, or http only to this
+/// machine itself (the bridge refuses anything else; checked here so the chat hears why
+/// before it is given a link).
+fn relay_allowed(url: &Url) -> bool {
+    match (url.scheme(), url.host()) {
+        ("https", _) => true,
+        ("http", Some(url::Host::Domain(d))) => d.eq_ignore_ascii_case("localhost"),
+        ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback(),
+        ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +191,31 @@ mod tests {
             "{why}"
         );
         assert_eq!(previews().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_worker_over_plain_http_elsewhere_is_refused_before_any_link() {
+        for ok in [
+            "https://ccr.example.dev",
+            "http://127.0.0.1:8787",
+            "http://localhost:1",
+        ] {
+            assert!(relay_allowed(&Url::parse(ok).unwrap()), "{ok}");
+        }
+        let remote = Previews::new(
+            Url::parse("http://ccr.example.dev").unwrap(),
+            "devbox".into(),
+        );
+        let why = remote
+            .start(Ask {
+                channel: "pv-test".into(),
+                port: 1,
+                token: "t".into(),
+                expires_at: now_ms() + 60_000,
+            })
+            .await
+            .unwrap_err();
+        assert!(why.contains("plain http://"), "{why}");
     }
 
     #[tokio::test]
