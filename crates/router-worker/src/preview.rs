@@ -25,6 +25,8 @@ pub const MAX_OPEN_PER_MACHINE: i64 = 8;
 pub const ENDED_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
 /// How long the relay remembers an ended channel (answering 410) (s).
 pub const ENDED_MARKER_TTL_SECS: u64 = 7 * 24 * 60 * 60;
+/// Most previews `/previews` lists (each line is up to ~200 characters; Telegram takes 4096).
+const LISTED: usize = 15;
 /// Random characters after the prefix: 24 base32 characters, 120 bits.
 const CHANNEL_RANDOM_CHARS: usize = 24;
 
@@ -498,7 +500,7 @@ pub fn list_text(db: &impl Sql, chat_id: i64, now: i64) -> Result<String, StoreE
         );
     }
     let mut text = String::from("<b>Open previews</b> (anyone with a link can open it)\n");
-    for r in &rows {
+    for r in rows.iter().take(LISTED) {
         text.push_str(&format!(
             "• {} on {} · port {} · {} left\n  {}\n",
             escape_html(&label_of(db, r)?),
@@ -507,6 +509,9 @@ pub fn list_text(db: &impl Sql, chat_id: i64, now: i64) -> Result<String, StoreE
             left(r.expires_at - now),
             escape_html(&r.url),
         ));
+    }
+    if rows.len() > LISTED {
+        text.push_str(&format!("… and {} more.", rows.len() - LISTED));
     }
     Ok(text)
 }
@@ -756,7 +761,25 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(why.contains("already has 8 open"), "{why}");
+        // Another machine's previews in the same chat: the list stops at LISTED.
+        upsert_session(&db, "s2", "laptop", None, 0).unwrap();
+        let s2 = get_session(&db, "s2").unwrap().unwrap();
+        for i in 0..MAX_OPEN_PER_MACHINE {
+            let port = u16::try_from(5000 + i).unwrap();
+            let channel = format!("pv-l{i}");
+            open(&db, &settings(&channel), &s2, port, 42, 7, 0, true)
+                .unwrap()
+                .unwrap();
+            answered(&db, &channel, "laptop", None, false, 1).unwrap();
+        }
+        for i in 0..MAX_OPEN_PER_MACHINE {
+            answered(&db, &format!("pv-{i}"), "devbox", None, false, 1).unwrap();
+        }
+        let list = list_text(&db, 42, 2).unwrap();
+        assert_eq!(list.matches("• ").count(), LISTED, "{list}");
+        assert!(list.ends_with("… and 1 more."), "{list}");
+        assert!(list.encode_utf16().count() < 4096);
         assert_eq!(end_chat(&db, 43, 1).unwrap().len(), 0);
-        assert_eq!(end_chat(&db, 42, 1).unwrap().len(), 8);
+        assert_eq!(end_chat(&db, 42, 3).unwrap().len(), 16);
     }
 }
