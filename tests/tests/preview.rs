@@ -396,3 +396,30 @@ async fn with_a_host_suffix_the_link_is_the_channels_own_host() {
         .unwrap()
         .contains("This preview has ended"));
 }
+
+#[tokio::test]
+async fn with_a_relay_public_key_visitors_need_it_and_the_answer_says_so() {
+    let opts = WorkerOptions::default().secret("RELAY_PUBLIC_KEY", "visitor-key-42");
+    let (w, bot, _agent, msg) = setup(opts).await;
+    let dev = DevServer::start().await;
+    let answer = open_preview(&w, &bot, 1, msg, dev.port).await;
+    assert!(
+        answer.contains("Visitors also need the relay's public key"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains("visitor-key-42"),
+        "the key is never in the chat: {answer}"
+    );
+    let url = link_in(&answer);
+    let client = visitor();
+    let without = client.get(&url).send().await.unwrap();
+    assert_eq!(without.status(), 401);
+    let with = client
+        .get(format!("{url}?_relay_key=visitor-key-42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), 200);
+    assert!(with.text().await.unwrap().contains(PAGE_MARKER));
+}
