@@ -111,7 +111,10 @@ async fn telegram_setup_sets_the_webhook_and_the_commands_and_never_prints_secre
         .collect();
     assert_eq!(
         names,
-        ["start", "help", "sessions", "cmd", "pending", "esc", "keys", "peek", "new", "end"]
+        [
+            "start", "help", "sessions", "cmd", "pending", "esc", "keys", "peek", "new", "end",
+            "preview", "previews"
+        ]
     );
     assert!(commands
         .as_array()

@@ -42,6 +42,14 @@ pub const TELEGRAM_MAX_TEXT: usize = 4096;
 pub const MAX_PEEK_CHARS: usize = 8000;
 /// How long the Worker waits for a `/peek` answer before telling the chat (ms).
 pub const PEEK_TIMEOUT_MS: i64 = 10_000;
+/// Every `/preview` relay channel's name starts with this (then 24 random base32 characters):
+/// the relay checks only such channels for an ended preview.
+pub const PREVIEW_CHANNEL_PREFIX: &str = "pv-";
+/// How long a preview stays open unless `PREVIEW_TTL_SECS` says otherwise (s).
+pub const DEFAULT_PREVIEW_TTL_SECS: i64 = 2 * 60 * 60;
+/// How long the Worker waits for the machine to say a preview started before telling the
+/// chat (ms).
+pub const PREVIEW_START_TIMEOUT_MS: i64 = 20_000;
 /// A command that has not been delivered after this long is dead and reported (ms).
 pub const COMMAND_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// Most project names an agent announces (`projects` frame); the Worker keeps no more.

@@ -176,6 +176,37 @@ pub enum SocketMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<i64>,
     },
+    /// DO → agent: serve `http://127.0.0.1:{port}` through the relay on channel `channel`
+    /// (`/preview PORT`) until `expiresAt` or a [`SocketMessage::PreviewStop`]. Not queued:
+    /// asked while the machine is connected, answered with a [`SocketMessage::PreviewResult`].
+    PreviewStart {
+        /// The relay channel (`pv-…`), also the preview's id.
+        channel: String,
+        /// The session the preview was asked for (for the agent's logs).
+        session_id: String,
+        /// The loopback port to serve.
+        port: u16,
+        /// The channel's bridge token, HMAC-SHA256(`RELAY_TOKEN`, channel), derived by the
+        /// Worker: the agent never holds `RELAY_TOKEN` itself.
+        token: String,
+        /// When the agent stops serving on its own (ms since the Unix epoch).
+        expires_at: i64,
+    },
+    /// Agent → DO: the preview serves (`error` absent), or why it cannot (nothing listens on
+    /// the port, …).
+    PreviewResult {
+        /// The channel of the [`SocketMessage::PreviewStart`].
+        channel: String,
+        /// Why not, in words a person understands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// DO → agent: stop serving the preview on `channel` (`/preview stop`, the session ended,
+    /// or its time is up). Unknown channels are ignored.
+    PreviewStop {
+        /// The channel to stop.
+        channel: String,
+    },
 }
 
 /// What kind of attachment a chat sent.
@@ -241,7 +272,7 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 15] = [
+const KNOWN_TYPES: [&str; 18] = [
     "command",
     "ack",
     "commandResult",
@@ -257,6 +288,9 @@ const KNOWN_TYPES: [&str; 15] = [
     "startSession",
     "startResult",
     "file",
+    "previewStart",
+    "previewResult",
+    "previewStop",
 ];
 
 impl SocketMessage {
@@ -302,6 +336,9 @@ impl SocketMessage {
             SocketMessage::StartSession { .. } => "startSession",
             SocketMessage::StartResult { .. } => "startResult",
             SocketMessage::File { .. } => "file",
+            SocketMessage::PreviewStart { .. } => "previewStart",
+            SocketMessage::PreviewResult { .. } => "previewResult",
+            SocketMessage::PreviewStop { .. } => "previewStop",
         }
     }
 }
@@ -445,6 +482,46 @@ mod tests {
                 error: Some("no project".into()),
             },
         );
+    }
+
+    #[test]
+    fn preview_shapes() {
+        golden(
+            r#"{"type":"previewStart","channel":"pv-abc","sessionId":"s1","port":3000,"token":"t0k","expiresAt":1700000000000}"#,
+            SocketMessage::PreviewStart {
+                channel: "pv-abc".into(),
+                session_id: "s1".into(),
+                port: 3000,
+                token: "t0k".into(),
+                expires_at: 1_700_000_000_000,
+            },
+        );
+        golden(
+            r#"{"type":"previewResult","channel":"pv-abc"}"#,
+            SocketMessage::PreviewResult {
+                channel: "pv-abc".into(),
+                error: None,
+            },
+        );
+        golden(
+            r#"{"type":"previewResult","channel":"pv-abc","error":"nothing is listening"}"#,
+            SocketMessage::PreviewResult {
+                channel: "pv-abc".into(),
+                error: Some("nothing is listening".into()),
+            },
+        );
+        golden(
+            r#"{"type":"previewStop","channel":"pv-abc"}"#,
+            SocketMessage::PreviewStop {
+                channel: "pv-abc".into(),
+            },
+        );
+        // A port outside u16 is malformed, not unknown.
+        assert!(!SocketMessage::decode(
+            r#"{"type":"previewStart","channel":"c","sessionId":"s","port":70000,"token":"t","expiresAt":1}"#
+        )
+        .unwrap_err()
+        .is_unknown_type());
     }
 
     #[test]

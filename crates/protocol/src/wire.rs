@@ -125,6 +125,12 @@ pub mod header {
     /// Worker → `RelayDO` only: a caller's WebSocket upgrade on a channel (hex of the JSON
     /// of the relay's `SocketCall`).
     pub const RELAY_CALLER_SOCKET: &str = "x-ccr-relay-caller-socket";
+    /// Standard: whether and how long a response may be cached.
+    pub const CACHE_CONTROL: &str = "cache-control";
+    /// Inside the Worker only: the origin (`https://host`) a webhook came to, which the
+    /// RouterDO builds a preview's public link from. Set by the Worker on its own request to
+    /// the RouterDO, never read from a caller.
+    pub const PUBLIC_ORIGIN: &str = "x-ccr-public-origin";
     /// The media type of every JSON body.
     pub const JSON: &str = "application/json";
 }
@@ -205,6 +211,11 @@ pub mod bot {
     pub const KEYS: &str = "keys";
     /// `/peek`: the last screen of the session's pane.
     pub const PEEK: &str = "peek";
+    /// `/preview PORT` (or `/preview stop`): serve the session machine's `127.0.0.1:PORT`
+    /// through the relay on a fresh channel, or end the session's previews.
+    pub const PREVIEW: &str = "preview";
+    /// `/previews`: the open previews, their sessions, ports, links and time left.
+    pub const PREVIEWS: &str = "previews";
 
     /// `/new [project] [prompt]`: start Claude Code in a configured project on a machine.
     pub const NEW: &str = "new";
@@ -214,7 +225,7 @@ pub mod bot {
 
     /// The bot's command menu (`setMyCommands`): `(command, description)`. The Worker parses
     /// these names and `ccr-agent telegram setup` registers this list.
-    pub const COMMANDS: [(&str, &str); 10] = [
+    pub const COMMANDS: [(&str, &str); 12] = [
         (START, "How to use this bot, and this chat's id"),
         (HELP, "How to reply to Claude from here"),
         (SESSIONS, "List sessions, their machines and who is online"),
@@ -243,6 +254,11 @@ pub mod bot {
             END,
             "In a reply to a notification: end that session (asks first)",
         ),
+        (
+            PREVIEW,
+            "In a reply: /preview PORT shows that machine's dev server by link; /preview stop",
+        ),
+        (PREVIEWS, "Open previews, their links and time left"),
     ];
     /// The update types the webhook handles (replies, edits it explains, button presses).
     pub const ALLOWED_UPDATES: [&str; 3] = ["message", "edited_message", "callback_query"];

@@ -124,7 +124,15 @@ async fn handle_webhook(mut req: Request, env: &Env, path_secret: &str) -> Reply
         return Err(ApiError::new(401, "webhook secret mismatch"));
     }
     let body = read_body(&mut req, MAX_API_BODY_BYTES).await?;
-    let headers = router_headers(&Principal::Admin, JSON_BODY)?;
+    // The origin this webhook came to: the RouterDO builds `/preview` links from it.
+    let origin = req.url()?.origin().ascii_serialization();
+    let headers = router_headers(
+        &Principal::Admin,
+        &[
+            (wire::header::CONTENT_TYPE, wire::header::JSON),
+            (wire::header::PUBLIC_ORIGIN, origin.as_str()),
+        ],
+    )?;
     let inner = http::internal_request(
         &format!("{ROUTER_URL}{}", wire::route::webhook("verified")),
         Method::Post,

@@ -25,6 +25,8 @@
 //!   429 retries.
 //! - `relay`: the relay's routes, channel tokens, header rules, framing and queue
 //!   bookkeeping.
+//! - `preview`: `/preview PORT`: a session machine's dev server on a fresh relay channel,
+//!   its rows, links, end and the chat's answers.
 //!
 //! The Worker shell (wasm32 only), which only translates between workers-rs and the above:
 //! - `http`: the HTTP helpers every binding uses (JSON answers, `ApiError` → response, clock,
@@ -54,6 +56,7 @@ pub(crate) mod files;
 pub(crate) mod launch;
 pub(crate) mod notify;
 pub(crate) mod outbox;
+pub(crate) mod preview;
 pub(crate) mod queue;
 pub(crate) mod relay;
 pub(crate) mod route;

@@ -229,6 +229,7 @@ mod tests {
         Config {
             allowed_chats: vec![CHAT, OTHER],
             allowed_users: vec![],
+            ..Config::default()
         }
     }
 

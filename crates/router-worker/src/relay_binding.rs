@@ -27,6 +27,7 @@ use worker::*;
 
 use crate::error::ApiError;
 use crate::http::{self, header, json, now_ms, setting, Reply};
+use crate::preview;
 use crate::relay::{
     self, Answer, BodyAt, Cancelled, Channel, DoCall, Queued, RelayRoute, RequestMeta,
     RespondError, ResponseHead,
@@ -91,6 +92,9 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
         )),
         RelayRoute::Poll(channel) => {
             check_bridge(&req, &relay_token, &channel)?;
+            if preview_ended(env, &channel).await? {
+                return Err(ApiError::new(410, "this preview has ended"));
+            }
             let wait_ms = relay::poll_wait_ms(&query).map_err(|e| ApiError::new(400, e))?;
             let call = DoCall::Poll {
                 channel: channel.key(),
@@ -138,6 +142,9 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
         RelayRoute::Result { channel, id } => {
             let (_, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
             check_public(&req, env, &relay_token, key_param)?;
+            if preview_ended(env, &channel).await? {
+                return gone_page();
+            }
             if !relay::valid_id(&id) {
                 return Err(ApiError::new(404, "no such relay request id"));
             }
@@ -151,6 +158,9 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
         RelayRoute::Public { channel, path } => {
             let (query, key_param) = relay::take_query_param(&query, wire::query::RELAY_KEY);
             check_public(&req, env, &relay_token, key_param)?;
+            if preview_ended(env, &channel).await? {
+                return gone_page();
+            }
             let headers = req
                 .headers()
                 .entries()
@@ -216,6 +226,47 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
             call_channel(env, &channel, &call, body).await
         }
     }
+}
+
+/// Whether `channel` is a preview's that has ended (`preview`): only `pv-` channels cost a KV
+/// read. KV, not the channel's object, holds the mark: the RouterDO writes it when the preview
+/// ends, and the agent stops its bridge at the same moment, so a location that reads the mark
+/// late (KV is eventually consistent) finds no bridge serving either.
+async fn preview_ended(env: &Env, channel: &Channel) -> Result<bool, ApiError> {
+    let Channel::Named(name) = channel else {
+        return Ok(false);
+    };
+    if !preview::is_preview_channel(name) {
+        return Ok(false);
+    }
+    Ok(env
+        .kv(KV_BINDING)?
+        .get(&preview::ended_key(name))
+        .text()
+        .await?
+        .is_some())
+}
+
+/// Marks a preview's channel ended (read by [`preview_ended`]), for
+/// [`preview::ENDED_MARKER_TTL_SECS`].
+pub(crate) async fn mark_preview_ended(env: &Env, channel: &str) -> Result<()> {
+    env.kv(KV_BINDING)?
+        .put(&preview::ended_key(channel), "ended")?
+        .expiration_ttl(preview::ENDED_MARKER_TTL_SECS)
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// The 410 an ended preview's link answers with: a short page saying so.
+fn gone_page() -> Reply {
+    let headers = Headers::new();
+    headers.set(wire::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    headers.set(wire::header::CACHE_CONTROL, "no-store")?;
+    Ok(ResponseBuilder::new()
+        .with_status(410)
+        .with_headers(headers)
+        .fixed(preview::GONE_PAGE.as_bytes().to_vec()))
 }
 
 /// Reads a relay body chunk by chunk and stops at `limit`: 413 as soon as the declared length

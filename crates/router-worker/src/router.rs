@@ -13,6 +13,7 @@ use crate::approvals;
 use crate::conversation::{self, PaneIntent};
 use crate::launch;
 use crate::outbox;
+use crate::preview;
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{self, Sql, StoreError};
 use crate::telegram::{self, escape_html, BotCall, Message, TextIntent, Update};
@@ -25,6 +26,8 @@ pub struct Config {
     pub allowed_chats: Vec<i64>,
     /// Users that may; empty = anyone in an allowed chat.
     pub allowed_users: Vec<i64>,
+    /// What `/preview` needs (the RouterDO fills it per update).
+    pub preview: preview::Settings,
 }
 
 impl Config {
@@ -33,6 +36,7 @@ impl Config {
         Config {
             allowed_chats: telegram::parse_id_list(chats),
             allowed_users: telegram::parse_id_list(users),
+            preview: preview::Settings::default(),
         }
     }
 
@@ -56,6 +60,10 @@ pub struct Outcome {
     pub decided: Vec<String>,
     /// `/peek` questions for connected machines (the RouterDO sends them).
     pub peeks: Vec<conversation::PeekAsk>,
+    /// Previews to start (the RouterDO sends `previewStart` with the channel's token).
+    pub preview_starts: Vec<preview::Start>,
+    /// Previews ended (the RouterDO marks their channels ended and tells their machines).
+    pub preview_stops: Vec<preview::Stop>,
     /// One line for the log, without secrets or message text.
     pub log: String,
 }
@@ -175,7 +183,9 @@ pub fn help_text(chat_id: i64) -> String {
          • /sessions lists sessions and whether their machines are online.\n\
          • In a reply to a notification: /esc presses Escape (stops Claude's turn); \
          <code>/keys Down Enter</code> presses keys (Enter Escape Tab Up Down C-c 0-9); \
-         /peek shows the session's screen.\n\
+         /peek shows the session's screen; <code>/preview 3000</code> shows that machine's \
+         dev server on port 3000 by a link (/previews lists them, <code>/preview stop</code> \
+         ends them).\n\
          • In a chat with topics, each session has its own topic: write in it, no reply \
          needed (/esc, /keys and /peek too).\n\
          • <code>/new PROJECT prompt</code> starts Claude Code in a project a machine's owner \
@@ -484,7 +494,7 @@ fn decide(
         out.log = format!("update {}: {}", update.update_id, s.log);
         return Ok(out);
     }
-    handle_message(db, &mut out, update.update_id, msg, now, online)?;
+    handle_message(db, cfg, &mut out, update.update_id, msg, now, online)?;
     Ok(out)
 }
 
@@ -501,6 +511,7 @@ fn button_name(a: ButtonAction) -> &'static str {
 
 fn handle_message(
     db: &impl Sql,
+    cfg: &Config,
     out: &mut Outcome,
     update_id: i64,
     msg: &Message,
@@ -526,6 +537,9 @@ fn handle_message(
     };
     if let Some(intent) = launch::parse(text) {
         return new_or_end(db, out, update_id, msg, intent, now, online);
+    }
+    if let Some(intent) = preview::parse(text) {
+        return preview_message(db, cfg, out, update_id, msg, intent, now, online);
     }
     if let Some(intent) = conversation::parse(text) {
         return pane_keys(db, out, update_id, msg, intent, now, online);
@@ -996,6 +1010,153 @@ fn launch_button(
     Ok(())
 }
 
+/// `/preview …` and `/previews` as a message: `/previews` and a bad `/preview` need no
+/// session; `/preview stop` not in a reply ends every preview of the chat; the rest go to the
+/// session of the notification replied to ([`preview_for_session`]).
+#[allow(clippy::too_many_arguments)]
+fn preview_message(
+    db: &impl Sql,
+    cfg: &Config,
+    out: &mut Outcome,
+    update_id: i64,
+    msg: &Message,
+    intent: preview::Intent,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let chat = msg.chat.id;
+    let answer = |out: &mut Outcome, text: &str| {
+        out.calls
+            .push(BotCall::send(chat, text, Some(msg.message_id)))
+    };
+    match &intent {
+        preview::Intent::List => {
+            answer(out, &preview::list_text(db, chat, now)?);
+            out.log = format!("update {update_id}: previews listed");
+            return Ok(());
+        }
+        preview::Intent::Refused(why) => {
+            answer(out, why);
+            out.log = format!("update {update_id}: preview refused");
+            return Ok(());
+        }
+        preview::Intent::Start(_) | preview::Intent::Stop => {}
+    }
+    // A reply to a notification, else the session's topic.
+    let target = match addressee(db, msg, now)? {
+        Addressee::Session(id) => Some(id),
+        Addressee::EndedTopic => {
+            answer(out, ENDED_TOPIC);
+            out.log = format!("update {update_id}: preview in the topic of an ended session");
+            return Ok(());
+        }
+        Addressee::UnknownReply | Addressee::Nobody => None,
+    };
+    match (target, intent) {
+        (Some(session_id), intent) => preview_for_session(
+            db,
+            cfg,
+            out,
+            update_id,
+            &session_id,
+            chat,
+            msg.message_id,
+            intent,
+            now,
+            online,
+        ),
+        (None, preview::Intent::Stop) if msg.replied_to().is_none() => {
+            let stops = preview::end_chat(db, chat, now)?;
+            answer(out, &preview::stopped_text(&stops));
+            out.log = format!(
+                "update {update_id}: {} preview(s) of the chat ended",
+                stops.len()
+            );
+            out.preview_stops.extend(stops);
+            Ok(())
+        }
+        (None, _) => {
+            answer(
+                out,
+                &format!(
+                    "Send this in the session's topic or as a reply to a notification of the \
+                     session whose machine runs the server. {}",
+                    preview::usage()
+                ),
+            );
+            out.log = format!("update {update_id}: preview without a session");
+            Ok(())
+        }
+    }
+}
+
+/// `/preview PORT` or `/preview stop` for one session (from a reply to its notification, or
+/// — for a caller that knows the session otherwise, such as a session's own topic — directly):
+/// the answer goes to `chat` replying to `reply_to`.
+#[allow(clippy::too_many_arguments)]
+pub fn preview_for_session(
+    db: &impl Sql,
+    cfg: &Config,
+    out: &mut Outcome,
+    update_id: i64,
+    session_id: &str,
+    chat: i64,
+    reply_to: i64,
+    intent: preview::Intent,
+    now: i64,
+    online: &dyn Fn(&str) -> bool,
+) -> Result<(), StoreError> {
+    let answer =
+        |out: &mut Outcome, text: &str| out.calls.push(BotCall::send(chat, text, Some(reply_to)));
+    let port = match intent {
+        preview::Intent::Start(port) => port,
+        preview::Intent::Stop => {
+            let stops = preview::end_session(db, session_id, now)?;
+            answer(out, &preview::stopped_text(&stops));
+            out.log = format!("update {update_id}: {} preview(s) ended", stops.len());
+            out.preview_stops.extend(stops);
+            return Ok(());
+        }
+        preview::Intent::List => {
+            answer(out, &preview::list_text(db, chat, now)?);
+            return Ok(());
+        }
+        preview::Intent::Refused(why) => {
+            answer(out, &why);
+            return Ok(());
+        }
+    };
+    let Some(session) = store::get_session(db, session_id)? else {
+        answer(out, "That session is no longer registered.");
+        out.log = format!("update {update_id}: preview for an unknown session");
+        return Ok(());
+    };
+    let is_online = online(&session.machine_id);
+    match preview::open(
+        db,
+        &cfg.preview,
+        &session,
+        port,
+        chat,
+        reply_to,
+        now,
+        is_online,
+    )? {
+        Ok(start) => {
+            out.log = format!(
+                "update {update_id}: preview of port {port} asked of {}",
+                start.machine_id
+            );
+            out.preview_starts.push(start);
+        }
+        Err(why) => {
+            answer(out, &why);
+            out.log = format!("update {update_id}: preview not opened");
+        }
+    }
+    Ok(())
+}
+
 /// Asks `session_id`'s machine for its pane's screen (`/peek`, the 👀 button), the answer to
 /// go to `chat` replying to `reply_to`; `Some(why not)` when it cannot be asked.
 #[allow(clippy::too_many_arguments)]
@@ -1148,6 +1309,7 @@ mod tests {
         Config {
             allowed_chats: vec![42],
             allowed_users: vec![],
+            ..Config::default()
         }
     }
 
@@ -1310,6 +1472,89 @@ mod tests {
     }
 
     #[test]
+    fn preview_in_a_reply_asks_the_sessions_machine_and_stop_ends_it() {
+        let db = setup();
+        let mut with_relay = cfg();
+        with_relay.preview = preview::Settings {
+            relay_configured: true,
+            ttl_ms: 60_000,
+            origin: "https://w.example".into(),
+            fresh_channel: "pv-first".into(),
+            ..preview::Settings::default()
+        };
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &reply_update(1, 42, 100, "/preview 3000"),
+            5,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(out.preview_starts.len(), 1, "{}", out.log);
+        assert_eq!(out.preview_starts[0].machine_id, "devbox");
+        assert_eq!(out.preview_starts[0].port, 3000);
+        assert_eq!(out.preview_starts[0].expires_at, 60_005);
+        assert!(out.queued.is_empty() && out.calls.is_empty());
+        // Not a reply: no session to ask; a bad port: usage; offline: said so.
+        let text_update = |id: i64, text: &str| {
+            update(json!({"update_id": id, "message": {"message_id": id + 1000,
+                "chat": {"id": 42}, "from": {"id": 7}, "text": text}}))
+        };
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &text_update(2, "/preview 3000"),
+            6,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(out.preview_starts.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("as a reply"));
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &reply_update(3, 42, 100, "/preview 99999"),
+            7,
+            &|_| true,
+        )
+        .unwrap();
+        assert!(out.preview_starts.is_empty());
+        with_relay.preview.fresh_channel = "pv-second".into();
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &reply_update(4, 42, 100, "/preview 4000"),
+            8,
+            &|_| false,
+        )
+        .unwrap();
+        assert!(out.preview_starts.is_empty());
+        assert!(out.calls[0].params["text"]
+            .as_str()
+            .unwrap()
+            .contains("devbox is offline"));
+        // /preview stop in a reply ends the session's previews.
+        let out = handle_update(
+            &db,
+            &with_relay,
+            &reply_update(5, 42, 100, "/preview stop"),
+            9,
+            &|_| true,
+        )
+        .unwrap();
+        assert_eq!(
+            out.preview_stops,
+            vec![preview::Stop {
+                channel: "pv-first".into(),
+                machine_id: "devbox".into()
+            }]
+        );
+    }
+
+    #[test]
     fn reply_routes_to_the_session_once() {
         let db = setup();
         let out =
@@ -1420,6 +1665,7 @@ mod tests {
         let users = Config {
             allowed_chats: vec![42],
             allowed_users: vec![8],
+            ..Config::default()
         };
         let out =
             handle_update(&db, &users, &reply_update(4, 42, 100, "ls"), 5, &|_| true).unwrap();
@@ -1436,6 +1682,7 @@ mod tests {
         let two = Config {
             allowed_chats: vec![42, 43],
             allowed_users: vec![],
+            ..Config::default()
         };
         let msg = |id: i64, chat: i64, text: &str| {
             update(json!({"update_id": id,
@@ -1952,6 +2199,7 @@ mod tests {
         let only_7 = Config {
             allowed_chats: vec![42],
             allowed_users: vec![7],
+            ..cfg()
         };
         let out = handle_update(&db, &only_7, &press(51, 8, "end:tok1"), 5, &|_| true).unwrap();
         assert!(out.queued.is_empty() && out.calls.is_empty());

@@ -29,6 +29,7 @@ use crate::http::{self, json, parse_json, setting, Reply};
 use crate::launch;
 use crate::notify::{self, Answer};
 use crate::outbox::{self, GroupState};
+use crate::preview;
 use crate::queue::{self, Queued};
 use crate::route::{route, Route};
 use crate::router::{self, Config};
@@ -202,10 +203,38 @@ impl RouterDO {
     }
 
     fn config(&self) -> Config {
-        Config::from_settings(
+        let mut cfg = Config::from_settings(
             &setting(&self.env, "ALLOWED_CHAT_IDS"),
             &setting(&self.env, "ALLOWED_USER_IDS"),
-        )
+        );
+        cfg.preview = preview::Settings {
+            relay_configured: !setting(&self.env, "RELAY_TOKEN").is_empty(),
+            public_key_required: !setting(&self.env, "RELAY_PUBLIC_KEY").is_empty(),
+            ttl_ms: preview::ttl_ms(&setting(&self.env, "PREVIEW_TTL_SECS")),
+            host_suffix: setting(&self.env, "RELAY_HOST_SUFFIX"),
+            ..preview::Settings::default()
+        };
+        cfg
+    }
+
+    /// Ends previews: marks each channel ended for the relay (its link answers 410 from now
+    /// on) and tells each connected machine to stop its bridge. A machine that is offline
+    /// stops on its own timer; its bridge's polls are refused (410) meanwhile.
+    async fn end_previews(&self, stops: &[preview::Stop]) {
+        for stop in stops {
+            if let Err(e) = crate::relay_binding::mark_preview_ended(&self.env, &stop.channel).await
+            {
+                console_error!("marking preview {} ended failed: {e}", stop.channel);
+            }
+            if let Some(ws) = self.machine_socket(&stop.machine_id) {
+                let frame = SocketMessage::PreviewStop {
+                    channel: stop.channel.clone(),
+                };
+                if let Err(e) = ws.send_with_str(frame.encode()) {
+                    console_warn!("preview stop to {} failed: {e}", stop.machine_id);
+                }
+            }
+        }
     }
 
     /// The machine's current socket: the most recently connected one.
@@ -319,6 +348,10 @@ impl RouterDO {
             None => wake,
         };
         let wake = match conversation::next_peek_deadline(&self.db())? {
+            Some(deadline) => wake.min(deadline),
+            None => wake,
+        };
+        let wake = match preview::next_deadline(&self.db())? {
             Some(deadline) => wake.min(deadline),
             None => wake,
         };
@@ -524,21 +557,23 @@ impl RouterDO {
                 "this session belongs to another machine",
             )),
             Some(_) => {
-                // The session goes and its topics close, together.
+                // The session goes, its topics close and its previews end, together.
                 let now = now_ms();
-                let calls = db.transaction(|db| {
+                let (calls, stops) = db.transaction(|db| {
                     let calls = topics::on_unregister(db, &body.session_id, now)?;
                     for dropped in outbox::add_for_session(db, &calls, &body.session_id, now)? {
                         console_warn!("{dropped}");
                     }
+                    let stops = preview::end_session(db, &body.session_id, now)?;
                     store::delete_session(db, &body.session_id)?;
-                    Ok(calls)
+                    Ok((calls, stops))
                 })?;
                 if !calls.is_empty() {
                     // Sent by the alarm, like a registration's (the SessionEnd hook has a
                     // deadline).
                     self.arm_alarm().await?;
                 }
+                self.end_previews(&stops).await;
                 json(200, &OkBody::default())
             }
         }
@@ -589,9 +624,14 @@ impl RouterDO {
 
     async fn handle_webhook(&self, req: &mut Request) -> Reply {
         let update: Update = parse_json(req).await?;
-        let outcome = router::handle_update(&self.db(), &self.config(), &update, now_ms(), &|m| {
-            self.online(m)
-        })?;
+        let mut cfg = self.config();
+        cfg.preview.origin = req
+            .headers()
+            .get(wire::header::PUBLIC_ORIGIN)?
+            .unwrap_or_default();
+        cfg.preview.fresh_channel = new_channel()?;
+        let outcome =
+            router::handle_update(&self.db(), &cfg, &update, now_ms(), &|m| self.online(m))?;
         console_log!("{}", outcome.log);
         if outcome.duplicate {
             return json(200, &serde_json::json!({"ok": true, "duplicate": true}));
@@ -623,6 +663,30 @@ impl RouterDO {
         if !outcome.peeks.is_empty() {
             self.arm_alarm().await?;
         }
+        let relay_token = setting(&self.env, "RELAY_TOKEN");
+        for start in &outcome.preview_starts {
+            // Unanswered (no socket after all, a refused send) it times out on the alarm.
+            if let Some(ws) = self.machine_socket(&start.machine_id) {
+                let frame = SocketMessage::PreviewStart {
+                    channel: start.channel.clone(),
+                    session_id: start.session_id.clone(),
+                    port: start.port,
+                    token: preview::token(&relay_token, &start.channel),
+                    expires_at: start.expires_at,
+                };
+                if let Err(e) = ws.send_with_str(frame.encode()) {
+                    console_warn!(
+                        "preview {} to {} failed: {e}",
+                        start.channel,
+                        start.machine_id
+                    );
+                }
+            }
+        }
+        if !outcome.preview_starts.is_empty() {
+            self.arm_alarm().await?;
+        }
+        self.end_previews(&outcome.preview_stops).await;
         if !outcome.queued.is_empty() || !outcome.calls.is_empty() || !outcome.decided.is_empty() {
             // The answers are stored with the update; sending them cannot fail the update.
             self.send_stored(&outcome.calls).await;
@@ -767,6 +831,33 @@ impl RouterDO {
                     None => console_log!("machine {machine}: late or unknown peek {request_id}"),
                 }
             }
+            Ok(SocketMessage::PreviewResult { channel, error }) => {
+                let public_key_required = !setting(&self.env, "RELAY_PUBLIC_KEY").is_empty();
+                let now = now_ms();
+                let answer = self.db().transaction(|db| {
+                    preview::answered(
+                        db,
+                        &channel,
+                        &machine,
+                        error.as_deref(),
+                        public_key_required,
+                        now,
+                    )
+                })?;
+                match answer {
+                    Some((call, stop)) => {
+                        if let Some(stop) = stop {
+                            self.end_previews(&[stop]).await;
+                        }
+                        self.tell(&[call]).await?;
+                    }
+                    None => {
+                        console_log!("machine {machine}: late or unknown preview {channel}");
+                        // A preview that ended meanwhile (stopped, timed out) must not serve.
+                        let _ = ws.send_with_str(SocketMessage::PreviewStop { channel }.encode());
+                    }
+                }
+            }
             Ok(SocketMessage::Ping) => {
                 // Only reached when the frame differs from the exact auto-response bytes.
                 let _ = ws.send_with_str(PONG_FRAME);
@@ -777,6 +868,13 @@ impl RouterDO {
         }
         Ok(())
     }
+}
+
+/// A fresh preview channel name (`pv-` and 120 random bits).
+fn new_channel() -> std::result::Result<String, ApiError> {
+    let mut bytes = [0u8; 15];
+    getrandom::fill(&mut bytes).map_err(|e| Error::RustError(format!("randomness: {e}")))?;
+    Ok(preview::channel_name(&bytes))
 }
 
 /// A 12-character token for `/cmd` and callback data (60 bits of randomness).
@@ -875,6 +973,18 @@ impl DurableObject for RouterDO {
         if !late_peeks.is_empty() {
             self.send_stored(&late_peeks).await;
         }
+        // Previews whose time is up (or whose machine never answered) end; the chat is told.
+        let (ended, notices) = db.transaction(|db| {
+            let (stops, calls) = preview::expire(db, now)?;
+            for dropped in outbox::add_or_drop(db, &calls, now)? {
+                console_warn!("{dropped}");
+            }
+            Ok((stops, calls))
+        })?;
+        self.end_previews(&ended).await;
+        if !notices.is_empty() {
+            self.send_stored(&notices).await;
+        }
         for line in outbox::expire(&db, now)? {
             console_warn!("{line}");
         }
@@ -900,6 +1010,7 @@ impl DurableObject for RouterDO {
         approvals::prune(&db, now)?;
         launch::prune(&db, now)?;
         topics::prune(&db, now)?;
+        preview::prune(&db, now)?;
         self.arm_alarm().await?;
         Response::ok("")
     }

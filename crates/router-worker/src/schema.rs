@@ -186,6 +186,26 @@ pub const MIGRATIONS: &[&[&str]] = &[&[
     "ALTER TABLE command_queue ADD COLUMN file TEXT",
     "ALTER TABLE command_queue ADD COLUMN file_id TEXT",
     "CREATE INDEX IF NOT EXISTS queue_by_file ON command_queue (file_id)",
+], &[
+    // `/preview PORT`: a session machine's loopback port served through the relay on channel
+    // `channel`. `started_at` is set when the machine says it serves; `ended_at` on
+    // `/preview stop`, the session's end, its expiry or a failed start. Retention: ended rows
+    // for 7 days (`preview::prune`).
+    "CREATE TABLE IF NOT EXISTS previews (
+        channel    TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        machine_id TEXT NOT NULL,
+        port       INTEGER NOT NULL,
+        chat_id    INTEGER NOT NULL,
+        reply_to   INTEGER NOT NULL,
+        url        TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        started_at INTEGER,
+        ended_at   INTEGER,
+        end_reason TEXT
+    )",
+    "CREATE INDEX IF NOT EXISTS previews_open ON previews (ended_at, expires_at)",
 ]];
 
 /// Creates the version table itself; safe to run every time.

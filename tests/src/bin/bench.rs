@@ -497,6 +497,7 @@ async fn run() -> anyhow::Result<()> {
         let _ = spawn_to_all.record(micros(t_all - t_spawn));
     }
     let approvals = approvals(&w, &bot, &agent, hop_p50_1).await?;
+    rows.extend(previews(&w, &bot, msg, &target).await?);
     drop(agent);
     drop(tmux);
     drop(w);
@@ -1228,4 +1229,96 @@ async fn relay_transports(
     let out = workspace_root().join("target/bench/relay-transports.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Previews: `/preview PORT` served by the agent's built-in bridge.
+
+/// `BENCH_PREVIEWS` rounds (default 10, after 2 unrecorded) of `/preview PORT` → the link in
+/// the chat, each then stopped; and 200 GETs (after 20 unrecorded) at 1 caller through one
+/// open preview's link.
+async fn previews(
+    w: &Worker,
+    bot: &ccr_e2e::telegram::BotApi,
+    msg: i64,
+    target: &str,
+) -> anyhow::Result<Vec<Row>> {
+    let rounds = env_u64("BENCH_PREVIEWS", 10) as usize;
+    let warm = 2;
+    let port = target
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .context("the bench target's port")?;
+    eprintln!("bench: previews, {rounds} links");
+    let mut open = new_hist();
+    let mut update_id = 2_000_000_i64;
+    let mut link = String::new();
+    for i in 0..warm + rounds {
+        let seen = bot.calls().len();
+        update_id += 1;
+        let t0 = Instant::now();
+        reply(w, update_id, msg, &format!("/preview {port}")).await?;
+        let text = wait_for("the preview's link", T, || async {
+            bot.calls_since(seen).into_iter().find_map(|c| {
+                c.params["text"]
+                    .as_str()
+                    .filter(|t| t.contains("Preview of port"))
+                    .map(str::to_owned)
+            })
+        })
+        .await?;
+        if i >= warm {
+            let _ = open.record(micros(t0.elapsed()));
+        }
+        link = text
+            .lines()
+            .find(|l| l.starts_with("http"))
+            .context("no link in the answer")?
+            .to_owned();
+        if i + 1 < warm + rounds {
+            update_id += 1;
+            reply(w, update_id, msg, "/preview stop").await?;
+        }
+    }
+    let client = reqwest::Client::builder().no_proxy().timeout(T).build()?;
+    let mut get = Cell {
+        hist: new_hist(),
+        errors: 0,
+        secs: 0.0,
+    };
+    let mut window = Instant::now();
+    for i in 0..220 {
+        if i == 20 {
+            window = Instant::now();
+        }
+        let t0 = Instant::now();
+        let ok = one(client.get(format!("{link}bench"))).await;
+        if i >= 20 {
+            if ok {
+                let _ = get.hist.record(micros(t0.elapsed()));
+            } else {
+                get.errors += 1;
+            }
+        }
+    }
+    get.secs = window.elapsed().as_secs_f64();
+    update_id += 1;
+    reply(w, update_id, msg, "/preview stop").await?;
+    let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(vec![
+        Row {
+            what: "preview: /preview PORT → the link in the chat".into(),
+            callers: "-".into(),
+            p50: format!("{:.2}", q(&open, 0.5)),
+            p90: format!("{:.2}", q(&open, 0.9)),
+            p99: format!("max {:.2}", open.max() as f64 / 1000.0),
+            rps: String::new(),
+            n: format!("{} rounds", open.len()),
+        },
+        cell_row(
+            "preview: GET through the link (agent's built-in bridge)",
+            1,
+            &get,
+        ),
+    ])
 }

@@ -82,6 +82,8 @@ pub(crate) struct Shared {
     pub(crate) launch: Arc<Launch>,
     /// Downloads the files the chat sends (`file` commands) from the Worker.
     pub(crate) files: Fetcher,
+    /// `/preview`'s bridges (started on the socket task after a bounded port check).
+    pub(crate) previews: super::preview::Previews,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
@@ -444,6 +446,28 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
                 error,
             };
             return send(ws, msg.encode()).await;
+        }
+        SocketMessage::PreviewStart {
+            channel,
+            session_id,
+            port,
+            token,
+            expires_at,
+        } => {
+            let ask = super::preview::Ask {
+                channel: channel.clone(),
+                port,
+                token,
+                expires_at,
+            };
+            let error = shared.previews.start(ask).await.err();
+            info!(%channel, %session_id, port, ok = error.is_none(), "preview asked");
+            let msg = SocketMessage::PreviewResult { channel, error };
+            return send(ws, msg.encode()).await;
+        }
+        SocketMessage::PreviewStop { channel } => {
+            shared.previews.stop(&channel);
+            return Ok(());
         }
         other => {
             debug!("ignoring {} from the Worker", other.type_name());

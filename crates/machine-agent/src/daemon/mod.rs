@@ -9,6 +9,8 @@
 //! - `connection`: the socket — connect, keepalive, store-then-ack, results, backoff.
 //! - `inbox`: the exactly-once state machine `stored → acked → executing → typed → done`.
 //! - `peek`: `/peek`: a verified pane's screen as text.
+//! - `preview`: `/preview PORT`: a loopback port served through the relay (the
+//!   `relay-bridge` library), until stopped or expired.
 //! - `keys`: the chat's key names (`/esc`, `/keys`) → tmux keys, from an allow-list.
 //! - `inject`: `tmux send-keys -l` (or one paste for text with line breaks), pause, Enter,
 //!   on the session's own tmux server.
@@ -23,6 +25,7 @@ pub(crate) mod inject;
 pub(crate) mod keys;
 pub(crate) mod launch;
 pub(crate) mod peek;
+pub(crate) mod preview;
 pub(crate) mod sessions;
 pub(crate) mod status;
 
@@ -67,6 +70,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         launch: Arc::new(config.launch.clone()),
         files: files::Fetcher::new(config.worker.clone(), config.data_dir.clone())
             .context("building the HTTP client for files")?,
+        previews: preview::Previews::new(
+            config.worker.url.clone(),
+            config.worker.machine_id.clone(),
+        ),
     };
     // Before the inbox finishes them: the panes of commands a kill interrupted while tmux was
     // being handed their text get their input line cleared before the next command.
