@@ -281,7 +281,7 @@ async fn a_port_nobody_listens_on_is_a_clear_error_and_a_session_end_ends_its_pr
     w.send_update(&Update::message(3, CHAT).text("/preview 3000"))
         .await
         .unwrap();
-    bot.wait_text("Send this as a reply to a notification", T)
+    bot.wait_text("or as a reply to a notification of the session", T)
         .await
         .unwrap();
 
