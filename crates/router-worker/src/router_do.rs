@@ -646,6 +646,11 @@ impl RouterDO {
             self.flush_machine(machine, Some(now))?;
         }
         if !outcome.decided.is_empty() {
+            // A hook is waiting on each decision: let the frames out now. The object holds
+            // outgoing messages until the writes before them are durable, and the rest of
+            // this request (the card's edit and the toast, sent to the Bot API) keeps
+            // writing, so without this they left only with the end of the request.
+            self.state.storage().sync().await?;
             self.arm_alarm().await?;
         }
         for ask in &outcome.peeks {
