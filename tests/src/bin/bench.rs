@@ -786,14 +786,19 @@ async fn approvals(
         let update = Update::callback(50_000 + i as i64, CHAT, &format!("bq{i}"), &allow)
             .message_id(message_id);
         let t1 = Instant::now();
-        let status = w.send_update(&update).await?.status();
+        // The tap's webhook and the hook run side by side: the hook may print before the
+        // webhook answers (it still sends the card's edit and the toast), and it is the
+        // hook's output that Claude Code waits for.
+        let (answer, exited) = tokio::join!(w.send_update(&update), async {
+            let out = tokio::time::timeout(T, hook.wait_with_output()).await;
+            (out, Instant::now())
+        });
+        let status = answer?.status();
         if !status.is_success() {
             bail!("the tap's webhook answered {status}");
         }
-        let out = tokio::time::timeout(T, hook.wait_with_output())
-            .await
-            .context("the hook did not print a decision")??;
-        let t2 = Instant::now();
+        let (out, t2) = exited;
+        let out = out.context("the hook did not print a decision")??;
         let printed = String::from_utf8_lossy(&out.stdout);
         if !printed.contains(r#""behavior":"allow""#) {
             bail!("the hook printed {printed:?}");
