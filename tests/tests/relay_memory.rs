@@ -119,6 +119,20 @@ fn instance(resp: &reqwest::Response) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_uploads_do_not_cost_a_channel_its_waiting_callers() {
+    upload_flood("poll").await;
+}
+
+/// The same flood over the bridge's WebSocket transport. Known defect (issue 15): in one of
+/// two fresh-clone runs a small request on the channel got no answer within the call
+/// timeout while the 9 MiB uploads crossed the socket (each one JSON message of about
+/// 12 MiB). Skipped in `make test` until that is fixed; run it with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a small request can stall behind the uploads over the WebSocket transport (issue 15)"]
+async fn large_uploads_do_not_cost_a_channel_its_waiting_callers_over_the_websocket() {
+    upload_flood("ws").await;
+}
+
+async fn upload_flood(transport: &str) {
     tokio::task::spawn_blocking(ccr_e2e::bins::relay_bridge)
         .await
         .unwrap();
@@ -128,7 +142,7 @@ async fn large_uploads_do_not_cost_a_channel_its_waiting_callers() {
         &w,
         &target,
         None,
-        &["--concurrency", "16"],
+        &["--concurrency", "16", "--transport", transport],
         &[("RUST_LOG", "warn")],
     )
     .await
