@@ -534,3 +534,91 @@ async fn stop_tells_the_truth_and_a_permission_prompt_is_not_sent_twice() {
     tap(&w, 70, card_id, "q-s", &allow, TEST_USER_ID).await;
     assert!(stdout_of(hook).await.contains(r#""behavior":"allow""#));
 }
+
+/// The hook hands its card's request to the daemon, which sends it on the machine socket it
+/// holds open; with the daemon stopped (its socket file left behind) the hook opens the card
+/// over HTTP itself, and the decision still reaches it once the daemon is back.
+#[tokio::test]
+async fn the_daemon_carries_a_card_s_request_and_http_does_when_it_is_down() {
+    let (w, bot) = start().await;
+    let mut agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (command, _) = install_hooks(&agent, home.path());
+
+    let input = permission_input(
+        "sess-hand",
+        "Bash",
+        json!({"command": "cargo build --release", "description": "Build"}),
+        json!([]),
+    );
+    let hook = spawn_hook(&command, &input).await;
+    let (card_id, data, _) = card(&bot, "cargo build --release").await;
+    wait_for("the hook's log line", T, || async {
+        agent
+            .hooks_log()
+            .contains("card opened through the daemon")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert!(
+        !agent.hooks_log().contains("over HTTP"),
+        "{}",
+        agent.hooks_log()
+    );
+    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    tap(&w, 40, card_id, "q-hand", &allow, TEST_USER_ID).await;
+    assert_eq!(
+        stdout_of(hook).await,
+        r#"{"hookSpecificOutput":{"hookEventName":"PermissionRequest","decision":{"behavior":"allow"}}}"#
+    );
+
+    // SIGKILL: the daemon's socket file stays, nobody answers on it.
+    agent.kill9().await;
+    assert!(agent.data_dir().join("hook.sock").exists());
+    let input = permission_input(
+        "sess-hand",
+        "Bash",
+        json!({"command": "cargo publish --dry-run", "description": "Publish"}),
+        json!([]),
+    );
+    let hook = spawn_hook(&command, &input).await;
+    let (card_id, data, _) = card(&bot, "cargo publish --dry-run").await;
+    wait_for("the hook's log line", T, || async {
+        agent
+            .hooks_log()
+            .contains("card opened over HTTP")
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let deny = data.iter().find(|d| d.ends_with(":d")).unwrap().clone();
+    tap(&w, 41, card_id, "q-hand-2", &deny, TEST_USER_ID).await;
+    agent.restart().unwrap();
+    let out = stdout_of(hook).await;
+    assert!(out.contains(r#""behavior":"deny""#), "{out}");
+    // The restarted daemon took the socket over from the dead one's file.
+    let input = permission_input(
+        "sess-hand",
+        "Bash",
+        json!({"command": "cargo doc --open", "description": "Docs"}),
+        json!([]),
+    );
+    agent.wait_connected(2, T).await.unwrap();
+    let hook = spawn_hook(&command, &input).await;
+    let (card_id, data, _) = card(&bot, "cargo doc --open").await;
+    wait_for("the third card's log line", T, || async {
+        (agent
+            .hooks_log()
+            .matches("card opened through the daemon")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    tap(&w, 42, card_id, "q-hand-3", &allow, TEST_USER_ID).await;
+    assert!(stdout_of(hook).await.contains(r#""behavior":"allow""#));
+}

@@ -229,7 +229,7 @@ pub struct SendNotification {
 /// `POST /approvals`: a PermissionRequest hook asks the chat to decide. The Worker stores the
 /// request, sends one card, and later pushes the decision over the machine's socket
 /// ([`crate::socket::SocketMessage::Decision`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OpenApproval {
     /// Chosen by the hook (unique); the decision carries it back. Opening it again is a no-op.

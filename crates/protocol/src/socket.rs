@@ -207,6 +207,25 @@ pub enum SocketMessage {
         /// The channel to stop.
         channel: String,
     },
+    /// Agent → DO: a waiting PermissionRequest hook asks for its card, handed over by the
+    /// daemon so that it rides the socket that is already open instead of a new HTTPS
+    /// connection from a new process. The same body and rules as `POST /approvals`, for the
+    /// socket's own machine; answered with a [`SocketMessage::ApprovalOpened`]. An older
+    /// Worker skips it (unknown type): the hook then opens its card over HTTP.
+    OpenApproval(crate::api::OpenApproval),
+    /// DO → agent: the answer to a [`SocketMessage::OpenApproval`]: stored (`error` absent;
+    /// opening the same request again is a no-op), or refused with the HTTP status and
+    /// message `POST /approvals` would have answered.
+    ApprovalOpened {
+        /// The request of the [`SocketMessage::OpenApproval`].
+        request_id: String,
+        /// The status `POST /approvals` would have answered, when refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        /// Why it was refused, in words a person understands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// What kind of attachment a chat sent.
@@ -272,7 +291,7 @@ impl DecodeError {
     }
 }
 
-const KNOWN_TYPES: [&str; 18] = [
+const KNOWN_TYPES: [&str; 20] = [
     "command",
     "ack",
     "commandResult",
@@ -291,6 +310,8 @@ const KNOWN_TYPES: [&str; 18] = [
     "previewStart",
     "previewResult",
     "previewStop",
+    "openApproval",
+    "approvalOpened",
 ];
 
 impl SocketMessage {
@@ -339,6 +360,8 @@ impl SocketMessage {
             SocketMessage::PreviewStart { .. } => "previewStart",
             SocketMessage::PreviewResult { .. } => "previewResult",
             SocketMessage::PreviewStop { .. } => "previewStop",
+            SocketMessage::OpenApproval(_) => "openApproval",
+            SocketMessage::ApprovalOpened { .. } => "approvalOpened",
         }
     }
 }
@@ -532,6 +555,42 @@ mod tests {
                 session_id: "s1".into(),
                 reason: "tmux server restarted".into(),
             },
+        );
+    }
+
+    #[test]
+    fn approval_over_the_socket_shapes() {
+        golden(
+            r#"{"type":"openApproval","requestId":"0a1b","sessionId":"s1","toolName":"Bash","toolInput":{"command":"ls"},"permissionSuggestions":[{"type":"addRules"}]}"#,
+            SocketMessage::OpenApproval(crate::api::OpenApproval {
+                request_id: "0a1b".into(),
+                session_id: "s1".into(),
+                tool_name: "Bash".into(),
+                tool_input: json!({"command": "ls"}),
+                permission_suggestions: vec![json!({"type": "addRules"})],
+            }),
+        );
+        golden(
+            r#"{"type":"approvalOpened","requestId":"0a1b"}"#,
+            SocketMessage::ApprovalOpened {
+                request_id: "0a1b".into(),
+                status: None,
+                error: None,
+            },
+        );
+        golden(
+            r#"{"type":"approvalOpened","requestId":"0a1b","status":404,"error":"unknown session"}"#,
+            SocketMessage::ApprovalOpened {
+                request_id: "0a1b".into(),
+                status: Some(404),
+                error: Some("unknown session".into()),
+            },
+        );
+        // A body that is not an OpenApproval is malformed, not unknown.
+        assert!(
+            !SocketMessage::decode(r#"{"type":"openApproval","requestId":"x"}"#)
+                .unwrap_err()
+                .is_unknown_type()
         );
     }
 

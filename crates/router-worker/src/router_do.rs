@@ -622,6 +622,52 @@ impl RouterDO {
         )
     }
 
+    /// `openApproval` on a machine's socket: `POST /approvals` for the socket's own machine,
+    /// answered on the socket (`approvalOpened`) as soon as the request is stored, then the
+    /// card is sent. A refusal carries the status the route would have answered.
+    async fn open_approval(
+        &self,
+        ws: &WebSocket,
+        machine: &str,
+        body: &OpenApproval,
+    ) -> Result<()> {
+        let chats = self.config().allowed_chats;
+        let principal = Principal::Machine(machine.to_owned());
+        let (lane, status, error) =
+            match approvals::open(&self.db(), &chats, &principal, body, now_ms()) {
+                Ok(lane) => (lane, None, None),
+                Err(ApiError::Answer {
+                    status, message, ..
+                }) => (None, Some(status), Some(message)),
+                Err(e) => {
+                    console_warn!(
+                        "machine {machine}: storing approval {}: {e:?}",
+                        body.request_id
+                    );
+                    let why = "the Worker could not store the request".to_owned();
+                    (None, Some(500), Some(why))
+                }
+            };
+        let answer = SocketMessage::ApprovalOpened {
+            request_id: body.request_id.clone(),
+            status,
+            error,
+        };
+        if let Err(e) = ws.send_with_str(answer.encode()) {
+            // The hook gives up waiting for the answer and opens its card over HTTP (a no-op
+            // when this one was stored).
+            console_warn!(
+                "machine {machine}: answering approval {}: {e}",
+                body.request_id
+            );
+        }
+        if let Some(lane) = lane {
+            self.send_lane(&lane, true).await?;
+            self.arm_alarm().await?;
+        }
+        Ok(())
+    }
+
     async fn handle_webhook(&self, req: &mut Request) -> Reply {
         let update: Update = parse_json(req).await?;
         let mut cfg = self.config();
@@ -862,6 +908,9 @@ impl RouterDO {
                         let _ = ws.send_with_str(SocketMessage::PreviewStop { channel }.encode());
                     }
                 }
+            }
+            Ok(SocketMessage::OpenApproval(body)) => {
+                self.open_approval(ws, &machine, &body).await?
             }
             Ok(SocketMessage::Ping) => {
                 // Only reached when the frame differs from the exact auto-response bytes.

@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub(crate) files: Fetcher,
     /// `/preview`'s bridges (started on the socket task after a bounded port check).
     pub(crate) previews: super::preview::Previews,
+    /// Requests the hooks hand over to be sent on this socket (`handover`).
+    pub(crate) handover: super::handover::Handover,
 }
 
 /// Opens the socket: subprotocol `ccr, <key>`, within `timeout`.
@@ -166,7 +168,9 @@ pub(crate) async fn run_socket(
                 let started = Instant::now();
                 info!(machine_id = %worker.machine_id, "connected to the Worker");
                 status::record(&shared.sessions, Connection::Connected, "");
+                shared.handover.set_connected(true);
                 let ended = serve(ws, &timing, &shared, &mut shutdown).await;
+                shared.handover.set_connected(false);
                 backoff.connection_ended(started.elapsed(), timing.healthy_after);
                 match ended {
                     Ended::Shutdown => {
@@ -266,6 +270,7 @@ async fn serve(
     if let Err(e) = flush_results(&mut ws, shared).await {
         return Ended::Lost(e);
     }
+    let mut handed = shared.handover.receiver().await;
     loop {
         let deadline = last_heard + timing.pong_timeout;
         tokio::select! {
@@ -282,6 +287,13 @@ async fn serve(
             _ = ping.tick() => {
                 if let Err(e) = send(&mut ws, PING_FRAME.to_owned()).await {
                     return Ended::Lost(e);
+                }
+            }
+            Some(request) = handed.recv() => {
+                if let Some(frame) = shared.handover.sending(request) {
+                    if let Err(e) = send(&mut ws, frame).await {
+                        return Ended::Lost(e);
+                    }
                 }
             }
             _ = shared.results_ready.notified() => {
@@ -335,6 +347,14 @@ async fn on_text(ws: &mut Ws, shared: &Shared, text: &str) -> Result<(), String>
     let (cmd, expires_at) = match msg {
         SocketMessage::Pong => {
             status::record_pong(&shared.sessions);
+            return Ok(());
+        }
+        SocketMessage::ApprovalOpened {
+            request_id,
+            status,
+            error,
+        } => {
+            shared.handover.answered(&request_id, status, error);
             return Ok(());
         }
         SocketMessage::Decision {

@@ -8,6 +8,8 @@
 //!
 //! - `connection`: the socket — connect, keepalive, store-then-ack, results, backoff.
 //! - `inbox`: the exactly-once state machine `stored → acked → executing → typed → done`.
+//! - `handover`: the local socket a PermissionRequest hook hands its card's request to, sent
+//!   on the machine socket (no new connection per hook); the hook falls back to HTTP.
 //! - `peek`: `/peek`: a verified pane's screen as text.
 //! - `preview`: `/preview PORT`: a loopback port served through the relay (the
 //!   `relay-bridge` library), until stopped or expired.
@@ -20,6 +22,7 @@
 pub(crate) mod connection;
 pub(crate) mod decisions;
 pub(crate) mod files;
+pub(crate) mod handover;
 pub(crate) mod inbox;
 pub(crate) mod inject;
 pub(crate) mod keys;
@@ -74,6 +77,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             config.worker.url.clone(),
             config.worker.machine_id.clone(),
         ),
+        handover: handover::Handover::new(),
     };
     // Before the inbox finishes them: the panes of commands a kill interrupted while tmux was
     // being handed their text get their input line cleared before the next command.
@@ -102,6 +106,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         shared.clone(),
         stop_rx.clone(),
     ));
+    // Hooks hand their cards' requests to the socket task through this.
+    let hooks = tokio::spawn(handover::listen(
+        config.data_dir.clone(),
+        shared.handover.clone(),
+    ));
     let injector = Injector::new(config.tmux.clone(), config.inject_delay);
     finish_typed(&shared, &injector).await;
     let executor = tokio::spawn(execute_loop(
@@ -113,6 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     info!("shutting down");
     let _ = stop_tx.send(true);
+    hooks.abort();
     // The executor finishes the command it is typing; the socket sends close 1000.
     for (name, task) in [("executor", executor), ("socket", socket)] {
         match tokio::time::timeout(Duration::from_secs(10), task).await {

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use super::api::WorkerApi;
 use super::event::HookEvent;
 use super::events::{self, HookEnv};
-use crate::daemon::decisions;
+use crate::daemon::{decisions, handover};
 use crate::db::{now_ms, Db};
 use crate::settings::{hook_worker, RawSettings};
 
@@ -103,8 +103,12 @@ pub(super) async fn run(
         Ok(Err(e)) => warn!("recording the session: {e:#}"),
         Err(_) => warn!("recording the session took too long"),
     }
-    let worker = hook_worker(raw, data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let api = WorkerApi::new(worker, HTTP_TIMEOUT)?;
+    // Built only when needed: loading the system's root certificates and opening a new
+    // connection is most of a hook's start when the daemon carries the request.
+    let http_api = || -> anyhow::Result<WorkerApi> {
+        let worker = hook_worker(raw, data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+        WorkerApi::new(worker, HTTP_TIMEOUT)
+    };
     let body = OpenApproval {
         request_id: new_request_id(),
         session_id: parsed.session_id.clone(),
@@ -125,9 +129,26 @@ pub(super) async fn run(
     ) {
         warn!("recording the open request: {e}");
     }
+    // The daemon's socket first (no new process-wide TLS set-up, no new connection); HTTP
+    // when it does not confirm the request is stored (opening it twice is a no-op).
+    let via_daemon = handover::open_approval(data_dir, &body).await;
+    if let Err(why) = &via_daemon {
+        info!("the daemon did not open the card ({why}); opening it over HTTP");
+    }
     let started = Instant::now();
     let mut pause = Duration::from_millis(500);
-    loop {
+    let api = match via_daemon {
+        Ok(()) => None,
+        Err(_) => match http_api() {
+            Ok(api) => Some(api),
+            Err(e) => {
+                warn!("{e:#}; the terminal decides");
+                let _ = decisions::forget(&db, id);
+                return Ok(None);
+            }
+        },
+    };
+    while let Some(api) = &api {
         match api.open_approval(&body).await {
             Ok(_) => break,
             Err(e) if started.elapsed() < OPEN_GIVE_UP => {
@@ -150,7 +171,12 @@ pub(super) async fn run(
             }
         }
     }
-    info!(request_id = %body.request_id, tool = %body.tool_name, "card opened; waiting for the chat");
+    let how = if api.is_some() {
+        "over HTTP"
+    } else {
+        "through the daemon"
+    };
+    info!(request_id = %body.request_id, tool = %body.tool_name, "card opened {how}; waiting for the chat");
     let wake = decisions::Wake::listen(data_dir, id)
         .map_err(|e| warn!("no wake-up socket ({e}); reading the database every {POLL:?}"))
         .ok();
@@ -190,7 +216,14 @@ pub(super) async fn run(
     }
     info!(request_id = %id, "{why}; the terminal decides");
     let _ = decisions::forget(&db, id);
-    if let Err(e) = api.close_approvals(vec![id.to_owned()], why).await {
+    let closed = match api {
+        Some(api) => api.close_approvals(vec![id.to_owned()], why).await,
+        None => match http_api() {
+            Ok(api) => api.close_approvals(vec![id.to_owned()], why).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = closed {
         warn!("closing the card: {e:#}");
     }
     Ok(None)
