@@ -138,6 +138,19 @@ impl Db {
         Self::setup(conn, true).with_context(|| format!("setting up {}", path.display()))
     }
 
+    /// The database as a hook opens it: commits are not flushed to the disk one by one
+    /// (`synchronous=NORMAL`; in WAL mode still atomic and safe against a crash of any
+    /// process, only the last commits may be lost with the machine's power). A hook writes
+    /// the session's pane record and its open requests, which a power loss makes moot along
+    /// with the session, and an `fsync` per commit was a few milliseconds of every card's
+    /// start. The daemon's connection keeps `FULL`: what it acks must survive anything.
+    pub fn open_for_hook(data_dir: &Path) -> anyhow::Result<Db> {
+        let db = Self::open(data_dir)?;
+        db.with(|c| c.pragma_update(None, "synchronous", "NORMAL"))
+            .context("setting up the hook's connection")?;
+        Ok(db)
+    }
+
     /// An in-memory database (tests).
     #[cfg(test)]
     pub(crate) fn open_in_memory() -> anyhow::Result<Db> {

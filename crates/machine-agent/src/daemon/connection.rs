@@ -107,7 +107,10 @@ async fn connect(worker: &WorkerConfig, timeout: Duration) -> Result<Ws, Connect
     let config = WebSocketConfig::default()
         .max_message_size(Some(ccr_protocol::MAX_FRAME_BYTES))
         .max_frame_size(Some(ccr_protocol::MAX_FRAME_BYTES));
-    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    // Nagle off: every frame here is small and someone waits for it (an ack, a result, a
+    // card's request). With it on, a frame written while the previous one is unacknowledged
+    // waits for the peer's delayed ACK, 40 ms on Linux.
+    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(timeout, attempt).await {
         Err(_) => Err(ConnectError::Other(format!(
             "connecting to {} timed out after {timeout:?}",

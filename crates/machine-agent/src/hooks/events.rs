@@ -85,7 +85,7 @@ pub(super) async fn run_hook(
         serde_json::from_str(input).context("the hook input is not Claude Code's hook JSON")?;
     ccr_protocol::validate::session_id(&input.session_id)
         .map_err(|e| anyhow::anyhow!("the hook input's session_id is invalid: {e}"))?;
-    let db = Db::open(data_dir)?;
+    let db = Db::open_for_hook(data_dir)?;
     let sessions = Sessions::new(db.clone());
     let known = sessions.get(&input.session_id)?;
     let mut record = refresh_record(known.as_ref(), &input, env);

@@ -117,7 +117,7 @@ pub(super) async fn run(
         permission_suggestions: parsed.permission_suggestions.clone(),
     };
     // Recorded before the card exists: the session may move on at any moment.
-    let db = Db::open(data_dir)?;
+    let db = Db::open_for_hook(data_dir)?;
     let id = body.request_id.as_str();
     if let Err(e) = decisions::remember_open(
         &db,
@@ -250,7 +250,7 @@ pub(super) async fn moved_on(
 ) -> anyhow::Result<()> {
     let parsed: MovedOnInput =
         serde_json::from_str(input).context("the hook input is not Claude Code's hook JSON")?;
-    let db = Db::open(data_dir)?;
+    let db = Db::open_for_hook(data_dir)?;
     let tool = match (event, &parsed.tool_name, &parsed.tool_input) {
         (HookEvent::PostToolUse | HookEvent::PermissionDenied, Some(n), Some(i)) => {
             Some((n.as_str(), i))
