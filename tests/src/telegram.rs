@@ -48,6 +48,8 @@ pub enum Fault {
     BadRequest(String),
     /// 500, as Telegram gives on its own trouble.
     Internal,
+    /// No answer at all for ten minutes (a half-open connection during an outage), then 500.
+    Hang,
 }
 
 #[derive(Default)]
@@ -413,6 +415,14 @@ async fn handle(
                 "Internal Server Error",
                 None,
             )
+        }
+        Some(Fault::Hang) => {
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+            return telegram_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+                None,
+            );
         }
         None => {}
     }

@@ -243,3 +243,43 @@ async fn the_outbox_status_is_for_the_admin_key_only() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
 }
+
+/// A Bot API call that never answers (a half-open connection in an outage) is given up after
+/// the Worker's call timeout: the notification's request still answers, the lane is not held,
+/// and the outbox sends the message on a later try — once.
+#[tokio::test]
+async fn a_bot_api_call_that_hangs_is_given_up_and_sent_again() {
+    use ccr_e2e::telegram::Fault;
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
+    w.register("s1", "devbox", Some("api")).await.unwrap();
+    bot.fail_next("sendMessage", Fault::Hang);
+    // Answered (queued) instead of hanging with the call: within the client's 60 s timeout.
+    let (s, b) = notify(&w, "sent through a hung connection").await;
+    assert!(s == 202 || s == 200, "{s} {b}");
+    let delivered = || {
+        bot.calls_of("sendMessage")
+            .into_iter()
+            .filter(|c| {
+                c.ok && c.params["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("sent through a hung connection"))
+            })
+            .count()
+    };
+    wait_for("the message sent on a later try", DRAIN, || async {
+        (delivered() > 0).then_some(())
+    })
+    .await
+    .unwrap();
+    // The lane moves on: the next message goes out at once.
+    let (s, b) = notify(&w, "after the hang").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(delivered(), 1);
+    assert_eq!(
+        bot.calls_of("sendMessage").iter().filter(|c| !c.ok).count(),
+        1,
+        "the hung call is the one that failed"
+    );
+}

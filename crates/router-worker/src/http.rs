@@ -134,21 +134,45 @@ pub(crate) fn internal_request(
     Request::new_with_init(url, &init)
 }
 
+/// A Bot API call gives up after this long. Telegram answers in well under a second; a call
+/// that hangs (a half-open connection during an outage) must not hold the webhook that sent
+/// it, nor the outbox lane behind it: it fails like an unreachable Telegram, and the outbox
+/// tries again later.
+pub(crate) const BOT_API_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// POSTs `params` as JSON to `url` (the Bot API); returns the status and the body's text.
+/// Aborted after [`BOT_API_TIMEOUT`].
 pub(crate) async fn post_json(
     url: &str,
     params: &serde_json::Value,
 ) -> worker::Result<(u16, String)> {
+    use futures_util::future::{select, Either};
     let headers = Headers::new();
     headers.set(wire::header::CONTENT_TYPE, wire::header::JSON)?;
     let mut init = RequestInit::new();
     init.with_method(Method::Post)
         .with_headers(headers)
         .with_body(Some(serde_json::to_string(params)?.into()));
-    let mut resp = worker::Fetch::Request(Request::new_with_init(url, &init)?)
-        .send()
-        .await?;
-    let status = resp.status_code();
-    let body = resp.text().await.unwrap_or_default();
-    Ok((status, body))
+    let request = Request::new_with_init(url, &init)?;
+    let controller = worker::AbortController::default();
+    let signal = controller.signal();
+    let call = std::pin::pin!(async {
+        let mut resp = worker::Fetch::Request(request)
+            .send_with_signal(&signal)
+            .await?;
+        let status = resp.status_code();
+        let body = resp.text().await.unwrap_or_default();
+        Ok((status, body))
+    });
+    let timer = std::pin::pin!(worker::Delay::from(BOT_API_TIMEOUT));
+    match select(call, timer).await {
+        Either::Left((answer, _)) => answer,
+        Either::Right(_) => {
+            controller.abort();
+            Err(Error::RustError(format!(
+                "no answer within {} s",
+                BOT_API_TIMEOUT.as_secs()
+            )))
+        }
+    }
 }
