@@ -307,19 +307,28 @@ fn in_its_topic(update: &Update, calls: &mut [BotCall]) {
 /// of the topic it was sent in.
 enum Addressee {
     Session(String),
-    /// A topic whose session ended (unregistered): nothing to send to.
-    EndedTopic,
     /// A reply to a message that maps to no session, outside a topic of ours.
     UnknownReply,
     /// Neither a reply nor in a topic of ours.
     Nobody,
 }
 
-fn addressee(db: &impl Sql, msg: &Message, now: i64) -> Result<Addressee, StoreError> {
+/// Whom `msg` is for. A message in the topic of a session that ended (unregistered) has
+/// nothing to go to: it is answered here with [`ENDED_TOPIC`] (logged as `what` in the topic
+/// of an ended session) and `None` returned, so every kind of message gets the same answer
+/// and the caller has nothing left to do.
+fn addressee(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    msg: &Message,
+    what: &str,
+    now: i64,
+) -> Result<Option<Addressee>, StoreError> {
     let chat = msg.chat.id;
     if let Some(parent) = msg.replied_to() {
         if let Some(m) = by_reply(db, chat, parent.message_id)? {
-            return Ok(Addressee::Session(m.session_id));
+            return Ok(Some(Addressee::Session(m.session_id)));
         }
     }
     if let Some(t) = msg
@@ -329,19 +338,22 @@ fn addressee(db: &impl Sql, msg: &Message, now: i64) -> Result<Addressee, StoreE
         .flatten()
     {
         if store::get_session(db, &t.session_id)?.is_none() {
-            return Ok(Addressee::EndedTopic);
+            out.calls
+                .push(BotCall::send(chat, ENDED_TOPIC, Some(msg.message_id)));
+            out.log = format!("update {update_id}: {what} in the topic of an ended session");
+            return Ok(None);
         }
         if !t.is_open() {
             // Someone reopened it by hand: it is open, the session's messages go there again.
             topics::reopened(db, chat, &t.session_id, now)?;
         }
-        return Ok(Addressee::Session(t.session_id));
+        return Ok(Some(Addressee::Session(t.session_id)));
     }
-    Ok(if msg.replied_to().is_some() {
+    Ok(Some(if msg.replied_to().is_some() {
         Addressee::UnknownReply
     } else {
         Addressee::Nobody
-    })
+    }))
 }
 
 /// The answer to a message in the topic of a session that ended.
@@ -575,19 +587,15 @@ fn handle_message(
                 return Ok(());
             }
         },
-        TextIntent::Plain(text) => match addressee(db, msg, now)? {
-            Addressee::Session(session) => (session, text),
-            Addressee::EndedTopic => {
-                reply(out, ENDED_TOPIC);
-                out.log = format!("update {update_id}: text in the topic of an ended session");
-                return Ok(());
-            }
-            Addressee::UnknownReply => {
+        TextIntent::Plain(text) => match addressee(db, out, update_id, msg, "text", now)? {
+            None => return Ok(()),
+            Some(Addressee::Session(session)) => (session, text),
+            Some(Addressee::UnknownReply) => {
                 reply(out, "I don't know which session that message belongs to (it may have expired). Reply to a recent notification, or use /cmd TOKEN text.");
                 out.log = format!("update {update_id}: reply to an unknown message");
                 return Ok(());
             }
-            Addressee::Nobody => {
+            Some(Addressee::Nobody) => {
                 reply(out, "To send this to a session, reply to one of its notifications. /help shows how.");
                 out.log = format!("update {update_id}: text that is not a reply");
                 return Ok(());
@@ -631,15 +639,10 @@ fn route_file(
         TextIntent::Cmd { token, text } => {
             (by_token(db, &token, chat)?.map(|m| m.session_id), text)
         }
-        _ => match addressee(db, msg, now)? {
-            Addressee::Session(id) => (Some(id), caption.to_owned()),
-            Addressee::EndedTopic => {
-                out.calls
-                    .push(BotCall::send(chat, ENDED_TOPIC, Some(msg.message_id)));
-                out.log = format!("update {update_id}: file in the topic of an ended session");
-                return Ok(());
-            }
-            Addressee::UnknownReply | Addressee::Nobody => (None, caption.to_owned()),
+        _ => match addressee(db, out, update_id, msg, "file", now)? {
+            None => return Ok(()),
+            Some(Addressee::Session(id)) => (Some(id), caption.to_owned()),
+            Some(Addressee::UnknownReply | Addressee::Nobody) => (None, caption.to_owned()),
         },
     };
     let Some(session_id) = target else {
@@ -775,14 +778,10 @@ fn pane_keys(
         out.log = format!("update {update_id}: keys refused");
         return Ok(());
     }
-    let m = match addressee(db, msg, now)? {
-        Addressee::Session(session_id) => Mapping { session_id },
-        Addressee::EndedTopic => {
-            answer(out, ENDED_TOPIC);
-            out.log = format!("update {update_id}: pane command in the topic of an ended session");
-            return Ok(());
-        }
-        Addressee::UnknownReply | Addressee::Nobody => {
+    let m = match addressee(db, out, update_id, msg, "pane command", now)? {
+        None => return Ok(()),
+        Some(Addressee::Session(session_id)) => Mapping { session_id },
+        Some(Addressee::UnknownReply | Addressee::Nobody) => {
             answer(
                 out,
                 "Send this as a reply to a notification of the session whose pane it is for.",
@@ -870,10 +869,15 @@ fn new_or_end(
         (Some(token), _) => by_token(db, &token, chat)?.map(|m| (m.session_id, token)),
         // In a session's topic (which Telegram marks a reply to the topic's first message)
         // the topic names the session; the confirmation carries its latest token.
-        (None, _) if msg.topic().is_some() => match addressee(db, msg, now)? {
-            Addressee::Session(id) => store::latest_token(db, &id, chat)?.map(|t| (id, t)),
-            _ => None,
-        },
+        (None, _) if msg.topic().is_some() => {
+            match addressee(db, out, update_id, msg, "/end", now)? {
+                None => return Ok(()),
+                Some(Addressee::Session(id)) => {
+                    store::latest_token(db, &id, chat)?.map(|t| (id, t))
+                }
+                Some(Addressee::UnknownReply | Addressee::Nobody) => None,
+            }
+        }
         (None, Some(parent)) => reply_token(db, chat, parent.message_id)?,
         (None, None) => {
             answer(
@@ -1043,14 +1047,10 @@ fn preview_message(
         preview::Intent::Start(_) | preview::Intent::Stop => {}
     }
     // A reply to a notification, else the session's topic.
-    let target = match addressee(db, msg, now)? {
-        Addressee::Session(id) => Some(id),
-        Addressee::EndedTopic => {
-            answer(out, ENDED_TOPIC);
-            out.log = format!("update {update_id}: preview in the topic of an ended session");
-            return Ok(());
-        }
-        Addressee::UnknownReply | Addressee::Nobody => None,
+    let target = match addressee(db, out, update_id, msg, "preview", now)? {
+        None => return Ok(()),
+        Some(Addressee::Session(id)) => Some(id),
+        Some(Addressee::UnknownReply | Addressee::Nobody) => None,
     };
     match (target, intent) {
         (Some(session_id), intent) => preview_for_session(
@@ -1445,15 +1445,34 @@ mod tests {
         let db = with_topics();
         topics::on_unregister(&db, "s1", 3).unwrap();
         store::delete_session(&db, "s1").unwrap();
-        for (id, text) in [(1, "ls"), (2, "/esc")] {
-            let out =
-                handle_update(&db, &cfg(), &in_topic(id, 500, text, None), 5, &|_| true).unwrap();
-            assert!(out.queued.is_empty());
-            assert_eq!(out.calls[0].params["text"], ENDED_TOPIC);
+        // Every kind of message gets the same answer, in the topic: text, keys, a preview,
+        // /end (it used to be told "I don't know that session"), a photo.
+        let mut with_relay = cfg();
+        with_relay.preview.relay_configured = true;
+        let photo = update(json!({"update_id": 5, "message": {"message_id": 1005,
+            "chat": {"id": 42, "type": "supergroup", "is_forum": true}, "from": {"id": 7},
+            "photo": [{"file_id": "big", "width": 90, "height": 90, "file_size": 500}],
+            "message_thread_id": 500, "is_topic_message": true,
+            "reply_to_message": {"message_id": 500, "chat": {"id": 42}}}}));
+        let texts = [(1, "ls"), (2, "/esc"), (3, "/preview 3000"), (4, "/end")];
+        let updates = texts
+            .map(|(id, text)| in_topic(id, 500, text, None))
+            .into_iter()
+            .chain([photo]);
+        for u in updates {
+            let out = handle_update(&db, &with_relay, &u, 5, &|_| true).unwrap();
+            assert!(out.queued.is_empty() && out.preview_starts.is_empty());
+            assert_eq!(out.calls.len(), 1, "{}", out.log);
+            assert_eq!(out.calls[0].params["text"], ENDED_TOPIC, "{}", out.log);
             assert_eq!(out.calls[0].params["message_thread_id"], 500);
+            assert!(
+                out.log.contains("in the topic of an ended session"),
+                "{}",
+                out.log
+            );
         }
         // A topic we did not make (a user's own): the usual "reply to a notification".
-        let out = handle_update(&db, &cfg(), &in_topic(3, 777, "ls", None), 5, &|_| true).unwrap();
+        let out = handle_update(&db, &cfg(), &in_topic(6, 777, "ls", None), 5, &|_| true).unwrap();
         assert!(out.queued.is_empty());
         assert!(out.calls[0].params["text"]
             .as_str()
