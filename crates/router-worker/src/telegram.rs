@@ -143,9 +143,7 @@ impl Message {
             name: a.file_name.clone(),
         })
     }
-}
 
-impl Message {
     /// The topic it was sent in, if any (a reply thread outside a forum is not a topic).
     pub fn topic(&self) -> Option<i64> {
         self.message_thread_id
