@@ -1501,69 +1501,57 @@ mod tests {
             fresh_channel: "pv-first".into(),
             ..preview::Settings::default()
         };
-        let out = handle_update(
-            &db,
+        // The update handled at `now`, the machine online or not; the first answer's text.
+        let handle = |cfg: &Config, u: &Update, now: i64, online: bool| {
+            let out = handle_update(&db, cfg, u, now, &|_| online).unwrap();
+            let answer = out
+                .calls
+                .first()
+                .and_then(|c| c.params["text"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            (out, answer)
+        };
+        let (out, _) = handle(
             &with_relay,
             &reply_update(1, 42, 100, "/preview 3000"),
             5,
-            &|_| true,
-        )
-        .unwrap();
+            true,
+        );
         assert_eq!(out.preview_starts.len(), 1, "{}", out.log);
         assert_eq!(out.preview_starts[0].machine_id, "devbox");
         assert_eq!(out.preview_starts[0].port, 3000);
         assert_eq!(out.preview_starts[0].expires_at, 60_005);
         assert!(out.queued.is_empty() && out.calls.is_empty());
         // Not a reply: no session to ask; a bad port: usage; offline: said so.
-        let text_update = |id: i64, text: &str| {
-            update(json!({"update_id": id, "message": {"message_id": id + 1000,
-                "chat": {"id": 42}, "from": {"id": 7}, "text": text}}))
-        };
-        let out = handle_update(
-            &db,
-            &with_relay,
-            &text_update(2, "/preview 3000"),
-            6,
-            &|_| true,
-        )
-        .unwrap();
+        let not_a_reply = update(json!({"update_id": 2, "message": {"message_id": 1002,
+            "chat": {"id": 42}, "from": {"id": 7}, "text": "/preview 3000"}}));
+        let (out, answer) = handle(&with_relay, &not_a_reply, 6, true);
         assert!(out.preview_starts.is_empty());
-        assert!(out.calls[0].params["text"]
-            .as_str()
-            .unwrap()
-            .contains("as a reply"));
-        let out = handle_update(
-            &db,
+        assert!(answer.contains("as a reply"), "{answer}");
+        let (out, _) = handle(
             &with_relay,
             &reply_update(3, 42, 100, "/preview 99999"),
             7,
-            &|_| true,
-        )
-        .unwrap();
+            true,
+        );
         assert!(out.preview_starts.is_empty());
         with_relay.preview.fresh_channel = "pv-second".into();
-        let out = handle_update(
-            &db,
+        let (out, answer) = handle(
             &with_relay,
             &reply_update(4, 42, 100, "/preview 4000"),
             8,
-            &|_| false,
-        )
-        .unwrap();
+            false,
+        );
         assert!(out.preview_starts.is_empty());
-        assert!(out.calls[0].params["text"]
-            .as_str()
-            .unwrap()
-            .contains("devbox is offline"));
+        assert!(answer.contains("devbox is offline"), "{answer}");
         // /preview stop in a reply ends the session's previews.
-        let out = handle_update(
-            &db,
+        let (out, _) = handle(
             &with_relay,
             &reply_update(5, 42, 100, "/preview stop"),
             9,
-            &|_| true,
-        )
-        .unwrap();
+            true,
+        );
         assert_eq!(
             out.preview_stops,
             vec![preview::Stop {
