@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ccr_e2e::agent::Agent;
+use ccr_e2e::session::{wait_raw_settled, RawSession};
 use ccr_e2e::socket::Event;
 use ccr_e2e::telegram::{BotApi, Update, BOT_FILE_LIMIT};
 use ccr_e2e::tmux::Tmux;
-use ccr_e2e::wait_for;
 use ccr_e2e::worker::{machine_key, start_with_bot, Worker, WorkerOptions, TEST_BOT_TOKEN};
 use ccr_protocol::socket::{FileKind, SocketMessage};
 use ccr_protocol::wire::route;
@@ -28,21 +28,12 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Waits until the pane's raw recording holds `want` exactly, and nothing more arrives.
+/// Waits until the pane's raw recording holds as many bytes as `want`, and nothing more
+/// arrives.
 async fn wait_raw(record: &Path, want: &[u8]) -> Vec<u8> {
-    let got = wait_for("the pane to receive the bytes", T, || async {
-        std::fs::read(record).ok().filter(|b| b.len() >= want.len())
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: {:?}",
-            String::from_utf8_lossy(&std::fs::read(record).unwrap_or_default())
-        )
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(std::fs::read(record).unwrap(), got, "more bytes arrived");
-    got
+    wait_raw_settled(record, want, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A Worker, its Bot API stand-in, a recording pane and an agent (machine key) with session
@@ -61,15 +52,22 @@ async fn stand() -> Stand {
     let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
         .await
         .unwrap();
-    let tmux = Tmux::start().unwrap();
-    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
-    let agent = Agent::start(&w.base_url(), &machine_key("devbox"), "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
     let cwd = tempfile::tempdir().unwrap();
-    agent
-        .start_session(&tmux, &pane, "sess-files", &cwd.path().to_string_lossy())
-        .await
-        .unwrap();
+    let RawSession {
+        agent,
+        record,
+        pane: _,
+        tmux,
+    } = RawSession::start(
+        &w.base_url(),
+        &machine_key("devbox"),
+        "devbox",
+        "sess-files",
+        &cwd.path().to_string_lossy(),
+        T,
+    )
+    .await
+    .unwrap();
     let note = w.notify("sess-files", "done").await.unwrap().message_id;
     Stand {
         w,

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ccr_e2e::agent::{hook_input, Agent};
+use ccr_e2e::session::{wait_raw, RawSession};
 use ccr_e2e::telegram::{BotApi, Topic, Update};
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
@@ -26,16 +27,9 @@ const CWD: &str = "/home/ada/api";
 
 /// Waits until the pane's raw recording holds `want` exactly, then clears it.
 async fn typed(record: &Path, want: &[u8]) {
-    let got = wait_for("the pane to receive the bytes", T, || async {
-        std::fs::read(record).ok().filter(|b| b.len() >= want.len())
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: {:?}",
-            String::from_utf8_lossy(&std::fs::read(record).unwrap_or_default())
-        )
-    });
+    let got = wait_raw(record, want.len(), T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         String::from_utf8_lossy(&got),
         String::from_utf8_lossy(want),
@@ -103,14 +97,13 @@ async fn a_session_has_its_topic_and_a_message_in_it_reaches_the_pane_without_a_
         .await
         .unwrap();
     bot.enable_topics(FORUM);
-    let tmux = Tmux::start().unwrap();
-    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-
     // SessionStart registers the session: its topic is created, named label · machine.
-    agent
-        .start_session(&tmux, &pane, "sess-topic", CWD)
+    let RawSession {
+        agent,
+        record,
+        pane,
+        tmux,
+    } = RawSession::start(&w.base_url(), TEST_API_KEY, "devbox", "sess-topic", CWD, T)
         .await
         .unwrap();
     let thread = topic_becomes(&bot, FORUM, "api · devbox", false).await;
@@ -214,12 +207,12 @@ async fn without_topics_everything_works_as_before() {
     let (w, bot) = start_with_bot(WorkerOptions::default(), &[PLAIN])
         .await
         .unwrap();
-    let tmux = Tmux::start().unwrap();
-    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    agent
-        .start_session(&tmux, &pane, "sess-plain", CWD)
+    let RawSession {
+        agent,
+        record,
+        pane,
+        tmux,
+    } = RawSession::start(&w.base_url(), TEST_API_KEY, "devbox", "sess-plain", CWD, T)
         .await
         .unwrap();
 
