@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{SessionRow, Sql, StoreError};
-use crate::telegram::{bot_command, escape_html, BotCall};
+use crate::telegram::{bot_command, escape_html, first_word, BotCall};
 use ccr_protocol::wire::bot;
 
 /// Most buttons one `/new` answer offers (machine × project).
@@ -50,18 +50,7 @@ pub enum Intent {
 /// Reads `/new …` and `/end …`; `None` for anything else.
 pub fn parse(text: &str) -> Option<Intent> {
     let (name, args) = bot_command(text)?;
-    let args = args.trim_start();
-    let (first, rest) = match args.find(char::is_whitespace) {
-        Some(i) => {
-            let (first, rest) = args.split_at(i);
-            // One separator is dropped; the rest is the prompt verbatim.
-            let rest = rest
-                .strip_prefix(|c: char| c.is_whitespace())
-                .unwrap_or(rest);
-            (first, rest)
-        }
-        None => (args, ""),
-    };
+    let (first, rest) = first_word(args);
     let word = (!first.is_empty()).then(|| first.to_owned());
     if name == bot::NEW {
         let prompt = (!rest.trim().is_empty()).then(|| rest.to_owned());

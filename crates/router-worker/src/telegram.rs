@@ -205,24 +205,30 @@ pub fn bot_command(text: &str) -> Option<(&str, &str)> {
     Some((name, args))
 }
 
+/// A command's arguments as their first word and the rest: white space before the word is
+/// skipped, exactly one separator after it is dropped, and the rest is kept verbatim (a
+/// command or prompt keeps its own spacing and lines). `("", "")` when there are none.
+pub fn first_word(args: &str) -> (&str, &str) {
+    let args = args.trim_start();
+    match args.find(char::is_whitespace) {
+        Some(i) => {
+            let (first, rest) = args.split_at(i);
+            let rest = rest
+                .strip_prefix(|c: char| c.is_whitespace())
+                .unwrap_or(rest);
+            (first, rest)
+        }
+        None => (args, ""),
+    }
+}
+
 /// Reads what a text message asks for.
 pub fn parse_text(text: &str) -> TextIntent {
     match bot_command(text) {
         Some((c, _)) if c == bot::START || c == bot::HELP => TextIntent::Help,
         Some((c, _)) if c == bot::SESSIONS => TextIntent::Sessions,
         Some((c, args)) if c == bot::CMD => {
-            let args = args.trim_start();
-            let (token, text) = match args.find(char::is_whitespace) {
-                Some(i) => {
-                    let (t, rest) = args.split_at(i);
-                    // Exactly one separator is dropped; the rest is the command verbatim.
-                    let rest = rest
-                        .strip_prefix(|c: char| c.is_whitespace())
-                        .unwrap_or(rest);
-                    (t, rest)
-                }
-                None => (args, ""),
-            };
+            let (token, text) = first_word(args);
             if token.is_empty() {
                 TextIntent::CmdUsage
             } else {
@@ -523,6 +529,19 @@ pub fn parse_id_list(text: &str) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_word_drops_one_separator_and_keeps_the_rest_verbatim() {
+        assert_eq!(first_word(""), ("", ""));
+        assert_eq!(first_word("   "), ("", ""));
+        assert_eq!(first_word(" tok"), ("tok", ""));
+        assert_eq!(first_word(" tok  two  spaces"), ("tok", " two  spaces"));
+        assert_eq!(
+            first_word("tok\nline one\nline two"),
+            ("tok", "line one\nline two")
+        );
+        assert_eq!(first_word("ü\u{a0}rest"), ("ü", "rest"));
+    }
 
     #[test]
     fn parses_real_updates() {
