@@ -130,9 +130,7 @@ pub fn next_peek_deadline(db: &impl Sql) -> Result<Option<i64>, StoreError> {
         deadline: Option<i64>,
     }
     Ok(db
-        .query::<Row>("SELECT min(deadline) AS deadline FROM peeks", vec![])?
-        .into_iter()
-        .next()
+        .query_one::<Row>("SELECT min(deadline) AS deadline FROM peeks", vec![])?
         .and_then(|r| r.deadline))
 }
 

@@ -335,16 +335,14 @@ pub fn on_new_button(
     }
     let step = Step::default();
     let row = db
-        .query::<Row>(
+        .query_one::<Row>(
             "SELECT prompt, choices FROM launches WHERE launch_id = ? AND chat_id = ? AND created_at > ?",
             vec![
                 launch_id.into(),
                 chat.into(),
                 (now - LAUNCH_RETENTION_MS).into(),
             ],
-        )?
-        .into_iter()
-        .next();
+        )?;
     let picked = row.as_ref().and_then(|r| {
         serde_json::from_str::<Vec<Choice>>(&r.choices)
             .ok()?

@@ -288,12 +288,10 @@ pub fn open(
         n: i64,
     }
     let n = db
-        .query::<Count>(
+        .query_one::<Count>(
             "SELECT count(*) AS n FROM previews WHERE machine_id = ? AND ended_at IS NULL",
             vec![machine.as_str().into()],
         )?
-        .into_iter()
-        .next()
         .map_or(0, |c| c.n);
     if n >= MAX_OPEN_PER_MACHINE {
         return Ok(Err(format!(

@@ -131,24 +131,18 @@ pub struct Mapping {
 }
 
 fn by_reply(db: &impl Sql, chat_id: i64, message_id: i64) -> Result<Option<Mapping>, StoreError> {
-    Ok(db
-        .query::<Mapping>(
-            "SELECT session_id FROM messages WHERE chat_id = ? AND message_id = ?",
-            vec![chat_id.into(), message_id.into()],
-        )?
-        .into_iter()
-        .next())
+    db.query_one::<Mapping>(
+        "SELECT session_id FROM messages WHERE chat_id = ? AND message_id = ?",
+        vec![chat_id.into(), message_id.into()],
+    )
 }
 
 /// The mapping a token was issued with, only if it was issued in `chat_id`.
 fn by_token(db: &impl Sql, token: &str, chat_id: i64) -> Result<Option<Mapping>, StoreError> {
-    Ok(db
-        .query::<Mapping>(
-            "SELECT session_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
-            vec![token.into(), chat_id.into()],
-        )?
-        .into_iter()
-        .next())
+    db.query_one::<Mapping>(
+        "SELECT session_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
+        vec![token.into(), chat_id.into()],
+    )
 }
 
 /// Records `update_id`; false when it was already there.
@@ -929,12 +923,10 @@ fn reply_token(
         token: String,
     }
     Ok(db
-        .query::<Row>(
+        .query_one::<Row>(
             "SELECT session_id, token FROM messages WHERE chat_id = ? AND message_id = ?",
             vec![chat.into(), message_id.into()],
         )?
-        .into_iter()
-        .next()
         .map(|r| (r.session_id, r.token)))
 }
 
