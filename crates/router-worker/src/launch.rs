@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{SessionRow, Sql, StoreError};
-use crate::telegram::{bot_command, escape_html, first_word, BotCall};
+use crate::telegram::{bot_command, escape_html, first_word, machine_text, BotCall};
 use ccr_protocol::wire::bot;
 
 /// Most buttons one `/new` answer offers (machine × project).
@@ -464,7 +464,7 @@ pub fn start_result(
             escape_html(&q.machine_id),
             window.map_or_else(String::new, |w| format!(
                 " in tmux window <code>{}</code>",
-                escape_html(w)
+                machine_text(w)
             )),
         )
     } else {
@@ -472,7 +472,7 @@ pub fn start_result(
             "⚠️ Could not start <b>{}</b> on {}: {}",
             escape_html(project),
             escape_html(&q.machine_id),
-            escape_html(error.unwrap_or("no reason given"))
+            machine_text(error.unwrap_or("no reason given"))
         )
     };
     BotCall::send(q.chat_id, &text, q.source_message_id)

@@ -79,7 +79,7 @@ pub fn command_failed(
         "⚠️ Could not type into <b>{}</b> on {}: {}",
         escape_html(label),
         escape_html(machine),
-        escape_html(reason.unwrap_or("no reason given"))
+        telegram::machine_text(reason.unwrap_or("no reason given"))
     );
     BotCall::send(q.chat_id, &text, q.source_message_id)
 }
@@ -1988,6 +1988,28 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("<code>(Enter)</code>"));
+    }
+
+    /// A machine's frame may carry up to 64 KB of error text: the chat's notice is cut to fit
+    /// a message (Telegram refuses a longer one, and the chat would never hear of it).
+    #[test]
+    fn a_machine_s_long_error_still_fits_one_message() {
+        let long = "<".repeat(ccr_protocol::MAX_FRAME_BYTES);
+        let mut start = queued("", Some(3));
+        start.project = Some("api".into());
+        for call in [
+            command_failed(&queued("ls", Some(9)), "api", "devbox", Some(&long)),
+            launch::start_result(&start, false, None, Some(&long)),
+            launch::start_result(&start, true, Some(&long), None),
+        ] {
+            let text = call.params["text"].as_str().unwrap();
+            assert!(
+                text.encode_utf16().count() <= ccr_protocol::TELEGRAM_MAX_TEXT,
+                "{} units",
+                text.encode_utf16().count()
+            );
+            assert!(text.contains("&lt;&lt;&lt;…"), "{text}");
+        }
     }
 
     /// Fails the first `INSERT INTO command_queue`, as a full disk or a storage hiccup would.

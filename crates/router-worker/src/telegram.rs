@@ -269,6 +269,27 @@ pub fn keyboard(token: &str, actions: &[ButtonAction]) -> Option<Value> {
     Some(json!({ "inline_keyboard": [row] }))
 }
 
+/// At most `max` characters, with `…` when cut (never mid-character).
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Most characters of what a machine said (an error, a window name) that a chat message
+/// shows. A socket frame may carry 64 KB of it; escaped, even this many of the worst
+/// characters (`&` → `&amp;`) leave room in Telegram's 4096 for the words around it.
+pub const MAX_MACHINE_TEXT_CHARS: usize = 500;
+
+/// Text a machine sent, for a chat message: cut to [`MAX_MACHINE_TEXT_CHARS`] and escaped. A
+/// message over Telegram's limit is refused, and the chat would never be told.
+pub fn machine_text(text: &str) -> String {
+    escape_html(&truncate(text, MAX_MACHINE_TEXT_CHARS))
+}
+
 /// Escapes text for `parse_mode: HTML` (Telegram needs `<`, `>` and `&` escaped).
 pub fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
