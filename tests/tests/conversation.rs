@@ -2,15 +2,15 @@
 //! pane whose program turns bracketed paste on (as Claude Code does) and records the raw
 //! bytes it receives.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ccr_e2e::agent::Agent;
 use ccr_e2e::session::{wait_raw_settled, RawSession};
-use ccr_e2e::telegram::Update;
+use ccr_e2e::telegram::{BotApi, Update};
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{start_with_bot, WorkerOptions, TEST_API_KEY};
+use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
 
 const CHAT: i64 = 4242;
 /// Generous: workerd and the agent share two cores with other test processes.
@@ -23,22 +23,29 @@ async fn wait_raw(record: &Path, want: &[u8]) -> Vec<u8> {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-#[tokio::test]
-async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
-    let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+/// The Worker and its bot, and `session` registered from a raw-recording pane (`RawSession`,
+/// kept alive by the caller) working in `/home/ada/api`; the pane's recording.
+async fn chat_session(session: &str) -> (Worker, BotApi, RawSession, PathBuf) {
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
         .await
         .unwrap();
     let s = RawSession::start(
         &w.base_url(),
         TEST_API_KEY,
         "devbox",
-        "sess-chat",
+        session,
         "/home/ada/api",
         T,
     )
     .await
     .unwrap();
     let record = s.record.clone();
+    (w, bot, s, record)
+}
+
+#[tokio::test]
+async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
+    let (w, _bot, _s, record) = chat_session("sess-chat").await;
     let msg = w.notify("sess-chat", "done").await.unwrap().message_id;
 
     // Three lines: one bracketed paste, then one Enter — one prompt, not three.
@@ -76,20 +83,7 @@ async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
 
 #[tokio::test]
 async fn esc_presses_one_escape_and_an_unknown_key_is_refused_before_queueing() {
-    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
-        .await
-        .unwrap();
-    let s = RawSession::start(
-        &w.base_url(),
-        TEST_API_KEY,
-        "devbox",
-        "sess-keys",
-        "/home/ada/api",
-        T,
-    )
-    .await
-    .unwrap();
-    let record = s.record.clone();
+    let (w, bot, _s, record) = chat_session("sess-keys").await;
     let note = w.notify("sess-keys", "working…").await.unwrap();
     let msg = note.message_id;
 
