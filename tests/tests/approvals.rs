@@ -145,7 +145,7 @@ async fn tap(w: &Worker, update_id: i64, message_id: i64, query: &str, data: &st
     let update = Update::callback(update_id, CHAT, query, data)
         .message_id(message_id)
         .from(from);
-    assert_eq!(w.send_update(&update).await.unwrap().status(), 200);
+    w.deliver(&update).await;
 }
 
 /// The text of the answerCallbackQuery for query `id`.
@@ -251,12 +251,12 @@ async fn a_text_reply_to_an_edit_card_denies_with_that_text() {
     assert!(text.contains("foo()") && text.contains("bar()"), "{text}");
     // /pending lists it, with its age.
     let pending = Update::message(9, CHAT).text("/pending");
-    assert_eq!(w.send_update(&pending).await.unwrap().status(), 200);
+    w.deliver(&pending).await;
     let list = bot.wait_message("open request", T).await.unwrap();
     let list = list["text"].as_str().unwrap();
     assert!(list.contains("on devbox: Edit, waiting"), "{list}");
     let update = Update::reply(10, CHAT, card_id, "rename it in lib.rs instead");
-    assert_eq!(w.send_update(&update).await.unwrap().status(), 200);
+    w.deliver(&update).await;
     assert_eq!(
         stdout_of(hook).await,
         r#"{"hookSpecificOutput":{"hookEventName":"PermissionRequest","decision":{"behavior":"deny","message":"rename it in lib.rs instead","interrupt":false}}}"#
