@@ -263,19 +263,7 @@ pub fn add_recording_pane(
     name: &str,
 ) -> anyhow::Result<(String, PathBuf)> {
     let record = dir.join(format!("{name}.txt"));
-    std::fs::write(&record, "")?;
-    let pane = tmux.tmux(&[
-        "new-window",
-        "-d",
-        "-P",
-        "-F",
-        "#{pane_id}",
-        "sh",
-        "-c",
-        RECORDER,
-        "recorder",
-        &record.to_string_lossy(),
-    ])?;
+    let pane = tmux.add_window(RECORDER, &record)?;
     Ok((pane, record))
 }
 

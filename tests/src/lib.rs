@@ -15,6 +15,8 @@
 //! - [`telegram::Update`]: the one builder of Telegram updates (messages, replies, photos,
 //!   edits, button presses).
 //! - [`agent::Agent`]: the real `ccr-agent` daemon, its hooks run as Claude Code runs them.
+//! - [`session::RawSession`]: tmux, a raw-recording pane, a connected agent and a session
+//!   registered in that pane; [`session::wait_raw`] waits on what the pane received.
 //! - [`bridge::Bridge`]: the real `relay-bridge` against a test Worker.
 //! - [`socket::TestSocket`]: a machine-protocol client for tests that play the agent by hand.
 //! - [`tmux::Tmux`]: a tmux server on a private socket with a pane that records every line
@@ -30,6 +32,7 @@ pub mod bins;
 pub mod bridge;
 pub mod ports;
 pub mod proxy;
+pub mod session;
 pub mod socket;
 pub mod telegram;
 pub mod tmux;

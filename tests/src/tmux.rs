@@ -1,6 +1,6 @@
 //! A tmux server on a private socket with one pane that records every line typed into it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -138,13 +138,11 @@ impl Tmux {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Adds a pane (a new window) that records raw bytes ([`RAW_RECORDER`]) to a file in
-    /// this server's directory; returns its pane id and the file, once the program is
-    /// ready (bracketed paste on).
-    pub async fn add_raw_pane(&self, name: &str) -> anyhow::Result<(String, PathBuf)> {
-        let record = self.dir.path().join(format!("{name}.raw"));
-        std::fs::write(&record, "")?;
-        let pane = self.tmux(&[
+    /// Adds a pane (a new window) running the recorder `script` (`sh -c`) with `record`
+    /// (created empty) as its `$1`; returns the pane id.
+    pub(crate) fn add_window(&self, script: &str, record: &Path) -> anyhow::Result<String> {
+        std::fs::write(record, "")?;
+        self.tmux(&[
             "new-window",
             "-d",
             "-P",
@@ -152,10 +150,18 @@ impl Tmux {
             "#{pane_id}",
             "sh",
             "-c",
-            RAW_RECORDER,
+            script,
             "recorder",
             &record.to_string_lossy(),
-        ])?;
+        ])
+    }
+
+    /// Adds a pane (a new window) that records raw bytes ([`RAW_RECORDER`]) to a file in
+    /// this server's directory; returns its pane id and the file, once the program is
+    /// ready (bracketed paste on).
+    pub async fn add_raw_pane(&self, name: &str) -> anyhow::Result<(String, PathBuf)> {
+        let record = self.dir.path().join(format!("{name}.raw"));
+        let pane = self.add_window(RAW_RECORDER, &record)?;
         // tmux reads a pane's output in order: once READY shows, bracketed paste is on.
         wait_for(
             "the raw recorder to start",

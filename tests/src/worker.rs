@@ -217,11 +217,18 @@ impl Worker {
     /// Telegram delivers, in `chat`, update `update_id`: a text reply to message `to` (how a
     /// person answers a notification). Panics unless the webhook answers 200.
     pub async fn reply(&self, chat: i64, update_id: i64, to: i64, text: &str) {
+        self.deliver(&Update::reply(update_id, chat, to, text))
+            .await;
+    }
+
+    /// Telegram delivers `update` to the webhook. Panics unless the webhook answers 200.
+    pub async fn deliver(&self, update: &Update) {
+        let id = update.update_id();
         let resp = self
-            .send_update(&Update::reply(update_id, chat, to, text))
+            .send_update(update)
             .await
-            .unwrap_or_else(|e| panic!("posting update {update_id}: {e}"));
-        assert_eq!(resp.status(), 200, "the webhook refused update {update_id}");
+            .unwrap_or_else(|e| panic!("posting update {id}: {e}"));
+        assert_eq!(resp.status(), 200, "the webhook refused update {id}");
     }
 
     /// A request to the Worker's API presenting `key` (as a bearer token) and, when given,

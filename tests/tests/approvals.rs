@@ -24,21 +24,31 @@ async fn start() -> (Worker, BotApi) {
     start_with_bot(opts, &[CHAT]).await.unwrap()
 }
 
-/// `ccr-agent install-hooks` into a temporary `$HOME`; the PermissionRequest handler and
-/// timeout it configured.
-fn install_hooks(agent: &Agent, home: &std::path::Path) -> (Value, u64) {
+/// The Worker and its Bot API stand-in, the daemon `devbox` connected, and
+/// `ccr-agent install-hooks` run into a temporary `$HOME` (dropped with the returned
+/// directory); the PermissionRequest handler it configured.
+async fn start_with_hooks() -> (Worker, BotApi, Agent, tempfile::TempDir, Value) {
+    let (w, bot) = start().await;
+    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
+    agent.wait_connected(1, T).await.unwrap();
+    let home = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(binary())
         .arg("--data-dir")
         .arg(agent.data_dir())
         .args(["install-hooks", "--permission-timeout", "7200"])
-        .env("HOME", home)
+        .env("HOME", home.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    let command = handler(home.path(), "PermissionRequest");
+    (w, bot, agent, home, command)
+}
+
+/// The command handler `install-hooks` configured for `event` in `home`'s settings.
+fn handler(home: &std::path::Path, event: &str) -> Value {
     let text = std::fs::read_to_string(home.join(".claude/settings.json")).unwrap();
     let settings: Value = serde_json::from_str(&text).unwrap();
-    let hook = &settings["hooks"]["PermissionRequest"][0]["hooks"][0];
-    (hook.clone(), hook["timeout"].as_u64().unwrap())
+    settings["hooks"][event][0]["hooks"][0].clone()
 }
 
 /// Runs a configured command hook handler as Claude Code does, JSON on stdin: with `args`
@@ -123,11 +133,19 @@ async fn card(bot: &BotApi, needle: &str) -> (i64, Vec<String>, String) {
     (call.message_id.unwrap(), data, text)
 }
 
+/// The card's button whose callback data ends with `suffix` (`:a` allow, `:d` deny, …).
+fn button(data: &[String], suffix: &str) -> String {
+    data.iter()
+        .find(|d| d.ends_with(suffix))
+        .unwrap_or_else(|| panic!("no button {suffix} in {data:?}"))
+        .clone()
+}
+
 async fn tap(w: &Worker, update_id: i64, message_id: i64, query: &str, data: &str, from: i64) {
     let update = Update::callback(update_id, CHAT, query, data)
         .message_id(message_id)
         .from(from);
-    assert_eq!(w.send_update(&update).await.unwrap().status(), 200);
+    w.deliver(&update).await;
 }
 
 /// The text of the answerCallbackQuery for query `id`.
@@ -164,12 +182,8 @@ fn suggestion() -> Value {
 
 #[tokio::test]
 async fn bash_always_allow_first_tap_wins_and_strangers_do_nothing() {
-    let (w, bot) = start().await;
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, timeout) = install_hooks(&agent, home.path());
-    assert_eq!(timeout, 7200);
+    let (w, bot, agent, _home, command) = start_with_hooks().await;
+    assert_eq!(command["timeout"], 7200);
     // Exec form: the agent itself, no shell, pointed at this agent's data directory.
     assert_eq!(command["command"], binary().to_str().unwrap(), "{command}");
     assert_eq!(
@@ -195,8 +209,8 @@ async fn bash_always_allow_first_tap_wins_and_strangers_do_nothing() {
         "{text}"
     );
     assert!(text.contains("devbox") && text.contains("Bash"), "{text}");
-    let always = data.iter().find(|d| d.ends_with(":s0")).unwrap().clone();
-    let deny = data.iter().find(|d| d.ends_with(":d")).unwrap().clone();
+    let always = button(&data, ":s0");
+    let deny = button(&data, ":d");
     assert!(data.iter().all(|d| d.len() <= 64));
 
     // A stranger's tap does nothing, not even a toast.
@@ -225,11 +239,7 @@ async fn bash_always_allow_first_tap_wins_and_strangers_do_nothing() {
 
 #[tokio::test]
 async fn a_text_reply_to_an_edit_card_denies_with_that_text() {
-    let (w, bot) = start().await;
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
+    let (w, bot, _agent, _home, command) = start_with_hooks().await;
     let input = permission_input(
         "sess-edit",
         "Edit",
@@ -241,12 +251,12 @@ async fn a_text_reply_to_an_edit_card_denies_with_that_text() {
     assert!(text.contains("foo()") && text.contains("bar()"), "{text}");
     // /pending lists it, with its age.
     let pending = Update::message(9, CHAT).text("/pending");
-    assert_eq!(w.send_update(&pending).await.unwrap().status(), 200);
+    w.deliver(&pending).await;
     let list = bot.wait_message("open request", T).await.unwrap();
     let list = list["text"].as_str().unwrap();
     assert!(list.contains("on devbox: Edit, waiting"), "{list}");
     let update = Update::reply(10, CHAT, card_id, "rename it in lib.rs instead");
-    assert_eq!(w.send_update(&update).await.unwrap().status(), 200);
+    w.deliver(&update).await;
     assert_eq!(
         stdout_of(hook).await,
         r#"{"hookSpecificOutput":{"hookEventName":"PermissionRequest","decision":{"behavior":"deny","message":"rename it in lib.rs instead","interrupt":false}}}"#
@@ -256,11 +266,7 @@ async fn a_text_reply_to_an_edit_card_denies_with_that_text() {
 
 #[tokio::test]
 async fn a_decision_reaches_a_hook_across_an_agent_crash_while_the_machine_is_offline() {
-    let (w, bot) = start().await;
-    let mut agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
+    let (w, bot, mut agent, _home, command) = start_with_hooks().await;
     let input = permission_input(
         "sess-mcp",
         "mcp__github__create_issue",
@@ -274,7 +280,7 @@ async fn a_decision_reaches_a_hook_across_an_agent_crash_while_the_machine_is_of
         "{text}"
     );
     agent.kill9().await;
-    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    let allow = button(&data, ":a");
     tap(&w, 20, card_id, "q-off", &allow, TEST_USER_ID).await;
     assert_eq!(toast(&bot, "q-off").await, "allowed");
     agent.restart().unwrap();
@@ -290,11 +296,7 @@ async fn a_decision_reaches_a_hook_across_an_agent_crash_while_the_machine_is_of
 
 #[tokio::test]
 async fn a_hook_waiting_across_a_worker_restart_gets_deny_and_stop() {
-    let (mut w, bot) = start().await;
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
+    let (mut w, bot, agent, _home, command) = start_with_hooks().await;
     let input = permission_input(
         "sess-web",
         "WebFetch",
@@ -305,7 +307,7 @@ async fn a_hook_waiting_across_a_worker_restart_gets_deny_and_stop() {
     let (card_id, data, _) = card(&bot, "https://example.com/docs").await;
     w.restart().await.unwrap();
     agent.wait_connected(2, T).await.unwrap();
-    let stop = data.iter().find(|d| d.ends_with(":x")).unwrap().clone();
+    let stop = button(&data, ":x");
     tap(&w, 30, card_id, "q-stop", &stop, TEST_USER_ID).await;
     assert_eq!(
         stdout_of(hook).await,
@@ -315,11 +317,7 @@ async fn a_hook_waiting_across_a_worker_restart_gets_deny_and_stop() {
 
 #[tokio::test]
 async fn questions_are_answered_by_a_pick_and_multi_select_toggles() {
-    let (w, bot) = start().await;
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
+    let (w, bot, _agent, _home, command) = start_with_hooks().await;
     let questions = json!([
         {"question": "Which database?", "header": "DB", "multiSelect": false,
          "options": [{"label": "Postgres", "description": "robust"}, {"label": "SQLite"}]},
@@ -338,7 +336,7 @@ async fn questions_are_answered_by_a_pick_and_multi_select_toggles() {
         text.contains("Which features?") && text.contains("robust"),
         "{text}"
     );
-    let press = |d: &str| data.iter().find(|x| x.ends_with(d)).unwrap().clone();
+    let press = |suffix: &str| button(&data, suffix);
     tap(&w, 40, card_id, "q-a1", &press(":q0o1"), TEST_USER_ID).await;
     tap(&w, 41, card_id, "q-a2", &press(":q1o0"), TEST_USER_ID).await;
     tap(&w, 42, card_id, "q-a3", &press(":q1o2"), TEST_USER_ID).await;
@@ -360,17 +358,13 @@ async fn questions_are_answered_by_a_pick_and_multi_select_toggles() {
 
 #[tokio::test]
 async fn a_plan_is_approved_with_its_input_echoed() {
-    let (w, bot) = start().await;
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
+    let (w, bot, _agent, _home, command) = start_with_hooks().await;
     let plan_input = json!({"plan": "# Plan\n1. Add the table\n2. <Test> it", "planFilePath": "/home/u/.claude/plans/p.md"});
     let input = permission_input("sess-plan", "ExitPlanMode", plan_input.clone(), json!([]));
     let hook = spawn_hook(&command, &input).await;
     let (card_id, data, text) = card(&bot, "Add the table").await;
     assert!(text.contains("&lt;Test&gt;"), "{text}");
-    let approve = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    let approve = button(&data, ":a");
     tap(&w, 50, card_id, "q-p", &approve, TEST_USER_ID).await;
     assert_eq!(
         stdout_of(hook).await,
@@ -384,21 +378,15 @@ async fn a_plan_is_approved_with_its_input_echoed() {
 /// Runs another hook of the session (`post-tool-use`, `user-prompt-submit`) from the
 /// configured settings, as Claude Code would; waits for it to exit.
 async fn run_other_hook(home: &std::path::Path, event: &str, input: &Value) {
-    let text = std::fs::read_to_string(home.join(".claude/settings.json")).unwrap();
-    let settings: Value = serde_json::from_str(&text).unwrap();
-    let hook = &settings["hooks"][event][0]["hooks"][0];
+    let hook = handler(home, event);
     assert_eq!(hook["timeout"], 10, "{event} is a quick hook");
-    let child = spawn_hook(hook, input).await;
+    let child = spawn_hook(&hook, input).await;
     assert_eq!(stdout_of(child).await, "");
 }
 
 #[tokio::test]
 async fn a_card_answered_at_the_terminal_is_closed_and_a_late_tap_is_told() {
-    let (w, bot) = start().await;
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
+    let (w, bot, _agent, home, command) = start_with_hooks().await;
     let tool_input = json!({"command": "cargo build", "description": "Build"});
     let input = permission_input("sess-term", "Bash", tool_input.clone(), json!([]));
     let hook = spawn_hook(&command, &input).await;
@@ -417,7 +405,7 @@ async fn a_card_answered_at_the_terminal_is_closed_and_a_late_tap_is_told() {
     );
     let edit = edited(&bot, card_id, "answered at the terminal").await;
     assert!(edit.get("reply_markup").is_none());
-    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    let allow = button(&data, ":a");
     tap(&w, 60, card_id, "q-late", &allow, TEST_USER_ID).await;
     assert_eq!(
         toast(&bot, "q-late").await,
@@ -427,11 +415,7 @@ async fn a_card_answered_at_the_terminal_is_closed_and_a_late_tap_is_told() {
 
 #[tokio::test]
 async fn a_killed_hook_s_card_closes_when_the_session_moves_on_and_a_stopped_one_expires() {
-    let (w, bot) = start().await;
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
+    let (_w, bot, _agent, home, command) = start_with_hooks().await;
 
     // SIGKILL: the hook cannot say anything; the session's next prompt closes the card.
     let input = permission_input(
@@ -472,17 +456,9 @@ async fn a_killed_hook_s_card_closes_when_the_session_moves_on_and_a_stopped_one
 
 #[tokio::test]
 async fn stop_tells_the_truth_and_a_permission_prompt_is_not_sent_twice() {
-    let (w, bot) = start().await;
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
-    let settings: Value = serde_json::from_str(
-        &std::fs::read_to_string(home.path().join(".claude/settings.json")).unwrap(),
-    )
-    .unwrap();
+    let (w, bot, agent, home, command) = start_with_hooks().await;
     let run = |event: &str, input: Value| {
-        let handler = settings["hooks"][event][0]["hooks"][0].clone();
+        let handler = handler(home.path(), event);
         async move { stdout_of(spawn_hook(&handler, &input).await).await }
     };
     // Stop: the final text from the hook input (the transcript does not exist).
@@ -530,7 +506,7 @@ async fn stop_tells_the_truth_and_a_permission_prompt_is_not_sent_twice() {
         .as_str()
         .unwrap_or("")
         .contains("needs your permission")));
-    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    let allow = button(&data, ":a");
     tap(&w, 70, card_id, "q-s", &allow, TEST_USER_ID).await;
     assert!(stdout_of(hook).await.contains(r#""behavior":"allow""#));
 }

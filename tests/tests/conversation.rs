@@ -2,56 +2,50 @@
 //! pane whose program turns bracketed paste on (as Claude Code does) and records the raw
 //! bytes it receives.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ccr_e2e::agent::Agent;
-use ccr_e2e::telegram::Update;
+use ccr_e2e::session::{wait_raw_settled, RawSession};
+use ccr_e2e::telegram::{BotApi, Update};
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{start_with_bot, WorkerOptions, TEST_API_KEY};
+use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
 
 const CHAT: i64 = 4242;
 /// Generous: workerd and the agent share two cores with other test processes.
 const T: Duration = Duration::from_secs(30);
 
-/// Waits until the raw recording holds `want` exactly (failing with what it holds).
+/// Waits until the raw recording holds as many bytes as `want` and nothing more arrives.
 async fn wait_raw(record: &Path, want: &[u8]) -> Vec<u8> {
-    let got = wait_for("the pane to receive the bytes", T, || async {
-        std::fs::read(record).ok().filter(|b| b.len() >= want.len())
-    })
+    wait_raw_settled(record, want, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The Worker and its bot, and `session` registered from a raw-recording pane (`RawSession`,
+/// kept alive by the caller) working in `/home/ada/api`; the pane's recording.
+async fn chat_session(session: &str) -> (Worker, BotApi, RawSession, PathBuf) {
+    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
+        .await
+        .unwrap();
+    let s = RawSession::start(
+        &w.base_url(),
+        TEST_API_KEY,
+        "devbox",
+        session,
+        "/home/ada/api",
+        T,
+    )
     .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: {:?}",
-            String::from_utf8_lossy(&std::fs::read(record).unwrap_or_default())
-        )
-    });
-    // Nothing more arrives (a second Enter, a second paste).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = std::fs::read(record).unwrap();
-    assert_eq!(
-        after,
-        got,
-        "more bytes arrived after the first {}",
-        got.len()
-    );
-    got
+    .unwrap();
+    let record = s.record.clone();
+    (w, bot, s, record)
 }
 
 #[tokio::test]
 async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
-    let (w, _bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
-        .await
-        .unwrap();
-    let tmux = Tmux::start().unwrap();
-    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    agent
-        .start_session(&tmux, &pane, "sess-chat", "/home/ada/api")
-        .await
-        .unwrap();
+    let (w, _bot, _s, record) = chat_session("sess-chat").await;
     let msg = w.notify("sess-chat", "done").await.unwrap().message_id;
 
     // Three lines: one bracketed paste, then one Enter — one prompt, not three.
@@ -89,17 +83,7 @@ async fn a_multi_line_reply_is_one_prompt_and_long_text_arrives_whole() {
 
 #[tokio::test]
 async fn esc_presses_one_escape_and_an_unknown_key_is_refused_before_queueing() {
-    let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
-        .await
-        .unwrap();
-    let tmux = Tmux::start().unwrap();
-    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    agent
-        .start_session(&tmux, &pane, "sess-keys", "/home/ada/api")
-        .await
-        .unwrap();
+    let (w, bot, _s, record) = chat_session("sess-keys").await;
     let note = w.notify("sess-keys", "working…").await.unwrap();
     let msg = note.message_id;
 

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ccr_e2e::agent::Agent;
+use ccr_e2e::session::{wait_raw_settled, RawSession};
 use ccr_e2e::socket::Event;
 use ccr_e2e::telegram::{BotApi, Update, BOT_FILE_LIMIT};
 use ccr_e2e::tmux::Tmux;
-use ccr_e2e::wait_for;
 use ccr_e2e::worker::{machine_key, start_with_bot, Worker, WorkerOptions, TEST_BOT_TOKEN};
 use ccr_protocol::socket::{FileKind, SocketMessage};
 use ccr_protocol::wire::route;
@@ -28,21 +28,12 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Waits until the pane's raw recording holds `want` exactly, and nothing more arrives.
+/// Waits until the pane's raw recording holds as many bytes as `want`, and nothing more
+/// arrives.
 async fn wait_raw(record: &Path, want: &[u8]) -> Vec<u8> {
-    let got = wait_for("the pane to receive the bytes", T, || async {
-        std::fs::read(record).ok().filter(|b| b.len() >= want.len())
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: {:?}",
-            String::from_utf8_lossy(&std::fs::read(record).unwrap_or_default())
-        )
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(std::fs::read(record).unwrap(), got, "more bytes arrived");
-    got
+    wait_raw_settled(record, want, T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A Worker, its Bot API stand-in, a recording pane and an agent (machine key) with session
@@ -61,15 +52,22 @@ async fn stand() -> Stand {
     let (w, bot) = start_with_bot(WorkerOptions::default(), &[CHAT])
         .await
         .unwrap();
-    let tmux = Tmux::start().unwrap();
-    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
-    let agent = Agent::start(&w.base_url(), &machine_key("devbox"), "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
     let cwd = tempfile::tempdir().unwrap();
-    agent
-        .start_session(&tmux, &pane, "sess-files", &cwd.path().to_string_lossy())
-        .await
-        .unwrap();
+    let RawSession {
+        agent,
+        record,
+        pane: _,
+        tmux,
+    } = RawSession::start(
+        &w.base_url(),
+        &machine_key("devbox"),
+        "devbox",
+        "sess-files",
+        &cwd.path().to_string_lossy(),
+        T,
+    )
+    .await
+    .unwrap();
     let note = w.notify("sess-files", "done").await.unwrap().message_id;
     Stand {
         w,
@@ -80,11 +78,6 @@ async fn stand() -> Stand {
         cwd,
         note,
     }
-}
-
-async fn post(w: &Worker, update: &Update) {
-    let resp = w.send_update(update).await.unwrap();
-    assert_eq!(resp.status(), 200, "the webhook refused the update");
 }
 
 impl Stand {
@@ -115,7 +108,7 @@ async fn a_photo_with_a_caption_lands_byte_identical_and_its_path_is_typed() {
         ])
         .caption("what is wrong in this screenshot?")
         .reply_to(s.note);
-    post(&s.w, &update).await;
+    s.w.deliver(&update).await;
 
     let path = s.saved("photo-tg-1.jpg");
     let want = format!("what is wrong in this screenshot? {}\r", path.display());
@@ -147,8 +140,7 @@ async fn a_document_without_caption_types_its_path_and_a_voice_note_says_no_tran
     let s = stand().await;
     let doc = pattern(4_321, 3);
     s.bot.add_file("doc-1", "documents/file_7.txt", doc.clone());
-    post(
-        &s.w,
+    s.w.deliver(
         &Update::message(2, CHAT)
             .document("doc-1", "../../etc/passwd.TXT", doc.len() as u64)
             .reply_to(s.note),
@@ -163,8 +155,7 @@ async fn a_document_without_caption_types_its_path_and_a_voice_note_says_no_tran
     std::fs::write(&s.record, "").unwrap();
     let voice = pattern(2_000, 9);
     s.bot.add_file("voice-1", "voice/file_8.oga", voice.clone());
-    post(
-        &s.w,
+    s.w.deliver(
         &Update::message(3, CHAT)
             .voice("voice-1", voice.len() as u64)
             .reply_to(s.note),
@@ -182,8 +173,7 @@ async fn a_document_without_caption_types_its_path_and_a_voice_note_says_no_tran
 async fn files_over_the_limit_and_failed_downloads_are_answered_and_nothing_is_typed() {
     let s = stand().await;
     // The update says it is too big: refused before queueing, never fetched.
-    post(
-        &s.w,
+    s.w.deliver(
         &Update::message(4, CHAT)
             .document("huge", "video.mp4", BOT_FILE_LIMIT as u64 + 1)
             .reply_to(s.note),
@@ -203,8 +193,7 @@ async fn files_over_the_limit_and_failed_downloads_are_answered_and_nothing_is_t
     // The update does not say (or says less), getFile refuses it: the agent's failure.
     s.bot
         .add_file("big", "documents/big.bin", vec![0; BOT_FILE_LIMIT + 1]);
-    post(
-        &s.w,
+    s.w.deliver(
         &Update::message(5, CHAT)
             .document("big", "big.bin", 1_000)
             .reply_to(s.note),
@@ -224,8 +213,7 @@ async fn files_over_the_limit_and_failed_downloads_are_answered_and_nothing_is_t
     // getFile answers, the download fails (404 from Telegram's file server).
     s.bot.add_file("lost", "photos/file_9.jpg", pattern(500, 2));
     s.bot.lose_file("lost");
-    post(
-        &s.w,
+    s.w.deliver(
         &Update::message(6, CHAT)
             .photo_sizes(&[("lost", 500, 90, 90)])
             .caption("look")
@@ -258,8 +246,7 @@ async fn only_the_machine_a_file_was_sent_to_may_fetch_it() {
     bot.add_file("ph-x", "photos/file_3.jpg", bytes.clone());
     // Playing the agent by hand: the frame arrives, nothing is acked or fetched yet.
     let mut sock = w.socket("devbox", &machine_key("devbox")).await.unwrap();
-    post(
-        &w,
+    w.deliver(
         &Update::message(7, CHAT)
             .photo_sizes(&[("ph-x", 1_234, 10, 10)])
             .reply_to(note),
@@ -328,8 +315,7 @@ async fn a_file_stored_before_a_crash_is_fetched_and_typed_once_after_restart() 
     let note = w.notify("sess-crash", "done").await.unwrap().message_id;
     let bytes = pattern(70_000, 11);
     bot.add_file("ph-crash", "photos/file_5.jpg", bytes.clone());
-    post(
-        &w,
+    w.deliver(
         &Update::message(8, CHAT)
             .photo_sizes(&[("ph-crash", bytes.len() as u64, 800, 600)])
             .caption("after the crash")

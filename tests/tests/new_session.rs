@@ -9,7 +9,7 @@ use ccr_e2e::agent::Agent;
 use ccr_e2e::telegram::{Update, TEST_USER_ID};
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
-use ccr_e2e::worker::{start_with_bot, Worker, WorkerOptions, TEST_API_KEY};
+use ccr_e2e::worker::{start_with_bot, WorkerOptions, TEST_API_KEY};
 use serde_json::Value;
 
 const CHAT: i64 = 4343;
@@ -71,11 +71,6 @@ fn ccr_windows(tmux: &Tmux) -> Vec<(String, String)> {
     .unwrap_or_default()
 }
 
-async fn send(w: &Worker, update: &Update) {
-    let resp = w.send_update(update).await.unwrap();
-    assert_eq!(resp.status(), 200, "update {}", update.update_id());
-}
-
 /// A `sendMessage` whose text contains `needle`, with its inline keyboard's buttons
 /// (text, callback data).
 async fn buttons_of(bot: &ccr_e2e::telegram::BotApi, needle: &str) -> Vec<(String, String)> {
@@ -132,7 +127,8 @@ async fn new_starts_the_configured_command_in_the_project_and_refuses_other_name
     .unwrap_or_else(|e| panic!("{e}\n{}", w.log()));
 
     // A name no machine configured: refused at once, nothing queued, no window.
-    send(&w, &Update::message(1, CHAT).text("/new nosuch do it")).await;
+    w.deliver(&Update::message(1, CHAT).text("/new nosuch do it"))
+        .await;
     let refusal = bot
         .wait_text("no machine has a project named", T)
         .await
@@ -140,17 +136,14 @@ async fn new_starts_the_configured_command_in_the_project_and_refuses_other_name
     assert!(refusal.contains("<code>nosuch</code>"), "{refusal}");
     assert!(refusal.contains("<code>proj</code>"), "{refusal}");
     // A path is only an unknown name.
-    send(&w, &Update::message(2, CHAT).text("/new /etc")).await;
+    w.deliver(&Update::message(2, CHAT).text("/new /etc")).await;
     bot.wait_text("named <code>/etc</code>", T).await.unwrap();
 
     // The configured project: a window in its directory running the command, with the
     // prompt as one argument (spaces and shell syntax intact).
     let prompt = "hello world; $(echo not-run) 'q'";
-    send(
-        &w,
-        &Update::message(3, CHAT).text(&format!("/new proj {prompt}")),
-    )
-    .await;
+    w.deliver(&Update::message(3, CHAT).text(&format!("/new proj {prompt}")))
+        .await;
     let started = bot.wait_text("✅ Started <b>proj</b>", T).await.unwrap();
     assert!(
         started.contains("on devbox in tmux window <code>ccr:"),
@@ -181,25 +174,22 @@ async fn new_starts_the_configured_command_in_the_project_and_refuses_other_name
     assert_eq!(reaction.params["message_id"], 3 + 10_000);
 
     // `/new` alone: machine × project as buttons; a tap starts it (no prompt), once.
-    send(&w, &Update::message(4, CHAT).text("/new")).await;
+    w.deliver(&Update::message(4, CHAT).text("/new")).await;
     let buttons = buttons_of(&bot, "Start Claude Code in which project?").await;
     assert_eq!(
         buttons,
         vec![("proj · devbox".to_owned(), "new:4:0".to_owned())]
     );
     let tap = Update::callback(5, CHAT, "cb-new", "new:4:0").message_id(200);
-    send(&w, &tap).await;
+    w.deliver(&tap).await;
     wait_for("the second run", T, || async {
         (runs(&runs_dir).len() == 2).then_some(())
     })
     .await
     .unwrap();
     // A second tap on the same button starts nothing more.
-    send(
-        &w,
-        &Update::callback(6, CHAT, "cb-new-2", "new:4:0").message_id(200),
-    )
-    .await;
+    w.deliver(&Update::callback(6, CHAT, "cb-new-2", "new:4:0").message_id(200))
+        .await;
     wait_for("the second tap's answer", T, || async {
         bot.calls_of("answerCallbackQuery")
             .into_iter()
@@ -260,13 +250,10 @@ async fn end_asks_first_and_then_types_exit_into_the_sessions_pane() {
     let stranger = Update::callback(2, CHAT, "cb-stranger", &end)
         .message_id(300)
         .from(TEST_USER_ID + 1);
-    send(&w, &stranger).await;
+    w.deliver(&stranger).await;
     // Cancel: nothing typed.
-    send(
-        &w,
-        &Update::callback(3, CHAT, "cb-cancel", "end-cancel").message_id(300),
-    )
-    .await;
+    w.deliver(&Update::callback(3, CHAT, "cb-cancel", "end-cancel").message_id(300))
+        .await;
     wait_for("the cancel's answer", T, || async {
         bot.calls_of("answerCallbackQuery")
             .into_iter()
@@ -277,11 +264,8 @@ async fn end_asks_first_and_then_types_exit_into_the_sessions_pane() {
     assert!(tmux.lines().is_empty(), "{:?}", tmux.lines());
 
     // The owner confirms: /exit and Enter reach the session's pane, once.
-    send(
-        &w,
-        &Update::callback(4, CHAT, "cb-end", &end).message_id(300),
-    )
-    .await;
+    w.deliver(&Update::callback(4, CHAT, "cb-end", &end).message_id(300))
+        .await;
     let lines = tmux.wait_for_lines(1, T).await.unwrap();
     assert_eq!(lines, vec!["/exit".to_owned()]);
     // Answered (cancel, then confirm): the confirmation's buttons are taken off each time.

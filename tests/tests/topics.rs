@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ccr_e2e::agent::{hook_input, Agent};
+use ccr_e2e::session::{wait_raw, RawSession};
 use ccr_e2e::telegram::{BotApi, Topic, Update};
 use ccr_e2e::tmux::Tmux;
 use ccr_e2e::wait_for;
@@ -26,16 +27,9 @@ const CWD: &str = "/home/ada/api";
 
 /// Waits until the pane's raw recording holds `want` exactly, then clears it.
 async fn typed(record: &Path, want: &[u8]) {
-    let got = wait_for("the pane to receive the bytes", T, || async {
-        std::fs::read(record).ok().filter(|b| b.len() >= want.len())
-    })
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: {:?}",
-            String::from_utf8_lossy(&std::fs::read(record).unwrap_or_default())
-        )
-    });
+    let got = wait_raw(record, want.len(), T)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         String::from_utf8_lossy(&got),
         String::from_utf8_lossy(want),
@@ -69,12 +63,6 @@ fn sent_message(bot: &BotApi, id: i64) -> Value {
         .unwrap_or_else(|| panic!("no message {id} was sent"))
 }
 
-async fn send(w: &Worker, update: Update) {
-    let id = update.update_id();
-    let resp = w.send_update(&update).await.unwrap();
-    assert_eq!(resp.status(), 200, "the webhook refused update {id}");
-}
-
 async fn end_session(agent: &Agent, tmux: &Tmux, pane: &str, session: &str) {
     let input = hook_input("SessionEnd", session, CWD, Path::new("/nonexistent.jsonl"));
     let out = agent
@@ -103,14 +91,13 @@ async fn a_session_has_its_topic_and_a_message_in_it_reaches_the_pane_without_a_
         .await
         .unwrap();
     bot.enable_topics(FORUM);
-    let tmux = Tmux::start().unwrap();
-    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-
     // SessionStart registers the session: its topic is created, named label · machine.
-    agent
-        .start_session(&tmux, &pane, "sess-topic", CWD)
+    let RawSession {
+        agent,
+        record,
+        pane,
+        tmux,
+    } = RawSession::start(&w.base_url(), TEST_API_KEY, "devbox", "sess-topic", CWD, T)
         .await
         .unwrap();
     let thread = topic_becomes(&bot, FORUM, "api · devbox", false).await;
@@ -124,9 +111,8 @@ async fn a_session_has_its_topic_and_a_message_in_it_reaches_the_pane_without_a_
 
     // A plain message in the topic — no reply — is typed into the session's pane, and its
     // ack is reacted to.
-    send(
-        &w,
-        Update::message(1, FORUM)
+    w.deliver(
+        &Update::message(1, FORUM)
             .text("run the linter")
             .in_topic(thread),
     )
@@ -136,13 +122,13 @@ async fn a_session_has_its_topic_and_a_message_in_it_reaches_the_pane_without_a_
     assert_eq!(reaction.params["message_id"], 1 + 10_000);
 
     // /esc in the topic needs no reply either.
-    send(&w, Update::message(2, FORUM).text("/esc").in_topic(thread)).await;
+    w.deliver(&Update::message(2, FORUM).text("/esc").in_topic(thread))
+        .await;
     typed(&record, b"\x1b").await;
 
     // A reply to the notification inside the topic still works.
-    send(
-        &w,
-        Update::message(3, FORUM)
+    w.deliver(
+        &Update::message(3, FORUM)
             .text("and commit")
             .in_topic(thread)
             .reply_to(note.message_id),
@@ -163,9 +149,8 @@ async fn a_session_has_its_topic_and_a_message_in_it_reaches_the_pane_without_a_
     // and typed nowhere.
     end_session(&agent, &tmux, &pane, "sess-topic").await;
     topic_becomes(&bot, FORUM, "web · devbox", true).await;
-    send(
-        &w,
-        Update::message(4, FORUM)
+    w.deliver(
+        &Update::message(4, FORUM)
             .text("still there?")
             .in_topic(thread),
     )
@@ -187,7 +172,8 @@ async fn a_session_has_its_topic_and_a_message_in_it_reaches_the_pane_without_a_
         topic_becomes(&bot, FORUM, "api · devbox", false).await,
         thread
     );
-    send(&w, Update::message(5, FORUM).text("go on").in_topic(thread)).await;
+    w.deliver(&Update::message(5, FORUM).text("go on").in_topic(thread))
+        .await;
     typed(&record, b"go on\r").await;
 
     // Someone closes the topic by hand: Telegram refuses the next notification there
@@ -214,12 +200,12 @@ async fn without_topics_everything_works_as_before() {
     let (w, bot) = start_with_bot(WorkerOptions::default(), &[PLAIN])
         .await
         .unwrap();
-    let tmux = Tmux::start().unwrap();
-    let (pane, record) = tmux.add_raw_pane("claude").await.unwrap();
-    let agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    agent
-        .start_session(&tmux, &pane, "sess-plain", CWD)
+    let RawSession {
+        agent,
+        record,
+        pane,
+        tmux,
+    } = RawSession::start(&w.base_url(), TEST_API_KEY, "devbox", "sess-plain", CWD, T)
         .await
         .unwrap();
 
@@ -236,7 +222,7 @@ async fn without_topics_everything_works_as_before() {
     typed(&record, b"run the linter\r").await;
 
     // Text that is no reply is still explained, not sent.
-    send(&w, Update::message(2, PLAIN).text("hello?")).await;
+    w.deliver(&Update::message(2, PLAIN).text("hello?")).await;
     bot.wait_message("reply to one of its notifications", T)
         .await
         .unwrap();

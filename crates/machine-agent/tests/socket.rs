@@ -142,6 +142,33 @@ async fn quiet_for(ws: &mut Conn, d: Duration) {
     }
 }
 
+/// Asserts that the next frame is the ack of command `id`.
+async fn expect_ack(ws: &mut Conn, id: &str) {
+    assert_eq!(
+        next_msg(ws).await,
+        SocketMessage::Ack {
+            command_id: id.into()
+        }
+    );
+}
+
+/// The next frame, which must be the result of command `id`: `Ok` when it succeeded, else
+/// the error it reports.
+async fn result_of(ws: &mut Conn, id: &str) -> Result<(), String> {
+    match next_msg(ws).await {
+        SocketMessage::CommandResult {
+            command_id,
+            success,
+            error,
+        } if command_id == id => match (success, error) {
+            (true, None) => Ok(()),
+            (false, Some(e)) => Err(e),
+            (success, error) => panic!("a result of {id} with success {success} and {error:?}"),
+        },
+        other => panic!("expected the result of {id}, got {other:?}"),
+    }
+}
+
 fn command(id: &str, text: &str) -> Message {
     Message::text(
         SocketMessage::Command {
@@ -267,20 +294,8 @@ async fn commands_are_acked_typed_once_and_reported() {
     let mut ws = worker.accept().await;
 
     ws.send(command("c1", "fix the $(tests)")).await.unwrap();
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::Ack {
-            command_id: "c1".into()
-        }
-    );
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::CommandResult {
-            command_id: "c1".into(),
-            success: true,
-            error: None
-        }
-    );
+    expect_ack(&mut ws, "c1").await;
+    assert_eq!(result_of(&mut ws, "c1").await, Ok(()));
     let calls = std::fs::read_to_string(&rec).unwrap();
     assert!(
         calls.contains("-S /tmp/fake-tmux-socket send-keys -t %1 -l -- fix the $(tests)"),
@@ -291,20 +306,8 @@ async fn commands_are_acked_typed_once_and_reported() {
     // At-least-once delivery: the same id again is acked, its result sent again (the Worker
     // may have missed it too), and it is not typed again.
     ws.send(command("c1", "fix the $(tests)")).await.unwrap();
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::Ack {
-            command_id: "c1".into()
-        }
-    );
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::CommandResult {
-            command_id: "c1".into(),
-            success: true,
-            error: None
-        }
-    );
+    expect_ack(&mut ws, "c1").await;
+    assert_eq!(result_of(&mut ws, "c1").await, Ok(()));
     // Unknown and malformed frames are skipped without dropping the connection.
     ws.send(Message::text(r#"{"type":"hello","version":9}"#))
         .await
@@ -326,23 +329,9 @@ async fn commands_are_acked_typed_once_and_reported() {
     ))
     .await
     .unwrap();
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::Ack {
-            command_id: "c2".into()
-        }
-    );
-    match next_msg(&mut ws).await {
-        SocketMessage::CommandResult {
-            command_id,
-            success: false,
-            error: Some(e),
-        } => {
-            assert_eq!(command_id, "c2");
-            assert!(e.contains("not known on this machine"), "{e}");
-        }
-        other => panic!("{other:?}"),
-    }
+    expect_ack(&mut ws, "c2").await;
+    let e = result_of(&mut ws, "c2").await.unwrap_err();
+    assert!(e.contains("not known on this machine"), "{e}");
     assert_eq!(typed(&rec).len(), 1);
 
     // Shutdown: close 1000, then run returns.
@@ -487,12 +476,7 @@ async fn stored_commands_run_once_after_a_restart() {
     // Delivered again by the Worker (its acks were lost, say): acked, result repeated, not
     // typed.
     ws.send(command("c1", "one")).await.unwrap();
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::Ack {
-            command_id: "c1".into()
-        }
-    );
+    expect_ack(&mut ws, "c1").await;
     assert!(matches!(
         next_msg(&mut ws).await,
         SocketMessage::CommandResult { success: true, .. }
@@ -613,23 +597,9 @@ async fn a_command_that_arrives_expired_is_acked_reported_and_never_typed() {
 
     // Expired a minute ago: acked (so the Worker stops sending it), a failed result, no keys.
     ws.send(frame("late", now_ms() - 60_000)).await.unwrap();
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::Ack {
-            command_id: "late".into()
-        }
-    );
-    match next_msg(&mut ws).await {
-        SocketMessage::CommandResult {
-            command_id,
-            success: false,
-            error: Some(e),
-        } => {
-            assert_eq!(command_id, "late");
-            assert!(e.contains("after it expired"), "{e}");
-        }
-        other => panic!("{other:?}"),
-    }
+    expect_ack(&mut ws, "late").await;
+    let e = result_of(&mut ws, "late").await.unwrap_err();
+    assert!(e.contains("after it expired"), "{e}");
     // Sent again: a duplicate, acked and its result repeated, still never typed.
     ws.send(frame("late", now_ms() - 60_000)).await.unwrap();
     assert!(matches!(next_msg(&mut ws).await, SocketMessage::Ack { .. }));
@@ -640,14 +610,7 @@ async fn a_command_that_arrives_expired_is_acked_reported_and_never_typed() {
     // One still within its time runs as usual.
     ws.send(frame("fresh", now_ms() + 60_000)).await.unwrap();
     assert!(matches!(next_msg(&mut ws).await, SocketMessage::Ack { .. }));
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::CommandResult {
-            command_id: "fresh".into(),
-            success: true,
-            error: None
-        }
-    );
+    assert_eq!(result_of(&mut ws, "fresh").await, Ok(()));
     let typed = typed(&rec);
     assert_eq!(typed.len(), 1, "{typed:?}");
     assert!(typed[0].contains("text of fresh"), "{typed:?}");
@@ -672,12 +635,7 @@ async fn a_reused_pane_id_is_never_typed_into() {
     let mut ws = worker.accept().await;
 
     ws.send(command("c1", "git push --force")).await.unwrap();
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::Ack {
-            command_id: "c1".into()
-        }
-    );
+    expect_ack(&mut ws, "c1").await;
     match next_msg(&mut ws).await {
         SocketMessage::SessionGone { session_id, reason } => {
             assert_eq!(session_id, "s1");
@@ -685,18 +643,9 @@ async fn a_reused_pane_id_is_never_typed_into() {
         }
         other => panic!("expected sessionGone, got {other:?}"),
     }
-    match next_msg(&mut ws).await {
-        SocketMessage::CommandResult {
-            command_id,
-            success: false,
-            error: Some(why),
-        } => {
-            assert_eq!(command_id, "c1");
-            assert!(why.contains("pane is gone"), "{why}");
-            assert!(why.contains("start Claude Code again in tmux"), "{why}");
-        }
-        other => panic!("expected a failed result, got {other:?}"),
-    }
+    let why = result_of(&mut ws, "c1").await.unwrap_err();
+    assert!(why.contains("pane is gone"), "{why}");
+    assert!(why.contains("start Claude Code again in tmux"), "{why}");
     assert!(typed(&rec).is_empty());
     let calls = std::fs::read_to_string(&rec).unwrap();
     assert!(!calls.contains("send-keys"), "{calls}");
@@ -843,14 +792,7 @@ async fn text_of_an_interrupted_command_is_cleared_before_the_next() {
     }
     ws.send(command("next-2", "next command")).await.unwrap();
     next_msg(&mut ws).await; // ack
-    assert_eq!(
-        next_msg(&mut ws).await,
-        SocketMessage::CommandResult {
-            command_id: "next-2".into(),
-            success: true,
-            error: None
-        }
-    );
+    assert_eq!(result_of(&mut ws, "next-2").await, Ok(()));
     let mut got = Vec::new();
     for _ in 0..100 {
         got = std::fs::read_to_string(&lines)

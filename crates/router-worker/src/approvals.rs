@@ -203,15 +203,7 @@ pub fn suggestion_name(s: Option<&Value>) -> String {
     truncate(&format!("Always: {text}"), 48)
 }
 
-/// At most `max` characters, with `…` when cut (never mid-character).
-pub fn truncate(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
-    out.push('…');
-    out
-}
+pub use crate::telegram::truncate;
 
 fn field<'a>(input: &'a Value, key: &str) -> Option<&'a str> {
     input.get(key).and_then(Value::as_str)

@@ -98,7 +98,7 @@ pub fn peek_answered(
         (Some(screen), _) => screen_message(screen),
         (None, error) => format!(
             "Could not show the screen: {}",
-            escape_html(error.unwrap_or("the machine gave no reason"))
+            telegram::machine_text(error.unwrap_or("the machine gave no reason"))
         ),
     };
     Ok(Some(p.answer(db, &text)?))
@@ -130,9 +130,7 @@ pub fn next_peek_deadline(db: &impl Sql) -> Result<Option<i64>, StoreError> {
         deadline: Option<i64>,
     }
     Ok(db
-        .query::<Row>("SELECT min(deadline) AS deadline FROM peeks", vec![])?
-        .into_iter()
-        .next()
+        .query_one::<Row>("SELECT min(deadline) AS deadline FROM peeks", vec![])?
         .and_then(|r| r.deadline))
 }
 
@@ -296,6 +294,15 @@ mod tests {
         assert_eq!(call.params["text"], "<pre>a &lt;b&gt;\n$ </pre>");
         assert_eq!(call.params["reply_parameters"]["message_id"], 7);
         assert!(call.params.get("message_thread_id").is_none(), "no topic");
+        // A machine's error of a whole frame's length is cut to fit one message.
+        record_peek(&db, &ask("peek-long"), 42, 9, 1_000).unwrap();
+        let long = "&".repeat(ccr_protocol::MAX_FRAME_BYTES);
+        let call = peek_answered(&db, "peek-long", "devbox", None, Some(&long))
+            .unwrap()
+            .unwrap();
+        let text = call.params["text"].as_str().unwrap();
+        assert!(text.encode_utf16().count() <= ccr_protocol::TELEGRAM_MAX_TEXT);
+        assert!(text.starts_with("Could not show the screen: &amp;") && text.ends_with('…'));
         // With a topic, the answers go to it.
         crate::topics::ensure(&db, 42, "s1", "api", 1_500).unwrap();
         crate::topics::created(&db, 42, "s1", 500, 1_500).unwrap();

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::queue::{self, NewCommand, MAX_UNACKED_PER_MACHINE};
 use crate::store::{SessionRow, Sql, StoreError};
-use crate::telegram::{bot_command, escape_html, BotCall};
+use crate::telegram::{bot_command, escape_html, first_word, machine_text, BotCall};
 use ccr_protocol::wire::bot;
 
 /// Most buttons one `/new` answer offers (machine × project).
@@ -50,18 +50,7 @@ pub enum Intent {
 /// Reads `/new …` and `/end …`; `None` for anything else.
 pub fn parse(text: &str) -> Option<Intent> {
     let (name, args) = bot_command(text)?;
-    let args = args.trim_start();
-    let (first, rest) = match args.find(char::is_whitespace) {
-        Some(i) => {
-            let (first, rest) = args.split_at(i);
-            // One separator is dropped; the rest is the prompt verbatim.
-            let rest = rest
-                .strip_prefix(|c: char| c.is_whitespace())
-                .unwrap_or(rest);
-            (first, rest)
-        }
-        None => (args, ""),
-    };
+    let (first, rest) = first_word(args);
     let word = (!first.is_empty()).then(|| first.to_owned());
     if name == bot::NEW {
         let prompt = (!rest.trim().is_empty()).then(|| rest.to_owned());
@@ -346,16 +335,14 @@ pub fn on_new_button(
     }
     let step = Step::default();
     let row = db
-        .query::<Row>(
+        .query_one::<Row>(
             "SELECT prompt, choices FROM launches WHERE launch_id = ? AND chat_id = ? AND created_at > ?",
             vec![
                 launch_id.into(),
                 chat.into(),
                 (now - LAUNCH_RETENTION_MS).into(),
             ],
-        )?
-        .into_iter()
-        .next();
+        )?;
     let picked = row.as_ref().and_then(|r| {
         serde_json::from_str::<Vec<Choice>>(&r.choices)
             .ok()?
@@ -477,7 +464,7 @@ pub fn start_result(
             escape_html(&q.machine_id),
             window.map_or_else(String::new, |w| format!(
                 " in tmux window <code>{}</code>",
-                escape_html(w)
+                machine_text(w)
             )),
         )
     } else {
@@ -485,7 +472,7 @@ pub fn start_result(
             "⚠️ Could not start <b>{}</b> on {}: {}",
             escape_html(project),
             escape_html(&q.machine_id),
-            escape_html(error.unwrap_or("no reason given"))
+            machine_text(error.unwrap_or("no reason given"))
         )
     };
     BotCall::send(q.chat_id, &text, q.source_message_id)

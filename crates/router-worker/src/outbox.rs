@@ -292,15 +292,13 @@ pub fn add_notification(
 pub fn head(db: &impl Sql, lane: &str, now: i64, eager: bool) -> Result<Option<Entry>, StoreError> {
     loop {
         let Some(mut e) = db
-            .query::<Entry>(
+            .query_one::<Entry>(
                 &format!(
                     "SELECT {COLUMNS} FROM outbox WHERE state = 'pending' AND lane = ?
                      ORDER BY id LIMIT 1"
                 ),
                 vec![lane.into()],
             )?
-            .into_iter()
-            .next()
             .filter(|e| e.sendable(now, eager))
         else {
             return Ok(None);

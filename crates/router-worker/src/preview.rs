@@ -288,12 +288,10 @@ pub fn open(
         n: i64,
     }
     let n = db
-        .query::<Count>(
+        .query_one::<Count>(
             "SELECT count(*) AS n FROM previews WHERE machine_id = ? AND ended_at IS NULL",
             vec![machine.as_str().into()],
         )?
-        .into_iter()
-        .next()
         .map_or(0, |c| c.n);
     if n >= MAX_OPEN_PER_MACHINE {
         return Ok(Err(format!(
@@ -377,7 +375,7 @@ pub fn answered(
     };
     if let Some(error) = error {
         end(db, channel, "failed", now)?;
-        let text = format!("⚠️ No preview: {}", escape_html(error));
+        let text = format!("⚠️ No preview: {}", telegram::machine_text(error));
         return Ok(Some((
             BotCall::send(r.chat_id, &text, Some(r.reply_to)),
             Some(stop_of(&r)),
@@ -702,6 +700,17 @@ mod tests {
             .unwrap()
             .contains("nothing is listening on port 1 on devbox"));
         assert!(stop.is_some());
+        // A machine's error of a whole frame's length is cut to fit one message.
+        open(&db, &settings("pv-long"), &s1, 3, 42, 7, 0, true)
+            .unwrap()
+            .unwrap();
+        let long = ">".repeat(ccr_protocol::MAX_FRAME_BYTES);
+        let (call, _) = answered(&db, "pv-long", "devbox", Some(&long), false, 10)
+            .unwrap()
+            .unwrap();
+        let text = call.params["text"].as_str().unwrap();
+        assert!(text.encode_utf16().count() <= ccr_protocol::TELEGRAM_MAX_TEXT);
+        assert!(text.ends_with("&gt;…"), "{}", &text[..40]);
 
         // No answer: ended at the start timeout, the chat told.
         open(&db, &settings("pv-b"), &s1, 2, 42, 7, 0, true)

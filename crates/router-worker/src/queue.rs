@@ -146,13 +146,10 @@ pub fn enqueue(db: &impl Sql, cmd: &NewCommand, now: i64) -> Result<bool, StoreE
 
 /// One command by id.
 pub fn get(db: &impl Sql, command_id: &str) -> Result<Option<Queued>, StoreError> {
-    Ok(db
-        .query::<Queued>(
-            &format!("SELECT {COLUMNS} FROM command_queue WHERE command_id = ?"),
-            vec![command_id.into()],
-        )?
-        .into_iter()
-        .next())
+    db.query_one::<Queued>(
+        &format!("SELECT {COLUMNS} FROM command_queue WHERE command_id = ?"),
+        vec![command_id.into()],
+    )
 }
 
 /// How many commands wait unacked for a machine.

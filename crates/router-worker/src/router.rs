@@ -79,7 +79,7 @@ pub fn command_failed(
         "⚠️ Could not type into <b>{}</b> on {}: {}",
         escape_html(label),
         escape_html(machine),
-        escape_html(reason.unwrap_or("no reason given"))
+        telegram::machine_text(reason.unwrap_or("no reason given"))
     );
     BotCall::send(q.chat_id, &text, q.source_message_id)
 }
@@ -131,24 +131,18 @@ pub struct Mapping {
 }
 
 fn by_reply(db: &impl Sql, chat_id: i64, message_id: i64) -> Result<Option<Mapping>, StoreError> {
-    Ok(db
-        .query::<Mapping>(
-            "SELECT session_id FROM messages WHERE chat_id = ? AND message_id = ?",
-            vec![chat_id.into(), message_id.into()],
-        )?
-        .into_iter()
-        .next())
+    db.query_one::<Mapping>(
+        "SELECT session_id FROM messages WHERE chat_id = ? AND message_id = ?",
+        vec![chat_id.into(), message_id.into()],
+    )
 }
 
 /// The mapping a token was issued with, only if it was issued in `chat_id`.
 fn by_token(db: &impl Sql, token: &str, chat_id: i64) -> Result<Option<Mapping>, StoreError> {
-    Ok(db
-        .query::<Mapping>(
-            "SELECT session_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
-            vec![token.into(), chat_id.into()],
-        )?
-        .into_iter()
-        .next())
+    db.query_one::<Mapping>(
+        "SELECT session_id FROM messages WHERE token = ? AND chat_id = ? LIMIT 1",
+        vec![token.into(), chat_id.into()],
+    )
 }
 
 /// Records `update_id`; false when it was already there.
@@ -307,19 +301,28 @@ fn in_its_topic(update: &Update, calls: &mut [BotCall]) {
 /// of the topic it was sent in.
 enum Addressee {
     Session(String),
-    /// A topic whose session ended (unregistered): nothing to send to.
-    EndedTopic,
     /// A reply to a message that maps to no session, outside a topic of ours.
     UnknownReply,
     /// Neither a reply nor in a topic of ours.
     Nobody,
 }
 
-fn addressee(db: &impl Sql, msg: &Message, now: i64) -> Result<Addressee, StoreError> {
+/// Whom `msg` is for. A message in the topic of a session that ended (unregistered) has
+/// nothing to go to: it is answered here with [`ENDED_TOPIC`] (logged as `what` in the topic
+/// of an ended session) and `None` returned, so every kind of message gets the same answer
+/// and the caller has nothing left to do.
+fn addressee(
+    db: &impl Sql,
+    out: &mut Outcome,
+    update_id: i64,
+    msg: &Message,
+    what: &str,
+    now: i64,
+) -> Result<Option<Addressee>, StoreError> {
     let chat = msg.chat.id;
     if let Some(parent) = msg.replied_to() {
         if let Some(m) = by_reply(db, chat, parent.message_id)? {
-            return Ok(Addressee::Session(m.session_id));
+            return Ok(Some(Addressee::Session(m.session_id)));
         }
     }
     if let Some(t) = msg
@@ -329,19 +332,22 @@ fn addressee(db: &impl Sql, msg: &Message, now: i64) -> Result<Addressee, StoreE
         .flatten()
     {
         if store::get_session(db, &t.session_id)?.is_none() {
-            return Ok(Addressee::EndedTopic);
+            out.calls
+                .push(BotCall::send(chat, ENDED_TOPIC, Some(msg.message_id)));
+            out.log = format!("update {update_id}: {what} in the topic of an ended session");
+            return Ok(None);
         }
         if !t.is_open() {
             // Someone reopened it by hand: it is open, the session's messages go there again.
             topics::reopened(db, chat, &t.session_id, now)?;
         }
-        return Ok(Addressee::Session(t.session_id));
+        return Ok(Some(Addressee::Session(t.session_id)));
     }
-    Ok(if msg.replied_to().is_some() {
+    Ok(Some(if msg.replied_to().is_some() {
         Addressee::UnknownReply
     } else {
         Addressee::Nobody
-    })
+    }))
 }
 
 /// The answer to a message in the topic of a session that ended.
@@ -575,19 +581,15 @@ fn handle_message(
                 return Ok(());
             }
         },
-        TextIntent::Plain(text) => match addressee(db, msg, now)? {
-            Addressee::Session(session) => (session, text),
-            Addressee::EndedTopic => {
-                reply(out, ENDED_TOPIC);
-                out.log = format!("update {update_id}: text in the topic of an ended session");
-                return Ok(());
-            }
-            Addressee::UnknownReply => {
+        TextIntent::Plain(text) => match addressee(db, out, update_id, msg, "text", now)? {
+            None => return Ok(()),
+            Some(Addressee::Session(session)) => (session, text),
+            Some(Addressee::UnknownReply) => {
                 reply(out, "I don't know which session that message belongs to (it may have expired). Reply to a recent notification, or use /cmd TOKEN text.");
                 out.log = format!("update {update_id}: reply to an unknown message");
                 return Ok(());
             }
-            Addressee::Nobody => {
+            Some(Addressee::Nobody) => {
                 reply(out, "To send this to a session, reply to one of its notifications. /help shows how.");
                 out.log = format!("update {update_id}: text that is not a reply");
                 return Ok(());
@@ -631,15 +633,10 @@ fn route_file(
         TextIntent::Cmd { token, text } => {
             (by_token(db, &token, chat)?.map(|m| m.session_id), text)
         }
-        _ => match addressee(db, msg, now)? {
-            Addressee::Session(id) => (Some(id), caption.to_owned()),
-            Addressee::EndedTopic => {
-                out.calls
-                    .push(BotCall::send(chat, ENDED_TOPIC, Some(msg.message_id)));
-                out.log = format!("update {update_id}: file in the topic of an ended session");
-                return Ok(());
-            }
-            Addressee::UnknownReply | Addressee::Nobody => (None, caption.to_owned()),
+        _ => match addressee(db, out, update_id, msg, "file", now)? {
+            None => return Ok(()),
+            Some(Addressee::Session(id)) => (Some(id), caption.to_owned()),
+            Some(Addressee::UnknownReply | Addressee::Nobody) => (None, caption.to_owned()),
         },
     };
     let Some(session_id) = target else {
@@ -775,14 +772,10 @@ fn pane_keys(
         out.log = format!("update {update_id}: keys refused");
         return Ok(());
     }
-    let m = match addressee(db, msg, now)? {
-        Addressee::Session(session_id) => Mapping { session_id },
-        Addressee::EndedTopic => {
-            answer(out, ENDED_TOPIC);
-            out.log = format!("update {update_id}: pane command in the topic of an ended session");
-            return Ok(());
-        }
-        Addressee::UnknownReply | Addressee::Nobody => {
+    let m = match addressee(db, out, update_id, msg, "pane command", now)? {
+        None => return Ok(()),
+        Some(Addressee::Session(session_id)) => Mapping { session_id },
+        Some(Addressee::UnknownReply | Addressee::Nobody) => {
             answer(
                 out,
                 "Send this as a reply to a notification of the session whose pane it is for.",
@@ -870,10 +863,15 @@ fn new_or_end(
         (Some(token), _) => by_token(db, &token, chat)?.map(|m| (m.session_id, token)),
         // In a session's topic (which Telegram marks a reply to the topic's first message)
         // the topic names the session; the confirmation carries its latest token.
-        (None, _) if msg.topic().is_some() => match addressee(db, msg, now)? {
-            Addressee::Session(id) => store::latest_token(db, &id, chat)?.map(|t| (id, t)),
-            _ => None,
-        },
+        (None, _) if msg.topic().is_some() => {
+            match addressee(db, out, update_id, msg, "/end", now)? {
+                None => return Ok(()),
+                Some(Addressee::Session(id)) => {
+                    store::latest_token(db, &id, chat)?.map(|t| (id, t))
+                }
+                Some(Addressee::UnknownReply | Addressee::Nobody) => None,
+            }
+        }
         (None, Some(parent)) => reply_token(db, chat, parent.message_id)?,
         (None, None) => {
             answer(
@@ -925,12 +923,10 @@ fn reply_token(
         token: String,
     }
     Ok(db
-        .query::<Row>(
+        .query_one::<Row>(
             "SELECT session_id, token FROM messages WHERE chat_id = ? AND message_id = ?",
             vec![chat.into(), message_id.into()],
         )?
-        .into_iter()
-        .next()
         .map(|r| (r.session_id, r.token)))
 }
 
@@ -1043,14 +1039,10 @@ fn preview_message(
         preview::Intent::Start(_) | preview::Intent::Stop => {}
     }
     // A reply to a notification, else the session's topic.
-    let target = match addressee(db, msg, now)? {
-        Addressee::Session(id) => Some(id),
-        Addressee::EndedTopic => {
-            answer(out, ENDED_TOPIC);
-            out.log = format!("update {update_id}: preview in the topic of an ended session");
-            return Ok(());
-        }
-        Addressee::UnknownReply | Addressee::Nobody => None,
+    let target = match addressee(db, out, update_id, msg, "preview", now)? {
+        None => return Ok(()),
+        Some(Addressee::Session(id)) => Some(id),
+        Some(Addressee::UnknownReply | Addressee::Nobody) => None,
     };
     match (target, intent) {
         (Some(session_id), intent) => preview_for_session(
@@ -1445,15 +1437,34 @@ mod tests {
         let db = with_topics();
         topics::on_unregister(&db, "s1", 3).unwrap();
         store::delete_session(&db, "s1").unwrap();
-        for (id, text) in [(1, "ls"), (2, "/esc")] {
-            let out =
-                handle_update(&db, &cfg(), &in_topic(id, 500, text, None), 5, &|_| true).unwrap();
-            assert!(out.queued.is_empty());
-            assert_eq!(out.calls[0].params["text"], ENDED_TOPIC);
+        // Every kind of message gets the same answer, in the topic: text, keys, a preview,
+        // /end (it used to be told "I don't know that session"), a photo.
+        let mut with_relay = cfg();
+        with_relay.preview.relay_configured = true;
+        let photo = update(json!({"update_id": 5, "message": {"message_id": 1005,
+            "chat": {"id": 42, "type": "supergroup", "is_forum": true}, "from": {"id": 7},
+            "photo": [{"file_id": "big", "width": 90, "height": 90, "file_size": 500}],
+            "message_thread_id": 500, "is_topic_message": true,
+            "reply_to_message": {"message_id": 500, "chat": {"id": 42}}}}));
+        let texts = [(1, "ls"), (2, "/esc"), (3, "/preview 3000"), (4, "/end")];
+        let updates = texts
+            .map(|(id, text)| in_topic(id, 500, text, None))
+            .into_iter()
+            .chain([photo]);
+        for u in updates {
+            let out = handle_update(&db, &with_relay, &u, 5, &|_| true).unwrap();
+            assert!(out.queued.is_empty() && out.preview_starts.is_empty());
+            assert_eq!(out.calls.len(), 1, "{}", out.log);
+            assert_eq!(out.calls[0].params["text"], ENDED_TOPIC, "{}", out.log);
             assert_eq!(out.calls[0].params["message_thread_id"], 500);
+            assert!(
+                out.log.contains("in the topic of an ended session"),
+                "{}",
+                out.log
+            );
         }
         // A topic we did not make (a user's own): the usual "reply to a notification".
-        let out = handle_update(&db, &cfg(), &in_topic(3, 777, "ls", None), 5, &|_| true).unwrap();
+        let out = handle_update(&db, &cfg(), &in_topic(6, 777, "ls", None), 5, &|_| true).unwrap();
         assert!(out.queued.is_empty());
         assert!(out.calls[0].params["text"]
             .as_str()
@@ -1482,69 +1493,57 @@ mod tests {
             fresh_channel: "pv-first".into(),
             ..preview::Settings::default()
         };
-        let out = handle_update(
-            &db,
+        // The update handled at `now`, the machine online or not; the first answer's text.
+        let handle = |cfg: &Config, u: &Update, now: i64, online: bool| {
+            let out = handle_update(&db, cfg, u, now, &|_| online).unwrap();
+            let answer = out
+                .calls
+                .first()
+                .and_then(|c| c.params["text"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            (out, answer)
+        };
+        let (out, _) = handle(
             &with_relay,
             &reply_update(1, 42, 100, "/preview 3000"),
             5,
-            &|_| true,
-        )
-        .unwrap();
+            true,
+        );
         assert_eq!(out.preview_starts.len(), 1, "{}", out.log);
         assert_eq!(out.preview_starts[0].machine_id, "devbox");
         assert_eq!(out.preview_starts[0].port, 3000);
         assert_eq!(out.preview_starts[0].expires_at, 60_005);
         assert!(out.queued.is_empty() && out.calls.is_empty());
         // Not a reply: no session to ask; a bad port: usage; offline: said so.
-        let text_update = |id: i64, text: &str| {
-            update(json!({"update_id": id, "message": {"message_id": id + 1000,
-                "chat": {"id": 42}, "from": {"id": 7}, "text": text}}))
-        };
-        let out = handle_update(
-            &db,
-            &with_relay,
-            &text_update(2, "/preview 3000"),
-            6,
-            &|_| true,
-        )
-        .unwrap();
+        let not_a_reply = update(json!({"update_id": 2, "message": {"message_id": 1002,
+            "chat": {"id": 42}, "from": {"id": 7}, "text": "/preview 3000"}}));
+        let (out, answer) = handle(&with_relay, &not_a_reply, 6, true);
         assert!(out.preview_starts.is_empty());
-        assert!(out.calls[0].params["text"]
-            .as_str()
-            .unwrap()
-            .contains("as a reply"));
-        let out = handle_update(
-            &db,
+        assert!(answer.contains("as a reply"), "{answer}");
+        let (out, _) = handle(
             &with_relay,
             &reply_update(3, 42, 100, "/preview 99999"),
             7,
-            &|_| true,
-        )
-        .unwrap();
+            true,
+        );
         assert!(out.preview_starts.is_empty());
         with_relay.preview.fresh_channel = "pv-second".into();
-        let out = handle_update(
-            &db,
+        let (out, answer) = handle(
             &with_relay,
             &reply_update(4, 42, 100, "/preview 4000"),
             8,
-            &|_| false,
-        )
-        .unwrap();
+            false,
+        );
         assert!(out.preview_starts.is_empty());
-        assert!(out.calls[0].params["text"]
-            .as_str()
-            .unwrap()
-            .contains("devbox is offline"));
+        assert!(answer.contains("devbox is offline"), "{answer}");
         // /preview stop in a reply ends the session's previews.
-        let out = handle_update(
-            &db,
+        let (out, _) = handle(
             &with_relay,
             &reply_update(5, 42, 100, "/preview stop"),
             9,
-            &|_| true,
-        )
-        .unwrap();
+            true,
+        );
         assert_eq!(
             out.preview_stops,
             vec![preview::Stop {
@@ -1989,6 +1988,28 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("<code>(Enter)</code>"));
+    }
+
+    /// A machine's frame may carry up to 64 KB of error text: the chat's notice is cut to fit
+    /// a message (Telegram refuses a longer one, and the chat would never hear of it).
+    #[test]
+    fn a_machine_s_long_error_still_fits_one_message() {
+        let long = "<".repeat(ccr_protocol::MAX_FRAME_BYTES);
+        let mut start = queued("", Some(3));
+        start.project = Some("api".into());
+        for call in [
+            command_failed(&queued("ls", Some(9)), "api", "devbox", Some(&long)),
+            launch::start_result(&start, false, None, Some(&long)),
+            launch::start_result(&start, true, Some(&long), None),
+        ] {
+            let text = call.params["text"].as_str().unwrap();
+            assert!(
+                text.encode_utf16().count() <= ccr_protocol::TELEGRAM_MAX_TEXT,
+                "{} units",
+                text.encode_utf16().count()
+            );
+            assert!(text.contains("&lt;&lt;&lt;…"), "{text}");
+        }
     }
 
     /// Fails the first `INSERT INTO command_queue`, as a full disk or a storage hiccup would.

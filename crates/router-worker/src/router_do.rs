@@ -226,14 +226,10 @@ impl RouterDO {
             {
                 console_error!("marking preview {} ended failed: {e}", stop.channel);
             }
-            if let Some(ws) = self.machine_socket(&stop.machine_id) {
-                let frame = SocketMessage::PreviewStop {
-                    channel: stop.channel.clone(),
-                };
-                if let Err(e) = ws.send_with_str(frame.encode()) {
-                    console_warn!("preview stop to {} failed: {e}", stop.machine_id);
-                }
-            }
+            let frame = SocketMessage::PreviewStop {
+                channel: stop.channel.clone(),
+            };
+            self.send_frame(&stop.machine_id, &frame, "preview stop");
         }
     }
 
@@ -252,6 +248,17 @@ impl RouterDO {
 
     fn online(&self, machine_id: &str) -> bool {
         self.machine_socket(machine_id).is_some()
+    }
+
+    /// Sends one frame to the machine's current socket, if it has one. Best effort: a frame
+    /// not sent (no socket after all, a refused send, logged as `what`) is left to whatever
+    /// ends it otherwise (the alarm times a question out; a bridge stops on its own timer).
+    fn send_frame(&self, machine_id: &str, frame: &SocketMessage, what: &str) {
+        if let Some(ws) = self.machine_socket(machine_id) {
+            if let Err(e) = ws.send_with_str(frame.encode()) {
+                console_warn!("{what} to {machine_id} failed: {e}");
+            }
+        }
     }
 
     /// Pushes a machine's unacked commands (all, or those due by `due_by`), oldest first.
@@ -699,42 +706,30 @@ impl RouterDO {
             self.state.storage().sync().await?;
             self.arm_alarm().await?;
         }
+        // Peeks and preview starts unanswered (not sent) time out on the alarm.
         for ask in &outcome.peeks {
-            // Unanswered (no socket after all, a refused send) it times out on the alarm.
-            if let Some(ws) = self.machine_socket(&ask.machine_id) {
-                let frame = SocketMessage::PeekRequest {
-                    request_id: ask.request_id.clone(),
-                    session_id: ask.session_id.clone(),
-                };
-                if let Err(e) = ws.send_with_str(frame.encode()) {
-                    console_warn!("peek {} to {} failed: {e}", ask.request_id, ask.machine_id);
-                }
-            }
-        }
-        if !outcome.peeks.is_empty() {
-            self.arm_alarm().await?;
+            let frame = SocketMessage::PeekRequest {
+                request_id: ask.request_id.clone(),
+                session_id: ask.session_id.clone(),
+            };
+            self.send_frame(&ask.machine_id, &frame, &format!("peek {}", ask.request_id));
         }
         let relay_token = setting(&self.env, "RELAY_TOKEN");
         for start in &outcome.preview_starts {
-            // Unanswered (no socket after all, a refused send) it times out on the alarm.
-            if let Some(ws) = self.machine_socket(&start.machine_id) {
-                let frame = SocketMessage::PreviewStart {
-                    channel: start.channel.clone(),
-                    session_id: start.session_id.clone(),
-                    port: start.port,
-                    token: preview::token(&relay_token, &start.channel),
-                    expires_at: start.expires_at,
-                };
-                if let Err(e) = ws.send_with_str(frame.encode()) {
-                    console_warn!(
-                        "preview {} to {} failed: {e}",
-                        start.channel,
-                        start.machine_id
-                    );
-                }
-            }
+            let frame = SocketMessage::PreviewStart {
+                channel: start.channel.clone(),
+                session_id: start.session_id.clone(),
+                port: start.port,
+                token: preview::token(&relay_token, &start.channel),
+                expires_at: start.expires_at,
+            };
+            self.send_frame(
+                &start.machine_id,
+                &frame,
+                &format!("preview {}", start.channel),
+            );
         }
-        if !outcome.preview_starts.is_empty() {
+        if !outcome.peeks.is_empty() || !outcome.preview_starts.is_empty() {
             self.arm_alarm().await?;
         }
         self.end_previews(&outcome.preview_stops).await;

@@ -57,6 +57,14 @@ pub trait Sql {
         sql: &str,
         params: Vec<SqlValue>,
     ) -> Result<Vec<T>, StoreError>;
+    /// Runs a query and reads its first row into `T`, if it returned one.
+    fn query_one<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: Vec<SqlValue>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
     /// Runs `work` as one transaction: every write it made commits when it returns `Ok`, and
     /// none does when it returns `Err` (or a statement fails). On the edge this is the Durable
     /// Object's `transactionSync` (SQL `BEGIN` is refused there); natively, a real SQLite
@@ -150,14 +158,11 @@ pub struct SessionRow {
 
 /// Looks up one session.
 pub fn get_session(db: &impl Sql, session_id: &str) -> Result<Option<SessionRow>, StoreError> {
-    Ok(db
-        .query::<SessionRow>(
-            "SELECT session_id, machine_id, label, last_activity, gone_at, gone_reason
+    db.query_one::<SessionRow>(
+        "SELECT session_id, machine_id, label, last_activity, gone_at, gone_reason
              FROM sessions WHERE session_id = ?",
-            vec![session_id.into()],
-        )?
-        .into_iter()
-        .next())
+        vec![session_id.into()],
+    )
 }
 
 /// What a machine's `SessionGone` report did.
@@ -334,13 +339,11 @@ pub fn latest_token(db: &impl Sql, session: &str, chat: i64) -> Result<Option<St
         token: String,
     }
     Ok(db
-        .query::<Token>(
+        .query_one::<Token>(
             "SELECT token FROM messages WHERE session_id = ? AND chat_id = ?
              ORDER BY created_at DESC, message_id DESC LIMIT 1",
             vec![session.into(), chat.into()],
         )?
-        .into_iter()
-        .next()
         .map(|t| t.token))
 }
 

@@ -143,9 +143,7 @@ impl Message {
             name: a.file_name.clone(),
         })
     }
-}
 
-impl Message {
     /// The topic it was sent in, if any (a reply thread outside a forum is not a topic).
     pub fn topic(&self) -> Option<i64> {
         self.message_thread_id
@@ -207,24 +205,30 @@ pub fn bot_command(text: &str) -> Option<(&str, &str)> {
     Some((name, args))
 }
 
+/// A command's arguments as their first word and the rest: white space before the word is
+/// skipped, exactly one separator after it is dropped, and the rest is kept verbatim (a
+/// command or prompt keeps its own spacing and lines). `("", "")` when there are none.
+pub fn first_word(args: &str) -> (&str, &str) {
+    let args = args.trim_start();
+    match args.find(char::is_whitespace) {
+        Some(i) => {
+            let (first, rest) = args.split_at(i);
+            let rest = rest
+                .strip_prefix(|c: char| c.is_whitespace())
+                .unwrap_or(rest);
+            (first, rest)
+        }
+        None => (args, ""),
+    }
+}
+
 /// Reads what a text message asks for.
 pub fn parse_text(text: &str) -> TextIntent {
     match bot_command(text) {
         Some((c, _)) if c == bot::START || c == bot::HELP => TextIntent::Help,
         Some((c, _)) if c == bot::SESSIONS => TextIntent::Sessions,
         Some((c, args)) if c == bot::CMD => {
-            let args = args.trim_start();
-            let (token, text) = match args.find(char::is_whitespace) {
-                Some(i) => {
-                    let (t, rest) = args.split_at(i);
-                    // Exactly one separator is dropped; the rest is the command verbatim.
-                    let rest = rest
-                        .strip_prefix(|c: char| c.is_whitespace())
-                        .unwrap_or(rest);
-                    (t, rest)
-                }
-                None => (args, ""),
-            };
+            let (token, text) = first_word(args);
             if token.is_empty() {
                 TextIntent::CmdUsage
             } else {
@@ -263,6 +267,27 @@ pub fn keyboard(token: &str, actions: &[ButtonAction]) -> Option<Value> {
         .map(|a| json!({"text": a.caption(), "callback_data": callback_data(token, *a)}))
         .collect();
     Some(json!({ "inline_keyboard": [row] }))
+}
+
+/// At most `max` characters, with `…` when cut (never mid-character).
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Most characters of what a machine said (an error, a window name) that a chat message
+/// shows. A socket frame may carry 64 KB of it; escaped, even this many of the worst
+/// characters (`&` → `&amp;`) leave room in Telegram's 4096 for the words around it.
+pub const MAX_MACHINE_TEXT_CHARS: usize = 500;
+
+/// Text a machine sent, for a chat message: cut to [`MAX_MACHINE_TEXT_CHARS`] and escaped. A
+/// message over Telegram's limit is refused, and the chat would never be told.
+pub fn machine_text(text: &str) -> String {
+    escape_html(&truncate(text, MAX_MACHINE_TEXT_CHARS))
 }
 
 /// Escapes text for `parse_mode: HTML` (Telegram needs `<`, `>` and `&` escaped).
@@ -525,6 +550,19 @@ pub fn parse_id_list(text: &str) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_word_drops_one_separator_and_keeps_the_rest_verbatim() {
+        assert_eq!(first_word(""), ("", ""));
+        assert_eq!(first_word("   "), ("", ""));
+        assert_eq!(first_word(" tok"), ("tok", ""));
+        assert_eq!(first_word(" tok  two  spaces"), ("tok", " two  spaces"));
+        assert_eq!(
+            first_word("tok\nline one\nline two"),
+            ("tok", "line one\nline two")
+        );
+        assert_eq!(first_word("ü\u{a0}rest"), ("ü", "rest"));
+    }
 
     #[test]
     fn parses_real_updates() {

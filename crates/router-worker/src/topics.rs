@@ -104,24 +104,18 @@ const COLUMNS: &str = "chat_id, session_id, thread_id, name, state";
 
 /// The topic of `session` in `chat`, if one was asked for.
 pub fn get(db: &impl Sql, chat: i64, session: &str) -> Result<Option<Topic>, StoreError> {
-    Ok(db
-        .query::<Topic>(
-            &format!("SELECT {COLUMNS} FROM topics WHERE chat_id = ? AND session_id = ?"),
-            vec![chat.into(), session.into()],
-        )?
-        .into_iter()
-        .next())
+    db.query_one::<Topic>(
+        &format!("SELECT {COLUMNS} FROM topics WHERE chat_id = ? AND session_id = ?"),
+        vec![chat.into(), session.into()],
+    )
 }
 
 /// The topic `thread` of `chat` is, if it is one of ours.
 pub fn by_thread(db: &impl Sql, chat: i64, thread: i64) -> Result<Option<Topic>, StoreError> {
-    Ok(db
-        .query::<Topic>(
-            &format!("SELECT {COLUMNS} FROM topics WHERE chat_id = ? AND thread_id = ? LIMIT 1"),
-            vec![chat.into(), thread.into()],
-        )?
-        .into_iter()
-        .next())
+    db.query_one::<Topic>(
+        &format!("SELECT {COLUMNS} FROM topics WHERE chat_id = ? AND thread_id = ? LIMIT 1"),
+        vec![chat.into(), thread.into()],
+    )
 }
 
 /// The thread a message about `session` in `chat` goes to: its topic while open.

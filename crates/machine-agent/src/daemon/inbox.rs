@@ -276,13 +276,14 @@ impl Inbox {
         })
     }
 
-    /// Commands whose text was typed but whose Enter a crash prevented, oldest first.
-    pub(crate) fn typed(&self) -> rusqlite::Result<Vec<Command>> {
+    /// The stored commands that `condition` (an SQL condition on `state`, always a constant
+    /// of this file: nothing from outside is ever part of it) selects, oldest first.
+    fn commands_where(&self, condition: &str) -> rusqlite::Result<Vec<Command>> {
         self.db.with(|c| {
-            let mut st = c.prepare(
+            let mut st = c.prepare(&format!(
                 "SELECT command_id, session_id, command, chat_id, keys, project, file FROM inbox \
-                 WHERE state = 'typed' ORDER BY received_at, rowid",
-            )?;
+                 WHERE {condition} ORDER BY received_at, rowid"
+            ))?;
             let rows = st.query_map([], |r| {
                 Ok(Command {
                     command_id: r.get(0)?,
@@ -296,6 +297,11 @@ impl Inbox {
             })?;
             rows.collect()
         })
+    }
+
+    /// Commands whose text was typed but whose Enter a crash prevented, oldest first.
+    pub(crate) fn typed(&self) -> rusqlite::Result<Vec<Command>> {
+        self.commands_where("state = 'typed'")
     }
 
     /// Records the outcome of a command claimed with [`Inbox::begin`].
@@ -324,24 +330,7 @@ impl Inbox {
 
     /// Commands stored or acked but not started, oldest first.
     pub(crate) fn runnable(&self) -> rusqlite::Result<Vec<Command>> {
-        self.db.with(|c| {
-            let mut st = c.prepare(
-                "SELECT command_id, session_id, command, chat_id, keys, project, file FROM inbox \
-                 WHERE state IN ('stored', 'acked') ORDER BY received_at, rowid",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(Command {
-                    command_id: r.get(0)?,
-                    session_id: r.get(1)?,
-                    command: r.get(2)?,
-                    chat_id: r.get(3)?,
-                    keys: r.get(4)?,
-                    project: r.get(5)?,
-                    file: file_column(r.get(6)?),
-                })
-            })?;
-            rows.collect()
-        })
+        self.commands_where("state IN ('stored', 'acked')")
     }
 
     /// At start-up: commands left `executing` by a crash may have been typed in part, so they

@@ -601,38 +601,8 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let sock = dir.path().join("sock");
-        let rec = dir.path().join("rec.txt");
-        std::fs::write(&rec, "").unwrap();
         let script = r#"while IFS= read -r line; do printf '%s\n' "$line" >> "$1"; done"#;
-        let st = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .args([
-                "-f",
-                "/dev/null",
-                "new-session",
-                "-d",
-                "-x",
-                "200",
-                "-y",
-                "50",
-            ])
-            .args(["sh", "-c", script, "rec"])
-            .arg(&rec)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let out = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .args(["display-message", "-p", "#{pane_id}"])
-            .output()
-            .unwrap();
-        let pane = Pane {
-            pane_id: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            socket: Some(sock.clone()),
-        };
+        let (sock, pane, rec) = pane_running(dir.path(), script, "rec.txt");
         let inj = Injector::new("tmux", Duration::from_millis(50));
         let tricky = "-l Enter C-c $(touch /tmp/pwned) `id` 'q' \"d\" ; \\ end";
         inj.type_into(&pane, tricky).await.unwrap();
@@ -666,11 +636,7 @@ mod tests {
             inj.type_into(&gone, "x").await.unwrap_err(),
             InjectError::PaneGone("%999".into())
         );
-        let _ = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .arg("kill-server")
-            .status();
+        tmux_at(&sock, &["kill-server"]);
         let err = inj.type_into(&pane, "x").await.unwrap_err();
         assert!(matches!(err, InjectError::ServerGone(_)), "{err:?}");
         assert!(matches!(
@@ -678,21 +644,11 @@ mod tests {
             InjectError::ServerGone(_)
         ));
         // A new server on the same socket path has a pane with the same id: not the same pane.
-        let st = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .args(["-f", "/dev/null", "new-session", "-d", "sh"])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        tmux_at(&sock, &["-f", "/dev/null", "new-session", "-d", "sh"]);
         let after = inj.identity(&pane).await.unwrap();
         assert_eq!(after.pane_id, before.pane_id);
         assert!(before.difference(&after).is_some(), "{before:?} {after:?}");
-        let _ = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .arg("kill-server")
-            .status();
+        tmux_at(&sock, &["kill-server"]);
     }
 
     #[test]
@@ -707,13 +663,24 @@ mod tests {
         );
     }
 
-    /// A pane whose program turns bracketed paste on (as Claude Code does) and records every
-    /// byte it reads, raw. Returns the tmux socket, the pane and the recording file.
-    fn raw_recording_pane(dir: &Path) -> (PathBuf, Pane, PathBuf) {
+    /// Runs tmux with `args` on the server at `sock`; its stdout, trimmed.
+    fn tmux_at(sock: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("tmux")
+            .arg("-S")
+            .arg(sock)
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// A tmux server on a private socket in `dir` whose one pane runs `script` (`sh -c`) with
+    /// the recording file `file` (in `dir`, created empty) as `$1`. Returns the socket, the
+    /// pane and the file.
+    fn pane_running(dir: &Path, script: &str, file: &str) -> (PathBuf, Pane, PathBuf) {
         let sock = dir.join("sock");
-        let rec = dir.join("raw.bin");
+        let rec = dir.join(file);
         std::fs::write(&rec, "").unwrap();
-        let script = r#"stty raw -echo; printf '\033[?2004hREADY'; exec cat >> "$1""#;
         let st = std::process::Command::new("tmux")
             .arg("-S")
             .arg(&sock)
@@ -732,27 +699,25 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
-        let tmux = |args: &[&str]| {
-            let out = std::process::Command::new("tmux")
-                .arg("-S")
-                .arg(&sock)
-                .args(args)
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        let pane = Pane {
+            pane_id: tmux_at(&sock, &["display-message", "-p", "#{pane_id}"]),
+            socket: Some(sock.clone()),
         };
-        let pane_id = tmux(&["display-message", "-p", "#{pane_id}"]);
+        (sock, pane, rec)
+    }
+
+    /// A pane whose program turns bracketed paste on (as Claude Code does) and records every
+    /// byte it reads, raw. Returns the tmux socket, the pane and the recording file.
+    fn raw_recording_pane(dir: &Path) -> (PathBuf, Pane, PathBuf) {
+        let script = r#"stty raw -echo; printf '\033[?2004hREADY'; exec cat >> "$1""#;
+        let (sock, pane, rec) = pane_running(dir, script, "raw.bin");
         // tmux reads the pane's output in order: once READY shows, bracketed paste is on.
         for _ in 0..200 {
-            if tmux(&["capture-pane", "-p", "-t", &pane_id]).contains("READY") {
+            if tmux_at(&sock, &["capture-pane", "-p", "-t", &pane.pane_id]).contains("READY") {
                 break;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        let pane = Pane {
-            pane_id,
-            socket: Some(sock.clone()),
-        };
         (sock, pane, rec)
     }
 
@@ -807,17 +772,7 @@ mod tests {
         inj.type_into(&pane, "just one line").await.unwrap();
         assert_eq!(wait_bytes(&rec, b"\r").await, b"just one line\r");
         // The paste buffers were deleted by their pastes.
-        let buffers = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .arg("list-buffers")
-            .output()
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&buffers.stdout).trim(), "");
-        let _ = std::process::Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .arg("kill-server")
-            .status();
+        assert_eq!(tmux_at(&sock, &["list-buffers"]), "");
+        tmux_at(&sock, &["kill-server"]);
     }
 }
