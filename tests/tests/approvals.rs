@@ -516,11 +516,7 @@ async fn stop_tells_the_truth_and_a_permission_prompt_is_not_sent_twice() {
 /// over HTTP itself, and the decision still reaches it once the daemon is back.
 #[tokio::test]
 async fn the_daemon_carries_a_card_s_request_and_http_does_when_it_is_down() {
-    let (w, bot) = start().await;
-    let mut agent = Agent::start(&w.base_url(), TEST_API_KEY, "devbox").unwrap();
-    agent.wait_connected(1, T).await.unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (command, _) = install_hooks(&agent, home.path());
+    let (w, bot, mut agent, _home, command) = start_with_hooks().await;
 
     let input = permission_input(
         "sess-hand",
@@ -543,7 +539,7 @@ async fn the_daemon_carries_a_card_s_request_and_http_does_when_it_is_down() {
         "{}",
         agent.hooks_log()
     );
-    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    let allow = button(&data, ":a");
     tap(&w, 40, card_id, "q-hand", &allow, TEST_USER_ID).await;
     assert_eq!(
         stdout_of(hook).await,
@@ -569,7 +565,7 @@ async fn the_daemon_carries_a_card_s_request_and_http_does_when_it_is_down() {
     })
     .await
     .unwrap();
-    let deny = data.iter().find(|d| d.ends_with(":d")).unwrap().clone();
+    let deny = button(&data, ":d");
     tap(&w, 41, card_id, "q-hand-2", &deny, TEST_USER_ID).await;
     agent.restart().unwrap();
     let out = stdout_of(hook).await;
@@ -594,7 +590,7 @@ async fn the_daemon_carries_a_card_s_request_and_http_does_when_it_is_down() {
     })
     .await
     .unwrap();
-    let allow = data.iter().find(|d| d.ends_with(":a")).unwrap().clone();
+    let allow = button(&data, ":a");
     tap(&w, 42, card_id, "q-hand-3", &allow, TEST_USER_ID).await;
     assert!(stdout_of(hook).await.contains(r#""behavior":"allow""#));
 }
