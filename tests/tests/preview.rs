@@ -421,3 +421,38 @@ async fn with_a_relay_public_key_visitors_need_it_and_the_answer_says_so() {
     assert_eq!(with.status(), 200);
     assert!(with.text().await.unwrap().contains(PAGE_MARKER));
 }
+
+#[tokio::test]
+async fn a_preview_serves_again_after_its_agent_restarts_and_ends_once_its_port_is_gone() {
+    let (w, bot, mut agent, msg) = setup(WorkerOptions::default()).await;
+    let dev = DevServer::start().await;
+    let port = dev.port;
+    let url = link_in(&open_preview(&w, &bot, 1, msg, port).await);
+    assert!(wait_status(&url, 200).await.contains(PAGE_MARKER));
+
+    // SIGKILL: the bridge dies with the agent. Once it is back, the Worker asks again and the
+    // same link serves, with nothing new said in the chat.
+    agent.kill9().await;
+    agent.restart().unwrap();
+    agent.wait_connected(2, T).await.unwrap();
+    assert!(wait_status(&url, 200).await.contains(PAGE_MARKER));
+    let answers = || {
+        bot.calls_of("sendMessage")
+            .iter()
+            .filter_map(|c| c.params["text"].as_str().map(str::to_owned))
+            .filter(|t| t.contains("Preview of port") || t.contains("preview of port"))
+            .count()
+    };
+    assert_eq!(answers(), 1);
+
+    // The dev server is gone when the agent comes back: the preview ends, the chat is told
+    // why, and the link says it has ended.
+    drop(dev);
+    agent.kill9().await;
+    agent.restart().unwrap();
+    agent.wait_connected(3, T).await.unwrap();
+    let told = bot.wait_text("could not serve it again", T).await.unwrap();
+    assert!(told.contains(&format!("port {port}")), "{told}");
+    let gone = wait_status(&url, 410).await;
+    assert!(gone.contains("This preview has ended"), "{gone}");
+}

@@ -392,6 +392,80 @@ pub fn answered(
     )))
 }
 
+/// The previews `machine` was serving that are still open: sent again as `previewStart` when
+/// it connects, so that an agent restarted meanwhile (which keeps previews in memory only)
+/// serves them again under the same link. An agent still serving one answers at once.
+pub fn resumable(db: &impl Sql, machine: &str, now: i64) -> Result<Vec<Start>, StoreError> {
+    let rows = open_rows(
+        db,
+        "machine_id = ? AND started_at IS NOT NULL AND expires_at > ?",
+        vec![machine.into(), now.into()],
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Start {
+            channel: r.channel,
+            session_id: r.session_id,
+            machine_id: r.machine_id,
+            port: u16::try_from(r.port).unwrap_or(0),
+            expires_at: r.expires_at,
+        })
+        .collect())
+}
+
+/// What a machine's `previewResult` leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Tell the chat; carry out the stop, if any (the preview failed).
+    Tell(BotCall, Option<Stop>),
+    /// A resumed preview serves again: nothing to say.
+    Serving,
+    /// No such open preview of this machine (ended meanwhile, another machine's): the
+    /// machine must not serve it.
+    Unknown,
+}
+
+/// A machine's `previewResult`, for a first start ([`answered`]) or a resumed one
+/// ([`resumable`]). A resumed preview that cannot serve any more (nothing listens on its port
+/// after the restart) ends, and the chat is told why.
+pub fn on_result(
+    db: &impl Sql,
+    channel: &str,
+    machine: &str,
+    error: Option<&str>,
+    public_key_required: bool,
+    now: i64,
+) -> Result<Outcome, StoreError> {
+    let resumed = open_rows(
+        db,
+        "channel = ? AND machine_id = ? AND started_at IS NOT NULL",
+        vec![channel.into(), machine.into()],
+    )?;
+    let Some(r) = resumed.into_iter().next() else {
+        return Ok(
+            match answered(db, channel, machine, error, public_key_required, now)? {
+                Some((call, stop)) => Outcome::Tell(call, stop),
+                None => Outcome::Unknown,
+            },
+        );
+    };
+    let Some(error) = error else {
+        return Ok(Outcome::Serving);
+    };
+    end(db, channel, "failed", now)?;
+    let text = format!(
+        "⚠️ The preview of port {} on {} ended: its agent restarted and could not serve it \
+         again: {}",
+        r.port,
+        escape_html(&r.machine_id),
+        telegram::machine_text(error)
+    );
+    Ok(Outcome::Tell(
+        BotCall::send(r.chat_id, &text, Some(r.reply_to)),
+        Some(stop_of(&r)),
+    ))
+}
+
 /// Ends a session's open previews (`/preview stop` in a reply, the session unregistered).
 pub fn end_session(db: &impl Sql, session_id: &str, now: i64) -> Result<Vec<Stop>, StoreError> {
     let rows = open_rows(db, "session_id = ?", vec![session_id.into()])?;
@@ -675,6 +749,68 @@ mod tests {
         assert_eq!(next_deadline(&db).unwrap(), None);
         assert!(stopped_text(&stops).contains("ended"));
         prune(&db, 4_000 + ENDED_RETENTION_MS + 1).unwrap();
+    }
+
+    #[test]
+    fn open_previews_are_resumed_when_their_machine_connects() {
+        let db = MemDb::migrated();
+        upsert_session(&db, "s1", "devbox", None, 0).unwrap();
+        let s1 = get_session(&db, "s1").unwrap().unwrap();
+        open(&db, &settings("pv-a"), &s1, 3000, 42, 7, 1_000, true)
+            .unwrap()
+            .unwrap();
+        open(&db, &settings("pv-b"), &s1, 4000, 42, 8, 1_000, true)
+            .unwrap()
+            .unwrap();
+        // Only started previews are resumed (pv-b's start is still pending).
+        assert!(resumable(&db, "devbox", 2_000).unwrap().is_empty());
+        assert!(matches!(
+            on_result(&db, "pv-a", "devbox", None, false, 2_000).unwrap(),
+            Outcome::Tell(_, None)
+        ));
+        let again = resumable(&db, "devbox", 3_000).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].channel.as_str(), again[0].port), ("pv-a", 3000));
+        assert_eq!(again[0].expires_at, 61_000);
+        assert!(resumable(&db, "laptop", 3_000).unwrap().is_empty());
+        assert!(
+            resumable(&db, "devbox", 61_000).unwrap().is_empty(),
+            "expired"
+        );
+        // The restarted agent serves it again: nothing to tell, nothing to stop.
+        assert_eq!(
+            on_result(&db, "pv-a", "devbox", None, false, 3_000).unwrap(),
+            Outcome::Serving
+        );
+        // Another machine's answer is unknown (it must not serve it).
+        assert_eq!(
+            on_result(&db, "pv-a", "laptop", None, false, 3_000).unwrap(),
+            Outcome::Unknown
+        );
+        // Nothing listens any more: it ends, and the chat is told why.
+        let Outcome::Tell(call, Some(stop)) = on_result(
+            &db,
+            "pv-a",
+            "devbox",
+            Some("nothing is listening on port 3000"),
+            false,
+            4_000,
+        )
+        .unwrap() else {
+            panic!("a failed resumption is told and stopped");
+        };
+        assert_eq!(stop.channel, "pv-a");
+        let text = call.params["text"].as_str().unwrap();
+        assert!(
+            text.contains("port 3000") && text.contains("restarted"),
+            "{text}"
+        );
+        assert!(text.contains("nothing is listening"), "{text}");
+        assert!(resumable(&db, "devbox", 5_000).unwrap().is_empty());
+        assert_eq!(
+            on_result(&db, "pv-a", "devbox", None, false, 5_000).unwrap(),
+            Outcome::Unknown
+        );
     }
 
     #[test]

@@ -233,6 +233,29 @@ impl RouterDO {
         }
     }
 
+    /// Sends `previewStart` again for every open preview of a machine that just connected:
+    /// an agent restarted meanwhile serves them again under the same links (one still
+    /// serving answers at once). Its answer is handled by `preview::on_result`.
+    fn resume_previews(&self, ws: &WebSocket, machine_id: &str) -> Result<()> {
+        let relay_token = setting(&self.env, "RELAY_TOKEN");
+        if relay_token.is_empty() {
+            return Ok(());
+        }
+        for start in preview::resumable(&self.db(), machine_id, now_ms())? {
+            let frame = SocketMessage::PreviewStart {
+                token: preview::token(&relay_token, &start.channel),
+                channel: start.channel,
+                session_id: start.session_id,
+                port: start.port,
+                expires_at: start.expires_at,
+            };
+            if let Err(e) = ws.send_with_str(frame.encode()) {
+                console_warn!("resuming a preview on {machine_id} failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
     /// The machine's current socket: the most recently connected one.
     fn machine_socket(&self, machine_id: &str) -> Option<WebSocket> {
         self.state
@@ -764,6 +787,7 @@ impl RouterDO {
         }
         let flushed = self.flush_machine(&machine_id, None)?;
         console_log!("machine {machine_id} connected; {flushed} queued command(s) sent");
+        self.resume_previews(&pair.server, &machine_id)?;
         self.arm_alarm().await?;
         let mut resp = Response::from_websocket(pair.client)?;
         if req
@@ -881,7 +905,7 @@ impl RouterDO {
                 let public_key_required = !setting(&self.env, "RELAY_PUBLIC_KEY").is_empty();
                 let now = now_ms();
                 let answer = self.db().transaction(|db| {
-                    preview::answered(
+                    preview::on_result(
                         db,
                         &channel,
                         &machine,
@@ -891,13 +915,16 @@ impl RouterDO {
                     )
                 })?;
                 match answer {
-                    Some((call, stop)) => {
+                    preview::Outcome::Tell(call, stop) => {
                         if let Some(stop) = stop {
                             self.end_previews(&[stop]).await;
                         }
                         self.tell(&[call]).await?;
                     }
-                    None => {
+                    preview::Outcome::Serving => {
+                        console_log!("machine {machine} serves preview {channel} again");
+                    }
+                    preview::Outcome::Unknown => {
                         console_log!("machine {machine}: late or unknown preview {channel}");
                         // A preview that ended meanwhile (stopped, timed out) must not serve.
                         let _ = ws.send_with_str(SocketMessage::PreviewStop { channel }.encode());

@@ -5,8 +5,8 @@
 //! frame or, at the latest, at the preview's expiry on the agent's own clock.
 //!
 //! Only loopback addresses are ever the target: the chat names a port, never a host. Previews
-//! live in memory: after an agent restart they are not resumed (the Worker ends them at their
-//! expiry; `/preview PORT` again opens a new one).
+//! live in memory: after an agent restart the Worker sends `previewStart` again for each open
+//! one when the agent connects, and a start for a channel already served is answered at once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
