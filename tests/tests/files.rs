@@ -337,9 +337,16 @@ async fn a_file_stored_before_a_crash_is_fetched_and_typed_once_after_restart() 
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
 
     // Another restart (and the Worker's view of the command) fetch and type nothing more.
+    // What a download killed half-way leaves behind is removed when the agent starts.
     agent.kill9().await;
+    let leftover = cwd.path().join(".ccr/files/.photo-tg-9.jpg.part");
+    std::fs::write(&leftover, b"half a photo").unwrap();
     agent.restart().unwrap();
     agent.wait_connected(3, T).await.unwrap();
+    assert!(
+        !leftover.exists(),
+        "the unfinished download is removed at start-up"
+    );
     let again = w
         .notify("sess-crash", "still there?")
         .await

@@ -20,6 +20,7 @@ use ccr_protocol::socket::{FileKind, FileRef};
 use ccr_protocol::wire::{header, route};
 use ccr_protocol::MAX_FILE_BYTES;
 use reqwest::StatusCode;
+use tracing::warn;
 
 use crate::settings::WorkerConfig;
 
@@ -144,6 +145,35 @@ impl Fetcher {
             .map_err(|e| format!("the {what} could not be saved at {}: {e}", part.display()))?;
         Ok(())
     }
+}
+
+/// Removes the `.part` files a download left when the agent was killed in the middle of it
+/// (its command is reported failed at start-up, never resumed): in the data directory's
+/// `files/` and in each of `cwds`' `.ccr/files/`. Runs at start-up, before any download.
+/// Returns how many were removed.
+pub(crate) fn remove_leftovers<'a>(data_dir: &Path, cwds: impl Iterator<Item = &'a str>) -> usize {
+    let mut dirs = vec![data_dir.join(FILES_DIR)];
+    dirs.extend(cwds.map(|c| Path::new(c).join(CCR_DIR).join(FILES_DIR)));
+    dirs.sort();
+    dirs.dedup();
+    let mut removed = 0;
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let ours = name.starts_with('.') && name.ends_with(".part");
+            if ours && entry.file_type().is_ok_and(|t| t.is_file()) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) => warn!("removing {}: {e}", entry.path().display()),
+                }
+            }
+        }
+    }
+    removed
 }
 
 /// `<cwd>/.ccr/files/`, made with a `.gitignore` of `*` in `<cwd>/.ccr/`.
@@ -289,6 +319,27 @@ mod tests {
             free_name(&dir, "photo-tg-1.jpg"),
             dir.join("photo-tg-1-2.jpg")
         );
+    }
+
+    #[test]
+    fn leftover_parts_are_removed_and_nothing_else() {
+        let data = tempfile::tempdir().unwrap();
+        let cwd = tempfile::tempdir().unwrap();
+        let files = session_folder(cwd.path()).unwrap();
+        std::fs::write(files.join(".photo-abc.jpg.part"), b"half").unwrap();
+        std::fs::write(files.join("photo-abc.jpg"), b"kept").unwrap();
+        std::fs::write(files.join("notes.part"), b"not ours: no leading dot").unwrap();
+        let own = data.path().join(FILES_DIR);
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join(".doc-1.pdf.part"), b"half").unwrap();
+        let cwd_str = cwd.path().to_str().unwrap();
+        let gone = ["/nonexistent/dir", cwd_str, cwd_str];
+        assert_eq!(remove_leftovers(data.path(), gone.into_iter()), 2);
+        assert!(!files.join(".photo-abc.jpg.part").exists());
+        assert!(files.join("photo-abc.jpg").exists());
+        assert!(files.join("notes.part").exists());
+        assert!(files.parent().unwrap().join(".gitignore").exists());
+        assert_eq!(remove_leftovers(data.path(), gone.into_iter()), 0);
     }
 
     #[test]

@@ -93,6 +93,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if interrupted > 0 {
         warn!("{interrupted} command(s) were interrupted while being typed by a previous run; reported as failed, not typed again");
     }
+    // Downloads a kill interrupted (their commands were just reported failed) leave `.part`
+    // files behind in the sessions' folders.
+    match shared.sessions.all() {
+        Ok(records) => {
+            let cwds = records.iter().filter_map(|r| r.cwd.as_deref());
+            let removed = files::remove_leftovers(&config.data_dir, cwds);
+            if removed > 0 {
+                info!("removed {removed} unfinished download(s) left by a previous run");
+            }
+        }
+        Err(e) => warn!("reading the session records: {e}"),
+    }
     info!(
         machine_id = %config.worker.machine_id,
         data_dir = %config.data_dir.display(),
