@@ -125,6 +125,12 @@ async fn large_uploads_do_not_cost_a_channel_its_waiting_callers() {
 /// The same flood over the bridge's WebSocket transport: each 9 MiB upload crosses the
 /// bridge's socket as binary frames after its envelope, one push at a time, so neither the
 /// channel's object nor the bridge's socket reader holds a whole upload as a message.
+///
+/// Known defect (issue 15): on a loaded machine about 1 run in 8 leaves one small request
+/// unanswered for the whole call timeout. The Worker's log shows that request reaching the
+/// channel's object only when its caller gives up (90 s), and the object pushing it at once:
+/// the stall is in front of the object, not in the push or the bridge. Skipped in
+/// `make test` until that is found; run it with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a small request can stall behind the uploads over the WebSocket transport (issue 15)"]
 async fn large_uploads_do_not_cost_a_channel_its_waiting_callers_over_the_websocket() {
@@ -207,7 +213,7 @@ async fn upload_flood(transport: &str) {
             (status, text.as_str()),
             (200, format!("response for small-{n}").as_str()),
             "worker log:\n{}\nbridge log:\n{}",
-            ccr_e2e::worker::tail(&w.log(), 60),
+            ccr_e2e::worker::tail(&w.log(), 400),
             ccr_e2e::worker::tail(&bridge.log(), 60)
         );
         assert_eq!(inst, before, "the channel's object was rebuilt");
