@@ -122,10 +122,15 @@ async fn large_uploads_do_not_cost_a_channel_its_waiting_callers() {
     upload_flood("poll").await;
 }
 
-/// The same flood over the bridge's WebSocket transport. Known defect (issue 15): in one of
-/// two fresh-clone runs a small request on the channel got no answer within the call
-/// timeout while the 9 MiB uploads crossed the socket (each one JSON message of about
-/// 12 MiB). Skipped in `make test` until that is fixed; run it with `--ignored`.
+/// The same flood over the bridge's WebSocket transport: each 9 MiB upload crosses the
+/// bridge's socket as binary frames after its envelope, one push at a time, so neither the
+/// channel's object nor the bridge's socket reader holds a whole upload as a message.
+///
+/// Known defect (issue 15): on a loaded machine about 1 run in 8 leaves one small request
+/// unanswered for the whole call timeout. The Worker's log shows that request reaching the
+/// channel's object only when its caller gives up (90 s), and the object pushing it at once:
+/// the stall is in front of the object, not in the push or the bridge. Skipped in
+/// `make test` until that is found; run it with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a small request can stall behind the uploads over the WebSocket transport (issue 15)"]
 async fn large_uploads_do_not_cost_a_channel_its_waiting_callers_over_the_websocket() {
@@ -143,7 +148,7 @@ async fn upload_flood(transport: &str) {
         &target,
         None,
         &["--concurrency", "16", "--transport", transport],
-        &[("RUST_LOG", "warn")],
+        &[("RUST_LOG", "info")],
     )
     .await
     .unwrap();
@@ -176,9 +181,17 @@ async fn upload_flood(transport: &str) {
         tokio::spawn(async move {
             let mut seen = Vec::new();
             for n in 0..20 {
-                let r = http.get(format!("{base}/small-{n}")).send().await.unwrap();
-                let inst = instance(&r);
-                seen.push((r.status().as_u16(), r.text().await.unwrap(), inst));
+                match http.get(format!("{base}/small-{n}")).send().await {
+                    Ok(r) => {
+                        let inst = instance(&r);
+                        seen.push((
+                            r.status().as_u16(),
+                            r.text().await.unwrap_or_default(),
+                            inst,
+                        ));
+                    }
+                    Err(e) => seen.push((0, format!("no answer: {e:?}"), String::new())),
+                }
             }
             seen
         })
@@ -198,7 +211,10 @@ async fn upload_flood(transport: &str) {
     for (n, (status, text, inst)) in small.await.unwrap().into_iter().enumerate() {
         assert_eq!(
             (status, text.as_str()),
-            (200, format!("response for small-{n}").as_str())
+            (200, format!("response for small-{n}").as_str()),
+            "worker log:\n{}\nbridge log:\n{}",
+            ccr_e2e::worker::tail(&w.log(), 400),
+            ccr_e2e::worker::tail(&bridge.log(), 60)
         );
         assert_eq!(inst, before, "the channel's object was rebuilt");
     }

@@ -32,6 +32,11 @@ pub struct RelayRequest {
     /// The body as text when it is valid UTF-8 (seed compatibility).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
+    /// Over the bridge's WebSocket only: the body is not in this envelope but follows it as
+    /// this many bytes of binary frames ([`chunk_frame`], prefixed with the request id), so a
+    /// large upload is never one huge text message (nor base64 of it) on either side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_follows: Option<u64>,
 }
 
 /// `GET /proxy/_poll` answer.
@@ -239,6 +244,10 @@ pub const STREAM_CHUNK_BYTES: usize = 64 * 1024;
 /// one [`BridgeUp::Respond`] (kept for `_result` if its caller stopped waiting); every other
 /// one streams: [`BridgeUp::Head`], binary chunks, [`BridgeUp::End`].
 pub const WHOLE_RESPONSE_BYTES: u64 = 256 * 1024;
+/// A request body larger than this goes down the bridge's socket as binary frames of at most
+/// [`STREAM_CHUNK_BYTES`] after its envelope ([`RelayRequest::body_follows`]) instead of as
+/// base64 inside it.
+pub const INLINE_REQUEST_BODY_BYTES: usize = 64 * 1024;
 /// The length of a relay request id (hex), the prefix of every binary frame.
 pub const REQUEST_ID_LEN: usize = 32;
 
@@ -409,6 +418,12 @@ mod tests {
         assert_eq!(serde_json::to_value(&r).unwrap(), literal);
         let batch: PollBatch = serde_json::from_value(json!({"requests":[literal]})).unwrap();
         assert_eq!(batch.requests.len(), 1);
+        let follows = json!({"id":"r2","method":"PUT","path":"/up","query":"",
+            "headers":[],"bodyFollows":70000});
+        let r: RelayRequest = serde_json::from_value(follows.clone()).unwrap();
+        assert_eq!(r.body_follows, Some(70000));
+        assert_eq!(r.body_base64, None);
+        assert_eq!(serde_json::to_value(&r).unwrap(), follows);
     }
 
     #[test]

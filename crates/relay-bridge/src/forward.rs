@@ -56,23 +56,56 @@ pub(crate) fn response_headers(resp: &reqwest::Response) -> Vec<(String, String)
     out
 }
 
+/// A request body arriving after its envelope (`bodyFollows`): its bytes as they come, and
+/// its announced length.
+pub(crate) struct Upload {
+    pub(crate) chunks: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    pub(crate) len: u64,
+}
+
+impl Upload {
+    /// The body for the target's request: streamed as the chunks arrive, with the announced
+    /// `content-length`, so one that stops short (the relay's socket dropped) is an error to
+    /// the target, never a complete-looking body.
+    fn into_body(self) -> reqwest::Body {
+        let chunks = futures_util::stream::unfold(self.chunks, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|bytes| (Ok::<_, std::io::Error>(bytes), rx))
+        });
+        reqwest::Body::wrap_stream(chunks)
+    }
+}
+
 /// Sends `request` to the target and waits for its response's head (at most `timeout`); the
 /// body is left to read. A target that is down or too slow, or a request that cannot be
-/// built, is the 502 to answer instead.
+/// built, is the 502 to answer instead. `upload` is the body when it follows the envelope
+/// instead of being in it.
 pub(crate) async fn send(
     client: &reqwest::Client,
     target: &Url,
     timeout: Duration,
     request: &RelayRequest,
+    upload: Option<Upload>,
 ) -> Result<reqwest::Response, RelayResponse> {
     let id = request.id.as_str();
     let url = target_url(target, &request.path, &request.query)
         .map_err(|e| bad_gateway(id, &format!("cannot build the target URL: {e}")))?;
     let method = reqwest::Method::from_bytes(request.method.as_bytes())
         .map_err(|_| bad_gateway(id, &format!("invalid method {:?}", request.method)))?;
-    let body = decode_body(request.body_base64.as_deref(), request.body.as_deref())
-        .map_err(|e| bad_gateway(id, &format!("the request body is not valid base64: {e}")))?;
     let mut headers = HeaderMap::new();
+    let body = match upload {
+        Some(upload) => {
+            headers.insert(
+                reqwest::header::CONTENT_LENGTH,
+                HeaderValue::from(upload.len),
+            );
+            upload.into_body()
+        }
+        None => decode_body(request.body_base64.as_deref(), request.body.as_deref())
+            .map_err(|e| bad_gateway(id, &format!("the request body is not valid base64: {e}")))?
+            .into(),
+    };
     for (name, value) in &request.headers {
         if !target_request_header(name) {
             continue;
@@ -168,7 +201,7 @@ pub(crate) async fn forward(
     request: &RelayRequest,
 ) -> RelayResponse {
     let deadline = tokio::time::Instant::now() + timeout;
-    match send(client, target, timeout, request).await {
+    match send(client, target, timeout, request, None).await {
         Ok(resp) => whole(&request.id, target, timeout, deadline, resp).await,
         Err(bad) => bad,
     }
@@ -229,6 +262,7 @@ mod tests {
             headers: vec![],
             body_base64: None,
             body: None,
+            body_follows: None,
         };
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let r = forward(&client, &target, Duration::from_secs(5), &req).await;

@@ -263,6 +263,46 @@ impl CallerSockets {
     }
 }
 
+/// Request bodies arriving as binary frames after their envelopes (`bodyFollows`): request id
+/// → where its bytes go and how many are still to come. The socket's reader only hands each
+/// frame on, so it keeps reading (credits, other requests) while uploads cross.
+#[derive(Default)]
+struct Uploads(Mutex<HashMap<String, Upload>>);
+
+/// Where an upload's chunks go, and how many bytes are still to come.
+type Upload = (mpsc::UnboundedSender<Vec<u8>>, u64);
+
+impl Uploads {
+    /// Starts receiving `len` bytes for request `id`.
+    fn open(&self, id: &str, len: u64) -> forward::Upload {
+        let (tx, chunks) = mpsc::unbounded_channel();
+        if len > 0 {
+            if let Ok(mut map) = self.0.lock() {
+                map.insert(id.to_owned(), (tx, len));
+            }
+        }
+        forward::Upload { chunks, len }
+    }
+
+    /// Hands a chunk to its upload; `false` when `id` is no upload's (a caller's socket).
+    /// The last chunk (or one its request no longer wants) closes the upload.
+    fn chunk(&self, id: &str, bytes: &[u8]) -> bool {
+        let Ok(mut map) = self.0.lock() else {
+            return false;
+        };
+        let Some((tx, left)) = map.get_mut(id) else {
+            return false;
+        };
+        let n = bytes.len() as u64;
+        let delivered = n <= *left && tx.send(bytes.to_vec()).is_ok();
+        *left = left.saturating_sub(n);
+        if !delivered || *left == 0 {
+            map.remove(id);
+        }
+        true
+    }
+}
+
 /// A close frame with `code` (made sendable) and `reason`.
 fn close_frame(code: u16, reason: String) -> Message {
     Message::Close(Some(CloseFrame {
@@ -394,6 +434,7 @@ async fn serve<F: Future<Output = ()>>(
     });
     let streams = Arc::new(Streams::default());
     let callers = Arc::new(CallerSockets::default());
+    let uploads = Uploads::default();
     // Callers' sockets live as long as this bridge socket; they are not drained.
     let mut socket_tasks = JoinSet::new();
     let mut tasks = JoinSet::new();
@@ -404,7 +445,9 @@ async fn serve<F: Future<Output = ()>>(
             Message::Text(text) => text,
             Message::Binary(bytes) => {
                 if let Some((id, bytes)) = split_chunk_frame(&bytes) {
-                    callers.send(id, Message::binary(bytes.to_vec()));
+                    if !uploads.chunk(id, bytes) {
+                        callers.send(id, Message::binary(bytes.to_vec()));
+                    }
                 }
                 return;
             }
@@ -415,10 +458,11 @@ async fn serve<F: Future<Output = ()>>(
                 for request in requests {
                     let window = Arc::new(Semaphore::new(STREAM_WINDOW_BYTES as usize));
                     let id = request.id.clone();
+                    let upload = request.body_follows.map(|len| uploads.open(&id, len));
                     let abort = tasks.spawn(relay_one(
                         shared.clone(),
                         permits.clone(),
-                        request,
+                        (request, upload),
                         out.clone(),
                         window.clone(),
                         streams.clone(),
@@ -543,7 +587,7 @@ async fn send_up(out: &mpsc::Sender<Message>, frame: &BridgeUp) -> bool {
 async fn relay_one(
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
-    request: RelayRequest,
+    (request, upload): (RelayRequest, Option<forward::Upload>),
     out: mpsc::Sender<Message>,
     window: Arc<Semaphore>,
     streams: Arc<Streams>,
@@ -557,8 +601,14 @@ async fn relay_one(
     let started = tokio::time::Instant::now();
     let deadline = started + cfg.target_timeout;
     let whole = |r: RelayResponse| BridgeUp::Respond { responses: vec![r] };
-    let resp = match forward::send(&shared.target, &cfg.target, cfg.target_timeout, &request).await
-    {
+    let sent = forward::send(
+        &shared.target,
+        &cfg.target,
+        cfg.target_timeout,
+        &request,
+        upload,
+    );
+    let resp = match sent.await {
         Ok(resp) => resp,
         Err(bad) => {
             info!(

@@ -5,7 +5,9 @@
 //!
 //! The waiting itself (oneshot channels, timers, KV) lives in `relay_binding`.
 
-use ccr_protocol::relay::forward_response_header;
+use ccr_protocol::relay::{
+    chunk_frame, forward_response_header, INLINE_REQUEST_BODY_BYTES, STREAM_CHUNK_BYTES,
+};
 use ccr_protocol::wire::{header, query as wire_query, route};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -580,7 +582,42 @@ pub fn envelope(meta: &RequestMeta, id: &str, body: &[u8]) -> ccr_protocol::rela
         headers: meta.headers.clone(),
         body_base64,
         body: text.filter(|t| t.len() <= SEED_TEXT_BODY_BYTES),
+        body_follows: None,
     }
+}
+
+/// The request envelope for a bridge's WebSocket: like [`envelope`] for a body of at most
+/// [`INLINE_REQUEST_BODY_BYTES`]; a larger body is left out and announced (`bodyFollows`), to
+/// be sent after it as binary frames ([`socket_body_frames`]). A large upload as one text
+/// message would be its base64 in a JSON string, several copies of the body in the object's
+/// memory at once and a message the bridge must read whole before it can read anything else.
+pub fn socket_envelope(
+    meta: &RequestMeta,
+    id: &str,
+    body: &[u8],
+) -> ccr_protocol::relay::RelayRequest {
+    if body.len() <= INLINE_REQUEST_BODY_BYTES {
+        return envelope(meta, id, body);
+    }
+    ccr_protocol::relay::RelayRequest {
+        id: id.to_owned(),
+        method: meta.method.clone(),
+        path: meta.path.clone(),
+        query: meta.query.clone(),
+        headers: meta.headers.clone(),
+        body_base64: None,
+        body: None,
+        body_follows: Some(body.len() as u64),
+    }
+}
+
+/// The binary frames that carry a body announced by [`socket_envelope`] (none for a body sent
+/// inline), in order, each at most [`STREAM_CHUNK_BYTES`] of it.
+pub fn socket_body_frames<'a>(id: &'a str, body: &'a [u8]) -> impl Iterator<Item = Vec<u8>> + 'a {
+    let announced = body.len() > INLINE_REQUEST_BODY_BYTES;
+    body.chunks(STREAM_CHUNK_BYTES)
+        .filter(move |_| announced)
+        .map(move |piece| chunk_frame(id, piece))
 }
 
 /// What the channel keeps about a public request besides its body.
@@ -735,7 +772,6 @@ pub struct ChannelState {
 
 impl ChannelState {
     /// Requests waiting for a bridge.
-    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
@@ -1293,6 +1329,37 @@ mod tests {
         let env = envelope(&meta, "i", &big);
         assert!(env.body.is_none() && env.body_base64.is_some());
         assert!(envelope(&meta, "i", &[0xff]).body.is_none());
+    }
+
+    #[test]
+    fn large_bodies_follow_a_socket_envelope_as_frames() {
+        let meta = RequestMeta {
+            method: "POST".into(),
+            path: "/up".into(),
+            query: String::new(),
+            headers: vec![],
+        };
+        let id = "0123456789abcdef0123456789abcdef";
+        let small = vec![7u8; INLINE_REQUEST_BODY_BYTES];
+        assert_eq!(
+            socket_envelope(&meta, id, &small),
+            envelope(&meta, id, &small)
+        );
+        assert_eq!(socket_body_frames(id, &small).count(), 0);
+        let big: Vec<u8> = (0..STREAM_CHUNK_BYTES * 2 + 5).map(|i| i as u8).collect();
+        let env = socket_envelope(&meta, id, &big);
+        assert_eq!(env.body_follows, Some(big.len() as u64));
+        assert!(env.body_base64.is_none() && env.body.is_none());
+        let frames: Vec<Vec<u8>> = socket_body_frames(id, &big).collect();
+        assert_eq!(frames.len(), 3);
+        let mut joined = Vec::new();
+        for f in &frames {
+            let (fid, bytes) = ccr_protocol::relay::split_chunk_frame(f).unwrap();
+            assert_eq!(fid, id);
+            assert!(bytes.len() <= STREAM_CHUNK_BYTES);
+            joined.extend_from_slice(bytes);
+        }
+        assert_eq!(joined, big);
     }
 
     fn item(id: &str, body: BodyAt) -> Queued {

@@ -505,6 +505,34 @@ pub struct RelayDO {
     pushed: RefCell<HashMap<String, String>>,
     /// Request id → the body of a response streaming to its caller.
     streams: RefCell<HashMap<String, mpsc::UnboundedSender<Chunk>>>,
+    /// A [`RelayDO::push_queued`] is under way.
+    pushing: std::cell::Cell<bool>,
+}
+
+/// The running push: frees the push for the next call when it ends, also when the runtime
+/// drops it mid-read (its caller went away). A request it had taken from the queue and not
+/// sent yet then fails with a 502 rather than waiting for a bridge that will never get it.
+struct Pusher<'a> {
+    relay: &'a RelayDO,
+    holding: Option<String>,
+}
+
+impl Drop for Pusher<'_> {
+    fn drop(&mut self) {
+        self.relay.pushing.set(false);
+        if let Some(id) = self.holding.take() {
+            if let Ok(mut ch) = self.relay.channel.try_borrow_mut() {
+                ch.drop_in_flight(&id);
+            }
+            if let Ok(mut callers) = self.relay.callers.try_borrow_mut() {
+                if let Some(tx) = callers.remove(&id) {
+                    let _ = tx.send(Delivery::Whole(relay::bad_gateway(
+                        "the relay stopped handing this request to the bridge",
+                    )));
+                }
+            }
+        }
+    }
 }
 
 /// Removes a caller's bookkeeping if its wait ends without an answer, including when the
@@ -1084,11 +1112,26 @@ impl RelayDO {
             .max_by_key(|(_, m)| m.since)
     }
 
-    /// Pushes every queued request to the bridge's socket, if one is open, one frame each.
+    /// Pushes every queued request to the bridge's socket, if one is open: one text frame
+    /// each, a large body after it as binary frames ([`relay::socket_envelope`]).
+    ///
+    /// One push runs at a time: a call while another is under way returns at once, and the
+    /// running one takes what was queued meanwhile. Each call used to push on its own, so
+    /// concurrent large uploads each held their body (read back from KV), its base64 and the
+    /// JSON frame around it — about 3× the body per upload — in the object at once; the
+    /// isolate's memory is shared by every object and the Worker, and a failed allocation
+    /// there is an abort that hangs every waiting caller (issue 15's upload flood).
     async fn push_queued(&self) {
+        if self.pushing.replace(true) {
+            return;
+        }
+        let mut pusher = Pusher {
+            relay: self,
+            holding: None,
+        };
         loop {
             let Some((ws, meta)) = self.bridge_socket() else {
-                return;
+                break;
             };
             let Some(item) = self
                 .channel
@@ -1096,8 +1139,9 @@ impl RelayDO {
                 .take_batch(1, now_ms(), false)
                 .pop()
             else {
-                return;
+                break;
             };
+            pusher.holding = Some(item.id.clone());
             let body = match item.body {
                 BodyAt::Empty => Some(Vec::new()),
                 BodyAt::Inline(b) => Some(b),
@@ -1109,6 +1153,7 @@ impl RelayDO {
                     }
                 }
             };
+            pusher.holding = None;
             let Some(body) = body else {
                 console_error!("relay: body of {} unreadable", item.id);
                 self.channel.borrow_mut().drop_in_flight(&item.id);
@@ -1116,18 +1161,22 @@ impl RelayDO {
                 continue;
             };
             let frame = RelayDown::Requests {
-                requests: vec![relay::envelope(&item.meta, &item.id, &body)],
+                requests: vec![relay::socket_envelope(&item.meta, &item.id, &body)],
             };
-            drop(body);
             self.pushed
                 .borrow_mut()
                 .insert(item.id.clone(), meta.id.clone());
-            if !send_down(&ws, &frame) {
+            let sent = send_down(&ws, &frame)
+                && relay::socket_body_frames(&item.id, &body)
+                    .all(|chunk| ws.send_with_bytes(chunk).is_ok());
+            drop(body);
+            if !sent {
                 self.pushed.borrow_mut().remove(&item.id);
                 self.channel.borrow_mut().drop_in_flight(&item.id);
                 self.fail_caller(&item.id, "the bridge's connection dropped");
             }
         }
+        drop(pusher);
     }
 
     /// One text frame from a bridge.
@@ -1280,6 +1329,7 @@ impl DurableObject for RelayDO {
             state,
             pushed: RefCell::new(HashMap::new()),
             streams: RefCell::new(HashMap::new()),
+            pushing: std::cell::Cell::new(false),
             env,
             channel: RefCell::new(relay::ChannelState::default()),
             callers: RefCell::new(HashMap::new()),
@@ -1318,7 +1368,14 @@ impl DurableObject for RelayDO {
         };
         match message {
             WebSocketIncomingMessage::String(text) => match serde_json::from_str(&text) {
-                Ok(up) => self.bridge_frame(&ws, meta, up).await,
+                Ok(up) => {
+                    // What a push dropped mid-way (its caller went away) left queued goes on
+                    // with the bridge's next frame.
+                    if self.channel.borrow().queued() > 0 {
+                        self.push_queued().await;
+                    }
+                    self.bridge_frame(&ws, meta, up).await
+                }
                 Err(e) => {
                     console_warn!("relay: unreadable frame from a bridge: {e}");
                     Ok(())
