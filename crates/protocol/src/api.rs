@@ -228,7 +228,7 @@ pub struct SendNotification {
 
 /// `POST /approvals`: a PermissionRequest hook asks the chat to decide. The Worker stores the
 /// request, sends one card, and later pushes the decision over the machine's socket
-/// ([`crate::socket::SocketMessage::Decision`]).
+/// (`SocketMessage::Decision`, in `socket.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OpenApproval {

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// One JSON text frame on the machine socket.
+///
+/// Size: the Worker is the only wasm32 build and only ever receives the agent → DO frames, so
+/// there the DO → agent variants (`skip_deserializing` on wasm32) have no decoder: about
+/// 10 KB of the gzipped Worker. Such a frame sent to the Worker decodes as malformed
+/// ("unknown variant") and is ignored, as it was before. Natively every variant decodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
@@ -17,6 +22,7 @@ use thiserror::Error;
 )]
 pub enum SocketMessage {
     /// DO → agent: type `command` into the session's pane. Sent again until acked.
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     Command {
         /// Unique id; the agent's inbox executes each id at most once.
         command_id: String,
@@ -60,9 +66,11 @@ pub enum SocketMessage {
     /// Agent → DO keepalive; answered by the hibernation auto-response.
     Ping,
     /// DO → agent answer to [`SocketMessage::Ping`].
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     Pong,
     /// DO → agent: the chat decided a permission request. Stored in the RouterDO before it is
     /// sent, sent again until acked; the agent stores it and the waiting hook prints it once.
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     Decision {
         /// The request the hook opened (`POST /approvals`).
         request_id: String,
@@ -81,6 +89,7 @@ pub enum SocketMessage {
     /// [`crate::wire::keys::NAMES`], which the agent maps to a tmux key itself. A separate
     /// type so that an agent older than it skips the frame (and the command expires, and the
     /// chat is told) instead of reading it as an empty command, which is Enter.
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     Keys {
         /// Unique id, shared with commands: the inbox executes each id at most once.
         command_id: String,
@@ -97,6 +106,7 @@ pub enum SocketMessage {
     /// DO → agent: what does the session's pane show (`/peek`)? Not queued: asked while the
     /// machine is connected, answered with a [`SocketMessage::PeekResult`] of the same id, or
     /// given up by the DO after its timeout.
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     PeekRequest {
         /// Matches the answer to the question.
         request_id: String,
@@ -127,6 +137,7 @@ pub enum SocketMessage {
     /// Delivered like [`SocketMessage::Command`] (acked once stored, executed once); the agent
     /// looks the name up in its own list again and answers with a
     /// [`SocketMessage::StartResult`]. A separate type so that an older agent skips it.
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     StartSession {
         /// Unique id, shared with commands: the inbox executes each id at most once.
         command_id: String,
@@ -161,6 +172,7 @@ pub enum SocketMessage {
     /// followed by the saved file's path. A separate type so that an agent older than it
     /// skips the frame (the command expires and the chat is told) instead of typing only
     /// the caption.
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     File {
         /// Unique id, shared with commands: the inbox executes each id at most once.
         command_id: String,
@@ -179,6 +191,7 @@ pub enum SocketMessage {
     /// DO → agent: serve `http://127.0.0.1:{port}` through the relay on channel `channel`
     /// (`/preview PORT`) until `expiresAt` or a [`SocketMessage::PreviewStop`]. Not queued:
     /// asked while the machine is connected, answered with a [`SocketMessage::PreviewResult`].
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     PreviewStart {
         /// The relay channel (`pv-…`), also the preview's id.
         channel: String,
@@ -203,6 +216,7 @@ pub enum SocketMessage {
     },
     /// DO → agent: stop serving the preview on `channel` (`/preview stop`, the session ended,
     /// or its time is up). Unknown channels are ignored.
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     PreviewStop {
         /// The channel to stop.
         channel: String,
@@ -216,6 +230,7 @@ pub enum SocketMessage {
     /// DO → agent: the answer to a [`SocketMessage::OpenApproval`]: stored (`error` absent;
     /// opening the same request again is a no-op), or refused with the HTTP status and
     /// message `POST /approvals` would have answered.
+    #[cfg_attr(target_arch = "wasm32", serde(skip_deserializing))]
     ApprovalOpened {
         /// The request of the [`SocketMessage::OpenApproval`].
         request_id: String,
