@@ -345,7 +345,35 @@ impl Worker {
         self.dir.path().join(format!("wrangler-{start}.log"))
     }
 
+    /// Starts wrangler and waits for `/health`. A port picked free can be taken before
+    /// workerd binds it (the kernel hands the same range out for outgoing connections, and
+    /// other suites run alongside): then it starts again, on new ports the first time, on the
+    /// same port after a pause for a restart (agents know its URL).
     async fn spawn(&mut self) -> anyhow::Result<()> {
+        let first = self.starts == 0;
+        for attempt in 1..=3 {
+            match self.spawn_once().await? {
+                Spawned::Ready => return Ok(()),
+                Spawned::PortTaken if attempt < 3 => {
+                    self.kill().await;
+                    if first {
+                        self.port = free_port();
+                    } else {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Spawned::PortTaken => {}
+            }
+        }
+        let log = self.log();
+        self.kill().await;
+        bail!(
+            "wrangler could not bind its ports in 3 attempts:\n{}",
+            tail(&log, 40)
+        )
+    }
+
+    async fn spawn_once(&mut self) -> anyhow::Result<Spawned> {
         self.starts += 1;
         let root = workspace_root();
         let env_file = self.dir.path().join("secrets.env");
@@ -387,29 +415,45 @@ impl Worker {
             .context("starting wrangler dev (run scripts/setup.sh first)")?;
         self.child = Some(child);
         let health = self.url(route::HEALTH);
+        let this_log = self.log_path(self.starts);
         let ready = wait_for("the Worker's /health", Duration::from_secs(90), || {
             let http = self.http.clone();
             let health = health.clone();
+            let this_log = this_log.clone();
             async move {
+                let said = std::fs::read_to_string(&this_log).unwrap_or_default();
+                if said.contains("Address already in use") {
+                    return Some(Spawned::PortTaken);
+                }
                 match http
                     .get(&health)
                     .timeout(Duration::from_secs(2))
                     .send()
                     .await
                 {
-                    Ok(r) if r.status().is_success() => Some(()),
+                    Ok(r) if r.status().is_success() => Some(Spawned::Ready),
                     _ => None,
                 }
             }
         })
         .await;
-        if let Err(e) = ready {
-            let log = self.log();
-            self.kill().await;
-            bail!("{e}; wrangler said:\n{}", tail(&log, 40));
+        match ready {
+            Ok(spawned) => Ok(spawned),
+            Err(e) => {
+                let log = self.log();
+                self.kill().await;
+                bail!("{e}; wrangler said:\n{}", tail(&log, 40));
+            }
         }
-        Ok(())
     }
+}
+
+/// How one start of wrangler ended.
+enum Spawned {
+    /// `/health` answers.
+    Ready,
+    /// A port it was given was taken before it could bind it.
+    PortTaken,
 }
 
 impl Drop for Worker {
