@@ -68,6 +68,18 @@ pub struct Outcome {
     pub log: String,
 }
 
+impl Outcome {
+    /// Sends `text` to `chat` as a reply to message `reply_to`.
+    fn reply(&mut self, chat: i64, reply_to: i64, text: &str) {
+        self.calls.push(BotCall::send(chat, text, Some(reply_to)));
+    }
+
+    /// Answers `msg` in its chat, as a reply to it.
+    fn answer(&mut self, msg: &Message, text: &str) {
+        self.reply(msg.chat.id, msg.message_id, text);
+    }
+}
+
 /// The chat notice for a command its machine reported it could not type.
 pub fn command_failed(
     q: &queue::Queued,
@@ -332,8 +344,7 @@ fn addressee(
         .flatten()
     {
         if store::get_session(db, &t.session_id)?.is_none() {
-            out.calls
-                .push(BotCall::send(chat, ENDED_TOPIC, Some(msg.message_id)));
+            out.answer(msg, ENDED_TOPIC);
             out.log = format!("update {update_id}: {what} in the topic of an ended session");
             return Ok(None);
         }
@@ -525,16 +536,12 @@ fn handle_message(
     online: &dyn Fn(&str) -> bool,
 ) -> Result<(), StoreError> {
     let chat = msg.chat.id;
-    let reply = |out: &mut Outcome, text: &str| {
-        out.calls
-            .push(BotCall::send(chat, text, Some(msg.message_id)))
-    };
     if let Some(file) = msg.attachment() {
         return route_file(db, out, update_id, msg, file, now, online);
     }
     let Some(text) = &msg.text else {
-        reply(
-            out,
+        out.answer(
+            msg,
             "Only text, photos, files and voice notes can be sent to a session: stickers, \
              videos and the like are not forwarded.",
         );
@@ -552,19 +559,19 @@ fn handle_message(
     }
     let (session, command) = match telegram::parse_text(text) {
         TextIntent::Help => {
-            reply(out, &help_text(chat));
+            out.answer(msg, &help_text(chat));
             out.log = format!("update {update_id}: help");
             return Ok(());
         }
         TextIntent::Sessions => {
             let list = sessions_text(db, chat, online)?;
-            reply(out, &list);
+            out.answer(msg, &list);
             out.log = format!("update {update_id}: sessions");
             return Ok(());
         }
         TextIntent::CmdUsage => {
-            reply(
-                out,
+            out.answer(
+                msg,
                 "Usage: <code>/cmd TOKEN text</code> (/sessions shows each session's TOKEN).",
             );
             out.log = format!("update {update_id}: /cmd without token");
@@ -573,8 +580,8 @@ fn handle_message(
         TextIntent::Cmd { token, text } => match by_token(db, &token, chat)? {
             Some(m) => (m.session_id, text),
             None => {
-                reply(
-                    out,
+                out.answer(
+                    msg,
                     "Unknown or expired token. Reply to a recent notification instead.",
                 );
                 out.log = format!("update {update_id}: /cmd with an unknown token for this chat");
@@ -585,12 +592,12 @@ fn handle_message(
             None => return Ok(()),
             Some(Addressee::Session(session)) => (session, text),
             Some(Addressee::UnknownReply) => {
-                reply(out, "I don't know which session that message belongs to (it may have expired). Reply to a recent notification, or use /cmd TOKEN text.");
+                out.answer(msg, "I don't know which session that message belongs to (it may have expired). Reply to a recent notification, or use /cmd TOKEN text.");
                 out.log = format!("update {update_id}: reply to an unknown message");
                 return Ok(());
             }
             Some(Addressee::Nobody) => {
-                reply(out, "To send this to a session, reply to one of its notifications. /help shows how.");
+                out.answer(msg, "To send this to a session, reply to one of its notifications. /help shows how.");
                 out.log = format!("update {update_id}: text that is not a reply");
                 return Ok(());
             }
@@ -610,7 +617,7 @@ fn handle_message(
         online,
     )?;
     if let Some(notice) = queued_notice(queued, "it will be delivered when it reconnects") {
-        reply(out, &notice);
+        out.answer(msg, &notice);
     }
     Ok(())
 }
@@ -681,18 +688,17 @@ pub fn queue_file(
     now: i64,
     online: &dyn Fn(&str) -> bool,
 ) -> Result<(), StoreError> {
-    let answer =
-        |out: &mut Outcome, text: &str| out.calls.push(BotCall::send(chat, text, Some(message_id)));
     if validate::file_id(&file.file_id).is_err() {
-        answer(
-            out,
+        out.reply(
+            chat,
+            message_id,
             "Not sent: Telegram gave this file an id the bot cannot fetch.",
         );
         out.log = format!("update {update_id}: file with an unusable file_id");
         return Ok(());
     }
     if let Some(size) = file.size.filter(|s| *s > MAX_FILE_BYTES) {
-        answer(out, &too_big_text(size));
+        out.reply(chat, message_id, &too_big_text(size));
         out.log = format!("update {update_id}: file of {size} bytes is over the limit");
         return Ok(());
     }
@@ -712,11 +718,12 @@ pub fn queue_file(
     )?;
     let sent = matches!(queued, Queueing::Queued { .. });
     if let Some(notice) = queued_notice(queued, "the file is fetched when it reconnects") {
-        answer(out, &notice);
+        out.reply(chat, message_id, &notice);
     }
     if sent && kind == FileKind::Voice {
-        answer(
-            out,
+        out.reply(
+            chat,
+            message_id,
             "🎤 The voice note is saved as an audio file and its path typed for Claude; it \
              is not transcribed (transcription is not supported).",
         );
@@ -763,12 +770,8 @@ fn pane_keys(
     online: &dyn Fn(&str) -> bool,
 ) -> Result<(), StoreError> {
     let chat = msg.chat.id;
-    let answer = |out: &mut Outcome, text: &str| {
-        out.calls
-            .push(BotCall::send(chat, text, Some(msg.message_id)))
-    };
     if let PaneIntent::Refused(why) = &intent {
-        answer(out, why);
+        out.answer(msg, why);
         out.log = format!("update {update_id}: keys refused");
         return Ok(());
     }
@@ -776,8 +779,8 @@ fn pane_keys(
         None => return Ok(()),
         Some(Addressee::Session(session_id)) => Mapping { session_id },
         Some(Addressee::UnknownReply | Addressee::Nobody) => {
-            answer(
-                out,
+            out.answer(
+                msg,
                 "Send this as a reply to a notification of the session whose pane it is for.",
             );
             out.log = format!("update {update_id}: pane command without a session");
@@ -799,7 +802,7 @@ fn pane_keys(
                 online,
             )?;
             if let Some(why) = refused {
-                answer(out, &why);
+                out.answer(msg, &why);
             }
             return Ok(());
         }
@@ -819,7 +822,7 @@ fn pane_keys(
         online,
     )?;
     if let Some(notice) = queued_notice(queued, "the keys are pressed when it reconnects") {
-        answer(out, &notice);
+        out.answer(msg, &notice);
     }
     Ok(())
 }
@@ -836,10 +839,6 @@ fn new_or_end(
     online: &dyn Fn(&str) -> bool,
 ) -> Result<(), StoreError> {
     let chat = msg.chat.id;
-    let answer = |out: &mut Outcome, text: &str| {
-        out.calls
-            .push(BotCall::send(chat, text, Some(msg.message_id)))
-    };
     let token = match intent {
         launch::Intent::New { project, prompt } => {
             let step = launch::on_new(
@@ -874,8 +873,8 @@ fn new_or_end(
         }
         (None, Some(parent)) => reply_token(db, chat, parent.message_id)?,
         (None, None) => {
-            answer(
-                out,
+            out.answer(
+                msg,
                 "Send /end as a reply to a notification of the session to end, or \
                  <code>/end TOKEN</code> (/sessions shows each session's TOKEN).",
             );
@@ -888,8 +887,8 @@ fn new_or_end(
         None => None,
     };
     let Some((session, token)) = session else {
-        answer(
-            out,
+        out.answer(
+            msg,
             "I don't know that session (it may have expired or ended). Reply to a recent \
              notification.",
         );
@@ -898,8 +897,8 @@ fn new_or_end(
     };
     if session.gone_at.is_some() {
         let label = session.label.as_deref().unwrap_or(&session.machine_id);
-        answer(
-            out,
+        out.answer(
+            msg,
             &pane_gone_text(label, &session.machine_id, session.gone_reason.as_deref()),
         );
         out.log = format!("update {update_id}: /end for a gone pane");
@@ -1021,18 +1020,14 @@ fn preview_message(
     online: &dyn Fn(&str) -> bool,
 ) -> Result<(), StoreError> {
     let chat = msg.chat.id;
-    let answer = |out: &mut Outcome, text: &str| {
-        out.calls
-            .push(BotCall::send(chat, text, Some(msg.message_id)))
-    };
     match &intent {
         preview::Intent::List => {
-            answer(out, &preview::list_text(db, chat, now)?);
+            out.answer(msg, &preview::list_text(db, chat, now)?);
             out.log = format!("update {update_id}: previews listed");
             return Ok(());
         }
         preview::Intent::Refused(why) => {
-            answer(out, why);
+            out.answer(msg, why);
             out.log = format!("update {update_id}: preview refused");
             return Ok(());
         }
@@ -1059,7 +1054,7 @@ fn preview_message(
         ),
         (None, preview::Intent::Stop) if msg.replied_to().is_none() => {
             let stops = preview::end_chat(db, chat, now)?;
-            answer(out, &preview::stopped_text(&stops));
+            out.answer(msg, &preview::stopped_text(&stops));
             out.log = format!(
                 "update {update_id}: {} preview(s) of the chat ended",
                 stops.len()
@@ -1068,8 +1063,8 @@ fn preview_message(
             Ok(())
         }
         (None, _) => {
-            answer(
-                out,
+            out.answer(
+                msg,
                 &format!(
                     "Send this in the session's topic or as a reply to a notification of the \
                      session whose machine runs the server. {}",
@@ -1098,28 +1093,26 @@ pub fn preview_for_session(
     now: i64,
     online: &dyn Fn(&str) -> bool,
 ) -> Result<(), StoreError> {
-    let answer =
-        |out: &mut Outcome, text: &str| out.calls.push(BotCall::send(chat, text, Some(reply_to)));
     let port = match intent {
         preview::Intent::Start(port) => port,
         preview::Intent::Stop => {
             let stops = preview::end_session(db, session_id, now)?;
-            answer(out, &preview::stopped_text(&stops));
+            out.reply(chat, reply_to, &preview::stopped_text(&stops));
             out.log = format!("update {update_id}: {} preview(s) ended", stops.len());
             out.preview_stops.extend(stops);
             return Ok(());
         }
         preview::Intent::List => {
-            answer(out, &preview::list_text(db, chat, now)?);
+            out.reply(chat, reply_to, &preview::list_text(db, chat, now)?);
             return Ok(());
         }
         preview::Intent::Refused(why) => {
-            answer(out, &why);
+            out.reply(chat, reply_to, &why);
             return Ok(());
         }
     };
     let Some(session) = store::get_session(db, session_id)? else {
-        answer(out, "That session is no longer registered.");
+        out.reply(chat, reply_to, "That session is no longer registered.");
         out.log = format!("update {update_id}: preview for an unknown session");
         return Ok(());
     };
@@ -1142,7 +1135,7 @@ pub fn preview_for_session(
             out.preview_starts.push(start);
         }
         Err(why) => {
-            answer(out, &why);
+            out.reply(chat, reply_to, &why);
             out.log = format!("update {update_id}: preview not opened");
         }
     }
