@@ -45,11 +45,7 @@ impl Target {
             .route("/id/{n}", get(id))
             .route("/gate", get(gate))
             .route("/scope", get(scope));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = ccr_e2e::ports::serve_loopback(app).await;
         Target { addr, task }
     }
 
@@ -144,11 +140,7 @@ async fn id(Path(n): Path<String>) -> String {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .unwrap()
+    ccr_e2e::ports::client(CALL_TIMEOUT)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -807,11 +799,7 @@ impl ForwardProxy {
                 }
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = ccr_e2e::ports::serve_loopback(app).await;
         ForwardProxy { addr, seen, task }
     }
 

@@ -30,11 +30,7 @@ async fn start_target() -> String {
             format!("echo {text}")
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (addr, _task) = ccr_e2e::ports::serve_loopback(app).await;
     format!("http://{addr}")
 }
 

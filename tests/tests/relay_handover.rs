@@ -23,20 +23,12 @@ async fn start_target() -> String {
         "/id/{n}",
         get(|Path(n): Path<String>| async move { format!("response for {n}") }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (addr, _task) = ccr_e2e::ports::serve_loopback(app).await;
     format!("http://{addr}")
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .unwrap()
+    ccr_e2e::ports::client(CALL_TIMEOUT)
 }
 
 /// How many polls `bridge` has started (its debug log says "polling" before each).

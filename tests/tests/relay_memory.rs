@@ -28,20 +28,12 @@ async fn start_target() -> String {
             post(|body: Bytes| async move { format!("got {} bytes", body.len()) }),
         )
         .layer(DefaultBodyLimit::disable());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let (addr, _task) = ccr_e2e::ports::serve_loopback(app).await;
     format!("http://{addr}")
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(CALL_TIMEOUT)
-        .build()
-        .unwrap()
+    ccr_e2e::ports::client(CALL_TIMEOUT)
 }
 
 /// POSTs `total` bytes to `path` chunked (no `Content-Length`) over a raw connection and

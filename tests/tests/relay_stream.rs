@@ -27,11 +27,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const EVENTS: usize = 5;
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .unwrap()
+    ccr_e2e::ports::client(Duration::from_secs(600))
 }
 
 /// What the target shares with the test.
@@ -80,11 +76,7 @@ impl Target {
             .route("/endless", get(endless))
             .route("/hello", get(|| async { "hello" }))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let (addr, task) = ccr_e2e::ports::serve_loopback(app).await;
         Target { addr, shared, task }
     }
 
