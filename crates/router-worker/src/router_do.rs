@@ -242,13 +242,7 @@ impl RouterDO {
             return Ok(());
         }
         for start in preview::resumable(&self.db(), machine_id, now_ms())? {
-            let frame = SocketMessage::PreviewStart {
-                token: preview::token(&relay_token, &start.channel),
-                channel: start.channel,
-                session_id: start.session_id,
-                port: start.port,
-                expires_at: start.expires_at,
-            };
+            let frame = preview_start(&relay_token, &start);
             if let Err(e) = ws.send_with_str(frame.encode()) {
                 console_warn!("resuming a preview on {machine_id} failed: {e}");
             }
@@ -739,13 +733,7 @@ impl RouterDO {
         }
         let relay_token = setting(&self.env, "RELAY_TOKEN");
         for start in &outcome.preview_starts {
-            let frame = SocketMessage::PreviewStart {
-                channel: start.channel.clone(),
-                session_id: start.session_id.clone(),
-                port: start.port,
-                token: preview::token(&relay_token, &start.channel),
-                expires_at: start.expires_at,
-            };
+            let frame = preview_start(&relay_token, start);
             self.send_frame(
                 &start.machine_id,
                 &frame,
@@ -943,6 +931,18 @@ impl RouterDO {
             Err(e) => console_warn!("machine {machine}: {e}; ignored"),
         }
         Ok(())
+    }
+}
+
+/// The `previewStart` frame of `start`, with the channel's bridge token derived from
+/// `RELAY_TOKEN`.
+fn preview_start(relay_token: &str, start: &preview::Start) -> SocketMessage {
+    SocketMessage::PreviewStart {
+        channel: start.channel.clone(),
+        session_id: start.session_id.clone(),
+        port: start.port,
+        token: preview::token(relay_token, &start.channel),
+        expires_at: start.expires_at,
     }
 }
 
