@@ -35,3 +35,60 @@ pub fn client(timeout: std::time::Duration) -> reqwest::Client {
         .build()
         .unwrap_or_else(|e| panic!("building an HTTP client: {e}"))
 }
+
+/// The loopback TCP ports listened on by the processes named `name` in process group `group`
+/// (Linux `/proc`: each process's socket inodes, matched against `/proc/net/tcp`'s listening
+/// sockets on 127.0.0.1). Empty where `/proc` is unreadable.
+pub fn listening_ports_of_group(group: u32, name: &str) -> Vec<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces, so split after its ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+        let pgrp = rest
+            .split_whitespace()
+            .nth(2)
+            .and_then(|g| g.parse::<u32>().ok());
+        if comm != name || pgrp != Some(group) {
+            continue;
+        }
+        for fd in std::fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let link = link.to_string_lossy().into_owned();
+            if let Some(inode) = link
+                .strip_prefix("socket:[")
+                .and_then(|l| l.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let mut ports: Vec<u16> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st ... inode (column 9); 0A is LISTEN.
+            let (local, state, inode) = (cols.get(1)?, cols.get(3)?, cols.get(9)?);
+            let (ip, port) = local.split_once(':')?;
+            (*state == "0A" && ip == "0100007F" && inodes.contains(*inode))
+                .then(|| u16::from_str_radix(port, 16).ok())
+                .flatten()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}

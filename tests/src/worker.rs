@@ -163,6 +163,44 @@ impl Worker {
         self.dir.path().join("state")
     }
 
+    /// The Worker's own socket in its workerd, behind `wrangler dev`'s local proxy (wrangler
+    /// runs two workerd processes: a proxy on `addr()` that forwards every request, and the
+    /// Worker's own, on a port it picks). Found from `/proc`: the listening sockets of the
+    /// `workerd` processes in this Worker's process group, probed for `/health`; the port
+    /// changes on a restart, so ask again after one.
+    ///
+    /// For suites that must not go through the proxy: after the Worker answers a request
+    /// before its upload has ended (an early 413), wrangler 4.86's proxy holds the next request
+    /// it forwards on that connection until the request's own caller gives up, and then
+    /// replays it (a GET) — shown with `/health`, no relay involved, and not seen on this
+    /// socket. Production has no such proxy.
+    pub async fn direct_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let group = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("the Worker is not running")?;
+        let ports = crate::ports::listening_ports_of_group(group, "workerd");
+        let probe = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        for port in ports.into_iter().filter(|p| *p != self.port) {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let Ok(resp) = probe
+                .get(format!("http://{addr}{}", route::HEALTH))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            if resp.status() == 200 && resp.text().await.unwrap_or_default() == "ok" {
+                return Ok(addr);
+            }
+        }
+        bail!("no workerd socket of this Worker answers {}", route::HEALTH)
+    }
+
     /// Everything wrangler and workerd printed, across restarts.
     pub fn log(&self) -> String {
         let mut all = String::new();
