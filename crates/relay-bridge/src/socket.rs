@@ -14,13 +14,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ccr_native::{Backoff, Jitter};
 use ccr_protocol::relay::{
     chunk_frame, sendable_close_code, split_chunk_frame, target_socket_header, BridgeUp, RelayDown,
-    RelayRequest, RelayResponse, STREAM_CHUNK_BYTES, STREAM_WINDOW_BYTES, WHOLE_RESPONSE_BYTES,
+    RelayRequest, RelayResponse, SOCKET_BACKLOG_BYTES, SOCKET_MESSAGE_BYTES, SOCKET_OVERFLOW_CODE,
+    SOCKET_WINDOW_BYTES, STREAM_CHUNK_BYTES, STREAM_WINDOW_BYTES, WHOLE_RESPONSE_BYTES,
 };
 use ccr_protocol::wire::{header, route};
 use futures_util::{SinkExt, StreamExt};
@@ -237,23 +239,94 @@ impl Streams {
     }
 }
 
-/// Callers' WebSockets carried on one bridge socket: connection id → its messages to the
-/// target.
+/// Callers' WebSockets carried on one bridge socket: connection id → its flow state.
 #[derive(Default)]
-struct CallerSockets(Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>);
+struct CallerSockets(Mutex<HashMap<String, CallerConn>>);
+
+/// What the socket's reader and a carried connection's task share. Memory per connection is
+/// bounded both ways: caller → target by `backlog` (at most [`SOCKET_BACKLOG_BYTES`] wait for
+/// the target; the relay sends no more than the credits granted back, and a relay that does is
+/// closed with [`SOCKET_OVERFLOW_CODE`]), target → caller by `window` (the task reads the
+/// target's next message only once the previous one fitted in the relay's grant, so a target
+/// faster than its caller waits in TCP).
+#[derive(Clone)]
+struct CallerConn {
+    /// The caller's messages, to write to the target.
+    tx: mpsc::UnboundedSender<ToTarget>,
+    /// Bytes in `tx` not yet written to the target.
+    backlog: Arc<AtomicU64>,
+    /// Bytes the bridge may still send towards the caller ([`SOCKET_WINDOW_BYTES`] at most).
+    window: Arc<Semaphore>,
+}
+
+/// What the reader hands a carried connection's task.
+#[derive(Debug)]
+enum ToTarget {
+    /// A message from the caller.
+    Message(Message),
+    /// More of the caller's bytes arrived than may wait: close both sides.
+    Overflow,
+}
+
+/// Bytes a WebSocket message counts against a window: its payload.
+fn message_bytes(message: &Message) -> u64 {
+    match message {
+        Message::Text(t) => t.len() as u64,
+        Message::Binary(b) => b.len() as u64,
+        _ => 0,
+    }
+}
 
 impl CallerSockets {
+    /// Hands a caller's message to its connection's task, within the backlog: past it, the
+    /// connection is closed ([`ToTarget::Overflow`]) and forgotten, never queued further.
     fn send(&self, id: &str, message: Message) {
-        let tx = self.0.lock().ok().and_then(|map| map.get(id).cloned());
-        if let Some(tx) = tx {
-            let _ = tx.send(message);
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        let Some(conn) = map.get(id) else {
+            return;
+        };
+        let n = message_bytes(&message);
+        let waiting = conn.backlog.load(Ordering::SeqCst);
+        if waiting.saturating_add(n) > SOCKET_BACKLOG_BYTES {
+            warn!(%id, waiting, "the caller sent more than {SOCKET_BACKLOG_BYTES} bytes ahead of the target: closing");
+            let _ = conn.tx.send(ToTarget::Overflow);
+            map.remove(id);
+            return;
+        }
+        conn.backlog.fetch_add(n, Ordering::SeqCst);
+        if conn.tx.send(ToTarget::Message(message)).is_err() {
+            map.remove(id);
         }
     }
 
-    fn insert(&self, id: String, tx: mpsc::UnboundedSender<Message>) {
-        if let Ok(mut map) = self.0.lock() {
-            map.insert(id, tx);
+    /// The relay passed `bytes` more on to the caller: the window grows back, never past
+    /// [`SOCKET_WINDOW_BYTES`] whatever the relay says.
+    fn credit(&self, id: &str, bytes: u64) {
+        let window = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|map| map.get(id).map(|c| c.window.clone()));
+        if let Some(window) = window {
+            let room = (SOCKET_WINDOW_BYTES as usize).saturating_sub(window.available_permits());
+            window.add_permits(usize::try_from(bytes).unwrap_or(usize::MAX).min(room));
         }
+    }
+
+    /// Registers connection `id`; its task's half.
+    fn open(&self, id: String) -> (mpsc::UnboundedReceiver<ToTarget>, CallerConn) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = CallerConn {
+            tx,
+            backlog: Arc::new(AtomicU64::new(0)),
+            window: Arc::new(Semaphore::new(SOCKET_WINDOW_BYTES as usize)),
+        };
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id, conn.clone());
+        }
+        (rx, conn)
     }
 
     fn remove(&self, id: &str) {
@@ -313,12 +386,13 @@ fn close_frame(code: u16, reason: String) -> Message {
 
 /// Carries one caller's WebSocket to the target: opens the target's socket (the caller's
 /// headers but the handshake's own), then relays messages both ways until either side
-/// closes, and passes the close on.
+/// closes, and passes the close on. Each direction runs on its own, so a target that is slow
+/// to read never holds back its messages to the caller, nor the other way round.
 async fn caller_socket(
     shared: Arc<Shared>,
     id: String,
     (path, query, headers): (String, String, Vec<(String, String)>),
-    mut from_caller: mpsc::UnboundedReceiver<Message>,
+    (mut from_caller, conn): (mpsc::UnboundedReceiver<ToTarget>, CallerConn),
     out: mpsc::Sender<Message>,
     sockets: Arc<CallerSockets>,
 ) {
@@ -345,9 +419,12 @@ async fn caller_socket(
                 request.headers_mut().append(n, v);
             }
         }
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(SOCKET_MESSAGE_BYTES))
+            .max_frame_size(Some(SOCKET_MESSAGE_BYTES));
         let (socket, _) = tokio::time::timeout(
             cfg.target_timeout,
-            tokio_tungstenite::connect_async(request),
+            tokio_tungstenite::connect_async_with_config(request, Some(config), false),
         )
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {:?}", cfg.target_timeout))??;
@@ -368,47 +445,120 @@ async fn caller_socket(
     };
     info!(%id, "WebSocket {path} open to the target");
     let (mut to_target, mut from_target) = target.split();
-    loop {
-        tokio::select! {
-            m = from_caller.recv() => match m {
-                Some(Message::Close(frame)) => {
-                    let _ = to_target.send(Message::Close(frame)).await;
-                    break;
+    // Target → caller: a message is read only once the previous one fitted in the window.
+    let up = async {
+        loop {
+            let m = from_target.next().await;
+            let n = match &m {
+                Some(Ok(m)) => message_bytes(m),
+                _ => 0,
+            };
+            if n > 0 {
+                let want = u32::try_from(n.min(SOCKET_WINDOW_BYTES)).unwrap_or(u32::MAX);
+                match conn.window.acquire_many(want).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
                 }
-                Some(m) => if to_target.send(m).await.is_err() {
-                    send_up(&out, &close_up(1011, "the target's socket failed".into())).await;
-                    break;
-                },
-                None => {
-                    let _ = to_target.send(close_frame(1001, "the relay went away".into())).await;
-                    break;
-                }
-            },
-            m = from_target.next() => match m {
+            }
+            match m {
                 Some(Ok(Message::Text(text))) => {
-                    send_up(&out, &BridgeUp::SocketText { id: id.clone(), text: text.as_str().to_owned() }).await;
+                    let frame = BridgeUp::SocketText {
+                        id: id.clone(),
+                        text: text.as_str().to_owned(),
+                    };
+                    if !send_up(&out, &frame).await {
+                        return;
+                    }
                 }
                 Some(Ok(Message::Binary(bytes))) => {
-                    let _ = out.send(Message::binary(chunk_frame(&id, &bytes))).await;
+                    if out
+                        .send(Message::binary(chunk_frame(&id, &bytes)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let (code, reason) = frame
                         .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
                         .unwrap_or((1000, String::new()));
                     send_up(&out, &close_up(code, reason)).await;
-                    break;
+                    return;
                 }
                 Some(Ok(_)) => {}
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    warn!(%id, "the target sent a message over {SOCKET_MESSAGE_BYTES} bytes: {e}");
+                    send_up(
+                        &out,
+                        &close_up(1009, format!("the target's message is too big: {e}")),
+                    )
+                    .await;
+                    return;
+                }
                 Some(Err(e)) => {
-                    send_up(&out, &close_up(1011, format!("the target's socket failed: {e}"))).await;
-                    break;
+                    send_up(
+                        &out,
+                        &close_up(1011, format!("the target's socket failed: {e}")),
+                    )
+                    .await;
+                    return;
                 }
                 None => {
                     send_up(&out, &close_up(1000, String::new())).await;
-                    break;
+                    return;
                 }
-            },
+            }
         }
+    };
+    // Caller → target: what the target took is granted back to the relay.
+    let down = async {
+        let mut granted = 0u64;
+        while let Some(item) = from_caller.recv().await {
+            match item {
+                ToTarget::Message(Message::Close(frame)) => {
+                    let _ = to_target.send(Message::Close(frame)).await;
+                    return;
+                }
+                ToTarget::Message(m) => {
+                    let n = message_bytes(&m);
+                    if to_target.send(m).await.is_err() {
+                        send_up(&out, &close_up(1011, "the target's socket failed".into())).await;
+                        return;
+                    }
+                    conn.backlog.fetch_sub(n, Ordering::SeqCst);
+                    granted += n;
+                    // Granted in batches while more waits, at once when the target caught up.
+                    if granted > 0
+                        && (from_caller.is_empty() || granted >= SOCKET_BACKLOG_BYTES / 8)
+                    {
+                        let credit = BridgeUp::SocketCredit {
+                            id: id.clone(),
+                            bytes: granted,
+                        };
+                        granted = 0;
+                        if !send_up(&out, &credit).await {
+                            return;
+                        }
+                    }
+                }
+                ToTarget::Overflow => {
+                    let reason = "too much data waiting for the target";
+                    let _ = to_target
+                        .send(close_frame(SOCKET_OVERFLOW_CODE, reason.into()))
+                        .await;
+                    send_up(&out, &close_up(SOCKET_OVERFLOW_CODE, reason.into())).await;
+                    return;
+                }
+            }
+        }
+        let _ = to_target
+            .send(close_frame(1001, "the relay went away".into()))
+            .await;
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
     }
     debug!(%id, "WebSocket {path} closed");
     sockets.remove(&id);
@@ -489,13 +639,12 @@ async fn serve<F: Future<Output = ()>>(
                 query,
                 headers,
             }) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                callers.insert(id.clone(), tx);
+                let carried = callers.open(id.clone());
                 socket_tasks.spawn(caller_socket(
                     shared.clone(),
                     id,
                     (path, query, headers),
-                    rx,
+                    carried,
                     out.clone(),
                     callers.clone(),
                 ));
@@ -504,6 +653,7 @@ async fn serve<F: Future<Output = ()>>(
             Ok(RelayDown::SocketClose { id, code, reason }) => {
                 callers.send(&id, close_frame(code, reason));
             }
+            Ok(RelayDown::SocketCredit { id, bytes }) => callers.credit(&id, bytes),
             Err(e) => warn!("an unreadable frame from the relay: {e}"),
         }
     };
