@@ -55,6 +55,9 @@ const HEALTHY_FOR: Duration = Duration::from_secs(10);
 /// cancel a Durable Object's response stream when the caller disconnects), and its slot and
 /// the target's connection must not be held for ever.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// Most bytes of responses in one batched `respond` frame (one response alone may be larger:
+/// a whole body of up to [`WHOLE_RESPONSE_BYTES`] in base64).
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Largest frame accepted from the relay (a request carries at most a 10 MiB body in base64).
 const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
 
@@ -571,17 +574,10 @@ async fn serve<F: Future<Output = ()>>(
     permits: &Arc<Semaphore>,
     mut shutdown: Pin<&mut F>,
 ) -> bool {
-    let (mut sink, mut incoming) = socket.split();
-    let (out, mut outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if let Err(e) = sink.send(frame).await {
-                debug!("writing to the WebSocket failed: {e}");
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut incoming) = socket.split();
+    let (out, outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
+    let (answers, answered) = mpsc::channel::<RelayResponse>(OUTGOING_FRAMES);
+    let writer = tokio::spawn(write_frames(sink, outgoing, answered));
     let streams = Arc::new(Streams::default());
     let callers = Arc::new(CallerSockets::default());
     let uploads = Uploads::default();
@@ -614,6 +610,7 @@ async fn serve<F: Future<Output = ()>>(
                         permits.clone(),
                         (request, upload),
                         out.clone(),
+                        answers.clone(),
                         window.clone(),
                         streams.clone(),
                     ));
@@ -719,9 +716,89 @@ async fn serve<F: Future<Output = ()>>(
     while tasks.join_next().await.is_some() {}
     socket_tasks.abort_all();
     while socket_tasks.join_next().await.is_some() {}
+    drop(answers);
     drop(out);
     let _ = writer.await;
     shut
+}
+
+/// The socket's one writer: every frame, in the order sent, and the whole responses as
+/// `respond` frames — each holding every response that finished while the previous write was
+/// under way (at most [`BATCH_BYTES`] of them), so a busy bridge writes one socket message,
+/// and the relay handles one event, for many small answers.
+async fn write_frames(
+    mut sink: futures_util::stream::SplitSink<Socket, Message>,
+    mut outgoing: mpsc::Receiver<Message>,
+    mut answered: mpsc::Receiver<RelayResponse>,
+) {
+    // An answer taken that did not fit in the last batch: the next one starts with it.
+    let mut carried: Option<String> = None;
+    loop {
+        let frame = if let Some(first) = carried.take() {
+            let (frame, rest) = respond_batch(first, &mut answered);
+            carried = rest;
+            frame
+        } else {
+            tokio::select! {
+                f = outgoing.recv() => match f {
+                    Some(f) => f,
+                    None => break,
+                },
+                Some(r) = answered.recv() => match serde_json::to_string(&r) {
+                    Ok(first) => {
+                        let (frame, rest) = respond_batch(first, &mut answered);
+                        carried = rest;
+                        frame
+                    }
+                    Err(_) => continue,
+                },
+            }
+        };
+        if let Err(e) = sink.send(frame).await {
+            debug!("writing to the WebSocket failed: {e}");
+            let _ = sink.close().await;
+            return;
+        }
+    }
+    // The frames are done; answers that finished last still go.
+    while let Some(first) = carried.take().or_else(|| {
+        answered
+            .try_recv()
+            .ok()
+            .and_then(|r| serde_json::to_string(&r).ok())
+    }) {
+        let (frame, rest) = respond_batch(first, &mut answered);
+        carried = rest;
+        if sink.send(frame).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// One `respond` frame ([`BridgeUp::Respond`]) of `first` (a serialized [`RelayResponse`])
+/// and the answers already waiting behind it, within [`BATCH_BYTES`]; the first one that did
+/// not fit, for the next frame.
+fn respond_batch(
+    first: String,
+    more: &mut mpsc::Receiver<RelayResponse>,
+) -> (Message, Option<String>) {
+    let mut parts = vec![first];
+    let mut size = parts.iter().map(String::len).sum::<usize>();
+    let mut rest = None;
+    while let Ok(r) = more.try_recv() {
+        let Ok(next) = serde_json::to_string(&r) else {
+            continue;
+        };
+        if size + next.len() + 1 > BATCH_BYTES {
+            rest = Some(next);
+            break;
+        }
+        size += next.len() + 1;
+        parts.push(next);
+    }
+    let frame = format!(r#"{{"type":"respond","responses":[{}]}}"#, parts.join(","));
+    (Message::text(frame), rest)
 }
 
 /// Sends one text frame; `false` when the socket is gone.
@@ -739,6 +816,7 @@ async fn relay_one(
     permits: Arc<Semaphore>,
     (request, upload): (RelayRequest, Option<forward::Upload>),
     out: mpsc::Sender<Message>,
+    answers: mpsc::Sender<RelayResponse>,
     window: Arc<Semaphore>,
     streams: Arc<Streams>,
 ) {
@@ -750,7 +828,6 @@ async fn relay_one(
     debug!(%id, method = %request.method, path = %request.path, "forwarding");
     let started = tokio::time::Instant::now();
     let deadline = started + cfg.target_timeout;
-    let whole = |r: RelayResponse| BridgeUp::Respond { responses: vec![r] };
     let sent = forward::send(
         &shared.target,
         &cfg.target,
@@ -767,7 +844,7 @@ async fn relay_one(
                 request.path,
                 started.elapsed().as_millis()
             );
-            send_up(&out, &whole(bad)).await;
+            let _ = answers.send(bad).await;
             streams.remove(&id);
             return;
         }
@@ -784,7 +861,7 @@ async fn relay_one(
         .is_some_and(|n| n <= WHOLE_RESPONSE_BYTES)
     {
         let answer = forward::whole(&id, &cfg.target, cfg.target_timeout, deadline, resp).await;
-        send_up(&out, &whole(answer)).await;
+        let _ = answers.send(answer).await;
         streams.remove(&id);
         return;
     }
@@ -857,6 +934,56 @@ async fn stream_body(
 mod tests {
     use super::*;
     use crate::Secret;
+
+    #[tokio::test]
+    async fn answers_waiting_together_go_as_one_respond_frame() {
+        let answer = |id: &str, body: usize| RelayResponse {
+            id: id.into(),
+            status: 200,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body_base64: Some("a".repeat(body)),
+            body: None,
+            content_type: None,
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        for (id, len) in [
+            ("b", 10),
+            ("c", BATCH_BYTES / 2),
+            ("d", BATCH_BYTES / 2),
+            ("e", 1),
+        ] {
+            tx.send(answer(id, len)).await.unwrap();
+        }
+        let first = serde_json::to_string(&answer("a", 3)).unwrap();
+        let (frame, rest) = respond_batch(first, &mut rx);
+        let Message::Text(text) = frame else {
+            panic!("a text frame")
+        };
+        let Ok(BridgeUp::Respond { responses }) = serde_json::from_str(text.as_str()) else {
+            panic!("a respond frame: {text}")
+        };
+        assert_eq!(
+            responses,
+            vec![
+                answer("a", 3),
+                answer("b", 10),
+                answer("c", BATCH_BYTES / 2)
+            ]
+        );
+        // The one that did not fit starts the next frame, then what still waits.
+        let (frame, rest) = respond_batch(rest.unwrap(), &mut rx);
+        let Message::Text(text) = frame else {
+            panic!("a text frame")
+        };
+        let Ok(BridgeUp::Respond { responses }) = serde_json::from_str(text.as_str()) else {
+            panic!("a respond frame: {text}")
+        };
+        assert_eq!(
+            responses,
+            vec![answer("d", BATCH_BYTES / 2), answer("e", 1)]
+        );
+        assert!(rest.is_none());
+    }
 
     #[test]
     fn socket_urls() {
