@@ -935,6 +935,42 @@ mod tests {
     use super::*;
     use crate::Secret;
 
+    #[test]
+    fn a_carried_connection_is_bounded_both_ways() {
+        let callers = CallerSockets::default();
+        let (mut rx, conn) = callers.open("c".into());
+        let big = Message::binary(vec![0u8; (SOCKET_BACKLOG_BYTES / 2) as usize]);
+        callers.send("c", big.clone());
+        callers.send("c", big.clone());
+        assert_eq!(conn.backlog.load(Ordering::SeqCst), SOCKET_BACKLOG_BYTES);
+        // One byte more than may wait: the connection closes instead of queueing it.
+        callers.send("c", Message::binary(vec![1u8]));
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Message(_))));
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Message(_))));
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Overflow)));
+        // Forgotten: nothing more is queued for it.
+        callers.send("c", Message::text("late"));
+        assert!(rx.try_recv().is_err());
+        // The window never grows past its size, whatever the relay grants.
+        let (_rx, conn) = callers.open("d".into());
+        callers.credit("d", u64::MAX);
+        assert_eq!(
+            conn.window.available_permits(),
+            SOCKET_WINDOW_BYTES as usize
+        );
+        conn.window.try_acquire_many(1000).unwrap().forget();
+        callers.credit("d", 400);
+        assert_eq!(
+            conn.window.available_permits(),
+            SOCKET_WINDOW_BYTES as usize - 600
+        );
+        callers.credit("d", 5000);
+        assert_eq!(
+            conn.window.available_permits(),
+            SOCKET_WINDOW_BYTES as usize
+        );
+    }
+
     #[tokio::test]
     async fn answers_waiting_together_go_as_one_respond_frame() {
         let answer = |id: &str, body: usize| RelayResponse {
