@@ -1382,6 +1382,15 @@ impl RelayDO {
             self.streams.borrow_mut().remove(id);
             if sent.is_none() {
                 send_down(ws, &RelayDown::Cancel { id: id.to_owned() });
+                // Or it was a caller's socket that is gone: its window would stay spent.
+                send_down(
+                    ws,
+                    &RelayDown::SocketClose {
+                        id: id.to_owned(),
+                        code: 1000,
+                        reason: "the caller is gone".into(),
+                    },
+                );
             }
         }
         None
