@@ -797,6 +797,12 @@ fn respond_batch(
         size += next.len() + 1;
         parts.push(next);
     }
+    if parts.len() > 1 {
+        debug!(
+            answers = parts.len(),
+            "one respond frame for several answers"
+        );
+    }
     let frame = format!(r#"{{"type":"respond","responses":[{}]}}"#, parts.join(","));
     (Message::text(frame), rest)
 }
