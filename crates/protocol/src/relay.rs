@@ -251,6 +251,24 @@ pub const INLINE_REQUEST_BODY_BYTES: usize = 64 * 1024;
 /// The length of a relay request id (hex), the prefix of every binary frame.
 pub const REQUEST_ID_LEN: usize = 32;
 
+/// Flow control of a caller's WebSocket carried through the bridge, target → caller: the most
+/// bytes of one connection's messages the bridge sends before the relay grants more
+/// ([`RelayDown::SocketCredit`]). The bridge reads the target's socket only within this window,
+/// so a target faster than its caller waits in TCP (its own send buffer), not in the bridge.
+pub const SOCKET_WINDOW_BYTES: u64 = 1024 * 1024;
+/// Caller → target: the most bytes of one connection's messages that may wait for the target
+/// (sent by the relay, not yet written to the target's socket and granted back with
+/// [`BridgeUp::SocketCredit`]). A Worker cannot stop reading a caller's socket, so a caller
+/// that outruns its target by more than this is closed with [`SOCKET_OVERFLOW_CODE`] rather
+/// than buffered without bound.
+pub const SOCKET_BACKLOG_BYTES: u64 = 4 * 1024 * 1024;
+/// The close code a caller (or target) gets when more of its messages wait than a bound allows:
+/// 1013, "try again later".
+pub const SOCKET_OVERFLOW_CODE: u16 = 1013;
+/// The largest message the bridge accepts from a target's socket (one message is read whole
+/// before it can be passed on); a larger one closes the connection with 1009.
+pub const SOCKET_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Relay → bridge text frames on the bridge's WebSocket (`{prefix}/_ws`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -300,6 +318,14 @@ pub enum RelayDown {
         code: u16,
         /// The close reason.
         reason: String,
+    },
+    /// The relay passed `bytes` more of connection `id`'s target messages on to its caller:
+    /// the bridge may send that many more ([`SOCKET_WINDOW_BYTES`]).
+    SocketCredit {
+        /// The connection id.
+        id: String,
+        /// Bytes granted.
+        bytes: u64,
     },
 }
 
@@ -352,6 +378,14 @@ pub enum BridgeUp {
         code: u16,
         /// The close reason.
         reason: String,
+    },
+    /// The bridge wrote `bytes` more of connection `id`'s caller messages to the target's
+    /// socket: the relay may send that many more ([`SOCKET_BACKLOG_BYTES`]).
+    SocketCredit {
+        /// The connection id.
+        id: String,
+        /// Bytes granted.
+        bytes: u64,
     },
 }
 
@@ -587,6 +621,23 @@ mod tests {
             RelayDown::Credit {
                 id: "a".into(),
                 bytes: 5
+            }
+        );
+        let credit = BridgeUp::SocketCredit {
+            id: id.into(),
+            bytes: 7,
+        };
+        assert_eq!(
+            serde_json::to_string(&credit).unwrap(),
+            format!(r#"{{"type":"socketCredit","id":"{id}","bytes":7}}"#)
+        );
+        let down: RelayDown =
+            serde_json::from_str(r#"{"type":"socketCredit","id":"a","bytes":9}"#).unwrap();
+        assert_eq!(
+            down,
+            RelayDown::SocketCredit {
+                id: "a".into(),
+                bytes: 9
             }
         );
         assert_eq!(sendable_close_code(1006), 1000);

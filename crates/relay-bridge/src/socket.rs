@@ -14,13 +14,15 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ccr_native::{Backoff, Jitter};
 use ccr_protocol::relay::{
     chunk_frame, sendable_close_code, split_chunk_frame, target_socket_header, BridgeUp, RelayDown,
-    RelayRequest, RelayResponse, STREAM_CHUNK_BYTES, STREAM_WINDOW_BYTES, WHOLE_RESPONSE_BYTES,
+    RelayRequest, RelayResponse, SOCKET_BACKLOG_BYTES, SOCKET_MESSAGE_BYTES, SOCKET_OVERFLOW_CODE,
+    SOCKET_WINDOW_BYTES, STREAM_CHUNK_BYTES, STREAM_WINDOW_BYTES, WHOLE_RESPONSE_BYTES,
 };
 use ccr_protocol::wire::{header, route};
 use futures_util::{SinkExt, StreamExt};
@@ -53,6 +55,9 @@ const HEALTHY_FOR: Duration = Duration::from_secs(10);
 /// cancel a Durable Object's response stream when the caller disconnects), and its slot and
 /// the target's connection must not be held for ever.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
+/// Most bytes of responses in one batched `respond` frame (one response alone may be larger:
+/// a whole body of up to [`WHOLE_RESPONSE_BYTES`] in base64).
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Largest frame accepted from the relay (a request carries at most a 10 MiB body in base64).
 const MAX_FRAME_BYTES: usize = 32 * 1024 * 1024;
 
@@ -237,23 +242,94 @@ impl Streams {
     }
 }
 
-/// Callers' WebSockets carried on one bridge socket: connection id → its messages to the
-/// target.
+/// Callers' WebSockets carried on one bridge socket: connection id → its flow state.
 #[derive(Default)]
-struct CallerSockets(Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>);
+struct CallerSockets(Mutex<HashMap<String, CallerConn>>);
+
+/// What the socket's reader and a carried connection's task share. Memory per connection is
+/// bounded both ways: caller → target by `backlog` (at most [`SOCKET_BACKLOG_BYTES`] wait for
+/// the target; the relay sends no more than the credits granted back, and a relay that does is
+/// closed with [`SOCKET_OVERFLOW_CODE`]), target → caller by `window` (the task reads the
+/// target's next message only once the previous one fitted in the relay's grant, so a target
+/// faster than its caller waits in TCP).
+#[derive(Clone)]
+struct CallerConn {
+    /// The caller's messages, to write to the target.
+    tx: mpsc::UnboundedSender<ToTarget>,
+    /// Bytes in `tx` not yet written to the target.
+    backlog: Arc<AtomicU64>,
+    /// Bytes the bridge may still send towards the caller ([`SOCKET_WINDOW_BYTES`] at most).
+    window: Arc<Semaphore>,
+}
+
+/// What the reader hands a carried connection's task.
+#[derive(Debug)]
+enum ToTarget {
+    /// A message from the caller.
+    Message(Message),
+    /// More of the caller's bytes arrived than may wait: close both sides.
+    Overflow,
+}
+
+/// Bytes a WebSocket message counts against a window: its payload.
+fn message_bytes(message: &Message) -> u64 {
+    match message {
+        Message::Text(t) => t.len() as u64,
+        Message::Binary(b) => b.len() as u64,
+        _ => 0,
+    }
+}
 
 impl CallerSockets {
+    /// Hands a caller's message to its connection's task, within the backlog: past it, the
+    /// connection is closed ([`ToTarget::Overflow`]) and forgotten, never queued further.
     fn send(&self, id: &str, message: Message) {
-        let tx = self.0.lock().ok().and_then(|map| map.get(id).cloned());
-        if let Some(tx) = tx {
-            let _ = tx.send(message);
+        let Ok(mut map) = self.0.lock() else {
+            return;
+        };
+        let Some(conn) = map.get(id) else {
+            return;
+        };
+        let n = message_bytes(&message);
+        let waiting = conn.backlog.load(Ordering::SeqCst);
+        if waiting.saturating_add(n) > SOCKET_BACKLOG_BYTES {
+            warn!(%id, waiting, "the caller sent more than {SOCKET_BACKLOG_BYTES} bytes ahead of the target: closing");
+            let _ = conn.tx.send(ToTarget::Overflow);
+            map.remove(id);
+            return;
+        }
+        conn.backlog.fetch_add(n, Ordering::SeqCst);
+        if conn.tx.send(ToTarget::Message(message)).is_err() {
+            map.remove(id);
         }
     }
 
-    fn insert(&self, id: String, tx: mpsc::UnboundedSender<Message>) {
-        if let Ok(mut map) = self.0.lock() {
-            map.insert(id, tx);
+    /// The relay passed `bytes` more on to the caller: the window grows back, never past
+    /// [`SOCKET_WINDOW_BYTES`] whatever the relay says.
+    fn credit(&self, id: &str, bytes: u64) {
+        let window = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|map| map.get(id).map(|c| c.window.clone()));
+        if let Some(window) = window {
+            let room = (SOCKET_WINDOW_BYTES as usize).saturating_sub(window.available_permits());
+            window.add_permits(usize::try_from(bytes).unwrap_or(usize::MAX).min(room));
         }
+    }
+
+    /// Registers connection `id`; its task's half.
+    fn open(&self, id: String) -> (mpsc::UnboundedReceiver<ToTarget>, CallerConn) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = CallerConn {
+            tx,
+            backlog: Arc::new(AtomicU64::new(0)),
+            window: Arc::new(Semaphore::new(SOCKET_WINDOW_BYTES as usize)),
+        };
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id, conn.clone());
+        }
+        (rx, conn)
     }
 
     fn remove(&self, id: &str) {
@@ -313,12 +389,13 @@ fn close_frame(code: u16, reason: String) -> Message {
 
 /// Carries one caller's WebSocket to the target: opens the target's socket (the caller's
 /// headers but the handshake's own), then relays messages both ways until either side
-/// closes, and passes the close on.
+/// closes, and passes the close on. Each direction runs on its own, so a target that is slow
+/// to read never holds back its messages to the caller, nor the other way round.
 async fn caller_socket(
     shared: Arc<Shared>,
     id: String,
     (path, query, headers): (String, String, Vec<(String, String)>),
-    mut from_caller: mpsc::UnboundedReceiver<Message>,
+    (mut from_caller, conn): (mpsc::UnboundedReceiver<ToTarget>, CallerConn),
     out: mpsc::Sender<Message>,
     sockets: Arc<CallerSockets>,
 ) {
@@ -345,9 +422,12 @@ async fn caller_socket(
                 request.headers_mut().append(n, v);
             }
         }
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(SOCKET_MESSAGE_BYTES))
+            .max_frame_size(Some(SOCKET_MESSAGE_BYTES));
         let (socket, _) = tokio::time::timeout(
             cfg.target_timeout,
-            tokio_tungstenite::connect_async(request),
+            tokio_tungstenite::connect_async_with_config(request, Some(config), false),
         )
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {:?}", cfg.target_timeout))??;
@@ -368,47 +448,120 @@ async fn caller_socket(
     };
     info!(%id, "WebSocket {path} open to the target");
     let (mut to_target, mut from_target) = target.split();
-    loop {
-        tokio::select! {
-            m = from_caller.recv() => match m {
-                Some(Message::Close(frame)) => {
-                    let _ = to_target.send(Message::Close(frame)).await;
-                    break;
+    // Target → caller: a message is read only once the previous one fitted in the window.
+    let up = async {
+        loop {
+            let m = from_target.next().await;
+            let n = match &m {
+                Some(Ok(m)) => message_bytes(m),
+                _ => 0,
+            };
+            if n > 0 {
+                let want = u32::try_from(n.min(SOCKET_WINDOW_BYTES)).unwrap_or(u32::MAX);
+                match conn.window.acquire_many(want).await {
+                    Ok(p) => p.forget(),
+                    Err(_) => return,
                 }
-                Some(m) => if to_target.send(m).await.is_err() {
-                    send_up(&out, &close_up(1011, "the target's socket failed".into())).await;
-                    break;
-                },
-                None => {
-                    let _ = to_target.send(close_frame(1001, "the relay went away".into())).await;
-                    break;
-                }
-            },
-            m = from_target.next() => match m {
+            }
+            match m {
                 Some(Ok(Message::Text(text))) => {
-                    send_up(&out, &BridgeUp::SocketText { id: id.clone(), text: text.as_str().to_owned() }).await;
+                    let frame = BridgeUp::SocketText {
+                        id: id.clone(),
+                        text: text.as_str().to_owned(),
+                    };
+                    if !send_up(&out, &frame).await {
+                        return;
+                    }
                 }
                 Some(Ok(Message::Binary(bytes))) => {
-                    let _ = out.send(Message::binary(chunk_frame(&id, &bytes))).await;
+                    if out
+                        .send(Message::binary(chunk_frame(&id, &bytes)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
                 }
                 Some(Ok(Message::Close(frame))) => {
                     let (code, reason) = frame
                         .map(|f| (u16::from(f.code), f.reason.as_str().to_owned()))
                         .unwrap_or((1000, String::new()));
                     send_up(&out, &close_up(code, reason)).await;
-                    break;
+                    return;
                 }
                 Some(Ok(_)) => {}
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    warn!(%id, "the target sent a message over {SOCKET_MESSAGE_BYTES} bytes: {e}");
+                    send_up(
+                        &out,
+                        &close_up(1009, format!("the target's message is too big: {e}")),
+                    )
+                    .await;
+                    return;
+                }
                 Some(Err(e)) => {
-                    send_up(&out, &close_up(1011, format!("the target's socket failed: {e}"))).await;
-                    break;
+                    send_up(
+                        &out,
+                        &close_up(1011, format!("the target's socket failed: {e}")),
+                    )
+                    .await;
+                    return;
                 }
                 None => {
                     send_up(&out, &close_up(1000, String::new())).await;
-                    break;
+                    return;
                 }
-            },
+            }
         }
+    };
+    // Caller → target: what the target took is granted back to the relay.
+    let down = async {
+        let mut granted = 0u64;
+        while let Some(item) = from_caller.recv().await {
+            match item {
+                ToTarget::Message(Message::Close(frame)) => {
+                    let _ = to_target.send(Message::Close(frame)).await;
+                    return;
+                }
+                ToTarget::Message(m) => {
+                    let n = message_bytes(&m);
+                    if to_target.send(m).await.is_err() {
+                        send_up(&out, &close_up(1011, "the target's socket failed".into())).await;
+                        return;
+                    }
+                    conn.backlog.fetch_sub(n, Ordering::SeqCst);
+                    granted += n;
+                    // Granted in batches while more waits, at once when the target caught up.
+                    if granted > 0
+                        && (from_caller.is_empty() || granted >= SOCKET_BACKLOG_BYTES / 8)
+                    {
+                        let credit = BridgeUp::SocketCredit {
+                            id: id.clone(),
+                            bytes: granted,
+                        };
+                        granted = 0;
+                        if !send_up(&out, &credit).await {
+                            return;
+                        }
+                    }
+                }
+                ToTarget::Overflow => {
+                    let reason = "too much data waiting for the target";
+                    let _ = to_target
+                        .send(close_frame(SOCKET_OVERFLOW_CODE, reason.into()))
+                        .await;
+                    send_up(&out, &close_up(SOCKET_OVERFLOW_CODE, reason.into())).await;
+                    return;
+                }
+            }
+        }
+        let _ = to_target
+            .send(close_frame(1001, "the relay went away".into()))
+            .await;
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
     }
     debug!(%id, "WebSocket {path} closed");
     sockets.remove(&id);
@@ -421,17 +574,10 @@ async fn serve<F: Future<Output = ()>>(
     permits: &Arc<Semaphore>,
     mut shutdown: Pin<&mut F>,
 ) -> bool {
-    let (mut sink, mut incoming) = socket.split();
-    let (out, mut outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
-    let writer = tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if let Err(e) = sink.send(frame).await {
-                debug!("writing to the WebSocket failed: {e}");
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    });
+    let (sink, mut incoming) = socket.split();
+    let (out, outgoing) = mpsc::channel::<Message>(OUTGOING_FRAMES);
+    let (answers, answered) = mpsc::channel::<RelayResponse>(OUTGOING_FRAMES);
+    let writer = tokio::spawn(write_frames(sink, outgoing, answered));
     let streams = Arc::new(Streams::default());
     let callers = Arc::new(CallerSockets::default());
     let uploads = Uploads::default();
@@ -464,6 +610,7 @@ async fn serve<F: Future<Output = ()>>(
                         permits.clone(),
                         (request, upload),
                         out.clone(),
+                        answers.clone(),
                         window.clone(),
                         streams.clone(),
                     ));
@@ -489,13 +636,12 @@ async fn serve<F: Future<Output = ()>>(
                 query,
                 headers,
             }) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                callers.insert(id.clone(), tx);
+                let carried = callers.open(id.clone());
                 socket_tasks.spawn(caller_socket(
                     shared.clone(),
                     id,
                     (path, query, headers),
-                    rx,
+                    carried,
                     out.clone(),
                     callers.clone(),
                 ));
@@ -504,6 +650,7 @@ async fn serve<F: Future<Output = ()>>(
             Ok(RelayDown::SocketClose { id, code, reason }) => {
                 callers.send(&id, close_frame(code, reason));
             }
+            Ok(RelayDown::SocketCredit { id, bytes }) => callers.credit(&id, bytes),
             Err(e) => warn!("an unreadable frame from the relay: {e}"),
         }
     };
@@ -569,9 +716,95 @@ async fn serve<F: Future<Output = ()>>(
     while tasks.join_next().await.is_some() {}
     socket_tasks.abort_all();
     while socket_tasks.join_next().await.is_some() {}
+    drop(answers);
     drop(out);
     let _ = writer.await;
     shut
+}
+
+/// The socket's one writer: every frame, in the order sent, and the whole responses as
+/// `respond` frames — each holding every response that finished while the previous write was
+/// under way (at most [`BATCH_BYTES`] of them), so a busy bridge writes one socket message,
+/// and the relay handles one event, for many small answers.
+async fn write_frames(
+    mut sink: futures_util::stream::SplitSink<Socket, Message>,
+    mut outgoing: mpsc::Receiver<Message>,
+    mut answered: mpsc::Receiver<RelayResponse>,
+) {
+    // An answer taken that did not fit in the last batch: the next one starts with it.
+    let mut carried: Option<String> = None;
+    loop {
+        let frame = if let Some(first) = carried.take() {
+            let (frame, rest) = respond_batch(first, &mut answered);
+            carried = rest;
+            frame
+        } else {
+            tokio::select! {
+                f = outgoing.recv() => match f {
+                    Some(f) => f,
+                    None => break,
+                },
+                Some(r) = answered.recv() => match serde_json::to_string(&r) {
+                    Ok(first) => {
+                        let (frame, rest) = respond_batch(first, &mut answered);
+                        carried = rest;
+                        frame
+                    }
+                    Err(_) => continue,
+                },
+            }
+        };
+        if let Err(e) = sink.send(frame).await {
+            debug!("writing to the WebSocket failed: {e}");
+            let _ = sink.close().await;
+            return;
+        }
+    }
+    // The frames are done; answers that finished last still go.
+    while let Some(first) = carried.take().or_else(|| {
+        answered
+            .try_recv()
+            .ok()
+            .and_then(|r| serde_json::to_string(&r).ok())
+    }) {
+        let (frame, rest) = respond_batch(first, &mut answered);
+        carried = rest;
+        if sink.send(frame).await.is_err() {
+            break;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// One `respond` frame ([`BridgeUp::Respond`]) of `first` (a serialized [`RelayResponse`])
+/// and the answers already waiting behind it, within [`BATCH_BYTES`]; the first one that did
+/// not fit, for the next frame.
+fn respond_batch(
+    first: String,
+    more: &mut mpsc::Receiver<RelayResponse>,
+) -> (Message, Option<String>) {
+    let mut parts = vec![first];
+    let mut size = parts.iter().map(String::len).sum::<usize>();
+    let mut rest = None;
+    while let Ok(r) = more.try_recv() {
+        let Ok(next) = serde_json::to_string(&r) else {
+            continue;
+        };
+        if size + next.len() + 1 > BATCH_BYTES {
+            rest = Some(next);
+            break;
+        }
+        size += next.len() + 1;
+        parts.push(next);
+    }
+    if parts.len() > 1 {
+        debug!(
+            answers = parts.len(),
+            "one respond frame for several answers"
+        );
+    }
+    let frame = format!(r#"{{"type":"respond","responses":[{}]}}"#, parts.join(","));
+    (Message::text(frame), rest)
 }
 
 /// Sends one text frame; `false` when the socket is gone.
@@ -589,6 +822,7 @@ async fn relay_one(
     permits: Arc<Semaphore>,
     (request, upload): (RelayRequest, Option<forward::Upload>),
     out: mpsc::Sender<Message>,
+    answers: mpsc::Sender<RelayResponse>,
     window: Arc<Semaphore>,
     streams: Arc<Streams>,
 ) {
@@ -600,7 +834,6 @@ async fn relay_one(
     debug!(%id, method = %request.method, path = %request.path, "forwarding");
     let started = tokio::time::Instant::now();
     let deadline = started + cfg.target_timeout;
-    let whole = |r: RelayResponse| BridgeUp::Respond { responses: vec![r] };
     let sent = forward::send(
         &shared.target,
         &cfg.target,
@@ -617,7 +850,7 @@ async fn relay_one(
                 request.path,
                 started.elapsed().as_millis()
             );
-            send_up(&out, &whole(bad)).await;
+            let _ = answers.send(bad).await;
             streams.remove(&id);
             return;
         }
@@ -634,7 +867,7 @@ async fn relay_one(
         .is_some_and(|n| n <= WHOLE_RESPONSE_BYTES)
     {
         let answer = forward::whole(&id, &cfg.target, cfg.target_timeout, deadline, resp).await;
-        send_up(&out, &whole(answer)).await;
+        let _ = answers.send(answer).await;
         streams.remove(&id);
         return;
     }
@@ -707,6 +940,92 @@ async fn stream_body(
 mod tests {
     use super::*;
     use crate::Secret;
+
+    #[test]
+    fn a_carried_connection_is_bounded_both_ways() {
+        let callers = CallerSockets::default();
+        let (mut rx, conn) = callers.open("c".into());
+        let big = Message::binary(vec![0u8; (SOCKET_BACKLOG_BYTES / 2) as usize]);
+        callers.send("c", big.clone());
+        callers.send("c", big.clone());
+        assert_eq!(conn.backlog.load(Ordering::SeqCst), SOCKET_BACKLOG_BYTES);
+        // One byte more than may wait: the connection closes instead of queueing it.
+        callers.send("c", Message::binary(vec![1u8]));
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Message(_))));
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Message(_))));
+        assert!(matches!(rx.try_recv(), Ok(ToTarget::Overflow)));
+        // Forgotten: nothing more is queued for it.
+        callers.send("c", Message::text("late"));
+        assert!(rx.try_recv().is_err());
+        // The window never grows past its size, whatever the relay grants.
+        let (_rx, conn) = callers.open("d".into());
+        callers.credit("d", u64::MAX);
+        assert_eq!(
+            conn.window.available_permits(),
+            SOCKET_WINDOW_BYTES as usize
+        );
+        conn.window.try_acquire_many(1000).unwrap().forget();
+        callers.credit("d", 400);
+        assert_eq!(
+            conn.window.available_permits(),
+            SOCKET_WINDOW_BYTES as usize - 600
+        );
+        callers.credit("d", 5000);
+        assert_eq!(
+            conn.window.available_permits(),
+            SOCKET_WINDOW_BYTES as usize
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_waiting_together_go_as_one_respond_frame() {
+        let answer = |id: &str, body: usize| RelayResponse {
+            id: id.into(),
+            status: 200,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body_base64: Some("a".repeat(body)),
+            body: None,
+            content_type: None,
+        };
+        let (tx, mut rx) = mpsc::channel(8);
+        for (id, len) in [
+            ("b", 10),
+            ("c", BATCH_BYTES / 2),
+            ("d", BATCH_BYTES / 2),
+            ("e", 1),
+        ] {
+            tx.send(answer(id, len)).await.unwrap();
+        }
+        let first = serde_json::to_string(&answer("a", 3)).unwrap();
+        let (frame, rest) = respond_batch(first, &mut rx);
+        let Message::Text(text) = frame else {
+            panic!("a text frame")
+        };
+        let Ok(BridgeUp::Respond { responses }) = serde_json::from_str(text.as_str()) else {
+            panic!("a respond frame: {text}")
+        };
+        assert_eq!(
+            responses,
+            vec![
+                answer("a", 3),
+                answer("b", 10),
+                answer("c", BATCH_BYTES / 2)
+            ]
+        );
+        // The one that did not fit starts the next frame, then what still waits.
+        let (frame, rest) = respond_batch(rest.unwrap(), &mut rx);
+        let Message::Text(text) = frame else {
+            panic!("a text frame")
+        };
+        let Ok(BridgeUp::Respond { responses }) = serde_json::from_str(text.as_str()) else {
+            panic!("a respond frame: {text}")
+        };
+        assert_eq!(
+            responses,
+            vec![answer("d", BATCH_BYTES / 2), answer("e", 1)]
+        );
+        assert!(rest.is_none());
+    }
 
     #[test]
     fn socket_urls() {

@@ -25,6 +25,8 @@
 //!   429 retries.
 //! - `relay`: the relay's routes, channel tokens, header rules, framing and queue
 //!   bookkeeping.
+//! - `socket_flow`: flow control of callers' WebSockets carried through the bridge (credits,
+//!   pacing, the backlog bound).
 //! - `preview`: `/preview PORT`: a session machine's dev server on a fresh relay channel,
 //!   its rows, links, end and the chat's answers.
 //!
@@ -62,6 +64,7 @@ pub(crate) mod relay;
 pub(crate) mod route;
 pub(crate) mod router;
 pub(crate) mod schema;
+pub(crate) mod socket_flow;
 pub(crate) mod store;
 pub(crate) mod telegram;
 pub(crate) mod topics;

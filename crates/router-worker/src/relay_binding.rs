@@ -32,6 +32,7 @@ use crate::relay::{
     self, Answer, BodyAt, Cancelled, Channel, DoCall, Queued, RelayRoute, RequestMeta,
     RespondError, ResponseHead,
 };
+use crate::socket_flow::{self, Admit, Flow};
 
 /// The RelayDO namespace binding in wrangler.toml.
 const RELAY_DO_BINDING: &str = "RELAY_DO";
@@ -507,6 +508,10 @@ pub struct RelayDO {
     streams: RefCell<HashMap<String, mpsc::UnboundedSender<Chunk>>>,
     /// A [`RelayDO::push_queued`] is under way.
     pushing: std::cell::Cell<bool>,
+    /// Connection id → the flow control of a caller's WebSocket ([`socket_flow`]). Memory
+    /// only: an object rebuilt while callers' sockets hibernate starts them afresh (the bridge
+    /// bounds its side on its own).
+    flows: RefCell<HashMap<String, Flow>>,
 }
 
 /// The running push: frees the push for the next call when it ends, also when the runtime
@@ -1071,6 +1076,35 @@ impl RelayDO {
             let _ = ws.close(Some(1011), Some("the bridge's connection dropped"));
             return;
         };
+        let bytes = match &message {
+            WebSocketIncomingMessage::String(text) => text.len(),
+            WebSocketIncomingMessage::Binary(bytes) => bytes.len(),
+        } as u64;
+        let admit = self
+            .flows
+            .borrow_mut()
+            .entry(caller.conn.clone())
+            .or_insert_with(|| Flow::new(now_ms()))
+            .caller_sent(bytes);
+        if admit == Admit::Overflow {
+            // The caller is told (its socket closes with the reason), and so is the target.
+            console_warn!(
+                "relay: a caller's WebSocket ran more than {} bytes ahead of its target: closed",
+                ccr_protocol::relay::SOCKET_BACKLOG_BYTES
+            );
+            self.flows.borrow_mut().remove(&caller.conn);
+            let code = ccr_protocol::relay::SOCKET_OVERFLOW_CODE;
+            let _ = ws.close(Some(code), Some(socket_flow::OVERFLOW_REASON));
+            send_down(
+                &bridge,
+                &RelayDown::SocketClose {
+                    id: caller.conn,
+                    code,
+                    reason: socket_flow::OVERFLOW_REASON.into(),
+                },
+            );
+            return;
+        }
         match message {
             WebSocketIncomingMessage::String(text) => {
                 send_down(
@@ -1088,8 +1122,60 @@ impl RelayDO {
         }
     }
 
+    /// `bytes` of connection `id`'s target messages went on to its caller: grants the bridge
+    /// as much as the pacing allows now; the rest later ([`RelayDO::paced_grants`]), after the
+    /// wait this returns.
+    fn socket_forwarded(&self, bridge: &WebSocket, id: &str, bytes: u64) -> Option<u64> {
+        let now = now_ms();
+        let grant = self
+            .flows
+            .borrow_mut()
+            .entry(id.to_owned())
+            .or_insert_with(|| Flow::new(now))
+            .forwarded(bytes, now);
+        if grant.bytes > 0 {
+            send_down(
+                bridge,
+                &RelayDown::SocketCredit {
+                    id: id.to_owned(),
+                    bytes: grant.bytes,
+                },
+            );
+        }
+        grant.retry_in_ms
+    }
+
+    /// Grants what connection `id` is still owed as the pacing allows, until nothing is owed
+    /// or the connection closed. One runs per connection at a time ([`Flow::retry`]).
+    async fn paced_grants(&self, bridge: &WebSocket, id: &str, mut wait: Option<u64>) {
+        while let Some(ms) = wait {
+            Delay::from(Duration::from_millis(ms)).await;
+            let grant = self
+                .flows
+                .borrow_mut()
+                .get_mut(id)
+                .map(|f| f.retry(now_ms()));
+            let Some(grant) = grant else {
+                return;
+            };
+            if grant.bytes > 0
+                && !send_down(
+                    bridge,
+                    &RelayDown::SocketCredit {
+                        id: id.to_owned(),
+                        bytes: grant.bytes,
+                    },
+                )
+            {
+                return;
+            }
+            wait = grant.retry_in_ms;
+        }
+    }
+
     /// A caller closed its socket: the bridge closes the target's.
     fn caller_closed(&self, caller: &CallerSocket, code: usize, reason: &str) {
+        self.flows.borrow_mut().remove(&caller.conn);
         if let Some(bridge) = self.bridge_by_id(&caller.bridge) {
             send_down(
                 &bridge,
@@ -1243,7 +1329,10 @@ impl RelayDO {
             }
             BridgeUp::SocketText { id, text } => match self.caller_socket(&id) {
                 Some(caller) => {
+                    let bytes = text.len() as u64;
                     let _ = caller.send_with_str(text);
+                    let wait = self.socket_forwarded(ws, &id, bytes);
+                    self.paced_grants(ws, &id, wait).await;
                 }
                 None => {
                     send_down(
@@ -1257,20 +1346,25 @@ impl RelayDO {
                 }
             },
             BridgeUp::SocketClose { id, code, reason } => {
+                self.flows.borrow_mut().remove(&id);
                 if let Some(caller) = self.caller_socket(&id) {
                     let code = ccr_protocol::relay::sendable_close_code(code);
                     let _ = caller.close(Some(code), Some(reason));
+                }
+            }
+            BridgeUp::SocketCredit { id, bytes } => {
+                if let Some(flow) = self.flows.borrow_mut().get_mut(&id) {
+                    flow.granted_back(bytes);
                 }
             }
         }
         Ok(())
     }
 
-    /// One binary frame: a chunk of a streamed body.
-    fn bridge_chunk(&self, ws: &WebSocket, frame: &[u8]) {
-        let Some((id, bytes)) = ccr_protocol::relay::split_chunk_frame(frame) else {
-            return;
-        };
+    /// One binary frame: a chunk of a streamed body, or a target's binary message to a
+    /// caller's socket (then the connection id and the wait before its next paced grant).
+    fn bridge_chunk(&self, ws: &WebSocket, frame: &[u8]) -> Option<(String, u64)> {
+        let (id, bytes) = ccr_protocol::relay::split_chunk_frame(frame)?;
         let sent = self
             .streams
             .borrow()
@@ -1279,7 +1373,8 @@ impl RelayDO {
         if sent.is_none() {
             if let Some(caller) = self.caller_socket(id) {
                 let _ = caller.send_with_bytes(bytes);
-                return;
+                let wait = self.socket_forwarded(ws, id, bytes.len() as u64)?;
+                return Some((id.to_owned(), wait));
             }
         }
         if sent != Some(true) {
@@ -1287,8 +1382,18 @@ impl RelayDO {
             self.streams.borrow_mut().remove(id);
             if sent.is_none() {
                 send_down(ws, &RelayDown::Cancel { id: id.to_owned() });
+                // Or it was a caller's socket that is gone: its window would stay spent.
+                send_down(
+                    ws,
+                    &RelayDown::SocketClose {
+                        id: id.to_owned(),
+                        code: 1000,
+                        reason: "the caller is gone".into(),
+                    },
+                );
             }
         }
+        None
     }
 
     /// A bridge socket closed: every request pushed to it and not answered gets a 502, and a
@@ -1298,7 +1403,8 @@ impl RelayDO {
             return;
         };
         for caller in self.state.get_websockets_with_tag(CALLER_TAG) {
-            if caller_meta(&caller).is_some_and(|c| c.bridge == meta.id) {
+            if let Some(c) = caller_meta(&caller).filter(|c| c.bridge == meta.id) {
+                self.flows.borrow_mut().remove(&c.conn);
                 let _ = caller.close(Some(1011), Some("the bridge's connection dropped"));
             }
         }
@@ -1330,6 +1436,7 @@ impl DurableObject for RelayDO {
             pushed: RefCell::new(HashMap::new()),
             streams: RefCell::new(HashMap::new()),
             pushing: std::cell::Cell::new(false),
+            flows: RefCell::new(HashMap::new()),
             env,
             channel: RefCell::new(relay::ChannelState::default()),
             callers: RefCell::new(HashMap::new()),
@@ -1382,7 +1489,9 @@ impl DurableObject for RelayDO {
                 }
             },
             WebSocketIncomingMessage::Binary(bytes) => {
-                self.bridge_chunk(&ws, &bytes);
+                if let Some((id, wait)) = self.bridge_chunk(&ws, &bytes) {
+                    self.paced_grants(&ws, &id, Some(wait)).await;
+                }
                 Ok(())
             }
         }
