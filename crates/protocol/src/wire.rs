@@ -51,6 +51,10 @@ pub mod route {
     /// Last segment of a bridge's WebSocket transport: `GET {prefix}/_ws` with an upgrade and
     /// the channel's token; requests are pushed over it instead of long-polled.
     pub const BRIDGE_SOCKET: &str = "_ws";
+    /// A streamed response over the long-poll transport: `POST {prefix}/_stream/{id}?seq=N`,
+    /// its head (`seq=0`, JSON) and then its body in bounded chunks (`seq=1, 2, …`, raw bytes),
+    /// each answered once the caller's stream has taken it; `end` marks the last call.
+    pub const STREAM: &str = "_stream";
 
     /// The webhook path for `secret`: `/webhook/telegram/{secret}`.
     pub fn webhook(secret: &str) -> String {
@@ -149,6 +153,12 @@ pub mod query {
     /// (comma-separated, maybe none). Its presence says the bridge confirms what it receives,
     /// so what this poll hands out is leased until confirmed.
     pub const ACK: &str = "ack";
+    /// `POST {prefix}/_stream/{id}?seq=N`: which call of a streamed response this is (0: the
+    /// head; then the body's chunks in order).
+    pub const SEQ: &str = "seq";
+    /// `POST {prefix}/_stream/{id}?seq=N&end=1`: the last call of a streamed response (`1`: the
+    /// body is complete; `abort`: it broke off, the call's body says why).
+    pub const END: &str = "end";
 }
 
 /// The machine socket's subprotocol: an agent offers `ccr, <key>` and the Worker answers `ccr`.
