@@ -12,12 +12,15 @@
 //! - `post_responses`: the responder, one task posting one `_respond` at a time; responses
 //!   that finish while a post is in flight go together in the next, as a batch.
 //! - `forward`: one request to the target and back into a response envelope.
+//! - `stream`: a response that streams (no `content-length`, or a large one) goes back over
+//!   long-poll as a head and bounded body calls (`_stream/{id}`), never buffered whole.
 //! - `socket`: the WebSocket transport ([`Transport`]), tried first; the poll loop above is
 //!   its fallback.
 #![deny(missing_docs)]
 
 mod forward;
 mod socket;
+mod stream;
 
 use ccr_protocol::wire::{header, query, route};
 use std::future::Future;
@@ -25,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ccr_protocol::relay::{AckBody, PollBatch, RelayRequest, RelayResponse, RespondBody};
+use ccr_protocol::relay::{
+    streams_response, AckBody, PollBatch, RelayRequest, RelayResponse, RespondBody,
+};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -419,13 +424,35 @@ async fn handle_one(
     let id = request.id.clone();
     debug!(%id, method = %request.method, path = %request.path, "forwarding");
     let started = tokio::time::Instant::now();
-    let response = forward::forward(
+    let cfg = &shared.config;
+    let deadline = started + cfg.target_timeout;
+    let sent = forward::send(
         &shared.target,
-        &shared.config.target,
-        shared.config.target_timeout,
+        &cfg.target,
+        cfg.target_timeout,
         &request,
+        None,
     )
     .await;
+    let response = match sent {
+        Err(bad) => bad,
+        Ok(resp) if !streams_response(resp.content_length()) => {
+            forward::whole(&id, &cfg.target, cfg.target_timeout, deadline, resp).await
+        }
+        Ok(resp) => {
+            // The same rule as the WebSocket transport: no length, or a large one, streams.
+            info!(
+                "{} {} → {} in {} ms (streaming)",
+                request.method,
+                request.path,
+                resp.status().as_u16(),
+                started.elapsed().as_millis()
+            );
+            stream::respond(&shared, &id, resp).await;
+            drop(permit);
+            return;
+        }
+    };
     info!(
         "{} {} → {} in {} ms",
         request.method,
