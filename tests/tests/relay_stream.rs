@@ -1,7 +1,12 @@
 //! The relay's WebSocket transport and streaming, end to end: the real Worker on workerd, the
 //! real `relay-bridge` binary, a local axum target. Server-sent events cross one by one, a
-//! 300 MB download crosses with the bridge's memory bounded, a socket that drops answers its
-//! callers 502, and a proxy that refuses upgrades makes `auto` long-poll.
+//! 300 MB download crosses with the bridge's memory bounded, a caller that goes away stops the
+//! bridge reading the target, a socket that drops answers its callers 502, and a proxy that
+//! refuses upgrades makes `auto` long-poll.
+//!
+//! The streaming cases run over the transport `CCR_E2E_RELAY_TRANSPORT` names (`ws` by
+//! default; `make e2e` runs them again with `poll`, where a response streams as bounded
+//! `_stream` calls); the WebSocket-only cases always use `ws`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,6 +167,30 @@ async fn hold(State(shared): State<Arc<Shared>>) -> &'static str {
     "held"
 }
 
+/// The transport the streaming cases run over (`CCR_E2E_RELAY_TRANSPORT`, `ws` by default).
+fn transport() -> String {
+    ccr_e2e::bridge::default_transport()
+}
+
+/// Starts a bridge over [`transport`] and waits until it is serving: connected over the
+/// WebSocket, or polling.
+async fn streaming_bridge(w: &Worker, target: &str, channel: Option<&str>) -> Bridge {
+    let transport = transport();
+    let bridge = Bridge::start(w, target, channel, &["--transport", &transport])
+        .await
+        .unwrap();
+    if transport == "poll" {
+        ccr_e2e::wait_for("the bridge to poll", CALL_TIMEOUT, || async {
+            bridge.log().contains("polling").then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", bridge.log()));
+    } else {
+        connected(&bridge).await;
+    }
+    bridge
+}
+
 /// Waits until the bridge's log says it is connected over the WebSocket.
 async fn connected(bridge: &Bridge) {
     ccr_e2e::wait_for("the bridge's WebSocket", CALL_TIMEOUT, || async {
@@ -178,10 +207,7 @@ async fn connected(bridge: &Bridge) {
 async fn server_sent_events_arrive_one_by_one() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), None, &["--transport", "ws"])
-        .await
-        .unwrap();
-    connected(&bridge).await;
+    let bridge = streaming_bridge(&w, &target.url(), None).await;
     let resp = tokio::time::timeout(CALL_TIMEOUT, client().get(w.url("/proxy/events")).send())
         .await
         .expect("the head arrives")
@@ -241,10 +267,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn a_300_mb_download_streams_with_the_bridge_memory_bounded() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), Some("dl"), &["--transport", "ws"])
-        .await
-        .unwrap();
-    connected(&bridge).await;
+    let bridge = streaming_bridge(&w, &target.url(), Some("dl")).await;
     let pid = bridge.pid().unwrap();
     let before = peak_rss_kib(pid);
     const MB: u64 = 300;
@@ -270,10 +293,11 @@ async fn a_300_mb_download_streams_with_the_bridge_memory_bounded() {
     }
     assert_eq!(offset, MB * 1024 * 1024, "every byte arrived");
     let peak = peak_rss_kib(pid);
-    println!("bridge VmHWM: {before} KiB before, {peak} KiB after {MB} MB");
+    let transport = transport();
+    println!("bridge VmHWM over {transport}: {before} KiB before, {peak} KiB after {MB} MB");
     assert!(
         peak < 64 * 1024,
-        "the bridge peaked at {peak} KiB resident during a {MB} MB download"
+        "the bridge peaked at {peak} KiB resident during a {MB} MB download over {transport}"
     );
 }
 
@@ -607,10 +631,7 @@ async fn a_browser_style_websocket_crosses_the_relay_both_ways() {
 async fn a_caller_that_goes_away_stops_the_bridge_reading_the_target() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), Some("gone"), &["--transport", "ws"])
-        .await
-        .unwrap();
-    connected(&bridge).await;
+    let bridge = streaming_bridge(&w, &target.url(), Some("gone")).await;
     let mut resp = client()
         .get(w.url("/relay/gone/endless"))
         .send()
