@@ -45,6 +45,10 @@ struct Shared {
     held: AtomicUsize,
     /// `/endless` bodies the target stopped producing (their reader went away).
     endless_dropped: AtomicUsize,
+    /// `/late` answers when a permit is added here.
+    late_go: Semaphore,
+    /// Requests that reached `/late`.
+    late_waiting: AtomicUsize,
 }
 
 impl Default for Shared {
@@ -54,6 +58,8 @@ impl Default for Shared {
             written: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             endless_dropped: AtomicUsize::new(0),
+            late_go: Semaphore::new(0),
+            late_waiting: AtomicUsize::new(0),
         }
     }
 }
@@ -79,6 +85,7 @@ impl Target {
             .route("/big", get(big))
             .route("/hold", get(hold))
             .route("/endless", get(endless))
+            .route("/late", get(late))
             .route("/hello", get(|| async { "hello" }))
             .with_state(shared.clone());
         let (addr, task) = ccr_e2e::ports::serve_loopback(app).await;
@@ -158,6 +165,16 @@ async fn endless(State(shared): State<Arc<Shared>>) -> Response {
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .body(Body::from_stream(stream))
         .unwrap()
+}
+
+/// Answers only when the test says so, then like `/endless`: an unsized body that goes on for
+/// as long as someone reads it.
+async fn late(State(shared): State<Arc<Shared>>) -> Response {
+    shared.late_waiting.fetch_add(1, Ordering::SeqCst);
+    if let Ok(p) = shared.late_go.acquire().await {
+        p.forget();
+    }
+    endless(State(shared)).await
 }
 
 /// Never answers (within any test's patience).
@@ -661,5 +678,64 @@ async fn a_caller_that_goes_away_stops_the_bridge_reading_the_target() {
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "hello");
+}
+
+#[tokio::test]
+async fn over_long_poll_a_stream_whose_caller_had_its_504_is_dropped() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    // The target answers only after the caller's 504 (25 s): the bridge waits longer for it.
+    let bridge = Bridge::start(
+        &w,
+        &target.url(),
+        Some("late"),
+        &["--transport", "poll", "--target-timeout", "300"],
+    )
+    .await
+    .unwrap();
+    let resp = client()
+        .get(w.url("/relay/late/late"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504, "bridge log:\n{}", bridge.log());
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let result_path = v["resultPath"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the bridge had the request: {v}"))
+        .to_owned();
+    assert_eq!(target.shared.late_waiting.load(Ordering::SeqCst), 1);
+    assert_eq!(target.shared.endless_dropped.load(Ordering::SeqCst), 0);
+    // Now the target answers with a body that never ends: nobody waits for it, so the relay
+    // refuses the stream and the bridge stops reading the target.
+    target.shared.late_go.add_permits(1);
+    let shared = target.shared.clone();
+    ccr_e2e::wait_for("the target's body to be dropped", CALL_TIMEOUT, || async {
+        (shared.endless_dropped.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", bridge.log()));
+    assert!(
+        bridge.log().contains("stopped streaming the response"),
+        "{}",
+        bridge.log()
+    );
+    // The late answer was not kept whole; its result says so.
+    let kept = client().get(w.url(&result_path)).send().await.unwrap();
+    assert_eq!(kept.status(), 502);
+    let body: serde_json::Value = kept.json().await.unwrap();
+    assert_eq!(body["ok"], false);
+    assert!(
+        body["error"].as_str().unwrap().contains("not kept"),
+        "{body}"
+    );
+    // The channel still serves.
+    let resp = client()
+        .get(w.url("/relay/late/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
     assert_eq!(resp.text().await.unwrap(), "hello");
 }
