@@ -772,7 +772,7 @@ mod confirm_tests {
     }
 
     /// Reads one HTTP/1.1 request (head and `content-length` body) from `sock`.
-    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Seen> {
+    pub(crate) async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Seen> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
         let head_end = loop {

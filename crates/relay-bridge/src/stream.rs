@@ -314,3 +314,219 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod run_tests {
+    //! The bridge's long-poll loop against a scripted relay and a raw HTTP/1.1 target: what
+    //! goes on the wire for a streamed response, and what a refusal does to the target.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use ccr_protocol::relay::StreamHead;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use url::Url;
+
+    use crate::confirm_tests::{handing_out, read_request, Seen, ID};
+    use crate::{run, Config, Secret, Transport};
+
+    /// A target that answers every request with a chunked body: `chunks`, then the end; or,
+    /// with `endless`, 64 KiB chunks until its reader goes (then `gone` is set).
+    async fn chunked_target(
+        chunks: &'static [&'static str],
+        endless: bool,
+    ) -> (Url, Arc<AtomicBool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let gone = Arc::new(AtomicBool::new(false));
+        let flag = gone.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match sock.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-kept: yes\r\ntransfer-encoding: chunked\r\n\r\n";
+                    if sock.write_all(start.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for c in chunks {
+                        let frame = format!("{:x}\r\n{c}\r\n", c.len());
+                        if sock.write_all(frame.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    if endless {
+                        let piece = vec![b'x'; 64 * 1024];
+                        let mut frame = format!("{:x}\r\n", piece.len()).into_bytes();
+                        frame.extend_from_slice(&piece);
+                        frame.extend_from_slice(b"\r\n");
+                        while sock.write_all(&frame).await.is_ok() {}
+                        flag.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    let _ = sock.write_all(b"0\r\n\r\n").await;
+                });
+            }
+        });
+        (url, gone)
+    }
+
+    /// A relay stand-in: the first poll hands out one request, later polls wait and hand
+    /// out nothing, and each `_stream` call is answered with `stream_status(seq)`.
+    async fn relay(stream_status: fn(u64) -> u16) -> (Url, Arc<Mutex<Vec<Seen>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    while let Some(req) = read_request(&mut sock).await {
+                        let first = {
+                            let mut l = log.lock().unwrap();
+                            l.push(req.clone());
+                            l.len() == 1
+                        };
+                        let (status, body) = if req.line.contains("/_poll") {
+                            if !first {
+                                tokio::time::sleep(Duration::from_millis(600)).await;
+                            }
+                            let body = if first {
+                                handing_out(ID)
+                            } else {
+                                r#"{"requests":[]}"#.to_owned()
+                            };
+                            (200, body)
+                        } else if req.line.contains("/_stream/") {
+                            let status = stream_status(seq_of(&req.line));
+                            let body = if status == 200 {
+                                r#"{"ok":true}"#
+                            } else {
+                                r#"{"ok":false,"error":"the caller went away"}"#
+                            };
+                            (status, body.to_owned())
+                        } else {
+                            (200, r#"{"ok":true}"#.to_owned())
+                        };
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if sock.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    /// The `seq` of a stream call's request line.
+    fn seq_of(line: &str) -> u64 {
+        line.split(['?', '&', ' '])
+            .find_map(|p| p.strip_prefix("seq="))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    fn stream_calls(seen: &[Seen]) -> Vec<Seen> {
+        seen.iter()
+            .filter(|r| r.line.contains("/_stream/"))
+            .cloned()
+            .collect()
+    }
+
+    /// Runs a long-polling bridge from `relay` to `target` until `done` holds, or 15 s.
+    async fn run_until(
+        relay: Url,
+        target: Url,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        done: impl Fn(&[Seen]) -> bool,
+    ) {
+        let mut config = Config::new(relay, Secret::new("tok"), target);
+        config.transport = Transport::Poll;
+        config.drain_timeout = Duration::from_secs(5);
+        let stop = async move {
+            for _ in 0..300 {
+                if done(&seen.lock().unwrap()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(40), run(config, stop))
+            .await
+            .expect("run returns soon after shutdown")
+            .expect("relay errors never end run");
+    }
+
+    #[tokio::test]
+    async fn an_unsized_response_goes_as_a_head_then_numbered_chunks_then_an_end() {
+        let (target, _) =
+            chunked_target(&["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"], false).await;
+        let (relay_url, seen) = relay(|_| 200).await;
+        let ended = |s: &[Seen]| stream_calls(s).iter().any(|r| r.line.contains("end=1"));
+        run_until(relay_url, target, seen.clone(), ended).await;
+        let seen = seen.lock().unwrap();
+        let calls = stream_calls(&seen);
+        assert!(ended(&seen), "{seen:?}");
+        let head = calls.first().unwrap();
+        assert!(
+            head.line.contains(&format!("/proxy/_stream/{ID}?seq=0 ")),
+            "{head:?}"
+        );
+        let head: StreamHead = serde_json::from_str(&head.body).unwrap();
+        assert_eq!(head.status, 200);
+        assert!(head.headers.contains(&("x-kept".into(), "yes".into())));
+        assert!(
+            !head.headers.iter().any(|(k, _)| k == "transfer-encoding"),
+            "{head:?}"
+        );
+        // The body calls are numbered from 1 without a gap, the last one ends the stream,
+        // and together they carry the target's bytes in order.
+        let body_calls = &calls[1..];
+        for (i, c) in body_calls.iter().enumerate() {
+            assert_eq!(seq_of(&c.line), i as u64 + 1, "{calls:?}");
+        }
+        assert!(body_calls.last().unwrap().line.contains("end=1"));
+        let body: String = body_calls.iter().map(|c| c.body.as_str()).collect();
+        assert_eq!(body, "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+        // Nothing of it went whole.
+        assert!(
+            !seen.iter().any(|r| r.line.contains("/_respond")),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_chunk_stops_the_bridge_reading_the_target() {
+        let (target, gone) = chunked_target(&["first"], true).await;
+        // The caller went away once the first chunk was posted.
+        let (relay_url, seen) = relay(|seq| if seq >= 1 { 410 } else { 200 }).await;
+        let flag = gone.clone();
+        run_until(relay_url, target, seen.clone(), move |_| {
+            flag.load(Ordering::SeqCst)
+        })
+        .await;
+        assert!(
+            gone.load(Ordering::SeqCst),
+            "the target is still being read: {:?}",
+            seen.lock().unwrap()
+        );
+        let calls = stream_calls(&seen.lock().unwrap());
+        // The head, then one refused chunk: nothing after the refusal.
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(seq_of(&calls[1].line), 1);
+        assert!(calls[1].body.len() <= ccr_protocol::relay::MAX_STREAM_CALL_BYTES);
+    }
+}
