@@ -739,3 +739,41 @@ async fn over_long_poll_a_stream_whose_caller_had_its_504_is_dropped() {
     assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
     assert_eq!(resp.text().await.unwrap(), "hello");
 }
+
+#[tokio::test]
+async fn over_long_poll_a_bridge_killed_mid_response_ends_the_callers_body() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    let mut bridge = Bridge::start(&w, &target.url(), Some("cut"), &["--transport", "poll"])
+        .await
+        .unwrap();
+    let mut resp = client()
+        .get(w.url("/relay/cut/endless"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    let mut read = 0usize;
+    while read < 2 * 1024 * 1024 {
+        read += resp.chunk().await.unwrap().expect("an endless body").len();
+    }
+    bridge.kill().await;
+    // No connection tells the relay that a long-polling bridge died: the relay ends the body
+    // with an error once the bridge has made no call for 75 s, instead of leaving the caller
+    // waiting for ever (the target's body never ends, so nothing else can end it). Local
+    // workerd passes an errored body on as a clean end of the chunked response, so the test
+    // asserts the end, not how it looks.
+    let ended = tokio::time::timeout(CALL_TIMEOUT * 4, async {
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => read += c.len(),
+                Ok(None) | Err(_) => return read,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the caller still waits for a response whose bridge died, after {read} bytes"
+    );
+}

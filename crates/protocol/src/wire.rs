@@ -87,6 +87,10 @@ pub mod header {
     /// Which relay channel object (RelayDO) instance answered: random per instance, so a
     /// change shows that the object was rebuilt (and its waiting callers lost).
     pub const RELAY_INSTANCE: &str = "x-ccr-relay-instance";
+    /// On a relay's long-poll answers: this relay takes streamed responses over long-poll
+    /// (`POST {prefix}/_stream/{id}`). A bridge streams only to a relay that says so, and
+    /// sends whole bodies (≤ 10 MiB) to an older one.
+    pub const RELAY_STREAMS: &str = "x-ccr-relay-streams";
     /// Inside the Worker only: the authenticated principal the entry point hands the RouterDO.
     /// Stripped from every incoming request first, so a caller can never set it.
     pub const PRINCIPAL: &str = "x-ccr-principal";
@@ -318,6 +322,7 @@ mod tests {
             header::HOST,
             header::ACCEPT_ENCODING,
             header::UPGRADE,
+            header::RELAY_STREAMS,
         ] {
             assert_eq!(name, name.to_ascii_lowercase());
         }

@@ -169,6 +169,9 @@ struct Shared {
     config: Config,
     relay: reqwest::Client,
     target: reqwest::Client,
+    /// The relay's poll answers said it takes streamed responses (`_stream`); until then
+    /// (an older Worker) responses go whole, as before.
+    relay_streams: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the bridge until `shutdown` completes, then finishes in-flight requests (at most
@@ -196,6 +199,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config: config.clone(),
         relay,
         target,
+        relay_streams: std::sync::atomic::AtomicBool::new(false),
     });
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = JoinSet::new();
@@ -403,6 +407,11 @@ async fn poll(shared: &Shared, max: usize, acks: &[String]) -> anyhow::Result<Ve
         };
         bail!("the relay answered {status}{hint}: {}", snippet(&text));
     }
+    if resp.headers().contains_key(header::RELAY_STREAMS) {
+        shared
+            .relay_streams
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let batch: PollBatch = resp
         .json()
         .await
@@ -436,7 +445,12 @@ async fn handle_one(
     .await;
     let response = match sent {
         Err(bad) => bad,
-        Ok(resp) if !streams_response(resp.content_length()) => {
+        Ok(resp)
+            if !streams_response(resp.content_length())
+                || !shared
+                    .relay_streams
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
             forward::whole(&id, &cfg.target, cfg.target_timeout, deadline, resp).await
         }
         Ok(resp) => {

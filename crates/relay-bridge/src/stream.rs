@@ -36,6 +36,9 @@ const CALL_ATTEMPTS: u32 = 4;
 const RETRY_BASE: Duration = Duration::from_millis(200);
 /// …doubling up to about this long.
 const RETRY_MAX: Duration = Duration::from_secs(3);
+/// With no call in flight for this long (a quiet event stream), an empty one tells the relay
+/// the bridge is alive: it ends a stream whose bridge made no call for 75 s (one that died).
+const KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 /// The body chunks still to send and the target's state: the pure part of the loop below.
 #[derive(Debug, Default)]
@@ -111,6 +114,8 @@ enum Event {
     Answered(Result<(), String>),
     /// The target gave more bytes, ended (`None`) or failed.
     Read(reqwest::Result<Option<Bytes>>),
+    /// No call for [`KEEP_ALIVE`].
+    Quiet,
 }
 
 /// Streams `resp` (the target's answer to request `id`) to the relay in bounded calls, until
@@ -149,6 +154,7 @@ pub(crate) async fn respond(shared: &Shared, id: &str, mut resp: reqwest::Respon
             }
         }
         let event = {
+            let idle = inflight.is_none();
             let answered = async {
                 match inflight.as_mut() {
                     Some(f) => f.as_mut().await,
@@ -158,6 +164,7 @@ pub(crate) async fn respond(shared: &Shared, id: &str, mut resp: reqwest::Respon
             tokio::select! {
                 r = answered => Event::Answered(r),
                 c = resp.chunk(), if pending.wants_more() => Event::Read(c),
+                () = tokio::time::sleep(KEEP_ALIVE), if idle => Event::Quiet,
             }
         };
         match event {
@@ -171,6 +178,10 @@ pub(crate) async fn respond(shared: &Shared, id: &str, mut resp: reqwest::Respon
             Event::Answered(Err(why)) => {
                 info!(%id, "stopped streaming the response after {sent} bytes: {why}");
                 return;
+            }
+            Event::Quiet => {
+                inflight = Some(Box::pin(call(shared, id, seq, None, Bytes::new())));
+                seq += 1;
             }
             Event::Read(Ok(Some(bytes))) => pending.push(&bytes),
             Event::Read(Ok(None)) => pending.finish(Ok(())),
@@ -324,6 +335,7 @@ mod run_tests {
     use std::time::Duration;
 
     use ccr_protocol::relay::StreamHead;
+    use ccr_protocol::wire::header;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use url::Url;
 
@@ -380,8 +392,9 @@ mod run_tests {
     }
 
     /// A relay stand-in: the first poll hands out one request, later polls wait and hand
-    /// out nothing, and each `_stream` call is answered with `stream_status(seq)`.
-    async fn relay(stream_status: fn(u64) -> u16) -> (Url, Arc<Mutex<Vec<Seen>>>) {
+    /// out nothing, and each `_stream` call is answered with `stream_status(seq)`. With
+    /// `streams`, its poll answers say it takes streamed responses (as the Worker's do).
+    async fn relay(streams: bool, stream_status: fn(u64) -> u16) -> (Url, Arc<Mutex<Vec<Seen>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -396,7 +409,11 @@ mod run_tests {
                             l.push(req.clone());
                             l.len() == 1
                         };
+                        let mut extra = String::new();
                         let (status, body) = if req.line.contains("/_poll") {
+                            if streams {
+                                extra = format!("{}: 1\r\n", header::RELAY_STREAMS);
+                            }
                             if !first {
                                 tokio::time::sleep(Duration::from_millis(600)).await;
                             }
@@ -418,7 +435,7 @@ mod run_tests {
                             (200, r#"{"ok":true}"#.to_owned())
                         };
                         let reply = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 {status} X\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
                         );
                         if sock.write_all(reply.as_bytes()).await.is_err() {
@@ -474,7 +491,7 @@ mod run_tests {
     async fn an_unsized_response_goes_as_a_head_then_numbered_chunks_then_an_end() {
         let (target, _) =
             chunked_target(&["data: 1\n\n", "data: 2\n\n", "data: 3\n\n"], false).await;
-        let (relay_url, seen) = relay(|_| 200).await;
+        let (relay_url, seen) = relay(true, |_| 200).await;
         let ended = |s: &[Seen]| stream_calls(s).iter().any(|r| r.line.contains("end=1"));
         run_until(relay_url, target, seen.clone(), ended).await;
         let seen = seen.lock().unwrap();
@@ -512,7 +529,7 @@ mod run_tests {
     async fn a_refused_chunk_stops_the_bridge_reading_the_target() {
         let (target, gone) = chunked_target(&["first"], true).await;
         // The caller went away once the first chunk was posted.
-        let (relay_url, seen) = relay(|seq| if seq >= 1 { 410 } else { 200 }).await;
+        let (relay_url, seen) = relay(true, |seq| if seq >= 1 { 410 } else { 200 }).await;
         let flag = gone.clone();
         run_until(relay_url, target, seen.clone(), move |_| {
             flag.load(Ordering::SeqCst)
@@ -528,5 +545,26 @@ mod run_tests {
         assert_eq!(calls.len(), 2, "{calls:?}");
         assert_eq!(seq_of(&calls[1].line), 1);
         assert!(calls[1].body.len() <= ccr_protocol::relay::MAX_STREAM_CALL_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_does_not_say_it_streams_gets_the_response_whole() {
+        // An older Worker: `_stream` would be a public path there.
+        let (target, _) = chunked_target(&["a", "b"], false).await;
+        let (relay_url, seen) = relay(false, |_| 200).await;
+        let answered = |s: &[Seen]| s.iter().any(|r| r.line.contains("/_respond"));
+        run_until(relay_url, target, seen.clone(), answered).await;
+        let seen = seen.lock().unwrap();
+        let respond = seen
+            .iter()
+            .find(|r| r.line.contains("/_respond"))
+            .unwrap_or_else(|| panic!("{seen:?}"));
+        let r: ccr_protocol::relay::RelayResponse = serde_json::from_str(&respond.body).unwrap();
+        assert_eq!(r.id, ID);
+        assert_eq!(
+            ccr_protocol::relay::decode_body(r.body_base64.as_deref(), r.body.as_deref()).unwrap(),
+            b"ab"
+        );
+        assert!(stream_calls(&seen).is_empty(), "{seen:?}");
     }
 }

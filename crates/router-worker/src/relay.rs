@@ -471,6 +471,11 @@ pub fn stream_step(query: &str) -> Result<StreamStep, String> {
 /// Past it the caller is taken for gone (workerd does not always report a caller that went
 /// away): the call answers 410 and the bridge stops reading the target.
 pub const STREAM_STALL_MS: u64 = 30_000;
+/// A response streaming over long-poll whose bridge made no call for this long is taken for
+/// abandoned (the bridge died mid-body): its caller's body ends in an error instead of
+/// waiting for ever. A live bridge calls at least every 20 s (an empty call when the target
+/// is quiet), and a call waits at most [`STREAM_STALL_MS`] for its caller.
+pub const STREAM_SILENCE_MS: u64 = 75_000;
 
 /// A streamed response's head from a bridge, checked: a status the runtime refuses is `Err`
 /// (the caller's 502), and headers that would reach past the channel are dropped, as for a
@@ -526,6 +531,8 @@ pub struct ChunkLedger {
     unread: u64,
     moved_at: u64,
     gone: bool,
+    /// When the bridge's last call arrived.
+    called_at: u64,
 }
 
 impl ChunkLedger {
@@ -536,11 +543,13 @@ impl ChunkLedger {
             unread: 0,
             moved_at: now,
             gone: false,
+            called_at: now,
         }
     }
 
     /// A body call `seq` carrying `len` bytes arrived at `now`.
     pub fn offer(&mut self, seq: u64, len: usize, now: u64) -> Offer {
+        self.called_at = now;
         if seq < self.next_seq {
             return Offer::Repeat;
         }
@@ -562,6 +571,16 @@ impl ChunkLedger {
     /// The caller's stream was dropped.
     pub fn caller_gone(&mut self) {
         self.gone = true;
+    }
+
+    /// Whether the caller's stream was dropped.
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Whether the bridge has made no call for [`STREAM_SILENCE_MS`] at `now`.
+    pub fn bridge_silent(&self, now: u64) -> bool {
+        now.saturating_sub(self.called_at) >= STREAM_SILENCE_MS
     }
 
     /// Whether the waiting call can be answered at `now`.
@@ -1881,9 +1900,27 @@ mod tests {
         l.taken(10, 1_100);
         l.caller_gone();
         assert_eq!(l.taken_state(1_100), Taken::Gone);
-        // An empty chunk (an end with no bytes) needs no reader.
+        assert!(l.is_gone());
+        // An empty chunk (an end with no bytes, or a bridge's keep-alive) needs no reader.
         let mut e = ChunkLedger::new(0);
         assert_eq!(e.offer(1, 0, 5), Offer::Push);
         assert_eq!(e.taken_state(5), Taken::Yes);
+        assert!(!e.is_gone());
+    }
+
+    #[test]
+    fn a_bridge_that_stops_calling_is_taken_for_gone() {
+        let mut l = ChunkLedger::new(1_000);
+        assert!(!l.bridge_silent(1_000 + STREAM_SILENCE_MS - 1));
+        assert!(l.bridge_silent(1_000 + STREAM_SILENCE_MS));
+        // Any call, even a repeated or refused one, shows the bridge alive.
+        l.offer(1, 0, 50_000);
+        assert!(!l.bridge_silent(50_000 + STREAM_SILENCE_MS - 1));
+        l.offer(5, 0, 90_000);
+        assert!(!l.bridge_silent(90_000 + STREAM_SILENCE_MS - 1));
+        assert!(l.bridge_silent(90_000 + STREAM_SILENCE_MS));
+        // Reading alone does not.
+        l.taken(0, 200_000);
+        assert!(l.bridge_silent(200_000));
     }
 }

@@ -533,13 +533,55 @@ fn stream_response(
     if relay::null_body_status(head.status) {
         return Ok(builder.empty());
     }
+    let flow = match &credit {
+        Credit::Poll(flow) => Some(flow.clone()),
+        Credit::Socket { .. } => None,
+    };
     let body = body.map(move |chunk| {
         if let Ok(bytes) = &chunk {
             credit.grant(bytes.len());
         }
         chunk
     });
-    Ok(builder.from_stream(body)?)
+    match flow {
+        Some(flow) => Ok(builder.from_stream(watched(body, flow))?),
+        None => Ok(builder.from_stream(body)?),
+    }
+}
+
+/// How often a long-poll stream's body checks that its bridge still calls.
+const SILENCE_CHECK_MS: u64 = 15_000;
+
+/// A long-poll stream's body that ends in an error once its bridge has made no call for
+/// [`relay::STREAM_SILENCE_MS`] (it died mid-body): the WebSocket transport learns that from
+/// its socket closing; long-poll has no connection to watch.
+fn watched(
+    body: impl futures_util::Stream<Item = Chunk> + Unpin + 'static,
+    flow: Rc<PollFlow>,
+) -> impl futures_util::Stream<Item = Chunk> + 'static {
+    futures_util::stream::unfold(Some((body, flow)), |state| async move {
+        let (mut body, flow) = state?;
+        loop {
+            let timer = std::pin::pin!(Delay::from(Duration::from_millis(SILENCE_CHECK_MS)));
+            match select(body.next(), timer).await {
+                Either::Left((Some(chunk), _)) => return Some((chunk, Some((body, flow)))),
+                Either::Left((None, _)) => return None,
+                Either::Right(_) => {
+                    let silent = flow
+                        .ledger
+                        .try_borrow()
+                        .is_ok_and(|l| l.bridge_silent(now_ms()));
+                    if silent {
+                        let why = format!(
+                            "the bridge stopped sending this response ({} s without a call)",
+                            relay::STREAM_SILENCE_MS / 1000
+                        );
+                        return Some((Err(Error::RustError(why)), None));
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// What a bridge socket's attachment remembers (it survives hibernation; memory does not).
@@ -999,6 +1041,10 @@ impl RelayDO {
         let call: DoCall = serde_json::from_slice(&head)
             .map_err(|e| ApiError::new(400, format!("malformed relay call: {e}")))?;
         self.channel.borrow_mut().sweep(now_ms());
+        // Long-poll streams whose caller is gone (finished, went away, or given up).
+        self.poll_streams
+            .borrow_mut()
+            .retain(|_, s| s.flow.ledger.try_borrow().map_or(true, |l| !l.is_gone()));
         match call {
             DoCall::Public {
                 channel,
@@ -1023,7 +1069,12 @@ impl RelayDO {
                 wait_ms,
                 max,
                 ack,
-            } => self.handle_poll(&channel, wait_ms, max, ack).await,
+            } => {
+                let resp = self.handle_poll(&channel, wait_ms, max, ack).await?;
+                // This relay takes streamed responses over long-poll (`_stream`): say so.
+                resp.headers().set(wire::header::RELAY_STREAMS, "1")?;
+                Ok(resp)
+            }
             DoCall::Ack { .. } => self.handle_ack(&payload).await,
             DoCall::Respond { channel } => self.handle_respond(&channel, payload).await,
             DoCall::Result {
