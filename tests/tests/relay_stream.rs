@@ -49,6 +49,8 @@ struct Shared {
     late_go: Semaphore,
     /// Requests that reached `/late`.
     late_waiting: AtomicUsize,
+    /// Bytes every `/endless` body handed to the server so far.
+    endless_bytes: AtomicUsize,
 }
 
 impl Default for Shared {
@@ -60,6 +62,7 @@ impl Default for Shared {
             endless_dropped: AtomicUsize::new(0),
             late_go: Semaphore::new(0),
             late_waiting: AtomicUsize::new(0),
+            endless_bytes: AtomicUsize::new(0),
         }
     }
 }
@@ -158,7 +161,7 @@ async fn endless(State(shared): State<Arc<Shared>>) -> Response {
     let flag = DropFlag(shared);
     let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
     let stream = futures_util::stream::repeat(chunk).map(move |c| {
-        let _alive = &flag;
+        flag.0.endless_bytes.fetch_add(c.len(), Ordering::SeqCst);
         Ok::<_, std::io::Error>(c)
     });
     Response::builder()
@@ -776,4 +779,40 @@ async fn over_long_poll_a_bridge_killed_mid_response_ends_the_callers_body() {
         ended.is_ok(),
         "the caller still waits for a response whose bridge died, after {read} bytes"
     );
+}
+
+#[tokio::test]
+async fn a_slow_caller_slows_the_bridge_reads_of_the_target() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    let bridge = streaming_bridge(&w, &target.url(), Some("slow")).await;
+    let mut resp = client()
+        .get(w.url("/relay/slow/endless"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    const MIB: usize = 1024 * 1024;
+    let mut read = 0usize;
+    while read < MIB {
+        read += resp.chunk().await.unwrap().expect("an endless body").len();
+    }
+    // The caller pauses. Without flow control the bridge would go on reading the target as
+    // fast as the relay took the bytes (hundreds of MB in this pause); with it the target
+    // gets no further than the caller plus a few windows and the buffers of the TCP hops on
+    // the way (loopback autotuning lets each hold several MB: about 20–27 MB were seen).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let produced = target.shared.endless_bytes.load(Ordering::SeqCst);
+    let transport = transport();
+    println!("over {transport}: the caller read {read} B, the target produced {produced} B");
+    assert!(
+        produced < read + 64 * MIB,
+        "over {transport} the target produced {produced} B while the caller had read {read} B"
+    );
+    // The stream goes on once the caller reads again.
+    let resumed = read;
+    while read < resumed + 4 * MIB {
+        read += resp.chunk().await.unwrap().expect("an endless body").len();
+    }
+    assert_eq!(target.shared.endless_dropped.load(Ordering::SeqCst), 0);
 }
