@@ -52,6 +52,9 @@ e2e: build
 	cargo test -p ccr-e2e --locked -- --test-threads=2
 	# The relay suite again over long-polling (the run above used the WebSocket transport).
 	CCR_E2E_RELAY_TRANSPORT=poll cargo test -p ccr-e2e --locked --test relay -- --test-threads=2
+	# The streaming cases of relay_stream again over long-polling (bounded `_stream` calls).
+	CCR_E2E_RELAY_TRANSPORT=poll cargo test -p ccr-e2e --locked --test relay_stream -- --test-threads=2 \
+	  server_sent_events a_300_mb_download a_caller_that_goes_away a_slow_caller
 
 ## Delivery under faults at full size (1,000 commands; `make test` runs about 100).
 chaos: build

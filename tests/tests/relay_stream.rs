@@ -1,7 +1,12 @@
 //! The relay's WebSocket transport and streaming, end to end: the real Worker on workerd, the
 //! real `relay-bridge` binary, a local axum target. Server-sent events cross one by one, a
-//! 300 MB download crosses with the bridge's memory bounded, a socket that drops answers its
-//! callers 502, and a proxy that refuses upgrades makes `auto` long-poll.
+//! 300 MB download crosses with the bridge's memory bounded, a caller that goes away stops the
+//! bridge reading the target, a socket that drops answers its callers 502, and a proxy that
+//! refuses upgrades makes `auto` long-poll.
+//!
+//! The streaming cases run over the transport `CCR_E2E_RELAY_TRANSPORT` names (`ws` by
+//! default; `make e2e` runs them again with `poll`, where a response streams as bounded
+//! `_stream` calls); the WebSocket-only cases always use `ws`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +45,12 @@ struct Shared {
     held: AtomicUsize,
     /// `/endless` bodies the target stopped producing (their reader went away).
     endless_dropped: AtomicUsize,
+    /// `/late` answers when a permit is added here.
+    late_go: Semaphore,
+    /// Requests that reached `/late`.
+    late_waiting: AtomicUsize,
+    /// Bytes every `/endless` body handed to the server so far.
+    endless_bytes: AtomicUsize,
 }
 
 impl Default for Shared {
@@ -49,6 +60,9 @@ impl Default for Shared {
             written: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             endless_dropped: AtomicUsize::new(0),
+            late_go: Semaphore::new(0),
+            late_waiting: AtomicUsize::new(0),
+            endless_bytes: AtomicUsize::new(0),
         }
     }
 }
@@ -74,6 +88,7 @@ impl Target {
             .route("/big", get(big))
             .route("/hold", get(hold))
             .route("/endless", get(endless))
+            .route("/late", get(late))
             .route("/hello", get(|| async { "hello" }))
             .with_state(shared.clone());
         let (addr, task) = ccr_e2e::ports::serve_loopback(app).await;
@@ -146,7 +161,7 @@ async fn endless(State(shared): State<Arc<Shared>>) -> Response {
     let flag = DropFlag(shared);
     let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
     let stream = futures_util::stream::repeat(chunk).map(move |c| {
-        let _alive = &flag;
+        flag.0.endless_bytes.fetch_add(c.len(), Ordering::SeqCst);
         Ok::<_, std::io::Error>(c)
     });
     Response::builder()
@@ -155,11 +170,45 @@ async fn endless(State(shared): State<Arc<Shared>>) -> Response {
         .unwrap()
 }
 
+/// Answers only when the test says so, then like `/endless`: an unsized body that goes on for
+/// as long as someone reads it.
+async fn late(State(shared): State<Arc<Shared>>) -> Response {
+    shared.late_waiting.fetch_add(1, Ordering::SeqCst);
+    if let Ok(p) = shared.late_go.acquire().await {
+        p.forget();
+    }
+    endless(State(shared)).await
+}
+
 /// Never answers (within any test's patience).
 async fn hold(State(shared): State<Arc<Shared>>) -> &'static str {
     shared.held.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(600)).await;
     "held"
+}
+
+/// The transport the streaming cases run over (`CCR_E2E_RELAY_TRANSPORT`, `ws` by default).
+fn transport() -> String {
+    ccr_e2e::bridge::default_transport()
+}
+
+/// Starts a bridge over [`transport`] and waits until it is serving: connected over the
+/// WebSocket, or polling.
+async fn streaming_bridge(w: &Worker, target: &str, channel: Option<&str>) -> Bridge {
+    let transport = transport();
+    let bridge = Bridge::start(w, target, channel, &["--transport", &transport])
+        .await
+        .unwrap();
+    if transport == "poll" {
+        ccr_e2e::wait_for("the bridge to poll", CALL_TIMEOUT, || async {
+            bridge.log().contains("polling").then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", bridge.log()));
+    } else {
+        connected(&bridge).await;
+    }
+    bridge
 }
 
 /// Waits until the bridge's log says it is connected over the WebSocket.
@@ -178,10 +227,7 @@ async fn connected(bridge: &Bridge) {
 async fn server_sent_events_arrive_one_by_one() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), None, &["--transport", "ws"])
-        .await
-        .unwrap();
-    connected(&bridge).await;
+    let bridge = streaming_bridge(&w, &target.url(), None).await;
     let resp = tokio::time::timeout(CALL_TIMEOUT, client().get(w.url("/proxy/events")).send())
         .await
         .expect("the head arrives")
@@ -241,10 +287,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn a_300_mb_download_streams_with_the_bridge_memory_bounded() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), Some("dl"), &["--transport", "ws"])
-        .await
-        .unwrap();
-    connected(&bridge).await;
+    let bridge = streaming_bridge(&w, &target.url(), Some("dl")).await;
     let pid = bridge.pid().unwrap();
     let before = peak_rss_kib(pid);
     const MB: u64 = 300;
@@ -270,10 +313,11 @@ async fn a_300_mb_download_streams_with_the_bridge_memory_bounded() {
     }
     assert_eq!(offset, MB * 1024 * 1024, "every byte arrived");
     let peak = peak_rss_kib(pid);
-    println!("bridge VmHWM: {before} KiB before, {peak} KiB after {MB} MB");
+    let transport = transport();
+    println!("bridge VmHWM over {transport}: {before} KiB before, {peak} KiB after {MB} MB");
     assert!(
         peak < 64 * 1024,
-        "the bridge peaked at {peak} KiB resident during a {MB} MB download"
+        "the bridge peaked at {peak} KiB resident during a {MB} MB download over {transport}"
     );
 }
 
@@ -607,10 +651,7 @@ async fn a_browser_style_websocket_crosses_the_relay_both_ways() {
 async fn a_caller_that_goes_away_stops_the_bridge_reading_the_target() {
     let w = Worker::start_default().await.unwrap();
     let target = Target::start().await;
-    let bridge = Bridge::start(&w, &target.url(), Some("gone"), &["--transport", "ws"])
-        .await
-        .unwrap();
-    connected(&bridge).await;
+    let bridge = streaming_bridge(&w, &target.url(), Some("gone")).await;
     let mut resp = client()
         .get(w.url("/relay/gone/endless"))
         .send()
@@ -641,4 +682,137 @@ async fn a_caller_that_goes_away_stops_the_bridge_reading_the_target() {
         .await
         .unwrap();
     assert_eq!(resp.text().await.unwrap(), "hello");
+}
+
+#[tokio::test]
+async fn over_long_poll_a_stream_whose_caller_had_its_504_is_dropped() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    // The target answers only after the caller's 504 (25 s): the bridge waits longer for it.
+    let bridge = Bridge::start(
+        &w,
+        &target.url(),
+        Some("late"),
+        &["--transport", "poll", "--target-timeout", "300"],
+    )
+    .await
+    .unwrap();
+    let resp = client()
+        .get(w.url("/relay/late/late"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504, "bridge log:\n{}", bridge.log());
+    let v: serde_json::Value = resp.json().await.unwrap();
+    let result_path = v["resultPath"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the bridge had the request: {v}"))
+        .to_owned();
+    assert_eq!(target.shared.late_waiting.load(Ordering::SeqCst), 1);
+    assert_eq!(target.shared.endless_dropped.load(Ordering::SeqCst), 0);
+    // Now the target answers with a body that never ends: nobody waits for it, so the relay
+    // refuses the stream and the bridge stops reading the target.
+    target.shared.late_go.add_permits(1);
+    let shared = target.shared.clone();
+    ccr_e2e::wait_for("the target's body to be dropped", CALL_TIMEOUT, || async {
+        (shared.endless_dropped.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", bridge.log()));
+    assert!(
+        bridge.log().contains("stopped streaming the response"),
+        "{}",
+        bridge.log()
+    );
+    // The late answer was not kept whole; its result says so.
+    let kept = client().get(w.url(&result_path)).send().await.unwrap();
+    assert_eq!(kept.status(), 502);
+    let body: serde_json::Value = kept.json().await.unwrap();
+    assert_eq!(body["ok"], false);
+    assert!(
+        body["error"].as_str().unwrap().contains("not kept"),
+        "{body}"
+    );
+    // The channel still serves.
+    let resp = client()
+        .get(w.url("/relay/late/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    assert_eq!(resp.text().await.unwrap(), "hello");
+}
+
+#[tokio::test]
+async fn over_long_poll_a_bridge_killed_mid_response_ends_the_callers_body() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    let mut bridge = Bridge::start(&w, &target.url(), Some("cut"), &["--transport", "poll"])
+        .await
+        .unwrap();
+    let mut resp = client()
+        .get(w.url("/relay/cut/endless"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    let mut read = 0usize;
+    while read < 2 * 1024 * 1024 {
+        read += resp.chunk().await.unwrap().expect("an endless body").len();
+    }
+    bridge.kill().await;
+    // No connection tells the relay that a long-polling bridge died: the relay ends the body
+    // with an error once the bridge has made no call for 75 s, instead of leaving the caller
+    // waiting for ever (the target's body never ends, so nothing else can end it). Local
+    // workerd passes an errored body on as a clean end of the chunked response, so the test
+    // asserts the end, not how it looks.
+    let ended = tokio::time::timeout(CALL_TIMEOUT * 4, async {
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => read += c.len(),
+                Ok(None) | Err(_) => return read,
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the caller still waits for a response whose bridge died, after {read} bytes"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_caller_slows_the_bridge_reads_of_the_target() {
+    let w = Worker::start_default().await.unwrap();
+    let target = Target::start().await;
+    let bridge = streaming_bridge(&w, &target.url(), Some("slow")).await;
+    let mut resp = client()
+        .get(w.url("/relay/slow/endless"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "bridge log:\n{}", bridge.log());
+    const MIB: usize = 1024 * 1024;
+    let mut read = 0usize;
+    while read < MIB {
+        read += resp.chunk().await.unwrap().expect("an endless body").len();
+    }
+    // The caller pauses. Without flow control the bridge would go on reading the target as
+    // fast as the relay took the bytes (hundreds of MB in this pause); with it the target
+    // gets no further than the caller plus a few windows and the buffers of the TCP hops on
+    // the way (loopback autotuning lets each hold several MB: about 20–27 MB were seen).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let produced = target.shared.endless_bytes.load(Ordering::SeqCst);
+    let transport = transport();
+    println!("over {transport}: the caller read {read} B, the target produced {produced} B");
+    assert!(
+        produced < read + 64 * MIB,
+        "over {transport} the target produced {produced} B while the caller had read {read} B"
+    );
+    // The stream goes on once the caller reads again.
+    let resumed = read;
+    while read < resumed + 4 * MIB {
+        read += resp.chunk().await.unwrap().expect("an endless body").len();
+    }
+    assert_eq!(target.shared.endless_dropped.load(Ordering::SeqCst), 0);
 }

@@ -435,6 +435,68 @@ pub fn split_chunk_frame(frame: &[u8]) -> Option<(&str, &[u8])> {
         .then_some((id, bytes))
 }
 
+/// Whether a response goes to its caller streamed rather than whole, over either transport:
+/// it has no `content-length` (chunked, server-sent events) or one over
+/// [`WHOLE_RESPONSE_BYTES`].
+pub fn streams_response(content_length: Option<u64>) -> bool {
+    content_length.is_none_or(|n| n > WHOLE_RESPONSE_BYTES)
+}
+
+/// Most body bytes one long-poll stream call (`POST {prefix}/_stream/{id}`) carries: one
+/// window, so the relay holds at most about that much of a response at once.
+pub const MAX_STREAM_CALL_BYTES: usize = STREAM_WINDOW_BYTES as usize;
+
+/// Over long-poll: a streamed response's status and headers, the JSON body of its first call
+/// (`POST {prefix}/_stream/{id}?seq=0`). Its body follows as raw bytes in the calls
+/// `seq=1, 2, …`, each answered only once the caller's stream has taken it (a caller that
+/// went away answers 410: the bridge stops reading the target).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHead {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers (hop-by-hop removed).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// How the last call of a streamed response ends it (`?end=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StreamEnd {
+    /// `end=1`: the body is complete after this call's bytes.
+    Complete,
+    /// `end=abort`: the target's body broke off; the call's body is the reason. The caller's
+    /// body ends in an error, never looks complete.
+    Abort,
+}
+
+impl StreamEnd {
+    /// The `end` query value.
+    pub fn as_query(self) -> &'static str {
+        match self {
+            StreamEnd::Complete => "1",
+            StreamEnd::Abort => "abort",
+        }
+    }
+
+    /// Parses an `end` query value.
+    pub fn from_query(value: &str) -> Option<StreamEnd> {
+        match value {
+            "1" => Some(StreamEnd::Complete),
+            "abort" => Some(StreamEnd::Abort),
+            _ => None,
+        }
+    }
+}
+
+/// The query of one long-poll stream call: `seq=N`, and `&end=…` on the last one.
+pub fn stream_query(seq: u64, end: Option<StreamEnd>) -> String {
+    match end {
+        None => format!("{}={seq}", query::SEQ),
+        Some(e) => format!("{}={seq}&{}={}", query::SEQ, query::END, e.as_query()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +665,28 @@ mod tests {
             "https://w.example/p?x_relay_key=1"
         );
         assert_eq!(scrub_referer("https://w.example/p"), "https://w.example/p");
+    }
+
+    #[test]
+    fn long_poll_stream_shapes() {
+        let literal = json!({"status": 200, "headers": [["content-type", "text/event-stream"]]});
+        let head: StreamHead = serde_json::from_value(literal.clone()).unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(serde_json::to_value(&head).unwrap(), literal);
+        let bare: StreamHead = serde_json::from_value(json!({"status": 404})).unwrap();
+        assert!(bare.headers.is_empty());
+        assert_eq!(stream_query(0, None), "seq=0");
+        assert_eq!(stream_query(7, Some(StreamEnd::Complete)), "seq=7&end=1");
+        assert_eq!(stream_query(2, Some(StreamEnd::Abort)), "seq=2&end=abort");
+        for end in [StreamEnd::Complete, StreamEnd::Abort] {
+            assert_eq!(StreamEnd::from_query(end.as_query()), Some(end));
+        }
+        assert_eq!(StreamEnd::from_query("yes"), None);
+        // The same rule as the WebSocket transport: small declared bodies go whole.
+        assert!(!streams_response(Some(0)));
+        assert!(!streams_response(Some(WHOLE_RESPONSE_BYTES)));
+        assert!(streams_response(Some(WHOLE_RESPONSE_BYTES + 1)));
+        assert!(streams_response(None));
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub mod route {
     /// Last segment of a bridge's WebSocket transport: `GET {prefix}/_ws` with an upgrade and
     /// the channel's token; requests are pushed over it instead of long-polled.
     pub const BRIDGE_SOCKET: &str = "_ws";
+    /// A streamed response over the long-poll transport: `POST {prefix}/_stream/{id}?seq=N`,
+    /// its head (`seq=0`, JSON) and then its body in bounded chunks (`seq=1, 2, …`, raw bytes),
+    /// each answered once the caller's stream has taken it; `end` marks the last call.
+    pub const STREAM: &str = "_stream";
 
     /// The webhook path for `secret`: `/webhook/telegram/{secret}`.
     pub fn webhook(secret: &str) -> String {
@@ -83,6 +87,10 @@ pub mod header {
     /// Which relay channel object (RelayDO) instance answered: random per instance, so a
     /// change shows that the object was rebuilt (and its waiting callers lost).
     pub const RELAY_INSTANCE: &str = "x-ccr-relay-instance";
+    /// On a relay's long-poll answers: this relay takes streamed responses over long-poll
+    /// (`POST {prefix}/_stream/{id}`). A bridge streams only to a relay that says so, and
+    /// sends whole bodies (≤ 10 MiB) to an older one.
+    pub const RELAY_STREAMS: &str = "x-ccr-relay-streams";
     /// Inside the Worker only: the authenticated principal the entry point hands the RouterDO.
     /// Stripped from every incoming request first, so a caller can never set it.
     pub const PRINCIPAL: &str = "x-ccr-principal";
@@ -149,6 +157,12 @@ pub mod query {
     /// (comma-separated, maybe none). Its presence says the bridge confirms what it receives,
     /// so what this poll hands out is leased until confirmed.
     pub const ACK: &str = "ack";
+    /// `POST {prefix}/_stream/{id}?seq=N`: which call of a streamed response this is (0: the
+    /// head; then the body's chunks in order).
+    pub const SEQ: &str = "seq";
+    /// `POST {prefix}/_stream/{id}?seq=N&end=1`: the last call of a streamed response (`1`: the
+    /// body is complete; `abort`: it broke off, the call's body says why).
+    pub const END: &str = "end";
 }
 
 /// The machine socket's subprotocol: an agent offers `ccr, <key>` and the Worker answers `ccr`.
@@ -308,6 +322,7 @@ mod tests {
             header::HOST,
             header::ACCEPT_ENCODING,
             header::UPGRADE,
+            header::RELAY_STREAMS,
         ] {
             assert_eq!(name, name.to_ascii_lowercase());
         }

@@ -12,12 +12,15 @@
 //! - `post_responses`: the responder, one task posting one `_respond` at a time; responses
 //!   that finish while a post is in flight go together in the next, as a batch.
 //! - `forward`: one request to the target and back into a response envelope.
+//! - `stream`: a response that streams (no `content-length`, or a large one) goes back over
+//!   long-poll as a head and bounded body calls (`_stream/{id}`), never buffered whole.
 //! - `socket`: the WebSocket transport ([`Transport`]), tried first; the poll loop above is
 //!   its fallback.
 #![deny(missing_docs)]
 
 mod forward;
 mod socket;
+mod stream;
 
 use ccr_protocol::wire::{header, query, route};
 use std::future::Future;
@@ -25,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use ccr_protocol::relay::{AckBody, PollBatch, RelayRequest, RelayResponse, RespondBody};
+use ccr_protocol::relay::{
+    streams_response, AckBody, PollBatch, RelayRequest, RelayResponse, RespondBody,
+};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
@@ -164,6 +169,9 @@ struct Shared {
     config: Config,
     relay: reqwest::Client,
     target: reqwest::Client,
+    /// The relay's poll answers said it takes streamed responses (`_stream`); until then
+    /// (an older Worker) responses go whole, as before.
+    relay_streams: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the bridge until `shutdown` completes, then finishes in-flight requests (at most
@@ -191,6 +199,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         config: config.clone(),
         relay,
         target,
+        relay_streams: std::sync::atomic::AtomicBool::new(false),
     });
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let mut tasks = JoinSet::new();
@@ -398,6 +407,11 @@ async fn poll(shared: &Shared, max: usize, acks: &[String]) -> anyhow::Result<Ve
         };
         bail!("the relay answered {status}{hint}: {}", snippet(&text));
     }
+    if resp.headers().contains_key(header::RELAY_STREAMS) {
+        shared
+            .relay_streams
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let batch: PollBatch = resp
         .json()
         .await
@@ -419,13 +433,40 @@ async fn handle_one(
     let id = request.id.clone();
     debug!(%id, method = %request.method, path = %request.path, "forwarding");
     let started = tokio::time::Instant::now();
-    let response = forward::forward(
+    let cfg = &shared.config;
+    let deadline = started + cfg.target_timeout;
+    let sent = forward::send(
         &shared.target,
-        &shared.config.target,
-        shared.config.target_timeout,
+        &cfg.target,
+        cfg.target_timeout,
         &request,
+        None,
     )
     .await;
+    let response = match sent {
+        Err(bad) => bad,
+        Ok(resp)
+            if !streams_response(resp.content_length())
+                || !shared
+                    .relay_streams
+                    .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            forward::whole(&id, &cfg.target, cfg.target_timeout, deadline, resp).await
+        }
+        Ok(resp) => {
+            // The same rule as the WebSocket transport: no length, or a large one, streams.
+            info!(
+                "{} {} → {} in {} ms (streaming)",
+                request.method,
+                request.path,
+                resp.status().as_u16(),
+                started.elapsed().as_millis()
+            );
+            stream::respond(&shared, &id, resp).await;
+            drop(permit);
+            return;
+        }
+    };
     info!(
         "{} {} → {} in {} ms",
         request.method,
@@ -745,7 +786,7 @@ mod confirm_tests {
     }
 
     /// Reads one HTTP/1.1 request (head and `content-length` body) from `sock`.
-    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Seen> {
+    pub(crate) async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Seen> {
         let mut buf = Vec::new();
         let mut chunk = [0u8; 8192];
         let head_end = loop {

@@ -6,7 +6,8 @@
 //! The waiting itself (oneshot channels, timers, KV) lives in `relay_binding`.
 
 use ccr_protocol::relay::{
-    chunk_frame, forward_response_header, INLINE_REQUEST_BODY_BYTES, STREAM_CHUNK_BYTES,
+    chunk_frame, forward_response_header, StreamEnd, StreamHead, INLINE_REQUEST_BODY_BYTES,
+    STREAM_CHUNK_BYTES,
 };
 use ccr_protocol::wire::{header, query as wire_query, route};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -140,6 +141,13 @@ pub enum RelayRoute {
     NoChannel,
     /// `GET {prefix}/_ws`: a bridge's WebSocket transport.
     BridgeSocket(Channel),
+    /// `POST {prefix}/_stream/{id}`: one call of a response streamed over long-poll.
+    Stream {
+        /// The channel.
+        channel: Channel,
+        /// The request id the response answers.
+        id: String,
+    },
 }
 
 /// Whether a path belongs to the relay (`/ping`, `/proxy[/...]`, `/relay[/...]`).
@@ -234,16 +242,25 @@ pub fn parse_route(method: &str, path: &str) -> Option<RelayRoute> {
                     id: id.to_owned(),
                 },
             ),
-            _ => RelayRoute::Public {
-                channel,
-                path: if rest.is_empty() {
-                    "/".into()
-                } else {
-                    rest.to_owned()
+            _ => match last_segment(op, route::STREAM) {
+                Some(id) => want("POST", RelayRoute::Stream { channel, id }),
+                None => RelayRoute::Public {
+                    channel,
+                    path: if rest.is_empty() {
+                        "/".into()
+                    } else {
+                        rest.to_owned()
+                    },
                 },
             },
         },
     })
+}
+
+/// `{name}/{x}` → `x`, when `x` is one non-empty segment.
+fn last_segment(op: &str, name: &str) -> Option<String> {
+    let x = op.strip_prefix(name)?.strip_prefix('/')?;
+    (!x.is_empty() && !x.contains('/')).then(|| x.to_owned())
 }
 
 /// Why a bridge was refused.
@@ -407,6 +424,180 @@ pub enum DoCall {
         #[serde(default)]
         prefix: Option<String>,
     },
+    /// One call of a response streamed over long-poll; the payload is the head's JSON
+    /// (`seq` 0) or body bytes.
+    Stream {
+        /// [`Channel::key`].
+        channel: String,
+        /// The request id.
+        id: String,
+        /// 0: the head; then the body's chunks in order.
+        seq: u64,
+        /// Set on the last call.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        end: Option<StreamEnd>,
+    },
+}
+
+/// One call of a response streamed over long-poll: which (`seq`, 0 = the head) and whether it
+/// is the last, from `?seq=N[&end=1|abort]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamStep {
+    /// 0: the head (JSON); 1, 2, …: the body's chunks in order.
+    pub seq: u64,
+    /// Set on the last call.
+    pub end: Option<StreamEnd>,
+}
+
+/// Parses a stream call's query: `seq` is required (a non-negative integer); `end`, when
+/// present, is `1` or `abort` (not on the head: a head has no body to end).
+pub fn stream_step(query: &str) -> Result<StreamStep, String> {
+    let seq = query_param(query, wire_query::SEQ)
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| "seq must be a non-negative integer: ?seq=N (0 is the head)".to_owned())?;
+    let end = match query_param(query, wire_query::END) {
+        None => None,
+        Some(v) => Some(
+            StreamEnd::from_query(v).ok_or_else(|| format!("end must be 1 or abort, not {v:?}"))?,
+        ),
+    };
+    if seq == 0 && end.is_some() {
+        return Err("the head (seq=0) cannot end the stream: send end with a body call".into());
+    }
+    Ok(StreamStep { seq, end })
+}
+
+/// How long a body call of a streamed response waits for its caller to take what it carries.
+/// Past it the caller is taken for gone (workerd does not always report a caller that went
+/// away): the call answers 410 and the bridge stops reading the target.
+pub const STREAM_STALL_MS: u64 = 30_000;
+/// A response streaming over long-poll whose bridge made no call for this long is taken for
+/// abandoned (the bridge died mid-body): its caller's body ends in an error instead of
+/// waiting for ever. A live bridge calls at least every 20 s (an empty call when the target
+/// is quiet), and a call waits at most [`STREAM_STALL_MS`] for its caller.
+pub const STREAM_SILENCE_MS: u64 = 75_000;
+
+/// A streamed response's head from a bridge, checked: a status the runtime refuses is `Err`
+/// (the caller's 502), and headers that would reach past the channel are dropped, as for a
+/// whole response ([`decode_response`]).
+pub fn stream_head(head: StreamHead) -> Result<ResponseHead, String> {
+    if !(200..=599).contains(&head.status) {
+        return Err(format!(
+            "the target answered with status {}, which cannot be relayed",
+            head.status
+        ));
+    }
+    Ok(ResponseHead {
+        status: head.status,
+        headers: head
+            .headers
+            .into_iter()
+            .filter(|(k, _)| forward_response_header(k))
+            .collect(),
+    })
+}
+
+/// What a body call of a streamed response does with its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// The next chunk: hand its bytes to the caller.
+    Push,
+    /// A chunk already handed on (the bridge retried a call whose answer it lost): only wait.
+    Repeat,
+    /// A chunk after a missing one: refused (409), never relayed out of order.
+    Gap,
+}
+
+/// Where a body call stands, waiting for the caller to take its chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// The caller's stream took everything handed to it: answer the call.
+    Yes,
+    /// Not yet; look again at this time (ms) at the latest.
+    WaitUntil(u64),
+    /// The caller took nothing for [`STREAM_STALL_MS`]: taken for gone.
+    Stalled,
+    /// The caller's stream was dropped (it went away, or its body ended).
+    Gone,
+}
+
+/// The bookkeeping of one response streamed over long-poll: the next chunk expected, the bytes
+/// handed to the caller's stream and not yet taken by it, and when it last moved. One chunk
+/// call is answered only once its bytes are taken, so the channel's object holds at most one
+/// call's bytes (≤ one window) per response, and a slow caller slows the bridge's reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkLedger {
+    next_seq: u64,
+    unread: u64,
+    moved_at: u64,
+    gone: bool,
+    /// When the bridge's last call arrived.
+    called_at: u64,
+}
+
+impl ChunkLedger {
+    /// A stream whose head was delivered at `now`: chunk 1 comes next.
+    pub fn new(now: u64) -> Self {
+        Self {
+            next_seq: 1,
+            unread: 0,
+            moved_at: now,
+            gone: false,
+            called_at: now,
+        }
+    }
+
+    /// A body call `seq` carrying `len` bytes arrived at `now`.
+    pub fn offer(&mut self, seq: u64, len: usize, now: u64) -> Offer {
+        self.called_at = now;
+        if seq < self.next_seq {
+            return Offer::Repeat;
+        }
+        if seq > self.next_seq {
+            return Offer::Gap;
+        }
+        self.next_seq += 1;
+        self.unread = self.unread.saturating_add(len as u64);
+        self.moved_at = now;
+        Offer::Push
+    }
+
+    /// The caller's stream took `n` bytes at `now`.
+    pub fn taken(&mut self, n: usize, now: u64) {
+        self.unread = self.unread.saturating_sub(n as u64);
+        self.moved_at = now;
+    }
+
+    /// The caller's stream was dropped.
+    pub fn caller_gone(&mut self) {
+        self.gone = true;
+    }
+
+    /// Whether the caller's stream was dropped.
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// Whether the bridge has made no call for [`STREAM_SILENCE_MS`] at `now`.
+    pub fn bridge_silent(&self, now: u64) -> bool {
+        now.saturating_sub(self.called_at) >= STREAM_SILENCE_MS
+    }
+
+    /// Whether the waiting call can be answered at `now`.
+    pub fn taken_state(&self, now: u64) -> Taken {
+        if self.gone {
+            return Taken::Gone;
+        }
+        if self.unread == 0 {
+            return Taken::Yes;
+        }
+        let until = self.moved_at.saturating_add(STREAM_STALL_MS);
+        if now >= until {
+            Taken::Stalled
+        } else {
+            Taken::WaitUntil(until)
+        }
+    }
 }
 
 /// A caller's WebSocket upgrade on a channel, as the Worker hands it to the channel's object
@@ -1583,5 +1774,153 @@ mod tests {
             ]})
         );
         assert_eq!(batch_results(vec![]), json!({"ok": true, "results": []}));
+    }
+
+    #[test]
+    fn stream_calls_route_and_parse() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            parse_route("POST", &format!("/proxy/_stream/{id}")),
+            Some(RelayRoute::Stream {
+                channel: Channel::Default,
+                id: id.into()
+            })
+        );
+        assert_eq!(
+            parse_host_route("POST", "alpha", &format!("/_stream/{id}")),
+            Some(RelayRoute::Stream {
+                channel: named("alpha"),
+                id: id.into()
+            })
+        );
+        assert_eq!(
+            parse_route("GET", &format!("/relay/a/_stream/{id}")),
+            Some(RelayRoute::MethodNotAllowed("POST"))
+        );
+        // No id, or more than one segment: a public path like any other.
+        for path in ["/proxy/_stream", "/proxy/_stream/", "/proxy/_stream/a/b"] {
+            assert!(
+                matches!(parse_route("POST", path), Some(RelayRoute::Public { .. })),
+                "{path}"
+            );
+        }
+        assert_eq!(stream_step("seq=0"), Ok(StreamStep { seq: 0, end: None }));
+        assert_eq!(
+            stream_step("seq=3&end=1"),
+            Ok(StreamStep {
+                seq: 3,
+                end: Some(StreamEnd::Complete)
+            })
+        );
+        assert_eq!(
+            stream_step("end=abort&seq=9"),
+            Ok(StreamStep {
+                seq: 9,
+                end: Some(StreamEnd::Abort)
+            })
+        );
+        for bad in ["", "seq=", "seq=-1", "seq=x", "seq=1&end=2", "seq=0&end=1"] {
+            assert!(stream_step(bad).is_err(), "{bad}");
+        }
+        let call = DoCall::Stream {
+            channel: "default".into(),
+            id: id.into(),
+            seq: 2,
+            end: Some(StreamEnd::Complete),
+        };
+        let text = serde_json::to_value(&call).unwrap();
+        assert_eq!(
+            text,
+            json!({"op": "stream", "channel": "default", "id": id, "seq": 2, "end": "complete"})
+        );
+        assert_eq!(serde_json::from_value::<DoCall>(text).unwrap(), call);
+    }
+
+    #[test]
+    fn streamed_heads_are_checked_like_whole_answers() {
+        let head = stream_head(StreamHead {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "text/event-stream".into()),
+                ("transfer-encoding".into(), "chunked".into()),
+                ("service-worker-allowed".into(), "/".into()),
+                ("content-length".into(), "5".into()),
+                ("set-cookie".into(), "s=1".into()),
+            ],
+        })
+        .unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(
+            head.headers,
+            vec![
+                ("content-type".to_owned(), "text/event-stream".to_owned()),
+                ("set-cookie".to_owned(), "s=1".to_owned()),
+            ]
+        );
+        for status in [0, 101, 199, 600] {
+            assert!(stream_head(StreamHead {
+                status,
+                headers: vec![]
+            })
+            .is_err());
+        }
+    }
+
+    #[test]
+    fn a_chunk_call_is_answered_once_its_bytes_are_taken() {
+        let mut l = ChunkLedger::new(1_000);
+        assert_eq!(l.taken_state(1_000), Taken::Yes, "nothing handed on yet");
+        assert_eq!(l.offer(1, 100, 1_010), Offer::Push);
+        assert_eq!(
+            l.taken_state(1_020),
+            Taken::WaitUntil(1_010 + STREAM_STALL_MS)
+        );
+        l.taken(60, 1_030);
+        assert_eq!(
+            l.taken_state(1_030),
+            Taken::WaitUntil(1_030 + STREAM_STALL_MS),
+            "progress restarts the stall clock"
+        );
+        l.taken(40, 1_040);
+        assert_eq!(l.taken_state(1_040), Taken::Yes);
+        // A retried call for a chunk already handed on only waits; one ahead of the next
+        // expected is refused; the next one is pushed.
+        assert_eq!(l.offer(1, 100, 1_050), Offer::Repeat);
+        assert_eq!(l.taken_state(1_050), Taken::Yes);
+        assert_eq!(l.offer(3, 10, 1_060), Offer::Gap);
+        assert_eq!(l.offer(2, 10, 1_070), Offer::Push);
+        assert_eq!(l.offer(0, 0, 1_070), Offer::Repeat, "the head again");
+        // A caller that takes nothing is given up after the stall limit.
+        assert_eq!(
+            l.taken_state(1_070 + STREAM_STALL_MS - 1),
+            Taken::WaitUntil(1_070 + STREAM_STALL_MS)
+        );
+        assert_eq!(l.taken_state(1_070 + STREAM_STALL_MS), Taken::Stalled);
+        // A caller whose stream was dropped is gone, whatever was taken.
+        l.taken(10, 1_100);
+        l.caller_gone();
+        assert_eq!(l.taken_state(1_100), Taken::Gone);
+        assert!(l.is_gone());
+        // An empty chunk (an end with no bytes, or a bridge's keep-alive) needs no reader.
+        let mut e = ChunkLedger::new(0);
+        assert_eq!(e.offer(1, 0, 5), Offer::Push);
+        assert_eq!(e.taken_state(5), Taken::Yes);
+        assert!(!e.is_gone());
+    }
+
+    #[test]
+    fn a_bridge_that_stops_calling_is_taken_for_gone() {
+        let mut l = ChunkLedger::new(1_000);
+        assert!(!l.bridge_silent(1_000 + STREAM_SILENCE_MS - 1));
+        assert!(l.bridge_silent(1_000 + STREAM_SILENCE_MS));
+        // Any call, even a repeated or refused one, shows the bridge alive.
+        l.offer(1, 0, 50_000);
+        assert!(!l.bridge_silent(50_000 + STREAM_SILENCE_MS - 1));
+        l.offer(5, 0, 90_000);
+        assert!(!l.bridge_silent(90_000 + STREAM_SILENCE_MS - 1));
+        assert!(l.bridge_silent(90_000 + STREAM_SILENCE_MS));
+        // Reading alone does not.
+        l.taken(0, 200_000);
+        assert!(l.bridge_silent(200_000));
     }
 }

@@ -13,10 +13,13 @@
 use ccr_protocol::wire;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 use ccr_protocol::api::OkBody;
-use ccr_protocol::relay::{AckBody, BridgeUp, PollBatch, RelayDown, RespondBody};
+use ccr_protocol::relay::{
+    AckBody, BridgeUp, PollBatch, RelayDown, RespondBody, StreamEnd, StreamHead,
+};
 use ccr_protocol::MAX_RELAY_BODY_BYTES;
 use futures_channel::{mpsc, oneshot};
 use futures_util::future::{select, Either};
@@ -29,8 +32,8 @@ use crate::error::ApiError;
 use crate::http::{self, header, json, now_ms, setting, Reply};
 use crate::preview;
 use crate::relay::{
-    self, Answer, BodyAt, Cancelled, Channel, DoCall, Queued, RelayRoute, RequestMeta,
-    RespondError, ResponseHead,
+    self, Answer, BodyAt, Cancelled, Channel, DoCall, Offer, Queued, RelayRoute, RequestMeta,
+    RespondError, ResponseHead, StreamStep, Taken,
 };
 use crate::socket_flow::{self, Admit, Flow};
 
@@ -226,6 +229,23 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
             };
             call_channel(env, &channel, &call, body).await
         }
+        RelayRoute::Stream { channel, id } => {
+            // One call of a response streamed over long-poll. No preview-ended check: it
+            // would cost a KV read per chunk, and an ended preview's bridge is stopped anyway.
+            check_bridge(&req, &relay_token, &channel)?;
+            if !relay::valid_id(&id) {
+                return Err(ApiError::new(404, "no such relay request id"));
+            }
+            let step = relay::stream_step(&query).map_err(|e| ApiError::new(400, e))?;
+            let body = read_limited(&mut req, ccr_protocol::relay::MAX_STREAM_CALL_BYTES).await?;
+            let call = DoCall::Stream {
+                channel: channel.key(),
+                id,
+                seq: step.seq,
+                end: step.end,
+            };
+            call_channel(env, &channel, &call, body).await
+        }
     }
 }
 
@@ -408,32 +428,95 @@ enum Delivery {
 /// Grants a streaming bridge more window as the caller's body is read, and tells it to stop
 /// when the body is dropped (finished, or the caller went away: then the bridge stops reading
 /// the target).
-struct Credit {
-    ws: WebSocket,
-    id: String,
+enum Credit {
+    /// The WebSocket transport: `credit` frames as the caller reads, `cancel` when dropped.
+    Socket { ws: WebSocket, id: String },
+    /// The long-poll transport: what the caller takes lets the waiting chunk call answer;
+    /// dropped, the next chunk call answers 410.
+    Poll(Rc<PollFlow>),
 }
 
 impl Credit {
     fn grant(&self, bytes: usize) {
-        let frame = RelayDown::Credit {
-            id: self.id.clone(),
-            bytes: bytes as u64,
-        };
-        if let Ok(text) = serde_json::to_string(&frame) {
-            let _ = self.ws.send_with_str(text);
+        match self {
+            Credit::Socket { ws, id } => {
+                let frame = RelayDown::Credit {
+                    id: id.clone(),
+                    bytes: bytes as u64,
+                };
+                if let Ok(text) = serde_json::to_string(&frame) {
+                    let _ = ws.send_with_str(text);
+                }
+            }
+            Credit::Poll(flow) => flow.taken(bytes),
         }
     }
 }
 
 impl Drop for Credit {
     fn drop(&mut self) {
-        let frame = RelayDown::Cancel {
-            id: std::mem::take(&mut self.id),
-        };
-        if let Ok(text) = serde_json::to_string(&frame) {
-            let _ = self.ws.send_with_str(text);
+        match self {
+            Credit::Socket { ws, id } => {
+                let frame = RelayDown::Cancel {
+                    id: std::mem::take(id),
+                };
+                if let Ok(text) = serde_json::to_string(&frame) {
+                    let _ = ws.send_with_str(text);
+                }
+            }
+            Credit::Poll(flow) => flow.gone(),
         }
     }
+}
+
+/// One response streaming to its caller over long-poll: what its caller's stream has taken
+/// ([`relay::ChunkLedger`]) and the chunk calls waiting for it to take more. Shared by the
+/// caller's body (through its [`Credit`]) and the object's chunk calls.
+struct PollFlow {
+    ledger: RefCell<relay::ChunkLedger>,
+    waiters: RefCell<Vec<oneshot::Sender<()>>>,
+}
+
+impl PollFlow {
+    fn new(now: u64) -> Self {
+        Self {
+            ledger: RefCell::new(relay::ChunkLedger::new(now)),
+            waiters: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The caller's stream took `n` bytes.
+    fn taken(&self, n: usize) {
+        if let Ok(mut ledger) = self.ledger.try_borrow_mut() {
+            ledger.taken(n, now_ms());
+        }
+        self.wake();
+    }
+
+    /// The caller's stream was dropped.
+    fn gone(&self) {
+        if let Ok(mut ledger) = self.ledger.try_borrow_mut() {
+            ledger.caller_gone();
+        }
+        self.wake();
+    }
+
+    fn wake(&self) {
+        let waiting = match self.waiters.try_borrow_mut() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(_) => return,
+        };
+        for tx in waiting {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A response streaming over long-poll, as the channel's object holds it between chunk calls.
+struct PollStream {
+    /// The caller's body.
+    tx: mpsc::UnboundedSender<Chunk>,
+    flow: Rc<PollFlow>,
 }
 
 /// The caller's response for a streamed answer: the body flows as the bridge sends it, each
@@ -451,13 +534,55 @@ fn stream_response(
     if relay::null_body_status(head.status) {
         return Ok(builder.empty());
     }
+    let flow = match &credit {
+        Credit::Poll(flow) => Some(flow.clone()),
+        Credit::Socket { .. } => None,
+    };
     let body = body.map(move |chunk| {
         if let Ok(bytes) = &chunk {
             credit.grant(bytes.len());
         }
         chunk
     });
-    Ok(builder.from_stream(body)?)
+    match flow {
+        Some(flow) => Ok(builder.from_stream(watched(body, flow))?),
+        None => Ok(builder.from_stream(body)?),
+    }
+}
+
+/// How often a long-poll stream's body checks that its bridge still calls.
+const SILENCE_CHECK_MS: u64 = 15_000;
+
+/// A long-poll stream's body that ends in an error once its bridge has made no call for
+/// [`relay::STREAM_SILENCE_MS`] (it died mid-body): the WebSocket transport learns that from
+/// its socket closing; long-poll has no connection to watch.
+fn watched(
+    body: impl futures_util::Stream<Item = Chunk> + Unpin + 'static,
+    flow: Rc<PollFlow>,
+) -> impl futures_util::Stream<Item = Chunk> + 'static {
+    futures_util::stream::unfold(Some((body, flow)), |state| async move {
+        let (mut body, flow) = state?;
+        loop {
+            let timer = std::pin::pin!(Delay::from(Duration::from_millis(SILENCE_CHECK_MS)));
+            match select(body.next(), timer).await {
+                Either::Left((Some(chunk), _)) => return Some((chunk, Some((body, flow)))),
+                Either::Left((None, _)) => return None,
+                Either::Right(_) => {
+                    let silent = flow
+                        .ledger
+                        .try_borrow()
+                        .is_ok_and(|l| l.bridge_silent(now_ms()));
+                    if silent {
+                        let why = format!(
+                            "the bridge stopped sending this response ({} s without a call)",
+                            relay::STREAM_SILENCE_MS / 1000
+                        );
+                        return Some((Err(Error::RustError(why)), None));
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// What a bridge socket's attachment remembers (it survives hibernation; memory does not).
@@ -512,6 +637,8 @@ pub struct RelayDO {
     /// only: an object rebuilt while callers' sockets hibernate starts them afresh (the bridge
     /// bounds its side on its own).
     flows: RefCell<HashMap<String, Flow>>,
+    /// Request id → a response streaming to its caller over long-poll (`_stream` calls).
+    poll_streams: RefCell<HashMap<String, PollStream>>,
 }
 
 /// The running push: frees the push for the next call when it ends, also when the runtime
@@ -919,6 +1046,10 @@ impl RelayDO {
         let call: DoCall = serde_json::from_slice(&head)
             .map_err(|e| ApiError::new(400, format!("malformed relay call: {e}")))?;
         self.channel.borrow_mut().sweep(now_ms());
+        // Long-poll streams whose caller is gone (finished, went away, or given up).
+        self.poll_streams
+            .borrow_mut()
+            .retain(|_, s| s.flow.ledger.try_borrow().map_or(true, |l| !l.is_gone()));
         match call {
             DoCall::Public {
                 channel,
@@ -943,7 +1074,12 @@ impl RelayDO {
                 wait_ms,
                 max,
                 ack,
-            } => self.handle_poll(&channel, wait_ms, max, ack).await,
+            } => {
+                let resp = self.handle_poll(&channel, wait_ms, max, ack).await?;
+                // This relay takes streamed responses over long-poll (`_stream`): say so.
+                resp.headers().set(wire::header::RELAY_STREAMS, "1")?;
+                Ok(resp)
+            }
             DoCall::Ack { .. } => self.handle_ack(&payload).await,
             DoCall::Respond { channel } => self.handle_respond(&channel, payload).await,
             DoCall::Result {
@@ -956,7 +1092,189 @@ impl RelayDO {
                     .unwrap_or_default();
                 self.handle_result(&channel, &id, &prefix).await
             }
+            DoCall::Stream {
+                channel,
+                id,
+                seq,
+                end,
+            } => {
+                self.handle_stream(&channel, &id, StreamStep { seq, end }, payload)
+                    .await
+            }
         }
+    }
+}
+
+/// The long-poll transport's streamed responses: a bridge posts a response's head
+/// (`_stream/{id}?seq=0`) and then its body in calls of at most one window
+/// (`seq=1, 2, …`, the last with `end`). The head hands the waiting caller a response whose
+/// body is fed by the chunk calls — the same `Delivery::Stream` the WebSocket transport feeds —
+/// and each chunk call is answered only once the caller's stream has taken its bytes, so the
+/// object holds at most one call's bytes per response, and a slow caller slows the bridge's
+/// reads of the target. A caller that went away (or read nothing for
+/// [`relay::STREAM_STALL_MS`]) answers 410: the bridge stops reading the target.
+impl RelayDO {
+    async fn handle_stream(
+        &self,
+        channel_key: &str,
+        id: &str,
+        step: StreamStep,
+        payload: Vec<u8>,
+    ) -> Reply {
+        let open = self
+            .poll_streams
+            .borrow()
+            .get(id)
+            .map(|s| (s.tx.clone(), s.flow.clone()));
+        if step.seq == 0 {
+            if open.is_some() {
+                // A retried head whose answer the bridge lost: it was delivered.
+                return json(200, &OkBody::default());
+            }
+            return self.stream_head(channel_key, id, &payload).await;
+        }
+        let Some((tx, flow)) = open else {
+            return Err(ApiError::new(
+                410,
+                "no caller is reading this response: it went away, or its stream already ended",
+            ));
+        };
+        if step.end == Some(StreamEnd::Abort) {
+            // The call's body is the reason, not body bytes.
+            let reason: String = String::from_utf8_lossy(&payload)
+                .chars()
+                .take(300)
+                .collect();
+            self.poll_streams.borrow_mut().remove(id);
+            let _ = tx.unbounded_send(Err(Error::RustError(format!(
+                "the response broke off: {reason}"
+            ))));
+            return json(200, &OkBody::default());
+        }
+        let offer = flow
+            .ledger
+            .borrow_mut()
+            .offer(step.seq, payload.len(), now_ms());
+        match offer {
+            Offer::Gap => {
+                return Err(ApiError::new(
+                    409,
+                    format!("chunk {} of {id} came before the one it follows", step.seq),
+                ))
+            }
+            Offer::Push if !payload.is_empty() => {
+                if tx.unbounded_send(Ok(payload)).is_err() {
+                    flow.gone();
+                }
+            }
+            Offer::Push | Offer::Repeat => {}
+        }
+        if step.end == Some(StreamEnd::Complete) {
+            // The body ends once the caller has read what is queued.
+            self.poll_streams.borrow_mut().remove(id);
+            return json(200, &OkBody::default());
+        }
+        drop(tx);
+        loop {
+            let state = flow.ledger.borrow().taken_state(now_ms());
+            match state {
+                Taken::Yes => return json(200, &OkBody::default()),
+                Taken::Gone => {
+                    self.poll_streams.borrow_mut().remove(id);
+                    return Err(ApiError::new(
+                        410,
+                        "the caller went away: stop reading the target",
+                    ));
+                }
+                Taken::Stalled => {
+                    let stream = self.poll_streams.borrow_mut().remove(id);
+                    let why = format!(
+                        "the caller read nothing for {} s",
+                        relay::STREAM_STALL_MS / 1000
+                    );
+                    if let Some(s) = stream {
+                        let _ = s.tx.unbounded_send(Err(Error::RustError(why.clone())));
+                    }
+                    return Err(ApiError::new(
+                        410,
+                        format!("{why}: stop reading the target"),
+                    ));
+                }
+                Taken::WaitUntil(until) => {
+                    let (wake, woken) = oneshot::channel();
+                    flow.waiters.borrow_mut().push(wake);
+                    let wait = until.saturating_sub(now_ms()).max(1);
+                    let timer = std::pin::pin!(Delay::from(Duration::from_millis(wait)));
+                    let _ = select(woken, timer).await;
+                }
+            }
+        }
+    }
+
+    /// A streamed response's head: the waiting caller gets its response now, its body fed by
+    /// the chunk calls that follow. A caller that already had its 504 is not waiting: the
+    /// stream is refused (410, the bridge stops) and `_result/{id}` says why — a streamed
+    /// response is never kept whole.
+    async fn stream_head(&self, channel_key: &str, id: &str, payload: &[u8]) -> Reply {
+        let head: StreamHead = serde_json::from_slice(payload).map_err(|e| {
+            ApiError::new(
+                400,
+                format!("invalid JSON head: {e}; expected {{status,headers}}"),
+            )
+        })?;
+        let accepted = self.channel.borrow_mut().accept_response(id, now_ms());
+        match accepted {
+            Ok(()) => {}
+            Err(RespondError::Duplicate) => {
+                return Err(ApiError::new(409, RespondError::Duplicate.to_string()))
+            }
+            Err(RespondError::Unknown) => {
+                return Err(ApiError::new(
+                    404,
+                    format!("{}: {id}", RespondError::Unknown),
+                ))
+            }
+        }
+        let tx = self.callers.borrow_mut().remove(id);
+        let Some(tx) = tx else {
+            let why = "the response streamed after its caller had stopped waiting (the 504): \
+                       a streamed response is not kept, so it was dropped; request it again";
+            let note = relay::bad_gateway(why);
+            let kept = serde_json::to_vec(&note.head)?;
+            self.kv()?
+                .put_bytes(
+                    &relay::response_key(channel_key, id),
+                    &relay::frame(&kept, &note.body),
+                )?
+                .expiration_ttl(relay::RESULT_TTL_SECS)
+                .execute()
+                .await?;
+            return Err(ApiError::new(410, why));
+        };
+        let head = match relay::stream_head(head) {
+            Ok(head) => head,
+            Err(message) => {
+                let _ = tx.send(Delivery::Whole(relay::bad_gateway(&message)));
+                return Err(ApiError::new(400, message));
+            }
+        };
+        let (body_tx, body) = mpsc::unbounded();
+        let flow = Rc::new(PollFlow::new(now_ms()));
+        let delivery = Delivery::Stream {
+            head,
+            body,
+            credit: Credit::Poll(flow.clone()),
+        };
+        if tx.send(delivery).is_err() {
+            return Err(ApiError::new(
+                410,
+                "the caller went away: stop reading the target",
+            ));
+        }
+        self.poll_streams
+            .borrow_mut()
+            .insert(id.to_owned(), PollStream { tx: body_tx, flow });
+        json(200, &OkBody::default())
     }
 }
 
@@ -1304,7 +1622,7 @@ impl RelayDO {
                 let delivery = Delivery::Stream {
                     head: ResponseHead { status, headers },
                     body,
-                    credit: Credit {
+                    credit: Credit::Socket {
                         ws: ws.clone(),
                         id: id.clone(),
                     },
@@ -1437,6 +1755,7 @@ impl DurableObject for RelayDO {
             streams: RefCell::new(HashMap::new()),
             pushing: std::cell::Cell::new(false),
             flows: RefCell::new(HashMap::new()),
+            poll_streams: RefCell::new(HashMap::new()),
             env,
             channel: RefCell::new(relay::ChannelState::default()),
             callers: RefCell::new(HashMap::new()),

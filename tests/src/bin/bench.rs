@@ -424,6 +424,7 @@ async fn run() -> anyhow::Result<()> {
     }
     bridge.kill().await;
     rows.extend(relay_transports(&w, warmup, secs).await?);
+    rows.extend(long_poll_download_target().await?);
 
     // The router: webhook POST → the line in the pane, with no pause before Enter.
     eprintln!("bench: router, {replies} replies");
@@ -1326,4 +1327,34 @@ async fn previews(
             &get,
         ),
     ])
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long-poll streaming: the target its large download is held to.
+
+/// A target row for the long-poll transport's large download, from the figures
+/// `relay_transports` wrote (`target/bench/relay-transports.json`): complete (streamed as
+/// `_stream` calls, no longer buffered whole and refused past 10 MiB) with the bridge's peak
+/// RSS under 64 MiB, the WebSocket transport's target.
+async fn long_poll_download_target() -> anyhow::Result<Vec<Row>> {
+    let path = workspace_root().join("target/bench/relay-transports.json");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let poll = report
+        .as_array()
+        .and_then(|all| all.iter().find(|t| t["transport"] == "poll"))
+        .context("no long-poll figures in relay-transports.json")?;
+    let download = &poll["download"];
+    let mb = download["mb"].as_u64().unwrap_or(0);
+    let complete =
+        download["status"] == 200 && download["bytes"].as_u64() == Some(mb * 1024 * 1024);
+    let peak = download["bridgePeakRssKib"].as_u64().unwrap_or(u64::MAX);
+    Ok(vec![Row {
+        what: format!("target: long-poll: bridge RSS < 64 MiB during {mb} MB"),
+        callers: String::new(),
+        p50: mark(complete && peak < 64 * 1024).into(),
+        p90: String::new(),
+        p99: String::new(),
+        rps: String::new(),
+        n: String::new(),
+    }])
 }
