@@ -75,17 +75,28 @@ pub(crate) struct Upload {
     pub(crate) credit: Option<UploadCredit>,
 }
 
-/// Grants the relay window for one streamed upload (`uploadCredit` frames).
+/// Grants the relay window for one streamed upload (`uploadCredit` frames), a quarter of
+/// the window at a time: each grant is an event in the channel's object, and one per 64 KiB
+/// piece made the grants, not the bytes, the upload's pace. What is held back is under a
+/// quarter of the window, so the relay always has room for a piece.
 pub(crate) struct UploadCredit {
     pub(crate) id: String,
     pub(crate) out: tokio::sync::mpsc::Sender<tokio_tungstenite::tungstenite::Message>,
+    pub(crate) pending: usize,
 }
 
+/// Bytes read by the target before the relay is granted them.
+const GRANT_EVERY: usize = (ccr_protocol::relay::UPLOAD_WINDOW_BYTES / 4) as usize;
+
 impl UploadCredit {
-    async fn grant(&self, bytes: usize) {
+    async fn grant(&mut self, bytes: usize) {
+        self.pending += bytes;
+        if self.pending < GRANT_EVERY {
+            return;
+        }
         let frame = ccr_protocol::relay::BridgeUp::UploadCredit {
             id: self.id.clone(),
-            bytes: bytes as u64,
+            bytes: std::mem::take(&mut self.pending) as u64,
         };
         if let Ok(text) = serde_json::to_string(&frame) {
             let _ = self
@@ -103,13 +114,13 @@ impl Upload {
     /// to the target, never a complete-looking body — also when it is sent chunked.
     fn into_body(self) -> reqwest::Body {
         let state = (self.chunks, self.credit, false);
-        let pieces = futures_util::stream::unfold(state, |(mut rx, credit, done)| async move {
+        let pieces = futures_util::stream::unfold(state, |(mut rx, mut credit, done)| async move {
             if done {
                 return None;
             }
             match rx.recv().await {
                 Some(Piece::Bytes(bytes)) => {
-                    if let Some(c) = &credit {
+                    if let Some(c) = &mut credit {
                         c.grant(bytes.len()).await;
                     }
                     Some((Ok(bytes), (rx, credit, false)))

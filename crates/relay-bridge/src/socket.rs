@@ -310,6 +310,7 @@ impl Uploads {
             credit: Some(forward::UploadCredit {
                 id: id.to_owned(),
                 out,
+                pending: 0,
             }),
         }
     }
