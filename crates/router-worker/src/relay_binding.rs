@@ -420,10 +420,9 @@ async fn stream_call(
             if done {
                 return None;
             }
-            let refuse = |why: relay::BodyRefused| {
-                seen.set(Some(why));
-                Error::RustError(format!("the caller's body was refused: {why:?}"))
-            };
+            // A refused or failed body simply stops, without the end marker: the object
+            // then cuts the target's request. (An errored stream would be reported by the
+            // runtime as an uncaught error, and ends cleanly on the object's side anyway.)
             match caller.next().await {
                 Some(Ok(chunk)) => match limit.take(chunk.len()) {
                     Ok(()) => {
@@ -434,18 +433,18 @@ async fn stream_call(
                         Some((Ok(framed), (caller, limit, seen, false)))
                     }
                     Err(why) => {
-                        let e = refuse(why);
-                        Some((Err(e), (caller, limit, seen, true)))
+                        seen.set(Some(why));
+                        None
                     }
                 },
-                Some(Err(e)) => Some((Err(e), (caller, limit, seen, true))),
+                Some(Err(_)) => None,
                 None => match limit.finish() {
                     // Only a body that ended whole and within its bounds gets the end
                     // marker: the object cuts the target's request for any other end.
                     Ok(()) => Some((Ok(relay::BODY_END.to_vec()), (caller, limit, seen, true))),
                     Err(why) => {
-                        let e = refuse(why);
-                        Some((Err(e), (caller, limit, seen, true)))
+                        seen.set(Some(why));
+                        None
                     }
                 },
             }
