@@ -37,6 +37,19 @@ pub struct RelayRequest {
     /// large upload is never one huge text message (nor base64 of it) on either side.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_follows: Option<u64>,
+    /// Over the bridge's WebSocket only: the body is the caller's, still arriving. It follows
+    /// as binary frames ([`chunk_frame`]) as the caller sends it, within an upload window the
+    /// bridge refills with [`BridgeUp::UploadCredit`] as its target reads
+    /// ([`UPLOAD_WINDOW_BYTES`] at first), and ends with [`RelayDown::BodyEnd`] — or
+    /// [`RelayDown::BodyAbort`], when the target's request must fail, never end complete.
+    /// `bodyFollows` is its length when the caller declared one; without it the body is
+    /// sent to the target chunked.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub body_streams: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// `GET /proxy/_poll` answer.
@@ -248,6 +261,10 @@ pub const WHOLE_RESPONSE_BYTES: u64 = 256 * 1024;
 /// [`STREAM_CHUNK_BYTES`] after its envelope ([`RelayRequest::body_follows`]) instead of as
 /// base64 inside it.
 pub const INLINE_REQUEST_BODY_BYTES: usize = 64 * 1024;
+/// Most bytes of a streamed request body ([`RelayRequest::body_streams`]) the relay sends
+/// before the bridge grants more ([`BridgeUp::UploadCredit`]): what one upload may hold in the
+/// bridge's memory, waiting for its target to read it.
+pub const UPLOAD_WINDOW_BYTES: u64 = 1024 * 1024;
 /// The length of a relay request id (hex), the prefix of every binary frame.
 pub const REQUEST_ID_LEN: usize = 32;
 
@@ -327,6 +344,19 @@ pub enum RelayDown {
         /// Bytes granted.
         bytes: u64,
     },
+    /// A streamed request body ([`RelayRequest::body_streams`]) is complete.
+    BodyEnd {
+        /// The request id.
+        id: String,
+    },
+    /// A streamed request body broke off (the caller went away, or sent more than the relay
+    /// takes): the target's request must fail, never see a complete-looking body.
+    BodyAbort {
+        /// The request id.
+        id: String,
+        /// Why.
+        error: String,
+    },
 }
 
 /// Bridge → relay text frames. A streamed body's bytes go as binary frames:
@@ -383,6 +413,14 @@ pub enum BridgeUp {
     /// socket: the relay may send that many more ([`SOCKET_BACKLOG_BYTES`]).
     SocketCredit {
         /// The connection id.
+        id: String,
+        /// Bytes granted.
+        bytes: u64,
+    },
+    /// The target read `bytes` more of a streamed request body: the relay may send that many
+    /// more.
+    UploadCredit {
+        /// The request id.
         id: String,
         /// Bytes granted.
         bytes: u64,
@@ -520,6 +558,36 @@ mod tests {
         assert_eq!(r.body_follows, Some(70000));
         assert_eq!(r.body_base64, None);
         assert_eq!(serde_json::to_value(&r).unwrap(), follows);
+        assert!(!r.body_streams);
+        let streamed = json!({"id":"r3","method":"POST","path":"/up","query":"",
+            "headers":[],"bodyStreams":true});
+        let r: RelayRequest = serde_json::from_value(streamed.clone()).unwrap();
+        assert!(r.body_streams);
+        assert_eq!(r.body_follows, None);
+        assert_eq!(serde_json::to_value(&r).unwrap(), streamed);
+    }
+
+    #[test]
+    fn upload_frames() {
+        let end: RelayDown = serde_json::from_str(r#"{"type":"bodyEnd","id":"a"}"#).unwrap();
+        assert_eq!(end, RelayDown::BodyEnd { id: "a".into() });
+        let abort = RelayDown::BodyAbort {
+            id: "a".into(),
+            error: "gone".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&abort).unwrap(),
+            r#"{"type":"bodyAbort","id":"a","error":"gone"}"#
+        );
+        let credit: BridgeUp =
+            serde_json::from_str(r#"{"type":"uploadCredit","id":"a","bytes":65536}"#).unwrap();
+        assert_eq!(
+            credit,
+            BridgeUp::UploadCredit {
+                id: "a".into(),
+                bytes: 65536
+            }
+        );
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub mod header {
     /// Worker → `RelayDO` only: a caller's WebSocket upgrade on a channel (hex of the JSON
     /// of the relay's `SocketCall`).
     pub const RELAY_CALLER_SOCKET: &str = "x-ccr-relay-caller-socket";
+    /// Worker → `RelayDO` only: the call's body is a stream (the framed call head, then the
+    /// caller's body as it arrives), read by the object as it comes.
+    pub const RELAY_STREAM_CALL: &str = "x-ccr-relay-stream";
     /// Standard: whether and how long a response may be cached.
     pub const CACHE_CONTROL: &str = "cache-control";
     /// Inside the Worker only: the origin (`https://host`) a webhook came to, which the

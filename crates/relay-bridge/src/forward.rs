@@ -56,24 +56,86 @@ pub(crate) fn response_headers(resp: &reqwest::Response) -> Vec<(String, String)
     out
 }
 
-/// A request body arriving after its envelope (`bodyFollows`): its bytes as they come, and
-/// its announced length.
+/// One piece of a request body arriving after its envelope.
+pub(crate) enum Piece {
+    /// More bytes.
+    Bytes(Vec<u8>),
+    /// The body is complete.
+    End,
+    /// The body broke off: the target's request fails.
+    Abort(String),
+}
+
+/// A request body arriving after its envelope (`bodyFollows`, `bodyStreams`): its pieces as
+/// they come, its announced length (none: chunked), and for a streamed body where to grant the
+/// relay more window as the target reads.
 pub(crate) struct Upload {
-    pub(crate) chunks: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
-    pub(crate) len: u64,
+    pub(crate) chunks: tokio::sync::mpsc::UnboundedReceiver<Piece>,
+    pub(crate) len: Option<u64>,
+    pub(crate) credit: Option<UploadCredit>,
+}
+
+/// Grants the relay window for one streamed upload (`uploadCredit` frames), a quarter of
+/// the window at a time: each grant is an event in the channel's object, and one per 64 KiB
+/// piece made the grants, not the bytes, the upload's pace. What is held back is under a
+/// quarter of the window, so the relay always has room for a piece.
+pub(crate) struct UploadCredit {
+    pub(crate) id: String,
+    pub(crate) out: tokio::sync::mpsc::Sender<tokio_tungstenite::tungstenite::Message>,
+    pub(crate) pending: usize,
+}
+
+/// Bytes read by the target before the relay is granted them.
+const GRANT_EVERY: usize = (ccr_protocol::relay::UPLOAD_WINDOW_BYTES / 4) as usize;
+
+impl UploadCredit {
+    async fn grant(&mut self, bytes: usize) {
+        self.pending += bytes;
+        if self.pending < GRANT_EVERY {
+            return;
+        }
+        let frame = ccr_protocol::relay::BridgeUp::UploadCredit {
+            id: self.id.clone(),
+            bytes: std::mem::take(&mut self.pending) as u64,
+        };
+        if let Ok(text) = serde_json::to_string(&frame) {
+            let _ = self
+                .out
+                .send(tokio_tungstenite::tungstenite::Message::text(text))
+                .await;
+        }
+    }
 }
 
 impl Upload {
-    /// The body for the target's request: streamed as the chunks arrive, with the announced
-    /// `content-length`, so one that stops short (the relay's socket dropped) is an error to
-    /// the target, never a complete-looking body.
+    /// The body for the target's request, streamed as the pieces arrive: each piece the
+    /// target's connection takes grants the relay as many bytes more. A body that breaks off
+    /// (an abort, or its pieces stop without an end: the relay's socket dropped) is an error
+    /// to the target, never a complete-looking body — also when it is sent chunked.
     fn into_body(self) -> reqwest::Body {
-        let chunks = futures_util::stream::unfold(self.chunks, |mut rx| async move {
-            rx.recv()
-                .await
-                .map(|bytes| (Ok::<_, std::io::Error>(bytes), rx))
+        let state = (self.chunks, self.credit, false);
+        let pieces = futures_util::stream::unfold(state, |(mut rx, mut credit, done)| async move {
+            if done {
+                return None;
+            }
+            match rx.recv().await {
+                Some(Piece::Bytes(bytes)) => {
+                    if let Some(c) = &mut credit {
+                        c.grant(bytes.len()).await;
+                    }
+                    Some((Ok(bytes), (rx, credit, false)))
+                }
+                Some(Piece::End) => None,
+                Some(Piece::Abort(why)) => {
+                    Some((Err(std::io::Error::other(why)), (rx, credit, true)))
+                }
+                None => Some((
+                    Err(std::io::Error::other("the request body broke off")),
+                    (rx, credit, true),
+                )),
+            }
         });
-        reqwest::Body::wrap_stream(chunks)
+        reqwest::Body::wrap_stream(pieces)
     }
 }
 
@@ -96,10 +158,10 @@ pub(crate) async fn send(
     let mut headers = HeaderMap::new();
     let body = match upload {
         Some(upload) => {
-            headers.insert(
-                reqwest::header::CONTENT_LENGTH,
-                HeaderValue::from(upload.len),
-            );
+            // Without a length the body goes chunked.
+            if let Some(len) = upload.len {
+                headers.insert(reqwest::header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
             upload.into_body()
         }
         None => decode_body(request.body_base64.as_deref(), request.body.as_deref())
@@ -265,6 +327,7 @@ mod tests {
             body_base64: None,
             body: None,
             body_follows: None,
+            body_streams: false,
         };
         let client = reqwest::Client::builder().no_proxy().build().unwrap();
         let r = forward(&client, &target, Duration::from_secs(5), &req).await;

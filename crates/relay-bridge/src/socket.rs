@@ -339,29 +339,61 @@ impl CallerSockets {
     }
 }
 
-/// Request bodies arriving as binary frames after their envelopes (`bodyFollows`): request id
-/// → where its bytes go and how many are still to come. The socket's reader only hands each
-/// frame on, so it keeps reading (credits, other requests) while uploads cross.
+/// Request bodies arriving as binary frames after their envelopes (`bodyFollows`,
+/// `bodyStreams`): request id → where its bytes go and how many are still to come (none: until
+/// `bodyEnd`). The socket's reader only hands each frame on, so it keeps reading (credits,
+/// other requests, other uploads' frames) while uploads cross.
 #[derive(Default)]
 struct Uploads(Mutex<HashMap<String, Upload>>);
 
-/// Where an upload's chunks go, and how many bytes are still to come.
-type Upload = (mpsc::UnboundedSender<Vec<u8>>, u64);
+/// Where an upload's pieces go, and how many bytes are still to come (none: unknown).
+type Upload = (mpsc::UnboundedSender<forward::Piece>, Option<u64>);
 
 impl Uploads {
-    /// Starts receiving `len` bytes for request `id`.
+    /// Starts receiving `len` bytes for request `id`, all in the relay's memory already.
     fn open(&self, id: &str, len: u64) -> forward::Upload {
         let (tx, chunks) = mpsc::unbounded_channel();
         if len > 0 {
             if let Ok(mut map) = self.0.lock() {
-                map.insert(id.to_owned(), (tx, len));
+                map.insert(id.to_owned(), (tx, Some(len)));
             }
+        } else {
+            let _ = tx.send(forward::Piece::End);
         }
-        forward::Upload { chunks, len }
+        forward::Upload {
+            chunks,
+            len: Some(len),
+            credit: None,
+        }
+    }
+
+    /// Starts receiving a body that streams from its caller (`bodyStreams`): `len` when
+    /// declared; it ends with `bodyEnd`. As the target reads it, the relay is granted more
+    /// window over `out`.
+    fn open_stream(
+        &self,
+        id: &str,
+        len: Option<u64>,
+        out: mpsc::Sender<Message>,
+    ) -> forward::Upload {
+        let (tx, chunks) = mpsc::unbounded_channel();
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(id.to_owned(), (tx, len));
+        }
+        forward::Upload {
+            chunks,
+            len,
+            credit: Some(forward::UploadCredit {
+                id: id.to_owned(),
+                out,
+                pending: 0,
+            }),
+        }
     }
 
     /// Hands a chunk to its upload; `false` when `id` is no upload's (a caller's socket).
-    /// The last chunk (or one its request no longer wants) closes the upload.
+    /// The last chunk of a known length (or one its request no longer wants) closes the
+    /// upload; more bytes than announced break it off.
     fn chunk(&self, id: &str, bytes: &[u8]) -> bool {
         let Ok(mut map) = self.0.lock() else {
             return false;
@@ -370,12 +402,50 @@ impl Uploads {
             return false;
         };
         let n = bytes.len() as u64;
-        let delivered = n <= *left && tx.send(bytes.to_vec()).is_ok();
-        *left = left.saturating_sub(n);
-        if !delivered || *left == 0 {
+        let close = match left {
+            Some(l) if n > *l => {
+                let _ = tx.send(forward::Piece::Abort(
+                    "the relay sent more than the body's length".into(),
+                ));
+                true
+            }
+            Some(l) => {
+                *l -= n;
+                let delivered = tx.send(forward::Piece::Bytes(bytes.to_vec())).is_ok();
+                if *l == 0 {
+                    let _ = tx.send(forward::Piece::End);
+                }
+                !delivered || *l == 0
+            }
+            None => tx.send(forward::Piece::Bytes(bytes.to_vec())).is_err(),
+        };
+        if close {
             map.remove(id);
         }
         true
+    }
+
+    /// A streamed body is complete (`bodyEnd`); one shorter than its length breaks off.
+    fn end(&self, id: &str) {
+        let entry = self.0.lock().ok().and_then(|mut map| map.remove(id));
+        if let Some((tx, left)) = entry {
+            let piece = match left {
+                Some(l) if l > 0 => {
+                    forward::Piece::Abort("the body ended before its length".into())
+                }
+                _ => forward::Piece::End,
+            };
+            let _ = tx.send(piece);
+        }
+    }
+
+    /// A streamed body broke off (`bodyAbort`): the target's request fails.
+    fn abort(&self, id: &str, error: String) {
+        let entry = self.0.lock().ok().and_then(|mut map| map.remove(id));
+        if let Some((tx, _)) = entry {
+            debug!(%id, "the request body broke off: {error}");
+            let _ = tx.send(forward::Piece::Abort(error));
+        }
     }
 }
 
@@ -604,7 +674,11 @@ async fn serve<F: Future<Output = ()>>(
                 for request in requests {
                     let window = Arc::new(Semaphore::new(STREAM_WINDOW_BYTES as usize));
                     let id = request.id.clone();
-                    let upload = request.body_follows.map(|len| uploads.open(&id, len));
+                    let upload = if request.body_streams {
+                        Some(uploads.open_stream(&id, request.body_follows, out.clone()))
+                    } else {
+                        request.body_follows.map(|len| uploads.open(&id, len))
+                    };
                     let abort = tasks.spawn(relay_one(
                         shared.clone(),
                         permits.clone(),
@@ -651,6 +725,8 @@ async fn serve<F: Future<Output = ()>>(
                 callers.send(&id, close_frame(code, reason));
             }
             Ok(RelayDown::SocketCredit { id, bytes }) => callers.credit(&id, bytes),
+            Ok(RelayDown::BodyEnd { id }) => uploads.end(&id),
+            Ok(RelayDown::BodyAbort { id, error }) => uploads.abort(&id, error),
             Err(e) => warn!("an unreadable frame from the relay: {e}"),
         }
     };

@@ -437,6 +437,32 @@ pub enum DoCall {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         end: Option<StreamEnd>,
     },
+    /// Before streaming a large or chunked upload: whether the channel has a bridge socket
+    /// to stream it to (`{"ok":true,"socket":bool}`). Without one the Worker reads the body
+    /// itself, bounded, as for long-poll bridges.
+    UploadProbe {
+        /// [`Channel::key`].
+        channel: String,
+    },
+    /// A public request whose body streams: the call's body is the framed head (no payload
+    /// in the frame), then the caller's body bytes as they arrive.
+    PublicStream {
+        /// [`Channel::key`].
+        channel: String,
+        /// The public URL prefix, for the 504's `_result` link.
+        prefix: String,
+        /// HTTP method.
+        method: String,
+        /// Path below the channel prefix.
+        path: String,
+        /// Query without `?` (relay parameters removed).
+        query: String,
+        /// Forwarded headers.
+        headers: Vec<(String, String)>,
+        /// The caller's declared body length; none: chunked.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        length: Option<u64>,
+    },
 }
 
 /// One call of a response streamed over long-poll: which (`seq`, 0 = the head) and whether it
@@ -774,6 +800,7 @@ pub fn envelope(meta: &RequestMeta, id: &str, body: &[u8]) -> ccr_protocol::rela
         body_base64,
         body: text.filter(|t| t.len() <= SEED_TEXT_BODY_BYTES),
         body_follows: None,
+        body_streams: false,
     }
 }
 
@@ -799,6 +826,156 @@ pub fn socket_envelope(
         body_base64: None,
         body: None,
         body_follows: Some(body.len() as u64),
+        body_streams: false,
+    }
+}
+
+/// The request envelope for a body that streams from its caller to the bridge's socket as it
+/// arrives ([`ccr_protocol::relay::RelayRequest::body_streams`]); `length` is the caller's
+/// declared one (none: chunked).
+pub fn stream_envelope(
+    meta: &RequestMeta,
+    id: &str,
+    length: Option<u64>,
+) -> ccr_protocol::relay::RelayRequest {
+    ccr_protocol::relay::RelayRequest {
+        id: id.to_owned(),
+        method: meta.method.clone(),
+        path: meta.path.clone(),
+        query: meta.query.clone(),
+        headers: meta.headers.clone(),
+        body_base64: None,
+        body: None,
+        body_follows: length,
+        body_streams: true,
+    }
+}
+
+/// Whether the Worker offers a public request's body to the channel's object as a stream
+/// (when the channel has a bridge socket): a body of unknown length (chunked), or one declared
+/// over [`INLINE_BODY_BYTES`]. A small declared body is read whole and sent inline as before:
+/// it costs one call, and nothing would be gained by streaming it.
+pub fn may_stream_body(declared: Option<usize>, has_body: bool) -> bool {
+    match declared {
+        Some(n) => n > INLINE_BODY_BYTES,
+        None => has_body,
+    }
+}
+
+/// One piece of a body the Worker streams to a channel's object: its length (4 bytes, big
+/// endian, never 0), then its bytes. The body ends with [`BODY_END`]. The end is in the
+/// stream itself because workerd does not carry a stream's error from one Worker to an object:
+/// a body whose source failed arrives there as a clean end, so only a missing end marker shows
+/// that it broke off.
+pub fn body_piece(bytes: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(4 + bytes.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// The marker that ends a streamed body ([`body_piece`]).
+pub const BODY_END: [u8; 4] = [0; 4];
+
+/// Largest piece the Worker sends; a bigger announced one is a malformed stream.
+pub const MAX_BODY_PIECE: usize = STREAM_CHUNK_BYTES;
+
+/// Reads [`body_piece`]s back out of the bytes of a streamed call as they arrive.
+#[derive(Debug, Default)]
+pub struct Unpiecer {
+    buf: Vec<u8>,
+    ended: bool,
+}
+
+impl Unpiecer {
+    /// Takes more bytes; returns the pieces they complete. An error for a malformed stream
+    /// (a piece over [`MAX_BODY_PIECE`], or bytes after the end).
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
+        if self.ended && !bytes.is_empty() {
+            return Err("bytes after the body's end");
+        }
+        self.buf.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        while let Some(len_bytes) = self.buf.get(at..at + 4) {
+            let len_bytes: [u8; 4] = len_bytes.try_into().map_err(|_| "bad piece length")?;
+            let len = usize::try_from(u32::from_be_bytes(len_bytes)).unwrap_or(usize::MAX);
+            if len == 0 {
+                self.ended = true;
+                if self.buf.len() > at + 4 {
+                    return Err("bytes after the body's end");
+                }
+                at += 4;
+                break;
+            }
+            if len > MAX_BODY_PIECE {
+                return Err("a body piece over the largest size");
+            }
+            let Some(piece) = self.buf.get(at + 4..at + 4 + len) else {
+                break;
+            };
+            out.push(piece.to_vec());
+            at += 4 + len;
+        }
+        self.buf.drain(..at);
+        Ok(out)
+    }
+
+    /// Whether the end marker arrived.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+}
+
+/// How long a streamed upload may wait for window (its bridge or target read nothing)
+/// before it is given up: its caller gets an answer rather than hanging.
+pub const UPLOAD_STALL_MS: u64 = 30_000;
+
+/// Why a caller's body was refused while it streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyRefused {
+    /// More bytes than the limit (or than declared): 413.
+    TooLarge,
+    /// Ended before its declared length: the caller gave up (400).
+    Short,
+}
+
+/// Counts a body's bytes as they stream past, against a limit and the declared length: the
+/// first chunk over either is refused, so the body is never read (nor relayed) further.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit {
+    limit: usize,
+    declared: Option<usize>,
+    seen: usize,
+}
+
+impl BodyLimit {
+    /// A body that may hold `limit` bytes and declared `declared`.
+    pub fn new(limit: usize, declared: Option<usize>) -> Self {
+        Self {
+            limit,
+            declared,
+            seen: 0,
+        }
+    }
+
+    /// `n` more bytes arrived.
+    pub fn take(&mut self, n: usize) -> Result<(), BodyRefused> {
+        self.seen = self.seen.saturating_add(n);
+        let cap = self.declared.map_or(self.limit, |d| d.min(self.limit));
+        if self.seen > cap {
+            return Err(BodyRefused::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// The body ended.
+    pub fn finish(&self) -> Result<(), BodyRefused> {
+        match self.declared {
+            Some(d) if d != self.seen => Err(BodyRefused::Short),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -1137,6 +1314,17 @@ impl ChannelState {
             .push_back((id.to_owned(), now + RESULT_TTL_SECS * 1000));
         self.answered_ids.insert(id.to_owned());
         self.forget_answers(now);
+        Ok(())
+    }
+
+    /// A request handed straight to a bridge's socket, not queued (its body streams from the
+    /// caller as it is pushed): in flight from `now`, within the same bound as the queue.
+    pub fn start_direct(&mut self, id: &str, now: u64) -> Result<(), QueueError> {
+        if !self.has_room() {
+            return Err(QueueError::Full);
+        }
+        self.in_flight
+            .insert(id.to_owned(), now + RESULT_TTL_SECS * 1000);
         Ok(())
     }
 
@@ -1922,5 +2110,92 @@ mod tests {
         // Reading alone does not.
         l.taken(0, 200_000);
         assert!(l.bridge_silent(200_000));
+    }
+
+    #[test]
+    fn streamed_uploads() {
+        // Small declared bodies go inline; large and chunked ones may stream.
+        assert!(!may_stream_body(Some(0), true));
+        assert!(!may_stream_body(Some(INLINE_BODY_BYTES), true));
+        assert!(may_stream_body(Some(INLINE_BODY_BYTES + 1), true));
+        assert!(may_stream_body(None, true));
+        assert!(!may_stream_body(None, false));
+
+        // The limit is enforced as the bytes pass, and the declared length is held to.
+        let mut chunked = BodyLimit::new(10, None);
+        assert_eq!(chunked.take(6), Ok(()));
+        assert_eq!(chunked.take(4), Ok(()));
+        assert_eq!(chunked.finish(), Ok(()));
+        assert_eq!(chunked.take(1), Err(BodyRefused::TooLarge));
+        let mut declared = BodyLimit::new(10, Some(5));
+        assert_eq!(declared.take(3), Ok(()));
+        assert_eq!(declared.finish(), Err(BodyRefused::Short));
+        assert_eq!(declared.take(3), Err(BodyRefused::TooLarge));
+
+        let meta = RequestMeta {
+            method: "POST".into(),
+            path: "/up".into(),
+            query: String::new(),
+            headers: vec![],
+        };
+        let e = stream_envelope(&meta, "i", None);
+        assert!(e.body_streams && e.body_follows.is_none() && e.body_base64.is_none());
+        assert_eq!(stream_envelope(&meta, "i", Some(9)).body_follows, Some(9));
+
+        let call = DoCall::PublicStream {
+            channel: "default".into(),
+            prefix: "/proxy".into(),
+            method: "PUT".into(),
+            path: "/x".into(),
+            query: String::new(),
+            headers: vec![],
+            length: Some(70_000),
+        };
+        let text = serde_json::to_string(&call).unwrap();
+        assert!(text.contains(r#""op":"publicStream""#), "{text}");
+        assert_eq!(serde_json::from_str::<DoCall>(&text).unwrap(), call);
+    }
+
+    #[test]
+    fn streamed_body_pieces() {
+        let mut stream = Vec::new();
+        stream.extend(body_piece(b"hello"));
+        stream.extend(body_piece(&[7u8; 300]));
+        stream.extend(BODY_END);
+        // Any split of the bytes gives the same pieces, then the end.
+        for cut in [1, 3, 4, 5, 9, 10, 200, stream.len()] {
+            let mut u = Unpiecer::default();
+            let mut pieces = Vec::new();
+            for part in stream.chunks(cut) {
+                pieces.extend(u.push(part).unwrap());
+            }
+            assert_eq!(pieces, vec![b"hello".to_vec(), vec![7u8; 300]], "{cut}");
+            assert!(u.ended());
+        }
+        // Cut short: no end.
+        let mut u = Unpiecer::default();
+        assert_eq!(u.push(&stream[..12]).unwrap(), vec![b"hello".to_vec()]);
+        assert!(!u.ended());
+        let mut u = Unpiecer::default();
+        assert!(u.push(&(MAX_BODY_PIECE as u32 + 1).to_be_bytes()).is_err());
+        let mut u = Unpiecer::default();
+        u.push(&BODY_END).unwrap();
+        assert!(u.push(b"x").is_err());
+    }
+
+    #[test]
+    fn a_direct_hand_over_is_in_flight_and_bounded() {
+        let mut ch = ChannelState::default();
+        let id = "0123456789abcdef0123456789abcdef";
+        ch.start_direct(id, 1_000).unwrap();
+        assert!(ch.is_in_flight(id));
+        assert_eq!(ch.queued(), 0);
+        assert_eq!(ch.accept_response(id, 2_000), Ok(()));
+        assert_eq!(ch.accept_response(id, 2_000), Err(RespondError::Duplicate));
+        for n in 0..MAX_IN_FLIGHT {
+            ch.start_direct(&format!("{n:032x}"), 1_000).unwrap();
+        }
+        assert_eq!(ch.start_direct("x", 1_000), Err(QueueError::Full));
+        assert!(!ch.has_room());
     }
 }

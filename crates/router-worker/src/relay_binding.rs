@@ -11,7 +11,7 @@
 //! request and resets every object in the isolate.
 
 use ccr_protocol::wire;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -202,6 +202,27 @@ pub(crate) async fn handle(mut req: Request, env: &Env, host: Option<String>) ->
                     .get_stub()?;
                 return Ok(stub.fetch_with_request(inner).await?);
             }
+            let declared = header(&req, wire::header::CONTENT_LENGTH)
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if declared.is_some_and(|n| n > MAX_RELAY_BODY_BYTES) {
+                return Err(ApiError::too_large(MAX_RELAY_BODY_BYTES));
+            }
+            let has_body = req.inner().body().is_some();
+            if relay::may_stream_body(declared, has_body)
+                && channel_has_socket(env, &channel).await?
+            {
+                // The body streams to the bridge's socket as it arrives (see `stream_call`).
+                let call = DoCall::PublicStream {
+                    channel: channel.key(),
+                    prefix: public_prefix(&channel),
+                    method,
+                    path,
+                    query,
+                    headers,
+                    length: declared.map(|n| n as u64),
+                };
+                return stream_call(env, &channel, &call, &mut req, declared).await;
+            }
             let mut body = read_limited(&mut req, MAX_RELAY_BODY_BYTES).await?;
             // A large body goes to KV from here, and only its key to the channel's object:
             // the object, shared by every caller of the channel, never holds it.
@@ -377,6 +398,106 @@ async fn call_channel(env: &Env, channel: &Channel, call: &DoCall, payload: Vec<
         .id_from_name(&channel.key())?
         .get_stub()?;
     Ok(stub.fetch_with_request(inner).await?)
+}
+
+/// Whether `channel`'s object has a bridge socket to stream an upload to (one short call).
+/// Without one the Worker reads the body itself, as for long-poll bridges: a body streamed to
+/// an object that has nowhere to send it would have to be held there whole, and the object is
+/// shared by every caller of the channel.
+async fn channel_has_socket(env: &Env, channel: &Channel) -> Result<bool, ApiError> {
+    let call = DoCall::UploadProbe {
+        channel: channel.key(),
+    };
+    let mut resp = call_channel(env, channel, &call, Vec::new()).await?;
+    let answer: serde_json::Value = resp.json().await?;
+    Ok(answer
+        .get("socket")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false))
+}
+
+/// Sends a public request to `channel`'s object with its body as a stream: the framed call
+/// head ([`relay::frame`], no payload), then the caller's bytes as they arrive
+/// ([`relay::body_piece`]s, and [`relay::BODY_END`] when it ended whole), each counted
+/// against the relay's limit and the declared length ([`relay::BodyLimit`]). The first byte
+/// over either ends the stream in an error — the object then cuts the target's request — and
+/// the caller gets 413 (or 400 for a body shorter than declared) before its body ends.
+async fn stream_call(
+    env: &Env,
+    channel: &Channel,
+    call: &DoCall,
+    req: &mut Request,
+    declared: Option<usize>,
+) -> Reply {
+    let head = relay::frame(&serde_json::to_vec(call)?, &[]);
+    let refused: Rc<Cell<Option<relay::BodyRefused>>> = Rc::default();
+    let caller = req.stream()?;
+    let limit = relay::BodyLimit::new(MAX_RELAY_BODY_BYTES, declared);
+    let seen = refused.clone();
+    let bytes = futures_util::stream::unfold(
+        (caller, limit, seen, false),
+        |(mut caller, mut limit, seen, done)| async move {
+            if done {
+                return None;
+            }
+            // A refused or failed body simply stops, without the end marker: the object
+            // then cuts the target's request. (An errored stream would be reported by the
+            // runtime as an uncaught error, and ends cleanly on the object's side anyway.)
+            match caller.next().await {
+                Some(Ok(chunk)) => match limit.take(chunk.len()) {
+                    Ok(()) => {
+                        let framed: Vec<u8> = chunk
+                            .chunks(relay::MAX_BODY_PIECE)
+                            .flat_map(relay::body_piece)
+                            .collect();
+                        Some((Ok(framed), (caller, limit, seen, false)))
+                    }
+                    Err(why) => {
+                        seen.set(Some(why));
+                        None
+                    }
+                },
+                Some(Err(_)) => None,
+                None => match limit.finish() {
+                    // Only a body that ended whole and within its bounds gets the end
+                    // marker: the object cuts the target's request for any other end.
+                    Ok(()) => Some((Ok(relay::BODY_END.to_vec()), (caller, limit, seen, true))),
+                    Err(why) => {
+                        seen.set(Some(why));
+                        None
+                    }
+                },
+            }
+        },
+    );
+    let body = futures_util::stream::once(async move { Ok::<Vec<u8>, Error>(head) }).chain(bytes);
+    // workers-rs builds a `ReadableStream` from a Rust stream for a response body; the same
+    // stream is a request's body.
+    let readable = match ResponseBuilder::new().from_stream(body)?.body() {
+        ResponseBody::Stream(readable) => readable.clone(),
+        _ => return Err(ApiError::new(500, "the relay could not stream this body")),
+    };
+    let headers = Headers::new();
+    headers.set(wire::header::RELAY_STREAM_CALL, "1")?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post)
+        .with_headers(headers)
+        .with_body(Some(readable.into()));
+    let inner = Request::new_with_init(INTERNAL_URL, &init)?;
+    let stub = env
+        .durable_object(RELAY_DO_BINDING)?
+        .id_from_name(&channel.key())?
+        .get_stub()?;
+    let answer = stub.fetch_with_request(inner).await;
+    // The object answers an error when the body broke off; the caller hears why.
+    match refused.get() {
+        Some(relay::BodyRefused::TooLarge) => Err(ApiError::too_large(MAX_RELAY_BODY_BYTES)),
+        Some(relay::BodyRefused::Short) => Err(ApiError::new(
+            400,
+            "the body ended before its declared Content-Length",
+        )),
+        None => Ok(answer?),
+    }
 }
 
 /// The caller's response from a bridge's answer, for a caller who came by `prefix`.
@@ -639,6 +760,8 @@ pub struct RelayDO {
     flows: RefCell<HashMap<String, Flow>>,
     /// Request id → a response streaming to its caller over long-poll (`_stream` calls).
     poll_streams: RefCell<HashMap<String, PollStream>>,
+    /// Request id → the window its bridge grants a streaming upload (`uploadCredit`).
+    uploads: RefCell<HashMap<String, mpsc::UnboundedSender<u64>>>,
 }
 
 /// The running push: frees the push for the next call when it ends, also when the runtime
@@ -1040,6 +1163,9 @@ impl RelayDO {
 
     /// One framed call from the Worker.
     async fn serve(&self, mut req: Request) -> Reply {
+        if header(&req, wire::header::RELAY_STREAM_CALL).is_some() {
+            return self.serve_stream(req).await;
+        }
         // The payload keeps the call's own allocation: no second copy of it waits below.
         let (head, payload) = relay::unframe_owned(req.bytes().await?)
             .ok_or_else(|| ApiError::new(400, "malformed relay call"))?;
@@ -1101,6 +1227,360 @@ impl RelayDO {
                 self.handle_stream(&channel, &id, StreamStep { seq, end }, payload)
                     .await
             }
+            DoCall::UploadProbe { .. } => json(
+                200,
+                &json!({"ok": true, "socket": self.bridge_socket().is_some()}),
+            ),
+            DoCall::PublicStream { .. } => Err(ApiError::new(
+                400,
+                "malformed relay call: a streamed call without its header",
+            )),
+        }
+    }
+
+    /// A call whose body streams ([`wire::header::RELAY_STREAM_CALL`]): the framed head is
+    /// read first, the rest is the caller's body, read as it arrives.
+    async fn serve_stream(&self, mut req: Request) -> Reply {
+        let mut body = req.stream()?;
+        let mut buf = Vec::new();
+        let (head, first) = loop {
+            if let Some((head, rest)) = relay::unframe(&buf) {
+                break (head.to_vec(), rest.to_vec());
+            }
+            if buf.len() > MAX_STREAM_HEAD_BYTES {
+                return Err(ApiError::new(400, "malformed relay call: head too large"));
+            }
+            match body.next().await {
+                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                _ => return Err(ApiError::new(400, "malformed relay call")),
+            }
+        };
+        drop(buf);
+        let call: DoCall = serde_json::from_slice(&head)
+            .map_err(|e| ApiError::new(400, format!("malformed relay call: {e}")))?;
+        self.channel.borrow_mut().sweep(now_ms());
+        let DoCall::PublicStream {
+            channel,
+            prefix,
+            method,
+            path,
+            query,
+            headers,
+            length,
+        } = call
+        else {
+            return Err(ApiError::new(
+                400,
+                "malformed relay call: not a streamed one",
+            ));
+        };
+        let meta = RequestMeta {
+            method,
+            path,
+            query,
+            headers,
+        };
+        self.handle_public_stream(&channel, &prefix, meta, length, first, body)
+            .await
+    }
+
+    /// A public request whose body is still arriving. With a bridge socket, its envelope goes
+    /// down at once (`bodyStreams`) and its bytes follow as binary frames as they arrive,
+    /// never more than the window the bridge granted ([`pump_upload`]): the object holds about
+    /// one chunk of it, the bridge at most a window, and other requests on the channel pass
+    /// meanwhile (each frame carries its request id). A body that breaks off is cut at the
+    /// bridge too (`bodyAbort`: the target's request fails). Without a socket (it went since
+    /// the Worker's probe) the body is read whole, bounded, and queued as a long-poll one.
+    async fn handle_public_stream(
+        &self,
+        channel_key: &str,
+        prefix: &str,
+        meta: RequestMeta,
+        length: Option<u64>,
+        first: Vec<u8>,
+        mut body: ByteStream,
+    ) -> Reply {
+        let declared = length.and_then(|n| usize::try_from(n).ok());
+        let Some((ws, socket)) = self.bridge_socket() else {
+            let mut limit = relay::BodyLimit::new(MAX_RELAY_BODY_BYTES, declared);
+            let mut pieces = relay::Unpiecer::default();
+            let mut whole = Vec::new();
+            let mut next = Some(first);
+            loop {
+                let bytes = match next.take() {
+                    Some(b) => b,
+                    None => match body.next().await {
+                        Some(b) => b?,
+                        None => break,
+                    },
+                };
+                for piece in pieces.push(&bytes).map_err(|e| ApiError::new(400, e))? {
+                    limit.take(piece.len()).map_err(refusal)?;
+                    whole.extend_from_slice(&piece);
+                }
+            }
+            if !pieces.ended() {
+                return Err(ApiError::new(400, "the request body broke off"));
+            }
+            limit.finish().map_err(refusal)?;
+            return self
+                .handle_public(channel_key, prefix, meta, whole, None)
+                .await;
+        };
+        let id = random_id()?;
+        if self
+            .channel
+            .borrow_mut()
+            .start_direct(&id, now_ms())
+            .is_err()
+        {
+            return Err(ApiError::busy(
+                503,
+                format!(
+                    "{}; retry in {} s",
+                    relay::QueueError::Full,
+                    relay::RETRY_AFTER_SECS
+                ),
+                relay::RETRY_AFTER_SECS,
+            ));
+        }
+        let (tx, mut rx) = oneshot::channel();
+        self.callers.borrow_mut().insert(id.clone(), tx);
+        let guard = CallerGuard {
+            relay: self,
+            id: id.clone(),
+            armed: true,
+        };
+        let (credit_tx, mut credit) = mpsc::unbounded();
+        self.uploads.borrow_mut().insert(id.clone(), credit_tx);
+        self.pushed
+            .borrow_mut()
+            .insert(id.clone(), socket.id.clone());
+        let mut upload = UploadGuard {
+            relay: self,
+            ws: ws.clone(),
+            id: id.clone(),
+            open: true,
+        };
+        let envelope = RelayDown::Requests {
+            requests: vec![relay::stream_envelope(&meta, &id, length)],
+        };
+        // Cuts the request off: the bridge's answer for it (a 502) is refused.
+        let forget = |relay: &RelayDO| {
+            relay.pushed.borrow_mut().remove(&id);
+            relay.channel.borrow_mut().drop_in_flight(&id);
+        };
+        if !send_down(&ws, &envelope) {
+            upload.open = false;
+            forget(self);
+            guard.finish();
+            return Err(ApiError::new(502, "the bridge's connection dropped"));
+        }
+        let mut pump = std::pin::pin!(pump_upload(
+            &ws,
+            &id,
+            first,
+            &mut body,
+            declared,
+            &mut credit
+        ));
+        let early = match select(pump.as_mut(), &mut rx).await {
+            Either::Left((Ok(()), _)) => {
+                upload.end();
+                None
+            }
+            Either::Left((Err(Broke::Caller(why)), _)) => {
+                upload.abort(&why);
+                forget(self);
+                guard.finish();
+                return Err(ApiError::new(
+                    400,
+                    format!("the request body broke off: {why}"),
+                ));
+            }
+            Either::Left((Err(Broke::Bridge(why)), _)) => {
+                upload.abort(&why);
+                match rx.try_recv() {
+                    // The bridge's own 502 (its socket dropped) is the answer.
+                    Ok(Some(answer)) => Some(Ok(answer)),
+                    _ => {
+                        forget(self);
+                        guard.finish();
+                        return Err(ApiError::new(502, why));
+                    }
+                }
+            }
+            Either::Right((answer, _)) => Some(answer),
+        };
+        let outcome = match early {
+            // The target answered before the body ended. A whole answer ends the request: the
+            // rest of the body is not wanted. A streamed one may still be reading it: the body
+            // goes on until it ends, then the caller gets the response.
+            Some(Ok(Delivery::Stream { head, body, credit })) => {
+                match pump.as_mut().await {
+                    Ok(()) => upload.end(),
+                    Err(Broke::Caller(why) | Broke::Bridge(why)) => upload.abort(&why),
+                }
+                Ok(Delivery::Stream { head, body, credit })
+            }
+            Some(Ok(answer)) => Ok(answer),
+            Some(Err(_)) => Err(None),
+            None => {
+                let timer =
+                    std::pin::pin!(Delay::from(Duration::from_millis(relay::CALLER_WAIT_MS)));
+                match select(rx, timer).await {
+                    Either::Left((Ok(answer), _)) => Ok(answer),
+                    Either::Left((Err(_), _)) => Err(None),
+                    Either::Right(((), mut rx)) => match rx.try_recv() {
+                        Ok(Some(answer)) => Ok(answer),
+                        _ => Err(Some(())),
+                    },
+                }
+            }
+        };
+        drop(upload);
+        let cancelled = guard.finish();
+        match outcome {
+            Ok(Delivery::Whole(answer)) => answer_response(answer, prefix),
+            Ok(Delivery::Stream { head, body, credit }) => {
+                stream_response(head, body, credit, prefix)
+            }
+            Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
+            Err(Some(())) => json(504, &relay::unanswered_body(&id, prefix, &cancelled)),
+        }
+    }
+}
+
+/// Largest framed head of a streamed call (method, path, query, headers).
+const MAX_STREAM_HEAD_BYTES: usize = 1024 * 1024;
+
+/// Why a streaming upload stopped before its end.
+enum Broke {
+    /// The caller's body broke off, or was refused.
+    Caller(String),
+    /// The bridge's socket dropped, or it granted no window for too long.
+    Bridge(String),
+}
+
+/// The answer to a caller's body refused while it was read.
+fn refusal(why: relay::BodyRefused) -> ApiError {
+    match why {
+        relay::BodyRefused::TooLarge => ApiError::too_large(MAX_RELAY_BODY_BYTES),
+        relay::BodyRefused::Short => {
+            ApiError::new(400, "the body ended before its declared Content-Length")
+        }
+    }
+}
+
+/// Sends a caller's body down the bridge's socket as it arrives: binary frames of at most
+/// [`ccr_protocol::relay::STREAM_CHUNK_BYTES`] prefixed with the request id, each waiting
+/// until the bridge's window (`credit`, [`ccr_protocol::relay::UPLOAD_WINDOW_BYTES`] at
+/// first) has room. The next chunk is read from the caller only once this one is sent, so the
+/// caller's own connection carries the back-pressure. `first` is what came with the call's
+/// head. A body that breaks off, or that does not match its declared length, is an error.
+async fn pump_upload(
+    ws: &WebSocket,
+    id: &str,
+    first: Vec<u8>,
+    body: &mut ByteStream,
+    declared: Option<usize>,
+    credit: &mut mpsc::UnboundedReceiver<u64>,
+) -> std::result::Result<(), Broke> {
+    let mut window = ccr_protocol::relay::UPLOAD_WINDOW_BYTES;
+    let mut limit = relay::BodyLimit::new(MAX_RELAY_BODY_BYTES, declared);
+    let mut pieces = relay::Unpiecer::default();
+    let mut next = Some(first);
+    loop {
+        let bytes = match next.take() {
+            Some(bytes) => bytes,
+            None => match body.next().await {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(e)) => return Err(Broke::Caller(e.to_string())),
+                None => break,
+            },
+        };
+        let chunks = pieces
+            .push(&bytes)
+            .map_err(|e| Broke::Caller(e.to_owned()))?;
+        drop(bytes);
+        for piece in &chunks {
+            limit
+                .take(piece.len())
+                .map_err(|why| Broke::Caller(format!("{why:?}")))?;
+            let n = piece.len() as u64;
+            while window < n {
+                let timer =
+                    std::pin::pin!(Delay::from(Duration::from_millis(relay::UPLOAD_STALL_MS)));
+                match select(credit.next(), timer).await {
+                    Either::Left((Some(more), _)) => window = window.saturating_add(more),
+                    Either::Left((None, _)) => {
+                        return Err(Broke::Bridge("the bridge's connection dropped".into()))
+                    }
+                    Either::Right(_) => {
+                        return Err(Broke::Bridge(format!(
+                            "the target read none of the body for {} s",
+                            relay::UPLOAD_STALL_MS / 1000
+                        )))
+                    }
+                }
+            }
+            window -= n;
+            if ws
+                .send_with_bytes(ccr_protocol::relay::chunk_frame(id, piece))
+                .is_err()
+            {
+                return Err(Broke::Bridge("the bridge's connection dropped".into()));
+            }
+        }
+    }
+    if !pieces.ended() {
+        return Err(Broke::Caller("the request body broke off".into()));
+    }
+    limit
+        .finish()
+        .map_err(|why| Broke::Caller(format!("{why:?}")))
+}
+
+/// A streaming upload's registration: forgets its window when it ends, and tells the bridge
+/// how the body ended — `bodyEnd`, or `bodyAbort` (also when the runtime drops the call
+/// because its caller went away), so the target's request never ends complete-looking.
+struct UploadGuard<'a> {
+    relay: &'a RelayDO,
+    ws: WebSocket,
+    id: String,
+    open: bool,
+}
+
+impl UploadGuard<'_> {
+    fn end(&mut self) {
+        if std::mem::take(&mut self.open) {
+            send_down(
+                &self.ws,
+                &RelayDown::BodyEnd {
+                    id: self.id.clone(),
+                },
+            );
+        }
+    }
+
+    fn abort(&mut self, why: &str) {
+        if std::mem::take(&mut self.open) {
+            send_down(
+                &self.ws,
+                &RelayDown::BodyAbort {
+                    id: self.id.clone(),
+                    error: why.to_owned(),
+                },
+            );
+        }
+    }
+}
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        self.abort("the caller went away");
+        if let Ok(mut uploads) = self.relay.uploads.try_borrow_mut() {
+            uploads.remove(&self.id);
         }
     }
 }
@@ -1675,6 +2155,11 @@ impl RelayDO {
                     flow.granted_back(bytes);
                 }
             }
+            BridgeUp::UploadCredit { id, bytes } => {
+                if let Some(tx) = self.uploads.borrow().get(&id) {
+                    let _ = tx.unbounded_send(bytes);
+                }
+            }
         }
         Ok(())
     }
@@ -1735,6 +2220,8 @@ impl RelayDO {
             .collect();
         for id in ids {
             self.pushed.borrow_mut().remove(&id);
+            // A streaming upload to it stops: its window will never grow.
+            self.uploads.borrow_mut().remove(&id);
             self.channel.borrow_mut().drop_in_flight(&id);
             self.fail_caller(&id, "the bridge's connection dropped before it answered");
             let tx = self.streams.borrow_mut().remove(&id);
@@ -1756,6 +2243,7 @@ impl DurableObject for RelayDO {
             pushing: std::cell::Cell::new(false),
             flows: RefCell::new(HashMap::new()),
             poll_streams: RefCell::new(HashMap::new()),
+            uploads: RefCell::new(HashMap::new()),
             env,
             channel: RefCell::new(relay::ChannelState::default()),
             callers: RefCell::new(HashMap::new()),

@@ -425,6 +425,7 @@ async fn run() -> anyhow::Result<()> {
     bridge.kill().await;
     rows.extend(relay_transports(&w, warmup, secs).await?);
     rows.extend(long_poll_download_target().await?);
+    rows.extend(upload_streaming(&w).await);
 
     // The router: webhook POST → the line in the pane, with no pause before Enter.
     eprintln!("bench: router, {replies} replies");
@@ -1357,4 +1358,152 @@ async fn long_poll_download_target() -> anyhow::Result<Vec<Row>> {
         rps: String::new(),
         n: String::new(),
     }])
+}
+
+// Uploads: request bodies through the relay, streamed (WebSocket) or read whole (long-poll).
+
+/// For each transport, 3 chunked 8 MiB uploads (after 1 unrecorded), sent as fast as the
+/// relay takes them: how long after the caller starts sending the target reads the first
+/// byte, and how long the whole upload takes (medians). Over the WebSocket the first byte
+/// crosses at once; over long-poll only once the Worker has the whole body. A failure is a
+/// row saying so, never the end of the bench run.
+async fn upload_streaming(w: &Worker) -> Vec<Row> {
+    const MIB: usize = 1024 * 1024;
+    const UPLOAD: usize = 8 * MIB;
+    let row = |what: String, p50: String, rps: String| Row {
+        what,
+        callers: "1".into(),
+        p50,
+        p90: String::new(),
+        p99: String::new(),
+        rps,
+        n: String::new(),
+    };
+    let first_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let seen = first_at.clone();
+    let app = Router::new()
+        .route(
+            "/up",
+            axum::routing::post(move |body: axum::body::Body| {
+                let seen = seen.clone();
+                async move {
+                    use futures_util::StreamExt as _;
+                    let mut stream = body.into_data_stream();
+                    let mut n = 0usize;
+                    while let Some(Ok(chunk)) = stream.next().await {
+                        if n == 0 && !chunk.is_empty() {
+                            if let Ok(mut at) = seen.lock() {
+                                *at = Some(Instant::now());
+                            }
+                        }
+                        n += chunk.len();
+                    }
+                    n.to_string()
+                }
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+        return vec![row(
+            "uploads: no loopback port".into(),
+            "—".into(),
+            String::new(),
+        )];
+    };
+    let Ok(addr) = listener.local_addr() else {
+        return vec![row(
+            "uploads: no loopback port".into(),
+            "—".into(),
+            String::new(),
+        )];
+    };
+    let target = format!("http://{addr}");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let http = ccr_e2e::ports::client(Duration::from_secs(120));
+    let mut rows = Vec::new();
+    for transport in ["ws", "poll"] {
+        eprintln!("bench: uploads over {transport}");
+        let channel = format!("bench-up-{transport}");
+        let what = format!(
+            "relay over {transport}: 8 MiB chunked upload — target's first byte / whole (ms), MB/s"
+        );
+        let bridge = Bridge::start_with_env(
+            w,
+            &target,
+            Some(&channel),
+            &["--transport", transport],
+            &[("RUST_LOG", "warn")],
+        )
+        .await;
+        let Ok(mut bridge) = bridge else {
+            rows.push(row(what, "no bridge".into(), String::new()));
+            continue;
+        };
+        let url = w.url(&format!("/relay/{channel}/up"));
+        // Answered once the bridge serves the channel (over `ws`: its socket is open).
+        let ready = wait_for("the relay to take uploads", T, || async {
+            one(http.post(&url).body("x")).await.then_some(())
+        })
+        .await;
+        let mut firsts = Vec::new();
+        let mut wholes = Vec::new();
+        let mut failed = None;
+        for i in 0..4 {
+            if ready.is_err() {
+                failed = Some("the relay never answered".to_owned());
+                break;
+            }
+            if let Ok(mut at) = first_at.lock() {
+                *at = None;
+            }
+            let pieces: Vec<Result<Vec<u8>, std::io::Error>> = (0..UPLOAD / (64 * 1024))
+                .map(|_| Ok(vec![0x5au8; 64 * 1024]))
+                .collect();
+            let t0 = Instant::now();
+            let sent = http
+                .post(&url)
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    pieces,
+                )))
+                .send()
+                .await;
+            let answer = match sent {
+                Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+                Err(e) => (0, e.to_string()),
+            };
+            let whole = t0.elapsed();
+            if answer != (200, UPLOAD.to_string()) {
+                failed = Some(format!("answer {} {}", answer.0, answer.1));
+                break;
+            }
+            let first = first_at.lock().ok().and_then(|at| *at);
+            if i > 0 {
+                if let Some(first) = first {
+                    firsts.push(first.saturating_duration_since(t0).as_secs_f64() * 1000.0);
+                }
+                wholes.push(whole.as_secs_f64() * 1000.0);
+            }
+        }
+        bridge.kill().await;
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied()
+        };
+        match (failed, median(&mut firsts), median(&mut wholes)) {
+            (None, Some(first), Some(whole)) => rows.push(row(
+                what,
+                format!("{first:.1} / {whole:.1}"),
+                format!("{:.0} MB/s", UPLOAD as f64 / 1e6 / (whole / 1000.0)),
+            )),
+            (why, _, _) => rows.push(row(
+                what,
+                format!("failed: {}", why.unwrap_or_else(|| "no figure".into())),
+                String::new(),
+            )),
+        }
+    }
+    server.abort();
+    rows
 }
