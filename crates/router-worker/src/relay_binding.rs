@@ -2283,12 +2283,17 @@ impl DurableObject for RelayDO {
         match message {
             WebSocketIncomingMessage::String(text) => match serde_json::from_str(&text) {
                 Ok(up) => {
+                    // The frame first: a push may wait (a body read back from KV), and the
+                    // binary frames the bridge sends after this one (a stream's chunks, a
+                    // socket's next message) are handled as they arrive, so handling this one
+                    // after the push could put it behind them.
+                    let handled = self.bridge_frame(&ws, meta, up).await;
                     // What a push dropped mid-way (its caller went away) left queued goes on
                     // with the bridge's next frame.
                     if self.channel.borrow().queued() > 0 {
                         self.push_queued().await;
                     }
-                    self.bridge_frame(&ws, meta, up).await
+                    handled
                 }
                 Err(e) => {
                     console_warn!("relay: unreadable frame from a bridge: {e}");
