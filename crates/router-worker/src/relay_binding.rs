@@ -922,14 +922,7 @@ impl RelayDO {
             },
         };
         let cancelled = guard.finish();
-        match outcome {
-            Ok(Delivery::Whole(answer)) => answer_response(answer, prefix),
-            Ok(Delivery::Stream { head, body, credit }) => {
-                stream_response(head, body, credit, prefix)
-            }
-            Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
-            Err(Some(())) => json(504, &relay::unanswered_body(&id, prefix, &cancelled)),
-        }
+        caller_reply(outcome, &id, prefix, &cancelled)
     }
 
     /// A long-poll. A confirming bridge's (`ack` is `Some`) first confirms what it received
@@ -1440,14 +1433,23 @@ impl RelayDO {
         };
         drop(upload);
         let cancelled = guard.finish();
-        match outcome {
-            Ok(Delivery::Whole(answer)) => answer_response(answer, prefix),
-            Ok(Delivery::Stream { head, body, credit }) => {
-                stream_response(head, body, credit, prefix)
-            }
-            Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
-            Err(Some(())) => json(504, &relay::unanswered_body(&id, prefix, &cancelled)),
-        }
+        caller_reply(outcome, &id, prefix, &cancelled)
+    }
+}
+
+/// A public call's answer to its caller: the bridge's answer (whole or streamed), a 502 when
+/// the relay lost the request, or the 504 that names `_result/{id}` when the wait ran out.
+fn caller_reply(
+    outcome: std::result::Result<Delivery, Option<()>>,
+    id: &str,
+    prefix: &str,
+    cancelled: &Cancelled,
+) -> Reply {
+    match outcome {
+        Ok(Delivery::Whole(answer)) => answer_response(answer, prefix),
+        Ok(Delivery::Stream { head, body, credit }) => stream_response(head, body, credit, prefix),
+        Err(None) => Err(ApiError::new(502, "the relay lost track of this request")),
+        Err(Some(())) => json(504, &relay::unanswered_body(id, prefix, cancelled)),
     }
 }
 
